@@ -1,0 +1,51 @@
+# flopledger: `make run` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/agent.example.toml
+ARGS ?=
+
+.PHONY: run test lint unit bench soak system-deps venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Debian's prometheus (promtool) and prometheus-alertmanager, used by the tests.
+system-deps:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then \
+	  echo "installing Debian packages prometheus and prometheus-alertmanager"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-alertmanager >/dev/null; \
+	fi
+	@# the packages start services we do not use; the tests run their own on loopback
+	@if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+	  systemctl stop prometheus prometheus-alertmanager prometheus-node-exporter 2>/dev/null || true; fi
+
+run: venv
+	mkdir -p var
+	$(BIN)/flopledger run --config $(CONFIG) $(ARGS)
+
+lint: venv
+	$(BIN)/ruff check agent exporters tests benchmarks
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test: venv system-deps lint
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: venv
+	$(BIN)/python -m benchmarks.run $(ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,345 @@
+"""The agent's TOML configuration, validated at start with every problem at once.
+
+Example (``configs/agent.example.toml`` has every key with its default)::
+
+    [agent]
+    interval_s = 1.0
+    source = "auto"          # auto | nvml | simulated
+    listen = "0.0.0.0:9947"
+
+    [sim]
+    scenario = "pretrain-bf16"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from agent.config_errors import ConfigError, Problems
+from agent.estimate import RECOMPUTE_FACTORS, EstimatorSettings
+from agent.sources.scenarios import SCENARIOS, Workload, workload_from_table
+from agent.specs import MATMUL_PRECISIONS
+
+MIN_INTERVAL_S = 0.1
+SOURCES = ("auto", "nvml", "simulated")
+CATEGORIES = (
+    "pre-training",
+    "fine-tuning",
+    "rl",
+    "synthetic-data-private",
+    "synthetic-data-public",
+    "evaluation",
+    "failed-experiment",
+    "unknown",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """A run the whole node works on, until attribution says otherwise."""
+
+    run_id: str = "unattributed"
+    model: str = ""
+    category: str = "unknown"
+    precision: str | None = None
+    recompute: str = "none"
+    recompute_factor: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    scenario: str = "pretrain-bf16"
+    gpus: int = 8
+    gpu_model: str = "h100_sxm"
+    seed: int = 1
+    virtual_time: bool = False
+    time_scale: float = 1.0
+    workload: Workload = field(default_factory=Workload)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    interval_s: float = 1.0
+    integrate_every: int = 5
+    source: str = "auto"
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 9947
+    state_dir: Path = Path("var")
+    spec_file: Path | None = None
+    exit_after_s: float | None = None
+    summary_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the agent reads from its config file."""
+
+    path: Path | None = None
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    estimator: EstimatorSettings = field(default_factory=EstimatorSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    sim: SimSettings = field(default_factory=SimSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """``host:port`` or ``:port`` -> (host, port); None if malformed."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        return None
+    return (host.strip("[]") or "0.0.0.0"), int(port_text)
+
+
+class _Reader:
+    """Typed access to one table of the file, recording problems instead of raising."""
+
+    def __init__(self, problems: Problems, table: dict[str, Any], where: str,
+                 known: set[str]) -> None:
+        self.problems = problems
+        self.table = table
+        self.where = where
+        for key in table:
+            if key not in known:
+                problems.add(f"{where}.{key}", f"one of the known keys {sorted(known)}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any, expect: str) -> Any:
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in (
+            kind if isinstance(kind, tuple) else (kind,)))
+        if not ok:
+            self.problems.add(f"{self.where}.{key}", expect)
+            return default
+        return value
+
+
+def _table(problems: Problems, raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        problems.add(name, "a table")
+        return {}
+    return value
+
+
+def _agent(problems: Problems, raw: dict[str, Any]) -> AgentSettings:
+    known = {f.name for f in fields(AgentSettings)} - {"listen_host", "listen_port"} | {"listen"}
+    r = _Reader(problems, _table(problems, raw, "agent"), "agent", known)
+    d = AgentSettings()
+    interval = r.get("interval_s", (int, float), d.interval_s, f"a number of seconds >= {MIN_INTERVAL_S}")
+    if interval < MIN_INTERVAL_S:
+        problems.add("agent.interval_s", f"a number of seconds >= {MIN_INTERVAL_S}")
+        interval = d.interval_s
+    every = r.get("integrate_every", int, d.integrate_every, "an integer number of ticks >= 1")
+    if every < 1:
+        problems.add("agent.integrate_every", "an integer number of ticks >= 1")
+        every = d.integrate_every
+    source = r.get("source", str, d.source, f"one of {SOURCES}")
+    if source not in SOURCES:
+        problems.add("agent.source", f"one of {SOURCES}")
+        source = d.source
+    listen = r.get("listen", str, f"{d.listen_host}:{d.listen_port}", "\"host:port\"")
+    parsed = parse_listen(listen)
+    if parsed is None:
+        problems.add("agent.listen", "\"host:port\" with a port between 0 and 65535")
+        parsed = (d.listen_host, d.listen_port)
+    state_dir = Path(r.get("state_dir", str, str(d.state_dir), "a directory path"))
+    spec_file = r.get("spec_file", str, None, "a path to a GPU spec table")
+    exit_after = r.get("exit_after_s", (int, float), None, "a number of seconds > 0")
+    if exit_after is not None and exit_after <= 0:
+        problems.add("agent.exit_after_s", "a number of seconds > 0")
+        exit_after = None
+    summary = r.get("summary_file", str, None, "a file path")
+    return AgentSettings(
+        interval_s=float(interval),
+        integrate_every=every,
+        source=source,
+        listen_host=parsed[0],
+        listen_port=parsed[1],
+        state_dir=state_dir,
+        spec_file=Path(spec_file) if spec_file else None,
+        exit_after_s=float(exit_after) if exit_after is not None else None,
+        summary_file=Path(summary) if summary else None,
+    )
+
+
+def _estimator(problems: Problems, raw: dict[str, Any]) -> EstimatorSettings:
+    known = {f.name for f in fields(EstimatorSettings)}
+    r = _Reader(problems, _table(problems, raw, "estimator"), "estimator", known)
+    d = EstimatorSettings()
+    precisions = sorted(MATMUL_PRECISIONS)
+    default_precision = r.get("default_precision", str, d.default_precision, f"one of {precisions}")
+    if default_precision not in MATMUL_PRECISIONS:
+        problems.add("estimator.default_precision", f"one of {precisions}")
+        default_precision = d.default_precision
+    undeclared = r.get("undeclared_precisions", list, list(d.undeclared_precisions),
+                       f"a non-empty list of {precisions}")
+    if not undeclared or any(p not in MATMUL_PRECISIONS for p in undeclared):
+        problems.add("estimator.undeclared_precisions", f"a non-empty list of {precisions}")
+        undeclared = list(d.undeclared_precisions)
+
+    def fraction(key: str, default: float) -> float:
+        value = r.get(key, (int, float), default, "a number between 0 and 1")
+        if not 0 <= value <= 1:
+            problems.add(f"estimator.{key}", "a number between 0 and 1")
+            return default
+        return float(value)
+
+    unc = fraction("tensor_activity_uncertainty", d.tensor_activity_uncertainty)
+    eff = fraction("utilization_efficiency", d.utilization_efficiency)
+    eff_low = fraction("utilization_efficiency_low", d.utilization_efficiency_low)
+    if eff_low > eff:
+        problems.add("estimator.utilization_efficiency_low",
+                     "a number not above estimator.utilization_efficiency")
+    max_gap = r.get("max_gap_s", (int, float), d.max_gap_s, "a number of seconds > 0")
+    if max_gap <= 0:
+        problems.add("estimator.max_gap_s", "a number of seconds > 0")
+        max_gap = d.max_gap_s
+    return EstimatorSettings(
+        default_precision=default_precision,
+        undeclared_precisions=tuple(undeclared),
+        tensor_activity_uncertainty=unc,
+        utilization_efficiency=eff,
+        utilization_efficiency_low=eff_low,
+        max_gap_s=float(max_gap),
+    )
+
+
+def _run(problems: Problems, raw: dict[str, Any]) -> RunSettings:
+    known = {"id", "model", "category", "precision", "recompute", "recompute_factor"}
+    r = _Reader(problems, _table(problems, raw, "run"), "run", known)
+    run_id = r.get("id", str, "unattributed", "a run id string")
+    model = r.get("model", str, "", "a model name")
+    category = r.get("category", str, "unknown", f"one of {CATEGORIES}")
+    if category not in CATEGORIES:
+        problems.add("run.category", f"one of {CATEGORIES}")
+        category = "unknown"
+    precision = r.get("precision", str, None, f"one of {sorted(MATMUL_PRECISIONS)}")
+    if precision is not None and precision not in MATMUL_PRECISIONS:
+        problems.add("run.precision", f"one of {sorted(MATMUL_PRECISIONS)}")
+        precision = None
+    modes = [*RECOMPUTE_FACTORS, "selective"]
+    recompute = r.get("recompute", str, "none", f"one of {modes}")
+    factor = 1.0
+    if recompute in RECOMPUTE_FACTORS:
+        factor = RECOMPUTE_FACTORS[recompute]
+        if "recompute_factor" in r.table:
+            problems.add("run.recompute_factor", "to be set only with recompute = \"selective\"")
+    elif recompute == "selective":
+        # Selective recomputation's overhead depends on which layers are recomputed;
+        # only the run can say, so it must.
+        factor = r.get("recompute_factor", (int, float), 0.0, "a number >= 1")
+        if factor < 1:
+            problems.add("run.recompute_factor",
+                         "a number >= 1 (hardware FLOP per model FLOP) with recompute = \"selective\"")
+            factor = 1.0
+    else:
+        problems.add("run.recompute", f"one of {modes}")
+    return RunSettings(run_id=run_id, model=model, category=category, precision=precision,
+                       recompute=recompute, recompute_factor=float(factor))
+
+
+def _sim(problems: Problems, raw: dict[str, Any]) -> SimSettings:
+    known = {f.name for f in fields(SimSettings)}
+    table = _table(problems, raw, "sim")
+    r = _Reader(problems, table, "sim", known)
+    d = SimSettings()
+    scenario = r.get("scenario", str, d.scenario, f"one of {sorted(SCENARIOS)}")
+    if scenario not in SCENARIOS:
+        problems.add("sim.scenario", f"one of {sorted(SCENARIOS)}")
+        scenario = d.scenario
+    gpus = r.get("gpus", int, d.gpus, "an integer between 1 and 64")
+    if not 1 <= gpus <= 64:
+        problems.add("sim.gpus", "an integer between 1 and 64")
+        gpus = d.gpus
+    gpu_model = r.get("gpu_model", str, d.gpu_model, "a key of the GPU spec table")
+    seed = r.get("seed", int, d.seed, "an integer")
+    virtual_time = r.get("virtual_time", bool, d.virtual_time, "true or false")
+    time_scale = r.get("time_scale", (int, float), d.time_scale,
+                       "a number >= 0 (0: as fast as possible)")
+    if time_scale < 0:
+        problems.add("sim.time_scale", "a number >= 0 (0: as fast as possible)")
+        time_scale = d.time_scale
+    elif time_scale != 1.0 and not virtual_time:
+        problems.add("sim.time_scale", "to be left at 1 unless sim.virtual_time = true")
+    overrides = table.get("workload", {})
+    if not isinstance(overrides, dict):
+        problems.add("sim.workload", "a table of workload parameters")
+        overrides = {}
+    workload = workload_from_table(SCENARIOS[scenario], overrides, problems, "sim.workload")
+    return SimSettings(scenario=scenario, gpus=gpus, gpu_model=gpu_model, seed=seed,
+                       virtual_time=virtual_time, time_scale=float(time_scale),
+                       workload=workload)
+
+
+def _tls(problems: Problems, raw: dict[str, Any], base: Path) -> TlsSettings:
+    known = {"cert_file", "key_file", "client_ca_file"}
+    r = _Reader(problems, _table(problems, raw, "tls"), "tls", known)
+
+    def path(key: str) -> Path | None:
+        value = r.get(key, str, None, "a file path")
+        if value is None:
+            return None
+        p = (base / value) if not Path(value).is_absolute() else Path(value)
+        if not p.is_file():
+            problems.add(f"tls.{key}", f"an existing file (not found: {p})")
+        return p
+
+    tls = TlsSettings(path("cert_file"), path("key_file"), path("client_ca_file"))
+    if (tls.cert_file is None) != (tls.key_file is None):
+        problems.add("tls", "cert_file and key_file together")
+    if tls.client_ca_file is not None and tls.cert_file is None:
+        problems.add("tls.client_ca_file", "cert_file and key_file as well (mTLS needs TLS)")
+    return tls
+
+
+def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
+    """Validate a parsed TOML document.
+
+    Raises:
+        ConfigError: naming the file and every bad key with what was expected.
+    """
+    problems = Problems(path or Path("<config>"))
+    known = {"agent", "estimator", "run", "sim", "tls"}
+    for key in raw:
+        if key not in known:
+            problems.add(key, f"one of the tables {sorted(known)}")
+    base = path.parent if path else Path.cwd()
+    config = Config(
+        path=path,
+        agent=_agent(problems, raw),
+        estimator=_estimator(problems, raw),
+        run=_run(problems, raw),
+        sim=_sim(problems, raw),
+        tls=_tls(problems, raw, base),
+    )
+    problems.raise_if_any()
+    return config
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate a config file; None gives the defaults.
+
+    Raises:
+        ConfigError: for a missing or unreadable file, bad TOML, or bad values.
+    """
+    if path is None:
+        return parse_config({})
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(path, [("-", "an existing, readable config file")]) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, [("-", f"valid TOML: {e}")]) from e
+    return parse_config(raw, path)

@@ -1,0 +1,193 @@
+"""The interface every GPU source implements, and the data it returns.
+
+A source returns one :class:`SampleBatch` per tick: a struct of NumPy arrays with one
+entry per GPU. Vendor units are kept (MHz, percent 0-100, millijoules, milliwatts);
+conversion to base units happens at the export edge. A value the GPU does not report
+is NaN in float arrays (``-1`` in integer arrays); ``SampleBatch.errors`` says which
+fields failed this tick so the exporter can count them.
+
+Interval metrics (GPM tensor and pipe activity) are averages over the interval that
+ends at the sample's ``timestamp_ns`` and starts at the previous sample of the same
+GPU; instantaneous metrics (SM clock, power, energy counter) are read at
+``timestamp_ns``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class SourceError(Exception):
+    """A source failed as a whole (library missing, driver not loaded, bad scenario)."""
+
+
+class ActivityKind(enum.IntEnum):
+    """Where a GPU's tensor-pipe activity comes from; decides the estimator."""
+
+    NONE = 0
+    GPM = 1  # NVML GPM metrics, Hopper and newer
+    DCGM = 2  # DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, fed in by replay
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """Static facts about one GPU.
+
+    Attributes:
+        index: NVML device index (or the virtual index of a simulated GPU).
+        uuid: ``GPU-...`` identifier, stable across reboots.
+        name: the marketing name as the driver reports it.
+        spec_key: key of the matching row in the GPU spec table, None if unknown.
+        max_sm_clock_mhz: highest SM clock the GPU can run at, None if unreported.
+        activity_kind: which tensor-activity counters this GPU provides.
+        source: ``nvml``, ``simulated`` or ``replay``.
+    """
+
+    index: int
+    uuid: str
+    name: str
+    spec_key: str | None
+    max_sm_clock_mhz: float | None
+    activity_kind: ActivityKind
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    """A compute process seen on a GPU.
+
+    Attributes:
+        pid: process id in the agent's PID namespace.
+        used_memory_bytes: framebuffer memory in use, None if the driver hides it.
+        sm_util_pct: the process's share of SM time over the last interval (0-100),
+            None where ``nvmlDeviceGetProcessUtilization`` is unsupported.
+    """
+
+    pid: int
+    used_memory_bytes: int | None = None
+    sm_util_pct: float | None = None
+
+
+# Float fields of a SampleBatch, in the order they are documented. Each is one float64
+# array per batch, one entry per GPU, NaN where unsupported or unreadable.
+FLOAT_FIELDS: tuple[str, ...] = (
+    "sm_clock_mhz",
+    "gpu_util_pct",
+    "tensor_any_pct",
+    "tensor_hmma_pct",
+    "tensor_imma_pct",
+    "tensor_dmma_pct",
+    "tensor_dfma_pct",
+    "fp16_pct",
+    "fp32_pct",
+    "fp64_pct",
+    "sm_util_pct",
+    "sm_occupancy_pct",
+    "energy_mj",
+    "power_mw",
+)
+
+
+def _nan(n: int) -> FloatArray:
+    return np.full(n, np.nan, dtype=np.float64)
+
+
+@dataclass(slots=True)
+class SampleBatch:
+    """One tick of samples for every GPU of a source.
+
+    Attributes:
+        timestamp_ns: monotonic read time per GPU (int64 nanoseconds).
+        wall_time_ns: wall-clock time of the tick (nanoseconds since the epoch).
+        up: False for a GPU that is lost or could not be read at all this tick.
+        sm_clock_mhz: current SM clock.
+        gpu_util_pct: ``utilization.gpu``: percent of time one or more kernels ran.
+        tensor_any_pct: percent of time SMs did any tensor op (GPM ANY_TENSOR_UTIL or
+            DCGM PIPE_TENSOR_ACTIVE x 100), averaged over the interval.
+        tensor_hmma_pct, tensor_imma_pct, tensor_dmma_pct, tensor_dfma_pct: the same
+            split by tensor instruction kind (GPM).
+        fp16_pct, fp32_pct, fp64_pct: non-tensor FP pipe activity (GPM).
+        sm_util_pct, sm_occupancy_pct: GPM SM utilization and occupancy.
+        energy_mj: total energy counter since driver load (millijoules).
+        power_mw: power draw (milliwatts).
+        throttle_reasons: NVML clock-event bitmask, -1 if unknown.
+        processes: compute processes per GPU.
+        errors: (gpu position, field name) for every field that failed this tick for a
+            reason other than "not supported".
+        sim_true_flop_total: cumulative FLOP the simulated GPUs really executed; None
+            for real hardware.
+    """
+
+    timestamp_ns: IntArray
+    wall_time_ns: int
+    up: BoolArray
+    sm_clock_mhz: FloatArray
+    gpu_util_pct: FloatArray
+    tensor_any_pct: FloatArray
+    tensor_hmma_pct: FloatArray
+    tensor_imma_pct: FloatArray
+    tensor_dmma_pct: FloatArray
+    tensor_dfma_pct: FloatArray
+    fp16_pct: FloatArray
+    fp32_pct: FloatArray
+    fp64_pct: FloatArray
+    sm_util_pct: FloatArray
+    sm_occupancy_pct: FloatArray
+    energy_mj: FloatArray
+    power_mw: FloatArray
+    throttle_reasons: IntArray
+    processes: tuple[tuple[GpuProcess, ...], ...]
+    errors: tuple[tuple[int, str], ...] = ()
+    sim_true_flop_total: FloatArray | None = None
+
+    @property
+    def n_gpus(self) -> int:
+        return int(self.timestamp_ns.shape[0])
+
+    @classmethod
+    def empty(cls, n_gpus: int, timestamp_ns: int, wall_time_ns: int) -> SampleBatch:
+        """A batch with every GPU up and every field unknown, ready to be filled in."""
+        fields = {name: _nan(n_gpus) for name in FLOAT_FIELDS}
+        return cls(
+            timestamp_ns=np.full(n_gpus, timestamp_ns, dtype=np.int64),
+            wall_time_ns=wall_time_ns,
+            up=np.ones(n_gpus, dtype=np.bool_),
+            throttle_reasons=np.full(n_gpus, -1, dtype=np.int64),
+            processes=tuple(() for _ in range(n_gpus)),
+            **fields,
+        )
+
+
+class GpuSource(Protocol):
+    """A place samples come from: NVML, the simulator, or a replayed file."""
+
+    @property
+    def kind(self) -> str:
+        """``nvml``, ``simulated`` or ``replay``."""
+        ...
+
+    def devices(self) -> Sequence[DeviceInfo]:
+        """The GPUs this source reports, in the order of every batch's arrays."""
+        ...
+
+    def read(self) -> SampleBatch:
+        """Sample every GPU once. A lost GPU is ``up=False``, never an exception.
+
+        Raises:
+            SourceError: only when the source as a whole cannot go on.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release handles (NVML shutdown, GPM samples)."""
+        ...

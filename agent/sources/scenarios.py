@@ -1,0 +1,190 @@
+"""Scripted training workloads for the simulated source.
+
+A workload is a small state machine that emits piecewise-constant segments of GPU
+activity: compute phases at a set tensor activity and precision, communication and
+data-loader stalls, checkpoint pauses, power-cap throttling and idle gaps. Because the
+segments are constant, the FLOP a simulated GPU executes is known exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from agent.config_errors import Problems
+from agent.specs import MATMUL_PRECISIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A stretch of time during which everything on one GPU is constant.
+
+    Attributes:
+        duration_ns: length of the stretch.
+        tensor_activity: fraction (0-1) of SM cycles the tensor pipes are busy.
+        fp32_activity: fraction of cycles the non-tensor FP32 pipe is busy.
+        kernel_busy: fraction of time at least one kernel runs (what
+            ``utilization.gpu`` measures); NCCL and memcpy kernels count.
+        sm_clock_mhz: SM clock during the stretch.
+    """
+
+    duration_ns: int
+    tensor_activity: float
+    fp32_activity: float
+    kernel_busy: float
+    sm_clock_mhz: float
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Parameters of a scripted training workload; times in seconds.
+
+    ``precision`` is what the matmuls really run in; ``declared_precision`` is what the
+    run tells the agent (None: undeclared, so the estimator must widen its band).
+    """
+
+    precision: str = "bf16"
+    declared_precision: str | None = "bf16"
+    compute_s: float = 0.70
+    compute_jitter: float = 0.10
+    compute_tensor_activity: float = 0.62
+    compute_fp32_activity: float = 0.03
+    comm_s: float = 0.12
+    comm_tensor_activity: float = 0.02
+    dataloader_stall_every_steps: int = 40
+    dataloader_stall_s: float = 1.2
+    checkpoint_every_s: float = 600.0
+    checkpoint_s: float = 20.0
+    throttle_every_s: float = 0.0
+    throttle_s: float = 0.0
+    throttle_clock_mhz: float = 0.0
+    burst_s: float = 0.0
+    idle_s: float = 0.0
+    idle_clock_mhz: float = 345.0
+    clock_mhz: float = 0.0
+    clock_dip_mhz: float = 45.0
+    sampler_stall_every_s: float = 0.0
+    sampler_stall_s: float = 0.0
+    activity_noise_pct: float = 0.3
+
+    def validate(self, problems: Problems, where: str) -> None:
+        """Add a problem for every parameter outside its range."""
+        if self.precision not in MATMUL_PRECISIONS:
+            problems.add(f"{where}.precision", f"one of {sorted(MATMUL_PRECISIONS)}")
+        if self.declared_precision is not None and (
+            self.declared_precision not in MATMUL_PRECISIONS
+        ):
+            problems.add(f"{where}.declared_precision", f"one of {sorted(MATMUL_PRECISIONS)}")
+        for name in ("compute_tensor_activity", "compute_fp32_activity", "comm_tensor_activity"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.add(f"{where}.{name}", "a fraction between 0 and 1")
+        if self.compute_s <= 0:
+            problems.add(f"{where}.compute_s", "a positive number of seconds")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and value < 0:
+                problems.add(f"{where}.{f.name}", "a number >= 0")
+
+
+SCENARIOS: dict[str, Workload] = {
+    # Steady bf16 pre-training: ~0.7 s compute steps, NCCL all-reduce between them,
+    # a data-loader stall every 40 steps, a checkpoint every 10 minutes.
+    "pretrain-bf16": Workload(),
+    # fp8 pre-training on a power-capped node: the SM clock drops for 20 s in every 60.
+    "fp8-throttled": Workload(
+        precision="fp8",
+        declared_precision="fp8",
+        compute_tensor_activity=0.55,
+        throttle_every_s=60.0,
+        throttle_s=20.0,
+        throttle_clock_mhz=1410.0,
+    ),
+    # Bursty fine-tuning: 30 s of steps, then 15 s idle; the sampler itself stalls for
+    # 8 s every 2 minutes, leaving gaps the estimator must cover in its high bound.
+    "finetune-bursty": Workload(
+        compute_s=0.35,
+        compute_tensor_activity=0.45,
+        comm_s=0.05,
+        dataloader_stall_every_steps=20,
+        dataloader_stall_s=0.8,
+        checkpoint_every_s=0.0,
+        burst_s=30.0,
+        idle_s=15.0,
+        sampler_stall_every_s=120.0,
+        sampler_stall_s=8.0,
+    ),
+    # The same pre-training, but the run does not say which precision it uses.
+    "pretrain-undeclared": Workload(declared_precision=None),
+}
+
+
+def workload_from_table(base: Workload, overrides: dict[str, Any], problems: Problems,
+                        where: str) -> Workload:
+    """Apply ``[sim.workload]`` overrides to a named scenario, reporting bad keys."""
+    known = {f.name: f for f in fields(Workload)}
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in known:
+            problems.add(f"{where}.{key}", f"one of {sorted(known)}")
+            continue
+        current = getattr(base, key)
+        if key == "declared_precision":
+            if value not in ("", *MATMUL_PRECISIONS):
+                problems.add(f"{where}.{key}", f"\"\" (undeclared) or one of {sorted(MATMUL_PRECISIONS)}")
+                continue
+            changes[key] = value or None
+        elif isinstance(current, bool) or not isinstance(value, type(current) | int):
+            problems.add(f"{where}.{key}", f"a {type(current).__name__}")
+        else:
+            changes[key] = type(current)(value)
+    workload = replace(base, **changes)
+    workload.validate(problems, where)
+    return workload
+
+
+def segments(workload: Workload, max_clock_mhz: float, seed: int) -> Iterator[Segment]:
+    """The endless segment stream of one simulated GPU, reproducible from ``seed``."""
+    rng = random.Random(seed)
+    w = workload
+    clock = w.clock_mhz or max_clock_mhz
+    t_s = 0.0
+    step = 0
+    next_checkpoint_s = w.checkpoint_every_s or float("inf")
+    burst_end_s = w.burst_s or float("inf")
+
+    def throttled(at_s: float) -> bool:
+        return w.throttle_every_s > 0 and (at_s % w.throttle_every_s) < w.throttle_s
+
+    def step_clock(at_s: float) -> float:
+        if throttled(at_s):
+            return w.throttle_clock_mhz
+        # Boost clocks wander a little under load.
+        return clock - (w.clock_dip_mhz if rng.random() < 0.1 else 0.0)
+
+    def emit(duration_s: float, tensor: float, fp32: float, busy: float,
+             sm_clock_mhz: float) -> Segment:
+        nonlocal t_s
+        duration_ns = max(1, round(duration_s * 1e9))
+        t_s += duration_ns / 1e9
+        return Segment(duration_ns, tensor, fp32, busy, sm_clock_mhz)
+
+    while True:
+        if t_s >= next_checkpoint_s:
+            next_checkpoint_s += w.checkpoint_every_s
+            yield emit(w.checkpoint_s, 0.0, 0.0, 0.0, clock)
+            continue
+        if t_s >= burst_end_s:
+            yield emit(w.idle_s, 0.0, 0.0, 0.0, w.idle_clock_mhz)
+            burst_end_s = t_s + w.burst_s
+            continue
+        step += 1
+        jitter = 1.0 + w.compute_jitter * (2.0 * rng.random() - 1.0)
+        sm_clock = step_clock(t_s)
+        tensor = min(1.0, w.compute_tensor_activity * (1.0 + 0.05 * (2.0 * rng.random() - 1.0)))
+        yield emit(w.compute_s * jitter, tensor, w.compute_fp32_activity, 1.0, sm_clock)
+        if w.comm_s > 0:
+            yield emit(w.comm_s, w.comm_tensor_activity, 0.0, 1.0, step_clock(t_s))
+        if w.dataloader_stall_every_steps and step % w.dataloader_stall_every_steps == 0:
+            yield emit(w.dataloader_stall_s, 0.0, 0.0, 0.05, clock)

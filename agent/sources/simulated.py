@@ -1,0 +1,245 @@
+"""Virtual GPUs running scripted training workloads, with ground-truth FLOP.
+
+The simulated source is a full implementation of :class:`GpuSource`: it is what the
+agent samples on a machine without an NVIDIA driver, and what the tests and the
+benchmarks run against. Each virtual GPU replays the segment stream of a
+:class:`~agent.sources.scenarios.Workload` and reports what NVML would: the SM clock at
+the moment of the read, ``utilization.gpu`` over a trailing window, GPM activity as the
+average over the interval since the previous read (with a little measurement noise),
+and an energy counter. Because the segments are constant, the FLOP each GPU executed is
+known exactly and exposed as ``sim_true_flop_total``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from agent.clock import Clock, RealClock, VirtualClock
+from agent.sources.base import ActivityKind, DeviceInfo, GpuProcess, SampleBatch, SourceError
+from agent.sources.scenarios import Segment, Workload, segments
+from agent.specs import MATMUL_PRECISIONS, GpuSpec, SpecTable
+
+# utilization.gpu is "percent of time over the past sample period during which one or
+# more kernels was executing"; the period is between 1/6 s and 1 s by product.
+UTIL_WINDOW_NS = 1_000_000_000
+IDLE_POWER_W = 80.0
+MAX_POWER_W = 700.0
+SIM_PID_BASE = 4_000_000
+
+
+def sim_gpu_uuid(seed: int, index: int) -> str:
+    """A stable, recognisable UUID for a simulated GPU."""
+    return "GPU-" + str(uuid.UUID(int=(0x5117 << 112) | (seed & 0xFFFFFFFF) << 32 | index))
+
+
+class SimulatedGpu:
+    """One virtual GPU: walks its segment stream and integrates what happened."""
+
+    def __init__(self, index: int, spec: GpuSpec, workload: Workload, seed: int) -> None:
+        self.index = index
+        self.spec = spec
+        tensor_key = MATMUL_PRECISIONS[workload.precision]
+        if not spec.supports(tensor_key):
+            raise SourceError(
+                f"simulated {spec.key} has no {workload.precision} tensor cores "
+                f"(workload precision {workload.precision!r})"
+            )
+        self._workload = workload
+        self._tensor_flop_per_clock = spec.flop_per_clock(tensor_key)
+        self._fp32_flop_per_clock = spec.flop_per_clock("fp32")
+        self._segments: Iterator[Segment] = segments(
+            workload, spec.max_sm_clock_mhz, seed * 1000 + index
+        )
+        self._noise = random.Random(seed * 7919 + index)
+        self._segment = next(self._segments)
+        self._segment_left_ns = self._segment.duration_ns
+        self._cursor_ns = 0
+        self._recent: deque[tuple[int, int, float]] = deque()  # (start, end, kernel_busy)
+        self.true_flop = 0.0
+        self.energy_mj = 0.0
+        self._tensor_integral = 0.0  # activity x ns since the last read
+        self._fp32_integral = 0.0
+        self._busy_integral = 0.0
+        self._last_read_ns: int | None = None
+
+    def advance(self, to_ns: int) -> None:
+        """Run the workload up to ``to_ns`` nanoseconds after the simulation start."""
+        while self._cursor_ns < to_ns:
+            step_ns = min(self._segment_left_ns, to_ns - self._cursor_ns)
+            seg = self._segment
+            clock_hz = seg.sm_clock_mhz * 1e6
+            dt_s = step_ns * 1e-9
+            self.true_flop += (
+                seg.tensor_activity * self._tensor_flop_per_clock
+                + seg.fp32_activity * self._fp32_flop_per_clock
+            ) * clock_hz * dt_s
+            load = 0.25 * seg.kernel_busy + 0.75 * seg.tensor_activity
+            power_w = IDLE_POWER_W + (MAX_POWER_W - IDLE_POWER_W) * load * (
+                seg.sm_clock_mhz / self.spec.max_sm_clock_mhz
+            )
+            self.energy_mj += power_w * dt_s * 1e3
+            self._tensor_integral += seg.tensor_activity * step_ns
+            self._fp32_integral += seg.fp32_activity * step_ns
+            self._busy_integral += seg.kernel_busy * step_ns
+            self._recent.append((self._cursor_ns, self._cursor_ns + step_ns, seg.kernel_busy))
+            self._cursor_ns += step_ns
+            self._segment_left_ns -= step_ns
+            if self._segment_left_ns == 0:
+                self._segment = next(self._segments)
+                self._segment_left_ns = self._segment.duration_ns
+        while self._recent and self._recent[0][1] <= self._cursor_ns - UTIL_WINDOW_NS:
+            self._recent.popleft()
+
+    def utilization_pct(self) -> float:
+        """Percent of the trailing window in which a kernel ran."""
+        start = self._cursor_ns - UTIL_WINDOW_NS
+        busy = 0.0
+        for seg_start, seg_end, kernel_busy in self._recent:
+            overlap = min(seg_end, self._cursor_ns) - max(seg_start, start)
+            if overlap > 0:
+                busy += overlap * kernel_busy
+        span = min(UTIL_WINDOW_NS, self._cursor_ns)
+        return round(100.0 * busy / span) if span > 0 else 0.0
+
+    def current_power_mw(self) -> float:
+        seg = self._segment
+        load = 0.25 * seg.kernel_busy + 0.75 * seg.tensor_activity
+        return 1e3 * (IDLE_POWER_W + (MAX_POWER_W - IDLE_POWER_W) * load)
+
+    def take_interval(self) -> tuple[float, float, float] | None:
+        """Interval averages (tensor, fp32, busy) in percent since the previous read.
+
+        None on the first read, as NVML GPM needs two samples.
+        """
+        previous = self._last_read_ns
+        self._last_read_ns = self._cursor_ns
+        span = self._cursor_ns - previous if previous is not None else 0
+        integrals = (self._tensor_integral, self._fp32_integral, self._busy_integral)
+        self._tensor_integral = self._fp32_integral = self._busy_integral = 0.0
+        if previous is None or span <= 0:
+            return None
+        noise = self._workload.activity_noise_pct
+        out = []
+        for integral in integrals:
+            pct = 100.0 * integral / span + noise * (2.0 * self._noise.random() - 1.0)
+            out.append(min(100.0, max(0.0, pct)))
+        return out[0], out[1], out[2]
+
+    @property
+    def sm_clock_mhz(self) -> float:
+        return self._segment.sm_clock_mhz
+
+
+class SimulatedSource:
+    """Virtual GPUs of one model from the spec table, all running one workload.
+
+    Args:
+        specs: the GPU spec table.
+        gpu_model: spec-table key of the simulated GPUs.
+        n_gpus: how many GPUs.
+        workload: what they run.
+        seed: makes the segment streams and noise reproducible.
+        clock: where time comes from; a :class:`VirtualClock` makes the run
+            reproducible to the nanosecond.
+
+    Raises:
+        SourceError: for an unknown GPU model or a precision the GPU lacks.
+    """
+
+    def __init__(
+        self,
+        specs: SpecTable,
+        gpu_model: str,
+        n_gpus: int,
+        workload: Workload,
+        seed: int = 1,
+        clock: Clock | None = None,
+    ) -> None:
+        if gpu_model not in specs:
+            raise SourceError(f"unknown simulated GPU model {gpu_model!r}; see {specs.path}")
+        self.workload = workload
+        self._spec = specs[gpu_model]
+        self._clock: Clock = clock or RealClock()
+        self._gpus = [SimulatedGpu(i, self._spec, workload, seed) for i in range(n_gpus)]
+        kind = ActivityKind.GPM if self._spec.gpm else ActivityKind.NONE
+        self._devices = tuple(
+            DeviceInfo(
+                index=i,
+                uuid=sim_gpu_uuid(seed, i),
+                name=f"{self._spec.name} (simulated)",
+                spec_key=self._spec.key,
+                max_sm_clock_mhz=self._spec.max_sm_clock_mhz,
+                activity_kind=kind,
+                source="simulated",
+            )
+            for i in range(n_gpus)
+        )
+        self._origin_ns: int | None = None
+        self._next_stall_s = workload.sampler_stall_every_s or float("inf")
+
+    @property
+    def kind(self) -> str:
+        return "simulated"
+
+    def devices(self) -> Sequence[DeviceInfo]:
+        return self._devices
+
+    def _maybe_stall(self, elapsed_ns: int) -> None:
+        # A sampler stall (a hung NVML call, a descheduled agent) is something that
+        # happens to the agent, not the GPU: time passes while nobody reads.
+        if elapsed_ns / 1e9 < self._next_stall_s:
+            return
+        self._next_stall_s += self.workload.sampler_stall_every_s
+        stall_ns = round(self.workload.sampler_stall_s * 1e9)
+        if isinstance(self._clock, VirtualClock):
+            self._clock.advance_ns(stall_ns)
+        else:
+            time.sleep(stall_ns / 1e9)
+
+    def read(self) -> SampleBatch:
+        now_ns = self._clock.monotonic_ns()
+        if self._origin_ns is None:
+            self._origin_ns = now_ns
+        self._maybe_stall(now_ns - self._origin_ns)
+        now_ns = self._clock.monotonic_ns()
+        elapsed_ns = now_ns - self._origin_ns
+        batch = SampleBatch.empty(len(self._gpus), now_ns, self._clock.wall_ns())
+        truth = np.empty(len(self._gpus), dtype=np.float64)
+        gpm = self._spec.gpm
+        processes: list[tuple[GpuProcess, ...]] = []
+        for i, gpu in enumerate(self._gpus):
+            gpu.advance(elapsed_ns)
+            batch.sm_clock_mhz[i] = gpu.sm_clock_mhz
+            batch.gpu_util_pct[i] = gpu.utilization_pct()
+            batch.energy_mj[i] = float(int(gpu.energy_mj))
+            batch.power_mw[i] = gpu.current_power_mw()
+            batch.throttle_reasons[i] = 0x4 if gpu.sm_clock_mhz < self._spec.max_sm_clock_mhz - 100 else 0
+            interval = gpu.take_interval()
+            if gpm and interval is not None:
+                tensor_pct, fp32_pct, busy_pct = interval
+                batch.tensor_any_pct[i] = tensor_pct
+                batch.tensor_hmma_pct[i] = tensor_pct if self.workload.precision != "int8" else 0.0
+                batch.tensor_imma_pct[i] = tensor_pct if self.workload.precision == "int8" else 0.0
+                batch.tensor_dmma_pct[i] = 0.0
+                batch.tensor_dfma_pct[i] = 0.0
+                batch.fp16_pct[i] = 0.0
+                batch.fp32_pct[i] = fp32_pct
+                batch.fp64_pct[i] = 0.0
+                batch.sm_util_pct[i] = busy_pct
+                batch.sm_occupancy_pct[i] = busy_pct * 0.5
+            truth[i] = gpu.true_flop
+            processes.append(
+                (GpuProcess(pid=SIM_PID_BASE + i, sm_util_pct=batch.gpu_util_pct[i]),)
+            )
+        batch.processes = tuple(processes)
+        batch.sim_true_flop_total = truth
+        return batch
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,1 @@
+"""Outputs of the agent: the Prometheus collector and endpoint, textfile output."""
