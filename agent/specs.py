@@ -6,6 +6,7 @@ Peak throughput is computed from the measured SM clock, not taken from a datashe
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -122,12 +123,18 @@ class SpecTable:
         return self.specs.keys()
 
     def match_name(self, device_name: str) -> GpuSpec | None:
-        """The row whose longest ``match`` substring occurs in the NVML device name."""
-        lowered = device_name.lower()
+        """The row whose longest ``match`` pattern occurs in the NVML device name.
+
+        A pattern must stand as whole words (case-insensitive): "A10" does not select
+        an "A100" or an "A10G", "B200" does not select a "GB200".
+        """
         best: tuple[int, GpuSpec] | None = None
         for spec in self.specs.values():
             for pattern in spec.match:
-                if pattern.lower() in lowered and (best is None or len(pattern) > best[0]):
+                words = re.escape(pattern.strip())
+                if re.search(rf"(?<![A-Za-z0-9]){words}(?![A-Za-z0-9])", device_name, re.I) and (
+                    best is None or len(pattern) > best[0]
+                ):
                     best = (len(pattern), spec)
         return None if best is None else best[1]
 
