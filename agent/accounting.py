@@ -23,7 +23,7 @@ from agent.estimate import (
     build_coefficients,
     estimate_rates,
 )
-from agent.integrate import FLOP_UNIT, integrate_energy, integrate_flop
+from agent.integrate import FLOP_UNIT, group_by_gpu, integrate_energy, integrate_flop
 from agent.snapshot import GpuSnapshot, RunSnapshot, Snapshot
 from agent.sources.base import ActivityKind, DeviceInfo, FloatArray, IntArray, SampleBatch
 
@@ -164,15 +164,15 @@ class Accountant:
         b = self._buffer
         if not b.gpu:
             return
-        gpu = np.concatenate(b.gpu)
-        ts = np.concatenate(b.timestamp_ns)
+        order, offsets = group_by_gpu(np.concatenate(b.gpu), self.n_gpus)
+        ts = np.concatenate(b.timestamp_ns)[order]
         flop = integrate_flop(
-            gpu, ts, np.concatenate(b.low), np.concatenate(b.central), np.concatenate(b.high),
-            self.coeffs.gap_rate_flops, self._measured_over_gaps, self._last_flop_ts,
-            self._max_gap_ns,
+            offsets, ts, np.concatenate(b.low)[order], np.concatenate(b.central)[order],
+            np.concatenate(b.high)[order], self.coeffs.gap_rate_flops,
+            self._measured_over_gaps, self._last_flop_ts, self._max_gap_ns,
         )
         energy = integrate_energy(
-            gpu, ts, np.concatenate(b.energy_mj), np.concatenate(b.power_mw),
+            offsets, ts, np.concatenate(b.energy_mj)[order], np.concatenate(b.power_mw)[order],
             self._last_energy_ts, self._last_energy_mj,
         )
         self._last_flop_ts = flop.last_timestamp_ns
