@@ -225,7 +225,9 @@ class Accountant:
                     energy_joules=t.energy_mj / 1e3,
                     covered_seconds=t.covered_ns / 1e9,
                     gap_seconds=t.gap_ns / 1e9,
-                    rate_flops=float(rates.central[i]) if rates is not None and self._up[i] else 0.0,
+                    rate_flops=(
+                        float(rates.central[i]) if rates is not None and self._up[i] else 0.0
+                    ),
                     estimator=Estimator(int(rates.estimator[i])).name.lower()
                     if rates is not None else "none",
                     sm_clock_hz=reading(batch.sm_clock_mhz if batch else None, 1e6),

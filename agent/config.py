@@ -136,7 +136,8 @@ def _agent(problems: Problems, raw: dict[str, Any]) -> AgentSettings:
     known = {f.name for f in fields(AgentSettings)} - {"listen_host", "listen_port"} | {"listen"}
     r = _Reader(problems, _table(problems, raw, "agent"), "agent", known)
     d = AgentSettings()
-    interval = r.get("interval_s", (int, float), d.interval_s, f"a number of seconds >= {MIN_INTERVAL_S}")
+    interval = r.get("interval_s", (int, float), d.interval_s,
+                     f"a number of seconds >= {MIN_INTERVAL_S}")
     if interval < MIN_INTERVAL_S:
         problems.add("agent.interval_s", f"a number of seconds >= {MIN_INTERVAL_S}")
         interval = d.interval_s
@@ -241,7 +242,8 @@ def _run(problems: Problems, raw: dict[str, Any]) -> RunSettings:
         factor = r.get("recompute_factor", (int, float), 0.0, "a number >= 1")
         if factor < 1:
             problems.add("run.recompute_factor",
-                         "a number >= 1 (hardware FLOP per model FLOP) with recompute = \"selective\"")
+                         "a number >= 1 (hardware FLOP per model FLOP) with "
+                         "recompute = \"selective\"")
             factor = 1.0
     else:
         problems.add("run.recompute", f"one of {modes}")

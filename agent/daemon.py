@@ -51,8 +51,8 @@ def open_source(config: Config, specs: SpecTable) -> tuple[GpuSource, Clock]:
 
         reason = nvml_unavailable_reason()
         if reason is None:
-            clock = RealClock()
-            return NvmlSource(specs, clock=clock), clock
+            real = RealClock()
+            return NvmlSource(specs, clock=real), real
         if kind == "nvml":
             raise SourceError(f"NVML source requested but unavailable: {reason}")
         log.warning(

@@ -23,7 +23,7 @@ last energy reading per GPU) goes in as an argument and comes back as a result.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
@@ -65,7 +65,7 @@ class EnergyTotals(NamedTuple):
 def _segment_fast(
     ts: IntArray, low: FloatArray, central: FloatArray, high: FloatArray, start: int,
     end: int, gap_rate: float, measured: bool, max_gap_ns: int,
-) -> tuple[int, int, int, int, int, int]:
+) -> tuple[Any, ...]:
     # Branch-free so that LLVM vectorises it: every interval is computed, and masks
     # (0 or 1) select what it adds to. Integer sums are exact in any order.
     s_low = np.int64(0)
@@ -101,7 +101,7 @@ def _segment_fast(
 def _segment_checked(
     ts: IntArray, low: FloatArray, central: FloatArray, high: FloatArray, start: int,
     end: int, previous: int, gap_rate: float, measured: bool, max_gap_ns: int,
-) -> tuple[int, int, int, int, int, int, int]:
+) -> tuple[Any, ...]:
     # The same arithmetic as _segment_fast (its masked sums select exactly high[i] or
     # gap_rate), one interval at a time, skipping samples whose timestamp does not
     # advance: they must not open the next interval.
@@ -217,7 +217,7 @@ def integrate_flop(
     return FlopTotals(
         *_integrate_flop(
             offsets, timestamp_ns, rate_low, rate_central, rate_high, gap_rate_flops,
-            measured_over_gaps, last_timestamp_ns, np.int64(max_gap_ns),
+            measured_over_gaps, last_timestamp_ns, int(max_gap_ns),
         )
     )
 
@@ -244,7 +244,7 @@ def group_by_gpu(gpu: IntArray, n_gpus: int) -> tuple[IntArray, IntArray]:
         ``order`` (index array that groups the samples) and ``offsets`` (GPU ``g``'s
         samples are ``order[offsets[g]:offsets[g+1]]``).
     """
-    return _group_by_gpu(gpu, np.int64(n_gpus))
+    return _group_by_gpu(gpu, int(n_gpus))
 
 
 @njit(cache=True, nogil=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -119,6 +119,9 @@ class SpecTable:
     def __contains__(self, key: object) -> bool:
         return key in self.specs
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.specs)
+
     def keys(self) -> Iterable[str]:
         return self.specs.keys()
 
@@ -180,7 +183,7 @@ def _parse_spec(problems: Problems, key: str, raw: Mapping[str, Any]) -> GpuSpec
     def need(name: str, kind: type | tuple[type, ...], expect: str) -> Any:
         nonlocal ok
         value = raw.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             problems.add(f"{where}.{name}", expect)
             ok = False
             return None
@@ -248,8 +251,7 @@ def load_spec_table(path: Path | None = None) -> SpecTable:
         raise ConfigError(path, [("-", f"valid TOML ({e})")]) from e
     gpus = raw.get("gpu")
     if not isinstance(gpus, dict) or not gpus:
-        problems.add("gpu", "one or more [gpu.<key>] tables")
-        problems.raise_if_any()
+        raise ConfigError(path, [("gpu", "one or more [gpu.<key>] tables")])
     specs: dict[str, GpuSpec] = {}
     for key, spec_raw in gpus.items():
         if not isinstance(spec_raw, dict):

@@ -21,7 +21,9 @@ class KernelResult:
     streaming_s: float
 
     def rows(self) -> list[tuple[str, str]]:
-        rate = lambda s: f"{self.samples / s / 1e6:,.1f} M GPU-samples/s"  # noqa: E731
+        def rate(seconds: float) -> str:
+            return f"{self.samples / seconds / 1e6:,.1f} M GPU-samples/s"
+
         return [
             ("samples (8 GPUs, grouped by GPU)", f"{self.samples:,}"),
             ("numba kernel", f"{self.kernel_s * 1e3:.1f} ms  {rate(self.kernel_s)}"),

@@ -116,20 +116,20 @@ class FlopledgerCollector(Collector):
              "power_watts"),
         )
         for name, doc, attr in readings:
-            family = GaugeMetricFamily(name, doc, labels=GPU_LABELS)
+            gauge = GaugeMetricFamily(name, doc, labels=GPU_LABELS)
             for g in snap.gpus:
                 value = getattr(g, attr)
                 if value is not None and g.up:
-                    family.add_metric(_gpu_labels(g), value)
-            yield family
-        errors = CounterMetricFamily(
+                    gauge.add_metric(_gpu_labels(g), value)
+            yield gauge
+        error_family = CounterMetricFamily(
             "flopledger_sample_errors",
             "Failed reads of a GPU field (unsupported fields are not errors).",
             labels=["gpu", "field"],
         )
         for index, _uuid, field_name, count in snap.sample_errors:
-            errors.add_metric([str(index), field_name], float(count), created=created)
-        yield errors
+            error_family.add_metric([str(index), field_name], float(count), created=created)
+        yield error_family
 
     def _run_metrics(self, snap: Snapshot) -> Iterator[Metric]:
         counters = (

@@ -52,7 +52,9 @@ def wait_for(url: str, proc: subprocess.Popen[str], timeout: float = 60.0) -> Sa
 
 
 @contextlib.contextmanager
-def agent(config: Path, *args: str, log: Path | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def agent(
+    config: Path, *args: str, log: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Run ``flopledger run`` with a config; yields the process and its /metrics URL."""
     port = free_port()
     log_file = (log or config.with_suffix(".log")).open("w")

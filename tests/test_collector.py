@@ -108,4 +108,5 @@ def test_promtool_accepts_the_exposition() -> None:
         result = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
                                 capture_output=True, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stderr
+        assert result.stdout.strip() == "", result.stdout
+        assert result.stderr.strip() == "", result.stderr

@@ -37,7 +37,9 @@ def rates(
     settings: EstimatorSettings = SETTINGS,
 ) -> Rates:
     coeffs = build_coefficients([assumption], settings)
-    a = lambda x: np.array([x], dtype=np.float64)  # noqa: E731
+    def a(x: float) -> np.ndarray:
+        return np.array([x], dtype=np.float64)
+
     return estimate_rates(
         np.zeros(1, np.int64), a(clock), a(prev_clock), a(util), a(prev_util), a(tensor),
         a(hmma), a(imma), a(NAN), a(NAN), a(NAN), a(fp32), a(NAN), coeffs, settings,
@@ -99,7 +101,8 @@ def test_utilization_only_bounds_from_above_and_says_so() -> None:
 
 def test_nothing_usable_gives_zero_and_peak() -> None:
     r = rates(GPM_BF16)
-    assert r.central[0] == 0 and r.low[0] == 0
+    assert r.central[0] == 0
+    assert r.low[0] == 0
     assert r.high[0] == build_coefficients([GPM_BF16], SETTINGS).gap_rate_flops[0]
     assert r.estimator[0] == Estimator.NONE
 
@@ -126,7 +129,8 @@ def test_precision_the_gpu_lacks_falls_back_to_its_fastest_float() -> None:
 
 def test_gpu_missing_from_the_table_is_reported_not_guessed() -> None:
     r = rates(GpuAssumptions(None, ActivityKind.GPM), tensor=50.0, util=100)
-    assert r.central[0] == 0 and r.high[0] == 0
+    assert r.central[0] == 0
+    assert r.high[0] == 0
     assert r.estimator[0] == Estimator.NONE
 
 
@@ -139,8 +143,13 @@ def test_rates_do_not_depend_on_how_samples_are_grouped() -> None:
     cols = [rng.uniform(300, 2000, n), rng.uniform(300, 2000, n)] + [
         np.where(rng.random(n) < 0.2, NAN, rng.uniform(0, 100, n)) for _ in range(10)
     ]
-    whole = estimate_rates(gpu, *cols, coeffs, SETTINGS)
+    def estimate(lo: int, hi: int) -> Rates:
+        c = [col[lo:hi] for col in cols]
+        return estimate_rates(gpu[lo:hi], c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+                              c[8], c[9], c[10], c[11], coeffs, SETTINGS)
+
+    whole = estimate(0, n)
     for lo, hi in ((0, 17), (17, 18), (18, 64)):
-        part = estimate_rates(gpu[lo:hi], *(c[lo:hi] for c in cols), coeffs, SETTINGS)
+        part = estimate(lo, hi)
         for name in ("low", "central", "high", "estimator"):
             np.testing.assert_array_equal(getattr(part, name), getattr(whole, name)[lo:hi])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -81,7 +83,8 @@ def test_single_sample_and_empty_input_add_nothing() -> None:
     assert one.central_units[0] == one.high_units[0] == one.covered_ns[0] == 0
     assert one.last_timestamp_ns[0] == 5 * SECOND
     empty = run([], [], [], [], [])
-    assert empty.central_units[0] == 0 and empty.last_timestamp_ns[0] == -1
+    assert empty.central_units[0] == 0
+    assert empty.last_timestamp_ns[0] == -1
 
 
 def test_gap_adds_peak_to_high_only() -> None:
@@ -152,10 +155,11 @@ def test_totals_are_bit_identical_for_any_chunking(
     start = np.full(n_gpus, -1, np.int64)
 
     def integrate(lo: int, hi: int, last: np.ndarray, reference: bool = False) -> FlopTotals:
-        offsets, *cols = grouped(gpu[lo:hi], n_gpus, ts[lo:hi], low[lo:hi], central[lo:hi],
-                                 high[lo:hi])
+        offsets, ts_g, low_g, central_g, high_g = grouped(
+            gpu[lo:hi], n_gpus, ts[lo:hi], low[lo:hi], central[lo:hi], high[lo:hi]
+        )
         fn = integrate_flop_reference if reference else integrate_flop
-        return fn(offsets, *cols, gap_rate, measured, last, MAX_GAP)
+        return fn(offsets, ts_g, low_g, central_g, high_g, gap_rate, measured, last, MAX_GAP)
 
     whole = integrate(0, n, start)
     ref = integrate(0, n, start, reference=True)
@@ -164,7 +168,7 @@ def test_totals_are_bit_identical_for_any_chunking(
     bounds = sorted({0, n, *(c for c in cuts if c < n)})
     acc = [np.zeros(n_gpus, np.int64) for _ in range(6)]
     last = start
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         part = integrate(lo, hi, last)
         for k in range(6):
             acc[k] += part[k]

@@ -19,12 +19,13 @@ def test_table_has_the_required_gpus_with_sources() -> None:
         spec = TABLE[key]
         assert spec.sources, key
         assert spec.datasheet, key
-        assert spec.sm_count > 0 and spec.max_sm_clock_mhz > 0
+        assert spec.sm_count > 0
+        assert spec.max_sm_clock_mhz > 0
 
 
 @pytest.mark.parametrize(
     ("key", "precision"),
-    [(k, p.precision) for k in TABLE.keys() for p in TABLE[k].datasheet],
+    [(k, p.precision) for k in TABLE for p in TABLE[k].datasheet],
 )
 def test_datasheet_peak_recomputes_from_per_clock_figures(key: str, precision: str) -> None:
     spec = TABLE[key]
@@ -66,7 +67,8 @@ def test_h100_peak_scales_with_the_measured_clock() -> None:
 )
 def test_nvml_names_select_the_right_row(device_name: str, key: str) -> None:
     spec = TABLE.match_name(device_name)
-    assert spec is not None and spec.key == key
+    assert spec is not None
+    assert spec.key == key
 
 
 @pytest.mark.parametrize("device_name", ["NVIDIA GeForce GTX 1080", "NVIDIA A10G"])

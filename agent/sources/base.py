@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -157,7 +157,7 @@ class SampleBatch:
     @classmethod
     def empty(cls, n_gpus: int, timestamp_ns: int, wall_time_ns: int) -> SampleBatch:
         """A batch with every GPU up and every field unknown, ready to be filled in."""
-        fields = {name: _nan(n_gpus) for name in FLOAT_FIELDS}
+        fields: dict[str, Any] = {name: _nan(n_gpus) for name in FLOAT_FIELDS}
         return cls(
             timestamp_ns=np.full(n_gpus, timestamp_ns, dtype=np.int64),
             wall_time_ns=wall_time_ns,

@@ -132,7 +132,8 @@ def workload_from_table(base: Workload, overrides: dict[str, Any], problems: Pro
         current = getattr(base, key)
         if key == "declared_precision":
             if value not in ("", *MATMUL_PRECISIONS):
-                problems.add(f"{where}.{key}", f"\"\" (undeclared) or one of {sorted(MATMUL_PRECISIONS)}")
+                problems.add(f"{where}.{key}",
+                             f"\"\" (undeclared) or one of {sorted(MATMUL_PRECISIONS)}")
                 continue
             changes[key] = value or None
         elif isinstance(current, bool) or not isinstance(value, type(current) | int):

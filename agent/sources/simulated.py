@@ -219,7 +219,9 @@ class SimulatedSource:
             batch.gpu_util_pct[i] = gpu.utilization_pct()
             batch.energy_mj[i] = float(int(gpu.energy_mj))
             batch.power_mw[i] = gpu.current_power_mw()
-            batch.throttle_reasons[i] = 0x4 if gpu.sm_clock_mhz < self._spec.max_sm_clock_mhz - 100 else 0
+            # SW power cap (0x4) while throttled, as NVML's clock-event reasons say.
+            throttled = gpu.sm_clock_mhz < self._spec.max_sm_clock_mhz - 100
+            batch.throttle_reasons[i] = 0x4 if throttled else 0
             interval = gpu.take_interval()
             if gpm and interval is not None:
                 tensor_pct, fp32_pct, busy_pct = interval

@@ -1,0 +1,33 @@
+"""`make bench`: every figure measured side by side in one run."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+from benchmarks.kernel import bench_kernel
+from benchmarks.overhead import bench_overhead
+from benchmarks.scrape import bench_scrape
+
+
+def section(title: str, rows: list[tuple[str, str]]) -> None:
+    print(f"\n== {title}")
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="flopledger benchmarks")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args()
+    print(f"flopledger benchmarks on {platform.processor() or platform.machine()}, "
+          f"Python {platform.python_version()}")
+    section("integration kernel (one core)",
+            bench_kernel(samples=800_000 if args.quick else 8_000_000).rows())
+    section("/metrics scrape latency", bench_scrape(n=50 if args.quick else 500).rows())
+    section("agent overhead", bench_overhead(seconds=5 if args.quick else 20).rows())
+
+
+if __name__ == "__main__":
+    main()
