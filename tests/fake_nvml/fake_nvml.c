@@ -1,0 +1,642 @@
+/*
+ * A stand-in libnvidia-ml.so.1 for the test suite: the NVML entry points the agent's
+ * NVML source uses, with the symbol names and struct layouts pynvml 13.x expects,
+ * driven by a scenario file instead of hardware.
+ *
+ * Build:  gcc -shared -fPIC -O2 -o libnvidia-ml.so.1 fake_nvml.c
+ *         (-DFAKE_NVML_LEGACY leaves out nvmlDeviceGetCurrentClocksEventReasons, like a
+ *          driver older than R535.)
+ *
+ * The scenario file is named by the environment variable FAKE_NVML_SCENARIO and read
+ * when the first nvmlInit* call of a session starts NVML (init is reference-counted, as
+ * in the real library). Unset: NVML starts with no GPUs. Unreadable or malformed: init
+ * fails with NVML_ERROR_UNKNOWN and a message on stderr.
+ *
+ * Scenario format: one directive per line; '#' starts a comment; tokens are separated by
+ * blanks; a value may be double-quoted to hold blanks. <gpu> is the 0-based position of
+ * a `gpu` line. Codes are nvmlReturn_t numbers (3 NOT_SUPPORTED, 15 GPU_IS_LOST, ...).
+ *
+ *   gpu <uuid> [key=value ...]         a GPU; keys (defaults in brackets):
+ *       name="NVIDIA H100 80GB HBM3"   device name ["Fake GPU"]
+ *       sm_clock=<MHz>                 current SM clock [1000]
+ *       max_sm_clock=<MHz>             max SM (and graphics) clock [sm_clock]
+ *       util=<percent>                 utilization.gpu [0]; mem_util=<percent> [0]
+ *       energy_start_mj=<mJ>           energy counter before the first read [0]
+ *       energy_step_mj=<mJ>            added to the energy counter on every read [0]
+ *       power_mw=<mW>                  power draw [0]
+ *       event_reasons=<bitmask>        clock-event reasons, decimal or 0x.. [0]
+ *       gpm=0|1                        GPM supported [0]
+ *       any_tensor= hmma= imma= dmma= dfma= fp16= fp32= fp64= sm_util= sm_occupancy=
+ *                                      GPM metric values (percent) [0]
+ *   metric <gpu> <metric_id> <value> [ret=<code>]
+ *                                      any GPM metric by id, optionally failing with
+ *                                      its own nvmlReturn code
+ *   unsupported <gpu> <field>          <field> returns NOT_SUPPORTED (3)
+ *   error <gpu> <field> <code>         <field> returns <code>
+ *       fields: name uuid max_clock clock util energy power event_reasons
+ *               throttle_reasons processes process_util gpm_support gpm_sample
+ *               gpm_metrics
+ *   lost <gpu> after_reads=<n>         the GPU is lost once read n times: its
+ *                                      (n+1)-th nvmlDeviceGetClockInfo call and every
+ *                                      call after it return GPU_IS_LOST (15)
+ *   process <gpu> <pid> <mem_bytes|-> <sm_util|->
+ *                                      a compute process; '-' memory is
+ *                                      NVML_VALUE_NOT_AVAILABLE, '-' util means no
+ *                                      per-process utilization sample
+ *   count_error <code>                 nvmlDeviceGetCount_v2 fails with <code>
+ *   init_error <code>                  nvmlInitWithFlags fails with <code>
+ *
+ * Per-process utilization samples carry the timestamp reads*1e6 (microseconds), so a
+ * caller that passes the newest timestamp it has seen gets NOT_FOUND until the next read.
+ *
+ * Test hooks (not NVML): fakeNvml_liveGpmSamples(), fakeNvml_gpmStats(), fakeNvml_refcount().
+ */
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int nvmlReturn_t;
+
+enum {
+    NVML_SUCCESS = 0,
+    NVML_ERROR_UNINITIALIZED = 1,
+    NVML_ERROR_INVALID_ARGUMENT = 2,
+    NVML_ERROR_NOT_SUPPORTED = 3,
+    NVML_ERROR_NOT_FOUND = 6,
+    NVML_ERROR_INSUFFICIENT_SIZE = 7,
+    NVML_ERROR_GPU_IS_LOST = 15,
+    NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
+    NVML_ERROR_UNKNOWN = 999,
+};
+
+#define MAX_GPUS 64
+#define MAX_PROCS 64
+#define GPM_METRIC_MAX 477 /* NVML_GPM_METRIC_MAX in pynvml 13.x */
+#define NAME_LEN 96        /* NVML_DEVICE_NAME_V2_BUFFER_SIZE / UUID_V2 */
+#define DEVICE_MAGIC 0x4e564d4cu
+#define SAMPLE_MAGIC 0x47504d53u
+
+enum field {
+    F_NAME, F_UUID, F_MAX_CLOCK, F_CLOCK, F_UTIL, F_ENERGY, F_POWER, F_EVENT_REASONS,
+    F_THROTTLE_REASONS, F_PROCESSES, F_PROCESS_UTIL, F_GPM_SUPPORT, F_GPM_SAMPLE,
+    F_GPM_METRICS, F_COUNT
+};
+
+static const char *const field_names[F_COUNT] = {
+    "name", "uuid", "max_clock", "clock", "util", "energy", "power", "event_reasons",
+    "throttle_reasons", "processes", "process_util", "gpm_support", "gpm_sample",
+    "gpm_metrics",
+};
+
+struct fake_process {
+    unsigned pid;
+    unsigned long long mem_bytes;
+    int sm_util; /* -1: no utilization sample */
+};
+
+/* What an nvmlDevice_t points at. */
+struct fake_device {
+    unsigned magic;
+    char uuid[NAME_LEN];
+    char name[NAME_LEN];
+    unsigned sm_clock, max_sm_clock, util, mem_util, power_mw;
+    unsigned long long energy_mj, energy_step_mj, event_reasons;
+    int gpm;
+    double metric_value[GPM_METRIC_MAX];
+    int metric_ret[GPM_METRIC_MAX];
+    nvmlReturn_t fail[F_COUNT];
+    long long lost_after; /* -1: never */
+    int lost;
+    unsigned long long reads; /* nvmlDeviceGetClockInfo calls */
+    struct fake_process procs[MAX_PROCS];
+    int nprocs;
+    unsigned long long gpm_seq, gpm_metrics_calls, last_seq1, last_seq2;
+};
+
+/* What an nvmlGpmSample_t points at: opaque to callers. */
+struct fake_gpm_sample {
+    unsigned magic;
+    struct fake_device *device; /* NULL until nvmlGpmSampleGet fills it */
+    unsigned long long seq;     /* the device's sample count when it was taken */
+};
+
+/* Layouts as pynvml declares them (ctypes follows the C ABI, so these match). */
+typedef struct fake_device *nvmlDevice_t;
+typedef struct fake_gpm_sample *nvmlGpmSample_t;
+typedef struct { unsigned gpu, memory; } nvmlUtilization_t;
+typedef struct {
+    unsigned pid;
+    unsigned long long usedGpuMemory;
+    unsigned gpuInstanceId, computeInstanceId;
+} nvmlProcessInfo_t;
+typedef struct {
+    unsigned pid;
+    unsigned long long timeStamp;
+    unsigned smUtil, memUtil, encUtil, decUtil;
+} nvmlProcessUtilizationSample_t;
+typedef struct { unsigned version, isSupportedDevice; } nvmlGpmSupport_t;
+typedef struct {
+    unsigned metricId;
+    nvmlReturn_t nvmlReturn;
+    double value;
+    struct { const char *shortName, *longName, *unit; } metricInfo;
+} nvmlGpmMetric_t;
+typedef struct {
+    unsigned version, numMetrics;
+    nvmlGpmSample_t sample1, sample2;
+    nvmlGpmMetric_t metrics[GPM_METRIC_MAX];
+} nvmlGpmMetricsGet_t;
+
+static struct fake_device devices[MAX_GPUS];
+static unsigned device_count;
+static int refcount;
+static nvmlReturn_t count_error;
+static int live_samples;
+
+/* ---- scenario parsing ------------------------------------------------------------- */
+
+/* Splits a line into tokens in place; a double-quoted run keeps its blanks. */
+static int tokenize(char *line, char **tokens, int max) {
+    int n = 0;
+    char *p = line, *out;
+    while (*p) {
+        while (isspace((unsigned char)*p)) p++;
+        if (!*p || *p == '#') break;
+        if (n == max) return -1;
+        tokens[n++] = out = p;
+        int quoted = 0;
+        while (*p && (quoted || !isspace((unsigned char)*p))) {
+            if (*p == '"') { quoted = !quoted; p++; continue; }
+            *out++ = *p++;
+        }
+        if (*p) p++;
+        *out = '\0';
+    }
+    return n;
+}
+
+static int parse_ull(const char *s, unsigned long long *out) {
+    char *end;
+    errno = 0;
+    *out = strtoull(s, &end, 0);
+    return errno == 0 && *s && !*end;
+}
+
+static int parse_double(const char *s, double *out) {
+    char *end;
+    *out = strtod(s, &end);
+    return *s && !*end;
+}
+
+static int parse_gpu_index(const char *s, unsigned *out) {
+    unsigned long long v;
+    if (!parse_ull(s, &v) || v >= device_count) return 0;
+    *out = (unsigned)v;
+    return 1;
+}
+
+static int field_index(const char *s) {
+    for (int i = 0; i < F_COUNT; i++)
+        if (strcmp(s, field_names[i]) == 0) return i;
+    return -1;
+}
+
+static const struct { const char *key; unsigned id; } metric_keys[] = {
+    {"sm_util", 2}, {"sm_occupancy", 3}, {"any_tensor", 5}, {"dfma", 6}, {"hmma", 7},
+    {"dmma", 8},    {"imma", 9},         {"fp64", 11},      {"fp32", 12}, {"fp16", 13},
+};
+
+static int set_gpu_key(struct fake_device *d, const char *key, const char *value) {
+    unsigned long long u;
+    double f;
+    if (strcmp(key, "name") == 0) {
+        if (strlen(value) >= NAME_LEN) return 0;
+        strcpy(d->name, value);
+        return 1;
+    }
+    for (size_t i = 0; i < sizeof metric_keys / sizeof metric_keys[0]; i++) {
+        if (strcmp(key, metric_keys[i].key) == 0) {
+            if (!parse_double(value, &f)) return 0;
+            d->metric_value[metric_keys[i].id] = f;
+            return 1;
+        }
+    }
+    if (!parse_ull(value, &u)) return 0;
+    if (strcmp(key, "sm_clock") == 0) d->sm_clock = (unsigned)u;
+    else if (strcmp(key, "max_sm_clock") == 0) d->max_sm_clock = (unsigned)u;
+    else if (strcmp(key, "util") == 0) d->util = (unsigned)u;
+    else if (strcmp(key, "mem_util") == 0) d->mem_util = (unsigned)u;
+    else if (strcmp(key, "energy_start_mj") == 0) d->energy_mj = u;
+    else if (strcmp(key, "energy_step_mj") == 0) d->energy_step_mj = u;
+    else if (strcmp(key, "power_mw") == 0) d->power_mw = (unsigned)u;
+    else if (strcmp(key, "event_reasons") == 0) d->event_reasons = u;
+    else if (strcmp(key, "gpm") == 0) d->gpm = u != 0;
+    else return 0;
+    return 1;
+}
+
+static int parse_line(char **t, int n) {
+    unsigned g;
+    unsigned long long u;
+    double f;
+    if (strcmp(t[0], "gpu") == 0 && n >= 2) {
+        if (device_count == MAX_GPUS || strlen(t[1]) >= NAME_LEN) return 0;
+        struct fake_device *d = &devices[device_count];
+        memset(d, 0, sizeof *d);
+        d->magic = DEVICE_MAGIC;
+        strcpy(d->uuid, t[1]);
+        strcpy(d->name, "Fake GPU");
+        d->sm_clock = 1000;
+        d->lost_after = -1;
+        int max_clock_set = 0;
+        for (int i = 2; i < n; i++) {
+            char *eq = strchr(t[i], '=');
+            if (!eq) return 0;
+            *eq = '\0';
+            if (!set_gpu_key(d, t[i], eq + 1)) return 0;
+            max_clock_set |= strcmp(t[i], "max_sm_clock") == 0;
+        }
+        if (!max_clock_set) d->max_sm_clock = d->sm_clock;
+        device_count++;
+        return 1;
+    }
+    if (strcmp(t[0], "unsupported") == 0 && n == 3 && parse_gpu_index(t[1], &g)) {
+        int fi = field_index(t[2]);
+        if (fi < 0) return 0;
+        devices[g].fail[fi] = NVML_ERROR_NOT_SUPPORTED;
+        return 1;
+    }
+    if (strcmp(t[0], "error") == 0 && n == 4 && parse_gpu_index(t[1], &g) &&
+        parse_ull(t[3], &u)) {
+        int fi = field_index(t[2]);
+        if (fi < 0) return 0;
+        devices[g].fail[fi] = (nvmlReturn_t)u;
+        return 1;
+    }
+    if (strcmp(t[0], "lost") == 0 && n == 3 && parse_gpu_index(t[1], &g) &&
+        strncmp(t[2], "after_reads=", 12) == 0 && parse_ull(t[2] + 12, &u)) {
+        devices[g].lost_after = (long long)u;
+        return 1;
+    }
+    if (strcmp(t[0], "process") == 0 && n == 5 && parse_gpu_index(t[1], &g) &&
+        parse_ull(t[2], &u)) {
+        struct fake_device *d = &devices[g];
+        if (d->nprocs == MAX_PROCS) return 0;
+        struct fake_process *p = &d->procs[d->nprocs];
+        p->pid = (unsigned)u;
+        if (strcmp(t[3], "-") == 0) p->mem_bytes = ULLONG_MAX;
+        else if (!parse_ull(t[3], &p->mem_bytes)) return 0;
+        if (strcmp(t[4], "-") == 0) p->sm_util = -1;
+        else if (parse_ull(t[4], &u)) p->sm_util = (int)u;
+        else return 0;
+        d->nprocs++;
+        return 1;
+    }
+    if (strcmp(t[0], "metric") == 0 && (n == 4 || n == 5) && parse_gpu_index(t[1], &g) &&
+        parse_ull(t[2], &u) && u < GPM_METRIC_MAX && parse_double(t[3], &f)) {
+        devices[g].metric_value[u] = f;
+        if (n == 5) {
+            unsigned long long code;
+            if (strncmp(t[4], "ret=", 4) != 0 || !parse_ull(t[4] + 4, &code)) return 0;
+            devices[g].metric_ret[u] = (int)code;
+        }
+        return 1;
+    }
+    if (strcmp(t[0], "count_error") == 0 && n == 2 && parse_ull(t[1], &u)) {
+        count_error = (nvmlReturn_t)u;
+        return 1;
+    }
+    return strcmp(t[0], "init_error") == 0 && n == 2; /* handled by the caller */
+}
+
+/* Loads the scenario; returns the code nvmlInit* should return. */
+static nvmlReturn_t load_scenario(void) {
+    device_count = 0;
+    count_error = NVML_SUCCESS;
+    const char *path = getenv("FAKE_NVML_SCENARIO");
+    if (!path || !*path) return NVML_SUCCESS;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "fake_nvml: cannot open FAKE_NVML_SCENARIO %s\n", path);
+        return NVML_ERROR_UNKNOWN;
+    }
+    char line[4096];
+    char *tokens[64];
+    int lineno = 0;
+    nvmlReturn_t ret = NVML_SUCCESS;
+    while (fgets(line, sizeof line, f)) {
+        lineno++;
+        int n = tokenize(line, tokens, 64);
+        if (n == 0) continue;
+        if (n < 0 || !parse_line(tokens, n)) {
+            fprintf(stderr, "fake_nvml: %s:%d: bad line\n", path, lineno);
+            ret = NVML_ERROR_UNKNOWN;
+            break;
+        }
+        unsigned long long code;
+        if (strcmp(tokens[0], "init_error") == 0) {
+            if (!parse_ull(tokens[1], &code)) {
+                fprintf(stderr, "fake_nvml: %s:%d: bad init_error code\n", path, lineno);
+                ret = NVML_ERROR_UNKNOWN;
+                break;
+            }
+            ret = (nvmlReturn_t)code;
+        }
+    }
+    fclose(f);
+    if (ret != NVML_SUCCESS) device_count = 0;
+    return ret;
+}
+
+/* ---- init and errors -------------------------------------------------------------- */
+
+nvmlReturn_t nvmlInitWithFlags(unsigned flags) {
+    (void)flags;
+    if (refcount == 0) {
+        nvmlReturn_t ret = load_scenario();
+        if (ret != NVML_SUCCESS) return ret;
+    }
+    refcount++;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
+nvmlReturn_t nvmlInit(void) { return nvmlInitWithFlags(0); }
+
+nvmlReturn_t nvmlShutdown(void) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    refcount--;
+    return NVML_SUCCESS;
+}
+
+const char *nvmlErrorString(nvmlReturn_t result) {
+    switch (result) {
+    case NVML_SUCCESS: return "Success";
+    case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
+    case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+    case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
+    case NVML_ERROR_NOT_FOUND: return "Not Found";
+    case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
+    case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
+    case NVML_ERROR_ARGUMENT_VERSION_MISMATCH: return "Argument version mismatch";
+    case NVML_ERROR_UNKNOWN: return "Unknown Error";
+    default: return "Fake NVML error";
+    }
+}
+
+/* ---- devices ---------------------------------------------------------------------- */
+
+nvmlReturn_t nvmlDeviceGetCount_v2(unsigned *count) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    if (count_error != NVML_SUCCESS) return count_error;
+    *count = device_count;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned index, nvmlDevice_t *device) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!device || index >= device_count) return NVML_ERROR_INVALID_ARGUMENT;
+    *device = &devices[index];
+    return NVML_SUCCESS;
+}
+
+/* The checks every device call makes: initialised, a real handle, not lost, the field's
+ * scripted failure. */
+static nvmlReturn_t gate(nvmlDevice_t d, enum field f) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!d || d->magic != DEVICE_MAGIC) return NVML_ERROR_INVALID_ARGUMENT;
+    if (d->lost) return NVML_ERROR_GPU_IS_LOST;
+    return d->fail[f];
+}
+
+static nvmlReturn_t copy_string(const char *s, char *out, unsigned length) {
+    if (!out) return NVML_ERROR_INVALID_ARGUMENT;
+    if (strlen(s) + 1 > length) return NVML_ERROR_INSUFFICIENT_SIZE;
+    strcpy(out, s);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *name, unsigned length) {
+    nvmlReturn_t r = gate(d, F_NAME);
+    return r ? r : copy_string(d->name, name, length);
+}
+
+nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned length) {
+    nvmlReturn_t r = gate(d, F_UUID);
+    return r ? r : copy_string(d->uuid, uuid, length);
+}
+
+/* nvmlClockType_t: 0 graphics, 1 SM, 2 memory, 3 video. */
+nvmlReturn_t nvmlDeviceGetMaxClockInfo(nvmlDevice_t d, unsigned type, unsigned *clock) {
+    nvmlReturn_t r = gate(d, F_MAX_CLOCK);
+    if (r) return r;
+    if (!clock || type > 3) return NVML_ERROR_INVALID_ARGUMENT;
+    if (type > 1) return NVML_ERROR_NOT_SUPPORTED;
+    *clock = d->max_sm_clock;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, unsigned type, unsigned *clock) {
+    nvmlReturn_t r = gate(d, F_CLOCK);
+    if (r == NVML_ERROR_GPU_IS_LOST || r == NVML_ERROR_UNINITIALIZED ||
+        r == NVML_ERROR_INVALID_ARGUMENT)
+        return r;
+    if (d->lost_after >= 0 && d->reads >= (unsigned long long)d->lost_after) {
+        d->lost = 1;
+        return NVML_ERROR_GPU_IS_LOST;
+    }
+    d->reads++; /* counted even when the clock itself is scripted to fail */
+    if (r) return r;
+    if (!clock || type > 3) return NVML_ERROR_INVALID_ARGUMENT;
+    if (type > 1) return NVML_ERROR_NOT_SUPPORTED;
+    *clock = d->sm_clock;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *u) {
+    nvmlReturn_t r = gate(d, F_UTIL);
+    if (r) return r;
+    if (!u) return NVML_ERROR_INVALID_ARGUMENT;
+    u->gpu = d->util;
+    u->memory = d->mem_util;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t d, unsigned long long *mj) {
+    nvmlReturn_t r = gate(d, F_ENERGY);
+    if (r) return r;
+    if (!mj) return NVML_ERROR_INVALID_ARGUMENT;
+    d->energy_mj += d->energy_step_mj;
+    *mj = d->energy_mj;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned *mw) {
+    nvmlReturn_t r = gate(d, F_POWER);
+    if (r) return r;
+    if (!mw) return NVML_ERROR_INVALID_ARGUMENT;
+    *mw = d->power_mw;
+    return NVML_SUCCESS;
+}
+
+#ifndef FAKE_NVML_LEGACY
+nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t d, unsigned long long *r_out) {
+    nvmlReturn_t r = gate(d, F_EVENT_REASONS);
+    if (r) return r;
+    if (!r_out) return NVML_ERROR_INVALID_ARGUMENT;
+    *r_out = d->event_reasons;
+    return NVML_SUCCESS;
+}
+#endif
+
+nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t d,
+                                                       unsigned long long *r_out) {
+    nvmlReturn_t r = gate(d, F_THROTTLE_REASONS);
+    if (r) return r;
+    if (!r_out) return NVML_ERROR_INVALID_ARGUMENT;
+    *r_out = d->event_reasons;
+    return NVML_SUCCESS;
+}
+
+/* Sizing protocol as in NVML: too small a buffer (or none) gets INSUFFICIENT_SIZE and the
+ * needed count, except that "no processes" is SUCCESS with a count of 0. */
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned *count,
+                                                     nvmlProcessInfo_t *infos) {
+    nvmlReturn_t r = gate(d, F_PROCESSES);
+    if (r) return r;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned n = (unsigned)d->nprocs;
+    if (!infos || *count < n) {
+        *count = n;
+        return n ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        infos[i].pid = d->procs[i].pid;
+        infos[i].usedGpuMemory = d->procs[i].mem_bytes;
+        infos[i].gpuInstanceId = 0xFFFFFFFFu; /* not a MIG device */
+        infos[i].computeInstanceId = 0xFFFFFFFFu;
+    }
+    *count = n;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d,
+                                             nvmlProcessUtilizationSample_t *samples,
+                                             unsigned *count, unsigned long long last_seen_us) {
+    nvmlReturn_t r = gate(d, F_PROCESS_UTIL);
+    if (r) return r;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned long long stamp_us = d->reads * 1000000ULL;
+    unsigned n = 0;
+    if (stamp_us > last_seen_us)
+        for (int i = 0; i < d->nprocs; i++) n += d->procs[i].sm_util >= 0;
+    if (n == 0) return NVML_ERROR_NOT_FOUND;
+    if (!samples || *count < n) {
+        *count = n;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    unsigned k = 0;
+    for (int i = 0; i < d->nprocs; i++) {
+        if (d->procs[i].sm_util < 0) continue;
+        samples[k].pid = d->procs[i].pid;
+        samples[k].timeStamp = stamp_us;
+        samples[k].smUtil = (unsigned)d->procs[i].sm_util;
+        samples[k].memUtil = samples[k].encUtil = samples[k].decUtil = 0;
+        k++;
+    }
+    *count = n;
+    return NVML_SUCCESS;
+}
+
+/* ---- GPM -------------------------------------------------------------------------- */
+
+nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t d, nvmlGpmSupport_t *support) {
+    nvmlReturn_t r = gate(d, F_GPM_SUPPORT);
+    if (r) return r;
+    if (!support) return NVML_ERROR_INVALID_ARGUMENT;
+    if (support->version != 1) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    support->isSupportedDevice = (unsigned)d->gpm;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *out) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!out) return NVML_ERROR_INVALID_ARGUMENT;
+    struct fake_gpm_sample *s = calloc(1, sizeof *s);
+    if (!s) return NVML_ERROR_UNKNOWN;
+    s->magic = SAMPLE_MAGIC;
+    live_samples++;
+    *out = s;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t s) {
+    if (!s || s->magic != SAMPLE_MAGIC) return NVML_ERROR_INVALID_ARGUMENT;
+    s->magic = 0;
+    free(s);
+    live_samples--;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t d, nvmlGpmSample_t s) {
+    nvmlReturn_t r = gate(d, F_GPM_SAMPLE);
+    if (r) return r;
+    if (!s || s->magic != SAMPLE_MAGIC) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!d->gpm) return NVML_ERROR_NOT_SUPPORTED;
+    s->device = d;
+    s->seq = ++d->gpm_seq;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *m) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!m) return NVML_ERROR_INVALID_ARGUMENT;
+    if (m->version != 1) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    struct fake_gpm_sample *s1 = m->sample1, *s2 = m->sample2;
+    if (!s1 || !s2 || s1->magic != SAMPLE_MAGIC || s2->magic != SAMPLE_MAGIC ||
+        !s1->device || s1->device != s2->device || s2->seq <= s1->seq ||
+        m->numMetrics > GPM_METRIC_MAX)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    struct fake_device *d = s1->device;
+    nvmlReturn_t r = gate(d, F_GPM_METRICS);
+    if (r) return r;
+    d->gpm_metrics_calls++;
+    d->last_seq1 = s1->seq;
+    d->last_seq2 = s2->seq;
+    for (unsigned i = 0; i < m->numMetrics; i++) {
+        nvmlGpmMetric_t *x = &m->metrics[i];
+        x->metricInfo.shortName = x->metricInfo.longName = x->metricInfo.unit = NULL;
+        if (x->metricId == 0 || x->metricId >= GPM_METRIC_MAX) {
+            x->nvmlReturn = NVML_ERROR_INVALID_ARGUMENT;
+            continue;
+        }
+        x->nvmlReturn = d->metric_ret[x->metricId];
+        x->value = x->nvmlReturn ? 0.0 : d->metric_value[x->metricId];
+    }
+    return NVML_SUCCESS;
+}
+
+/* ---- test hooks ------------------------------------------------------------------- */
+
+int fakeNvml_liveGpmSamples(void) { return live_samples; }
+
+int fakeNvml_refcount(void) { return refcount; }
+
+/* GPM counters of GPU <index>: samples taken, nvmlGpmMetricsGet calls, and the sample
+ * numbers of the last interval. Returns -1 for a bad index. */
+int fakeNvml_gpmStats(unsigned index, unsigned long long *samples_taken,
+                      unsigned long long *metrics_calls, unsigned long long *last_seq1,
+                      unsigned long long *last_seq2) {
+    if (index >= device_count) return -1;
+    struct fake_device *d = &devices[index];
+    *samples_taken = d->gpm_seq;
+    *metrics_calls = d->gpm_metrics_calls;
+    *last_seq1 = d->last_seq1;
+    *last_seq2 = d->last_seq2;
+    return 0;
+}

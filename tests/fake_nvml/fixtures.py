@@ -1,0 +1,102 @@
+"""Pytest fixtures that put the stand-in ``libnvidia-ml`` under the real ``pynvml``.
+
+``pynvml`` loads the library once into ``pynvml.nvmlLib`` and caches every symbol it
+looks up in ``_nvmlGetFunctionPointer_cache``; the fixture sets the one to the stub and
+clears the other, and puts both back afterwards. Everything above the C ABI (pynvml's
+wrappers, its ctypes structs, its error classes) then runs for real.
+
+Import the fixture into a test module (``from tests.fake_nvml.fixtures import ...``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pynvml
+import pytest
+
+from tests.fake_nvml import FakeNvmlUnavailableError, Scenario, build_fake_nvml
+
+
+@dataclass(frozen=True)
+class GpmStats:
+    """What the stub recorded about one GPU's GPM use."""
+
+    samples_taken: int
+    metrics_calls: int
+    last_interval: tuple[int, int]  # sample numbers of the last nvmlGpmMetricsGet
+
+
+@dataclass
+class FakeNvml:
+    """The loaded stub, the scenario file it reads at init, and its test hooks."""
+
+    lib_path: Path
+    lib: ctypes.CDLL
+    scenario_path: Path
+    baseline_live_samples: int
+
+    def use(self, scenario: Scenario) -> Scenario:
+        """Make ``scenario`` the one the next ``nvmlInit`` reads."""
+        scenario.write(self.scenario_path)
+        return scenario
+
+    def live_gpm_samples(self) -> int:
+        """GPM samples allocated and not freed since this test started."""
+        return int(self.lib.fakeNvml_liveGpmSamples()) - self.baseline_live_samples
+
+    def refcount(self) -> int:
+        """How many nvmlInit calls are not yet matched by nvmlShutdown."""
+        return int(self.lib.fakeNvml_refcount())
+
+    def gpm_stats(self, index: int) -> GpmStats:
+        taken, calls, seq1, seq2 = (ctypes.c_ulonglong() for _ in range(4))
+        rc = self.lib.fakeNvml_gpmStats(
+            ctypes.c_uint(index), ctypes.byref(taken), ctypes.byref(calls),
+            ctypes.byref(seq1), ctypes.byref(seq2),
+        )
+        if rc != 0:
+            raise IndexError(f"the fake NVML has no GPU {index}")
+        return GpmStats(int(taken.value), int(calls.value), (int(seq1.value), int(seq2.value)))
+
+
+def _install(
+    legacy: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FakeNvml]:
+    try:
+        lib_path = build_fake_nvml(legacy)
+    except FakeNvmlUnavailableError as e:
+        pytest.skip(str(e))
+    scenario_path = tmp_path / "fake_nvml_scenario.txt"
+    scenario_path.write_text("")
+    monkeypatch.setenv("FAKE_NVML_SCENARIO", str(scenario_path))
+    lib = ctypes.CDLL(str(lib_path))
+    saved_lib = pynvml.nvmlLib
+    saved_cache = dict(pynvml._nvmlGetFunctionPointer_cache)
+    pynvml._nvmlGetFunctionPointer_cache.clear()
+    pynvml.nvmlLib = lib
+    try:
+        yield FakeNvml(lib_path, lib, scenario_path, int(lib.fakeNvml_liveGpmSamples()))
+    finally:
+        # A test that failed before close() leaves NVML initialised in the stub, whose
+        # state outlives the test; shut it down so the next test reads its own scenario.
+        while int(lib.fakeNvml_refcount()) > 0:
+            lib.nvmlShutdown()
+        pynvml.nvmlLib = saved_lib
+        pynvml._nvmlGetFunctionPointer_cache.clear()
+        pynvml._nvmlGetFunctionPointer_cache.update(saved_cache)
+
+
+@pytest.fixture
+def fake_nvml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNvml]:
+    """The stub loaded as pynvml's library; write a scenario with ``.use()`` first."""
+    yield from _install(False, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def fake_nvml_legacy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNvml]:
+    """As ``fake_nvml``, for a driver without ``nvmlDeviceGetCurrentClocksEventReasons``."""
+    yield from _install(True, tmp_path, monkeypatch)
