@@ -1,19 +1,28 @@
-"""The accounting core: sample batches in, integer totals per GPU and per run out.
+"""The accounting core: sample batches in, ledger records and committed totals out.
 
 One :class:`Accountant` is driven by one thread (the sampler, or a replay): it turns
-each batch into rates, buffers them, and every few ticks folds the buffer through the
-integration kernels. It has no threads, sockets or files of its own, so the live agent,
-replays and tests drive exactly the same code.
+each batch into rates, buffers them, and folds the buffer through the integration
+kernels every few ticks, or earlier when a GPU changes hands (so every chunk has one
+set of runs per GPU). A chunk's integer totals per GPU are split among the GPU's runs
+by their average weights and collected into pending records, one per (GPU, run) and
+checkpoint window. :meth:`take_records` hands them to the ledger; only what the ledger
+committed (:meth:`commit`) reaches the exported totals, so a counter never shows FLOP
+a crash could take back.
+
+It has no threads, sockets or files of its own: the live agent, replays and tests
+drive exactly the same code.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from agent.attribution import UNATTRIBUTED, GpuAttribution, GpuShare, RunMeta
 from agent.estimate import (
     Coefficients,
     Estimator,
@@ -24,33 +33,29 @@ from agent.estimate import (
     estimate_rates,
 )
 from agent.integrate import FLOP_UNIT, group_by_gpu, integrate_energy, integrate_flop
+from agent.ledger.records import LedgerRecord
+from agent.ledger.store import Totals
 from agent.snapshot import GpuSnapshot, RunSnapshot, Snapshot
 from agent.sources.base import ActivityKind, DeviceInfo, FloatArray, IntArray, SampleBatch
+from agent.specs import GpuSpec
 
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """Metadata of a run, as it appears on the run series."""
-
-    run_id: str
-    model: str = ""
-    category: str = "unknown"
+_UNATTRIBUTED_GPU = GpuAttribution((GpuShare(UNATTRIBUTED, 1.0),), "none")
 
 
 @dataclass(slots=True)
-class _Totals:
-    low_units: int = 0
-    central_units: int = 0
-    high_units: int = 0
+class _Pending:
+    """What one GPU did for one run since the last checkpoint, in FLOP units."""
+
+    low: int = 0
+    central: int = 0
+    high: int = 0
     energy_mj: int = 0
+    samples: int = 0
     covered_ns: int = 0
     gap_ns: int = 0
-
-    def add(self, low: int, central: int, high: int, energy_mj: int) -> None:
-        self.low_units += low
-        self.central_units += central
-        self.high_units += high
-        self.energy_mj += energy_mj
+    weight_ns: float = 0.0  # the run's share summed over integrations, for the average
+    estimators: Counter[str] = field(default_factory=Counter)
+    splits: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(slots=True)
@@ -69,49 +74,91 @@ class _Buffer:
             getattr(self, name).clear()
 
 
+def split_units(total: int, weights: Sequence[float]) -> list[int]:
+    """Split an integer among shares by weight, exactly (largest remainder, ties to
+    the earlier share), so the parts always add up to the whole."""
+    weight_sum = sum(weights)
+    if weight_sum <= 0:
+        parts = [0] * len(weights)
+        if parts:
+            parts[0] = total
+        return parts
+    exact = [total * w / weight_sum for w in weights]
+    parts = [math.floor(x) for x in exact]
+    left = total - sum(parts)
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - parts[i]), i))
+    for i in order[:left]:
+        parts[i] += 1
+    return parts
+
+
+def _run_key(a: GpuAttribution) -> tuple[str, ...]:
+    return tuple(sorted(s.run.run_id for s in a.shares))
+
+
 class Accountant:
-    """Turns sample batches into totals.
+    """Turns sample batches into ledger records and totals.
 
     Args:
         devices: the GPUs, in batch order.
-        assumptions: what the estimator assumes per GPU (spec, declared precision...).
+        specs: spec-table row per GPU (None: not in the table).
         settings: the estimator's settings.
-        runs: the run each GPU works for, in device order.
-        started_wall_ns: when accounting started (the counters' ``_created``).
+        started_wall_ns: when this agent started (the GPU counters' ``_created``).
         source_kind: ``nvml``, ``simulated`` or ``replay``, for the snapshot.
+        node: this node's name, written into every record.
+        gpu_totals: committed totals per GPU UUID to resume from (from the ledger).
+        run_totals: committed totals per run id to resume from.
+        known_runs: metadata of runs already in the ledger.
     """
 
     def __init__(
         self,
         devices: Sequence[DeviceInfo],
-        assumptions: Sequence[GpuAssumptions],
+        specs: Sequence[GpuSpec | None],
         settings: EstimatorSettings,
-        runs: Sequence[RunInfo],
         started_wall_ns: int,
         source_kind: str,
+        node: str = "",
+        gpu_totals: Mapping[str, Totals] | None = None,
+        run_totals: Mapping[str, Totals] | None = None,
+        known_runs: Mapping[str, RunMeta] | None = None,
     ) -> None:
-        if not len(devices) == len(assumptions) == len(runs):
-            raise ValueError("devices, assumptions and runs must have one entry per GPU")
+        if len(devices) != len(specs):
+            raise ValueError("devices and specs must have one entry per GPU")
         self.devices = tuple(devices)
+        self._specs = tuple(specs)
         self.settings = settings
-        self.coeffs: Coefficients = build_coefficients(assumptions, settings)
-        self.runs = tuple(runs)
+        self.node = node
         n = len(devices)
         self._positions = np.arange(n, dtype=np.int64)
         self._max_gap_ns = round(settings.max_gap_s * 1e9)
         self._measured_over_gaps = np.array(
             [d.activity_kind == ActivityKind.GPM for d in devices], dtype=np.bool_
         )
+        self._attributions: list[GpuAttribution] = [_UNATTRIBUTED_GPU] * n
+        self._assumptions = [self._assume(i, _UNATTRIBUTED_GPU) for i in range(n)]
+        self.coeffs: Coefficients = build_coefficients(self._assumptions, settings)
         self._last_clock_mhz = np.full(n, np.nan)
         self._last_util_pct = np.full(n, np.nan)
         self._last_flop_ts = np.full(n, -1, dtype=np.int64)
         self._last_energy_ts = np.full(n, -1, dtype=np.int64)
         self._last_energy_mj = np.full(n, np.nan)
         self._buffer = _Buffer()
-        self.gpu_totals = [_Totals() for _ in range(n)]
-        self.run_totals: dict[str, _Totals] = {r.run_id: _Totals() for r in runs}
-        self._run_info = {r.run_id: r for r in runs}
-        self._run_created_ns: dict[str, int] = {r.run_id: started_wall_ns for r in runs}
+        # Per GPU, the share weights summed over the buffered ticks, and estimator use.
+        self._weights: list[dict[str, float]] = [{} for _ in range(n)]
+        self._ticks_buffered = np.zeros(n, dtype=np.int64)
+        self._estimators: list[Counter[str]] = [Counter() for _ in range(n)]
+        self._last_wall_ns = np.zeros(n, dtype=np.int64)
+        # Record windows are contiguous per GPU: each starts where the last one ended.
+        self._window_start_ns: list[int | None] = [None] * n
+        self._pending: list[dict[str, _Pending]] = [{} for _ in range(n)]
+        self._pending_gaps: list[LedgerRecord] = []
+        self._unsaved: list[LedgerRecord] = []
+        self.runs: dict[str, RunMeta] = dict(known_runs or {})
+        self.runs.setdefault(UNATTRIBUTED.run_id, UNATTRIBUTED)
+        self.gpu_totals: dict[str, Totals] = {k: replace(v) for k, v in (gpu_totals or {}).items()}
+        self.run_totals: dict[str, Totals] = {k: replace(v) for k, v in (run_totals or {}).items()}
+        self._active_runs: set[str] = set()
         self.started_wall_ns = started_wall_ns
         self.source_kind = source_kind
         self.errors: Counter[tuple[int, str]] = Counter()
@@ -120,27 +167,61 @@ class Accountant:
         self.rejected = 0
         self.last_batch: SampleBatch | None = None
         self.last_rates: Rates | None = None
+        # The simulator's ground truth as of the last integrated, taken and committed
+        # sample, so that the exported truth lines up with the exported totals.
         self.sim_true_flop: FloatArray | None = None
+        self._truth_integrated: FloatArray | None = None
+        self._truth_taken: FloatArray | None = None
         self._up = np.ones(n, dtype=np.bool_)
 
     @property
     def n_gpus(self) -> int:
         return len(self.devices)
 
-    def add_batch(self, batch: SampleBatch) -> Rates:
+    def _assume(self, i: int, attribution: GpuAttribution) -> GpuAssumptions:
+        runs = [s.run for s in attribution.shares]
+        dominant = max(attribution.shares, key=lambda s: s.weight).run
+        precisions = {r.precision for r in runs}
+        # Runs sharing a GPU that declare different precisions leave it undeclared:
+        # the band then spans the candidates instead of trusting one of them.
+        precision = precisions.pop() if len(precisions) == 1 else None
+        d = self.devices[i]
+        return GpuAssumptions(self._specs[i], d.activity_kind, precision,
+                              dominant.recompute_factor, d.max_sm_clock_mhz)
+
+    def _set_attributions(self, attributions: Sequence[GpuAttribution]) -> None:
+        changed = [i for i, a in enumerate(attributions)
+                   if _run_key(a) != _run_key(self._attributions[i])
+                   or self._assume(i, a) != self._assumptions[i]]
+        if changed:
+            # Fold what was sampled under the old runs before charging anything to the
+            # new ones.
+            self.integrate()
+            for i in changed:
+                self._assumptions[i] = self._assume(i, attributions[i])
+            self.coeffs = build_coefficients(self._assumptions, self.settings)
+        self._attributions = list(attributions)
+        for a in attributions:
+            for s in a.shares:
+                self.runs[s.run.run_id] = s.run
+
+    def add_batch(self, batch: SampleBatch,
+                  attributions: Sequence[GpuAttribution] | None = None) -> Rates:
         """Estimate the rates of one tick and buffer them for the next integration."""
+        if attributions is not None:
+            self._set_attributions(attributions)
         g = self._positions
         rates = estimate_rates(
-            g, batch.sm_clock_mhz, self._last_clock_mhz, batch.gpu_util_pct, self._last_util_pct,
-            batch.tensor_any_pct, batch.tensor_hmma_pct, batch.tensor_imma_pct,
-            batch.tensor_dmma_pct, batch.tensor_dfma_pct, batch.fp16_pct, batch.fp32_pct,
-            batch.fp64_pct, self.coeffs, self.settings,
+            g, batch.sm_clock_mhz, self._last_clock_mhz, batch.gpu_util_pct,
+            self._last_util_pct, batch.tensor_any_pct, batch.tensor_hmma_pct,
+            batch.tensor_imma_pct, batch.tensor_dmma_pct, batch.tensor_dfma_pct,
+            batch.fp16_pct, batch.fp32_pct, batch.fp64_pct, self.coeffs, self.settings,
         )
         up = batch.up
         self._last_clock_mhz = np.where(up, batch.sm_clock_mhz, self._last_clock_mhz)
         self._last_util_pct = np.where(up, batch.gpu_util_pct, self._last_util_pct)
         self._up = up.copy()
-        # A GPU that is down contributes no samples; if it ever comes back the time in
+        # A GPU that is down contributes no samples; if it comes back, the time in
         # between is a gap, bounded in the high estimate.
         b = self._buffer
         b.gpu.append(g[up])
@@ -152,6 +233,15 @@ class Accountant:
         b.power_mw.append(batch.power_mw[up])
         if batch.sim_true_flop_total is not None:
             b.sim_truth = batch.sim_true_flop_total
+        for i in np.flatnonzero(up):
+            if self._window_start_ns[i] is None:
+                self._window_start_ns[i] = batch.wall_time_ns
+            self._last_wall_ns[i] = batch.wall_time_ns
+            self._ticks_buffered[i] += 1
+            weights = self._weights[i]
+            for share in self._attributions[i].shares:
+                weights[share.run.run_id] = weights.get(share.run.run_id, 0.0) + share.weight
+            self._estimators[i][Estimator(int(rates.estimator[i])).name.lower()] += 1
         for position, field_name in batch.errors:
             self.errors[(position, field_name)] += 1
         self.ticks += 1
@@ -159,8 +249,12 @@ class Accountant:
         self.last_rates = rates
         return rates
 
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer.gpu)
+
     def integrate(self) -> None:
-        """Fold the buffered samples into the totals."""
+        """Fold the buffered samples into the pending records."""
         b = self._buffer
         if not b.gpu:
             return
@@ -179,79 +273,170 @@ class Accountant:
         self._last_energy_ts = energy.last_timestamp_ns
         self._last_energy_mj = energy.last_energy_mj
         for i in range(self.n_gpus):
-            low, central, high = (int(flop.low_units[i]), int(flop.central_units[i]),
-                                  int(flop.high_units[i]))
-            energy_mj = int(energy.energy_mj[i])
-            t = self.gpu_totals[i]
-            t.add(low, central, high, energy_mj)
-            t.covered_ns += int(flop.covered_ns[i])
-            t.gap_ns += int(flop.gap_ns[i])
-            self.run_totals[self.runs[i].run_id].add(low, central, high, energy_mj)
+            samples = int(offsets[i + 1] - offsets[i])
+            if samples == 0:
+                continue
+            weights = self._weights[i]
+            run_ids = list(weights)
+            w = [weights[r] for r in run_ids]
+            # GPU time is split like compute, so a shared GPU's records add up to its
+            # time once, not once per run.
+            parts = [split_units(int(x), w) for x in (
+                flop.low_units[i], flop.central_units[i], flop.high_units[i],
+                energy.energy_mj[i], flop.covered_ns[i], flop.gap_ns[i])]
+            ticks = max(1, int(self._ticks_buffered[i]))
+            split = self._attributions[i].split
+            for k, run_id in enumerate(run_ids):
+                p = self._pending[i].setdefault(run_id, _Pending())
+                p.low += parts[0][k]
+                p.central += parts[1][k]
+                p.high += parts[2][k]
+                p.energy_mj += parts[3][k]
+                p.samples += samples
+                p.covered_ns += parts[4][k]
+                p.gap_ns += parts[5][k]
+                p.weight_ns += w[k] / ticks
+                p.estimators.update(self._estimators[i])
+                p.splits[split] += 1
+            weights.clear()
+            self._estimators[i].clear()
+            self._ticks_buffered[i] = 0
         self.rejected += int(flop.rejected.sum())
         if b.sim_truth is not None:
-            self.sim_true_flop = b.sim_truth
+            self._truth_integrated = b.sim_truth
         b.clear()
         b.sim_truth = None
         self.integrations += 1
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer.gpu)
+    def add_gap(self, position: int, start_ns: int, end_ns: int, runs: Sequence[str]) -> None:
+        """Charge time nobody sampled (the agent was down) to the runs the GPU last
+        worked for: nothing to low and central, the highest possible rate to high."""
+        if end_ns <= start_ns:
+            return
+        d = self.devices[position]
+        gap_flop = math.ceil(float(self.coeffs.gap_rate_flops[position]) * (end_ns - start_ns)
+                             / 1e9)
+        run_ids = list(runs) or [UNATTRIBUTED.run_id]
+        for run_id, high in zip(run_ids, split_units(gap_flop, [1.0] * len(run_ids)),
+                                strict=True):
+            meta = self.runs.get(run_id, RunMeta(run_id))
+            self._pending_gaps.append(LedgerRecord(
+                seq=-1, kind="gap", node=self.node, run=run_id, model=meta.model,
+                category=meta.category, gpu_uuid=d.uuid, gpu_index=d.index,
+                start_ns=start_ns, end_ns=end_ns, flop_low=0, flop_central=0, flop_high=high,
+                energy_mj=0, samples=0, covered_ns=0, gap_ns=end_ns - start_ns,
+                estimator="none",
+                assumptions={"reason": "agent not running", "split": "even",
+                             "gap_rate_flops": float(self.coeffs.gap_rate_flops[position])},
+            ))
+        self._window_start_ns[position] = end_ns
 
-    def snapshot(self, overruns: int = 0, last_tick_duration_s: float = 0.0) -> Snapshot:
-        """An immutable view of the totals, in base units."""
+    def take_records(self) -> list[LedgerRecord]:
+        """Everything not yet in the ledger, as records (``seq`` assigned by the ledger);
+        a record the ledger then fails to store goes back with :meth:`requeue`."""
+        out = self._unsaved + self._pending_gaps
+        self._unsaved, self._pending_gaps = [], []
+        self._truth_taken = self._truth_integrated
+        for i, pending in enumerate(self._pending):
+            if not pending:
+                continue
+            start = self._window_start_ns[i]
+            end = int(self._last_wall_ns[i])
+            assert start is not None
+            d = self.devices[i]
+            a = self._assumptions[i]
+            for run_id, p in pending.items():
+                meta = self.runs.get(run_id, RunMeta(run_id))
+                integrations = sum(p.splits.values())
+                out.append(LedgerRecord(
+                    seq=-1, kind="interval", node=self.node, run=run_id, model=meta.model,
+                    category=meta.category, gpu_uuid=d.uuid, gpu_index=d.index,
+                    start_ns=start, end_ns=max(end, start), flop_low=p.low * FLOP_UNIT,
+                    flop_central=p.central * FLOP_UNIT, flop_high=p.high * FLOP_UNIT,
+                    energy_mj=p.energy_mj, samples=p.samples, covered_ns=p.covered_ns,
+                    gap_ns=p.gap_ns, estimator=p.estimators.most_common(1)[0][0],
+                    assumptions={
+                        "spec": a.spec.key if a.spec else None,
+                        "precision": a.precision,
+                        "undeclared_precisions": None if a.precision else list(
+                            self.settings.undeclared_precisions),
+                        "recompute_factor": a.recompute_factor,
+                        "split": p.splits.most_common(1)[0][0],
+                        "share": round(p.weight_ns / integrations, 6) if integrations else 1.0,
+                        "estimators": dict(p.estimators),
+                        "tensor_activity_uncertainty": self.settings.tensor_activity_uncertainty,
+                        "max_gap_s": self.settings.max_gap_s,
+                        "via": meta.via,
+                    },
+                ))
+            pending.clear()
+            self._window_start_ns[i] = end
+        return out
+
+    def requeue(self, records: Iterable[LedgerRecord]) -> None:
+        """Records the ledger could not store: they go out again with the next take."""
+        self._unsaved = list(records) + self._unsaved
+
+    def commit(self, records: Iterable[LedgerRecord]) -> None:
+        """Records the ledger committed: from now on they count in the totals."""
+        if self._truth_taken is not None:
+            self.sim_true_flop = self._truth_taken
+        for r in records:
+            self.gpu_totals.setdefault(r.gpu_uuid, Totals()).add(r)
+            self.run_totals.setdefault(r.run, Totals()).add(r)
+            self._active_runs.add(r.run)
+
+    def run_shares(self) -> list[GpuAttribution]:
+        return list(self._attributions)
+
+    def snapshot(self, overruns: int = 0, last_tick_duration_s: float = 0.0,
+                 runs_since_ns: int = 0) -> Snapshot:
+        """An immutable view of the committed totals, in base units.
+
+        Runs are exported if they are on a GPU now, committed anything since this agent
+        started, or ended after ``runs_since_ns``.
+        """
         batch = self.last_batch
         rates = self.last_rates
         gpus = []
         for i, d in enumerate(self.devices):
-            t = self.gpu_totals[i]
+            t = self.gpu_totals.get(d.uuid, Totals())
 
             def reading(arr: FloatArray | None, scale: float, i: int = i) -> float | None:
                 if arr is None or np.isnan(arr[i]):
                     return None
                 return float(arr[i]) * scale
 
-            gpus.append(
-                GpuSnapshot(
-                    index=d.index,
-                    uuid=d.uuid,
-                    name=d.name,
-                    spec_key=d.spec_key or "",
-                    source=d.source,
-                    up=bool(self._up[i]),
-                    flop_low=float(t.low_units * FLOP_UNIT),
-                    flop_central=float(t.central_units * FLOP_UNIT),
-                    flop_high=float(t.high_units * FLOP_UNIT),
-                    energy_joules=t.energy_mj / 1e3,
-                    covered_seconds=t.covered_ns / 1e9,
-                    gap_seconds=t.gap_ns / 1e9,
-                    rate_flops=(
-                        float(rates.central[i]) if rates is not None and self._up[i] else 0.0
-                    ),
-                    estimator=Estimator(int(rates.estimator[i])).name.lower()
-                    if rates is not None else "none",
-                    sm_clock_hz=reading(batch.sm_clock_mhz if batch else None, 1e6),
-                    utilization_ratio=reading(batch.gpu_util_pct if batch else None, 0.01),
-                    tensor_activity_ratio=reading(batch.tensor_any_pct if batch else None, 0.01),
-                    power_watts=reading(batch.power_mw if batch else None, 1e-3),
-                    sim_true_flop=reading(self.sim_true_flop, 1.0),
-                )
-            )
-        gpus_per_run = Counter(r.run_id for r in self.runs)
-        runs = tuple(
-            RunSnapshot(
-                run_id=run_id,
-                model=self._run_info[run_id].model,
-                category=self._run_info[run_id].category,
-                flop_low=float(t.low_units * FLOP_UNIT),
-                flop_central=float(t.central_units * FLOP_UNIT),
-                flop_high=float(t.high_units * FLOP_UNIT),
-                energy_joules=t.energy_mj / 1e3,
-                gpus=gpus_per_run[run_id],
-                created_wall_seconds=self._run_created_ns[run_id] / 1e9,
-            )
-            for run_id, t in self.run_totals.items()
-        )
+            up = bool(self._up[i])
+            gpus.append(GpuSnapshot(
+                index=d.index, uuid=d.uuid, name=d.name, spec_key=d.spec_key or "",
+                source=d.source, up=up, flop_low=float(t.flop_low),
+                flop_central=float(t.flop_central), flop_high=float(t.flop_high),
+                energy_joules=t.energy_mj / 1e3, covered_seconds=t.covered_ns / 1e9,
+                gap_seconds=t.gap_ns / 1e9,
+                rate_flops=float(rates.central[i]) if rates is not None and up else 0.0,
+                estimator=(Estimator(int(rates.estimator[i])).name.lower()
+                           if rates is not None else "none"),
+                sm_clock_hz=reading(batch.sm_clock_mhz if batch else None, 1e6),
+                utilization_ratio=reading(batch.gpu_util_pct if batch else None, 0.01),
+                tensor_activity_ratio=reading(batch.tensor_any_pct if batch else None, 0.01),
+                power_watts=reading(batch.power_mw if batch else None, 1e-3),
+                sim_true_flop=reading(self.sim_true_flop, 1.0),
+            ))
+        current = Counter(s.run.run_id for a in self._attributions for s in a.shares)
+        exported = []
+        for run_id, t in self.run_totals.items():
+            if run_id not in current and run_id not in self._active_runs and (
+                t.last_ns < runs_since_ns
+            ):
+                continue
+            meta = self.runs.get(run_id, RunMeta(run_id))
+            exported.append(RunSnapshot(
+                run_id=run_id, model=meta.model, category=meta.category,
+                flop_low=float(t.flop_low), flop_central=float(t.flop_central),
+                flop_high=float(t.flop_high), energy_joules=t.energy_mj / 1e3,
+                gpus=current.get(run_id, 0), created_wall_seconds=t.first_ns / 1e9,
+            ))
         errors = tuple(
             (self.devices[pos].index, self.devices[pos].uuid, name, count)
             for (pos, name), count in sorted(self.errors.items())
@@ -260,7 +445,7 @@ class Accountant:
             source_kind=self.source_kind,
             started_wall_seconds=self.started_wall_ns / 1e9,
             gpus=tuple(gpus),
-            runs=runs,
+            runs=tuple(exported),
             sample_errors=errors,
             last_sample_wall_seconds=batch.wall_time_ns / 1e9 if batch else None,
             ticks=self.ticks,
@@ -269,3 +454,5 @@ class Accountant:
             rejected_samples=self.rejected,
             last_tick_duration_seconds=last_tick_duration_s,
         )
+
+

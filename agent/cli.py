@@ -9,9 +9,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent import __version__
+from agent import __version__, fmt
 from agent.config import SOURCES, Config, load_config, parse_listen
 from agent.config_errors import ConfigError
+from agent.ledger.query import LedgerNotFoundError
+from agent.ledger.store import LedgerError
 from agent.sources.base import SourceError
 
 log = logging.getLogger("flopledger")
@@ -45,15 +47,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_gpus(args: argparse.Namespace) -> int:
-    from agent.daemon import assumptions_for, open_source
-    from agent.estimate import build_coefficients
+    from agent.daemon import open_source, specs_for
+    from agent.estimate import GpuAssumptions, build_coefficients
     from agent.specs import load_spec_table
 
     config = _load(args)
     specs = load_spec_table(config.agent.spec_file)
     source, _clock = open_source(config, specs)
     devices = source.devices()
-    assumptions = assumptions_for(devices, specs, config, source)
+    assumptions = [GpuAssumptions(spec, d.activity_kind, None, 1.0, d.max_sm_clock_mhz)
+                   for d, spec in zip(devices, specs_for(devices, specs), strict=True)]
     coeffs = build_coefficients(assumptions, config.estimator)
     header = f"{'idx':>3}  {'uuid':<40}  {'name':<36}  {'spec':<10}  {'max MHz':>7}  estimator"
     print(header)
@@ -71,6 +74,103 @@ def cmd_gpus(args: argparse.Namespace) -> int:
               f"{(d.max_sm_clock_mhz or 0):>7.0f}  {method}; peak {peak / 1e12:.1f} TFLOP/s")
     print(f"source: {source.kind}")
     source.close()
+    return 0
+
+
+def _ledger_path(args: argparse.Namespace) -> Path:
+    if getattr(args, "ledger", None):
+        return Path(args.ledger)
+    config = load_config(Path(args.config) if getattr(args, "config", None) else None)
+    return config.agent.state_dir / "ledger.sqlite"
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from agent.ledger.bundle import verify_bundle
+    from agent.ledger.verify import verify_ledger
+
+    path = Path(args.path) if args.path else _ledger_path(args)
+    is_bundle = path.is_file() and path.read_bytes()[:16] != b"SQLite format 3\x00"
+    if is_bundle:
+        bundle = verify_bundle(path, args.key_fingerprint)
+        what = ", ".join(f"{k} {v}" for k, v in bundle.selection.items())
+        print(f"audit bundle {path}: {what}; {bundle.records} records; "
+              f"signed by key {bundle.key_fingerprint}")
+        if bundle.totals:
+            t = bundle.totals
+            print(f"  FLOP {fmt.band(t['flop_low'], t['flop_central'], t['flop_high'])}")
+        problems = bundle.problems
+    else:
+        report = verify_ledger(path, args.key_fingerprint)
+        print(f"ledger {path}: {report.records} records, {report.heads} signed tree heads; "
+              f"key {report.key_fingerprint or '?'}")
+        problems = report.problems
+    for p in problems:
+        print(f"  FAIL {p}")
+    print("OK: every check passed" if not problems else f"FAILED: {len(problems)} problem(s)")
+    return 0 if not problems else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from agent.ledger.bundle import export_bundle
+
+    path = _ledger_path(args)
+    name = args.run or args.model
+    out = Path(args.output or f"flopledger-{'run' if args.run else 'model'}-{name}.json")
+    summary = export_bundle(path, out, run=args.run, model=args.model)
+    t = summary["totals"]
+    print(f"wrote {out}: {t['records']} records, FLOP "
+          f"{fmt.band(t['flop_low'], t['flop_central'], t['flop_high'])}")
+    print(f"check it anywhere with: flopledger verify {out}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from agent.ledger.query import run_summaries
+
+    runs = run_summaries(_ledger_path(args))
+    header = (f"{'run':<28} {'model':<18} {'category':<16} {'GPUs':>4}  "
+              f"{'FLOP central [low .. high]':<30} {'energy':>10}  {'first seen':<20} last seen")
+    print(header)
+    for r in sorted(runs.values(), key=lambda r: r.first_ns):
+        print(f"{r.run[:28]:<28} {r.model[:18]:<18} {r.category[:16]:<16} {len(r.gpus):>4}  "
+              f"{fmt.band(r.flop_low, r.flop_central, r.flop_high):<30} "
+              f"{fmt.energy(r.energy_mj):>10}  {fmt.when(r.first_ns):<20} {fmt.when(r.last_ns)}")
+    if not runs:
+        print("(no runs in the ledger yet)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from agent.ledger.query import gpu_breakdown, latest_head, run_summaries
+
+    path = _ledger_path(args)
+    runs = run_summaries(path, run=args.run)
+    if args.run not in runs:
+        print(f"flopledger: no run {args.run!r} in {path}", file=sys.stderr)
+        return 1
+    r = runs[args.run]
+    span_s = (r.last_ns - r.first_ns) / 1e9
+    print(f"run       {r.run}")
+    print(f"model     {r.model or '-'}   category {r.category}")
+    print(f"FLOP      {fmt.band(r.flop_low, r.flop_central, r.flop_high)}  (central [low .. high])")
+    print(f"energy    {fmt.energy(r.energy_mj)}")
+    print(f"time      {fmt.when(r.first_ns)} .. {fmt.when(r.last_ns)} ({fmt.duration(span_s)})")
+    print(f"coverage  {r.samples} samples, {r.records} records on {len(r.gpus)} GPU(s), "
+          f"{len(r.nodes)} node(s); gaps {fmt.duration(r.gap_ns / 1e9)}")
+    estimators = ", ".join(f"{k} {v}" for k, v in r.estimators.most_common())
+    print(f"method    {estimators} (samples per estimator); splits "
+          + ", ".join(f"{k} {v}" for k, v in r.splits.most_common()))
+    if r.meta:
+        print("declared  " + ", ".join(f"{k}={v}" for k, v in sorted(r.meta.items())))
+    print("per GPU:")
+    for uuid, g in sorted(gpu_breakdown(path, args.run).items()):
+        print(f"  {uuid:<42} {fmt.band(g.flop_low, g.flop_central, g.flop_high)}")
+    head, key = latest_head(path)
+    if head is not None:
+        print(f"ledger    {head.size} records under signed head at {fmt.when(head.timestamp_ns)}, "
+              f"key {key}")
+        print(f"verify    flopledger export --run {args.run} && flopledger verify "
+              f"flopledger-run-{args.run}.json")
     return 0
 
 
@@ -97,6 +197,33 @@ def build_parser() -> argparse.ArgumentParser:
     gpus.add_argument("--config", help="TOML config file")
     gpus.add_argument("--source", choices=SOURCES, help="override agent.source")
     gpus.set_defaults(func=cmd_gpus)
+
+    def ledger_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML config file (for agent.state_dir)")
+        p.add_argument("--ledger", help="ledger file (default: <state_dir>/ledger.sqlite)")
+
+    verify = sub.add_parser("verify", help="check a ledger file or an audit bundle")
+    verify.add_argument("path", nargs="?", help="ledger.sqlite or a bundle .json")
+    verify.add_argument("--key-fingerprint", help="fail unless signed by this key")
+    ledger_args(verify)
+    verify.set_defaults(func=cmd_verify)
+
+    export = sub.add_parser("export", help="write a self-contained audit bundle")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run")
+    which.add_argument("--model")
+    export.add_argument("-o", "--output", help="bundle file (default: flopledger-<run>.json)")
+    ledger_args(export)
+    export.set_defaults(func=cmd_export)
+
+    runs = sub.add_parser("runs", help="table of the runs in the ledger")
+    ledger_args(runs)
+    runs.set_defaults(func=cmd_runs)
+
+    show = sub.add_parser("show", help="one run in detail")
+    show.add_argument("run")
+    ledger_args(show)
+    show.set_defaults(func=cmd_show)
     return parser
 
 
@@ -115,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SourceError as e:
         print(f"flopledger: {e}", file=sys.stderr)
         return 3
+    except (LedgerNotFoundError, LedgerError, ValueError) as e:
+        print(f"flopledger: {e}", file=sys.stderr)
+        return 1
     return status
 
 

@@ -13,40 +13,24 @@ Example (``configs/agent.example.toml`` has every key with its default)::
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from agent.attribution import AttributionSettings, parse_attribution_config
+from agent.categories import CATEGORIES
 from agent.config_errors import ConfigError, Problems
-from agent.estimate import RECOMPUTE_FACTORS, EstimatorSettings
-from agent.sources.scenarios import SCENARIOS, Workload, workload_from_table
+from agent.estimate import EstimatorSettings
+from agent.models import ModelInfo, parse_models
+from agent.sources.scenarios import SCENARIOS, SimJob, Workload, parse_sim_jobs, workload_from_table
 from agent.specs import MATMUL_PRECISIONS
+
+__all__ = ["CATEGORIES", "Config", "ConfigError", "load_config", "parse_config", "parse_listen"]
 
 MIN_INTERVAL_S = 0.1
 SOURCES = ("auto", "nvml", "simulated")
-CATEGORIES = (
-    "pre-training",
-    "fine-tuning",
-    "rl",
-    "synthetic-data-private",
-    "synthetic-data-public",
-    "evaluation",
-    "failed-experiment",
-    "unknown",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class RunSettings:
-    """A run the whole node works on, until attribution says otherwise."""
-
-    run_id: str = "unattributed"
-    model: str = ""
-    category: str = "unknown"
-    precision: str | None = None
-    recompute: str = "none"
-    recompute_factor: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +41,9 @@ class SimSettings:
     seed: int = 1
     virtual_time: bool = False
     time_scale: float = 1.0
+    epoch_unix_s: float | None = None
     workload: Workload = field(default_factory=Workload)
+    jobs: tuple[SimJob, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +61,11 @@ class AgentSettings:
     listen_host: str = "0.0.0.0"
     listen_port: int = 9947
     state_dir: Path = Path("var")
+    node: str = field(default_factory=socket.gethostname)
+    checkpoint_s: float = 5.0
+    export_runs_for_s: float = 7 * 86400.0
     spec_file: Path | None = None
+    thresholds_file: Path | None = None
     exit_after_s: float | None = None
     summary_file: Path | None = None
 
@@ -87,7 +77,8 @@ class Config:
     path: Path | None = None
     agent: AgentSettings = field(default_factory=AgentSettings)
     estimator: EstimatorSettings = field(default_factory=EstimatorSettings)
-    run: RunSettings = field(default_factory=RunSettings)
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
+    models: dict[str, ModelInfo] = field(default_factory=dict)
     sim: SimSettings = field(default_factory=SimSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
 
@@ -155,7 +146,18 @@ def _agent(problems: Problems, raw: dict[str, Any]) -> AgentSettings:
         problems.add("agent.listen", "\"host:port\" with a port between 0 and 65535")
         parsed = (d.listen_host, d.listen_port)
     state_dir = Path(r.get("state_dir", str, str(d.state_dir), "a directory path"))
+    node = r.get("node", str, d.node, "a node name")
+    if not node or any(c.isspace() or c == "/" for c in node):
+        problems.add("agent.node", "a non-empty node name without spaces or '/'")
+        node = d.node
+    checkpoint = r.get("checkpoint_s", (int, float), d.checkpoint_s, "a number of seconds >= 0.5")
+    if checkpoint < 0.5:
+        problems.add("agent.checkpoint_s", "a number of seconds >= 0.5")
+        checkpoint = d.checkpoint_s
+    export_for = r.get("export_runs_for_s", (int, float), d.export_runs_for_s,
+                       "a number of seconds >= 0")
     spec_file = r.get("spec_file", str, None, "a path to a GPU spec table")
+    thresholds_file = r.get("thresholds_file", str, None, "a path to a thresholds table")
     exit_after = r.get("exit_after_s", (int, float), None, "a number of seconds > 0")
     if exit_after is not None and exit_after <= 0:
         problems.add("agent.exit_after_s", "a number of seconds > 0")
@@ -168,7 +170,11 @@ def _agent(problems: Problems, raw: dict[str, Any]) -> AgentSettings:
         listen_host=parsed[0],
         listen_port=parsed[1],
         state_dir=state_dir,
+        node=node,
+        checkpoint_s=float(checkpoint),
+        export_runs_for_s=float(export_for),
         spec_file=Path(spec_file) if spec_file else None,
+        thresholds_file=Path(thresholds_file) if thresholds_file else None,
         exit_after_s=float(exit_after) if exit_after is not None else None,
         summary_file=Path(summary) if summary else None,
     )
@@ -216,41 +222,6 @@ def _estimator(problems: Problems, raw: dict[str, Any]) -> EstimatorSettings:
     )
 
 
-def _run(problems: Problems, raw: dict[str, Any]) -> RunSettings:
-    known = {"id", "model", "category", "precision", "recompute", "recompute_factor"}
-    r = _Reader(problems, _table(problems, raw, "run"), "run", known)
-    run_id = r.get("id", str, "unattributed", "a run id string")
-    model = r.get("model", str, "", "a model name")
-    category = r.get("category", str, "unknown", f"one of {CATEGORIES}")
-    if category not in CATEGORIES:
-        problems.add("run.category", f"one of {CATEGORIES}")
-        category = "unknown"
-    precision = r.get("precision", str, None, f"one of {sorted(MATMUL_PRECISIONS)}")
-    if precision is not None and precision not in MATMUL_PRECISIONS:
-        problems.add("run.precision", f"one of {sorted(MATMUL_PRECISIONS)}")
-        precision = None
-    modes = [*RECOMPUTE_FACTORS, "selective"]
-    recompute = r.get("recompute", str, "none", f"one of {modes}")
-    factor = 1.0
-    if recompute in RECOMPUTE_FACTORS:
-        factor = RECOMPUTE_FACTORS[recompute]
-        if "recompute_factor" in r.table:
-            problems.add("run.recompute_factor", "to be set only with recompute = \"selective\"")
-    elif recompute == "selective":
-        # Selective recomputation's overhead depends on which layers are recomputed;
-        # only the run can say, so it must.
-        factor = r.get("recompute_factor", (int, float), 0.0, "a number >= 1")
-        if factor < 1:
-            problems.add("run.recompute_factor",
-                         "a number >= 1 (hardware FLOP per model FLOP) with "
-                         "recompute = \"selective\"")
-            factor = 1.0
-    else:
-        problems.add("run.recompute", f"one of {modes}")
-    return RunSettings(run_id=run_id, model=model, category=category, precision=precision,
-                       recompute=recompute, recompute_factor=float(factor))
-
-
 def _sim(problems: Problems, raw: dict[str, Any]) -> SimSettings:
     known = {f.name for f in fields(SimSettings)}
     table = _table(problems, raw, "sim")
@@ -279,9 +250,17 @@ def _sim(problems: Problems, raw: dict[str, Any]) -> SimSettings:
         problems.add("sim.workload", "a table of workload parameters")
         overrides = {}
     workload = workload_from_table(SCENARIOS[scenario], overrides, problems, "sim.workload")
+    epoch = r.get("epoch_unix_s", (int, float), None, "a wall-clock time in seconds since 1970")
+    jobs = None
+    if "jobs" in table:
+        if isinstance(table["jobs"], list):
+            jobs = parse_sim_jobs(table["jobs"], problems, "sim.jobs")
+        else:
+            problems.add("sim.jobs", "an array of [[sim.jobs]] tables")
     return SimSettings(scenario=scenario, gpus=gpus, gpu_model=gpu_model, seed=seed,
                        virtual_time=virtual_time, time_scale=float(time_scale),
-                       workload=workload)
+                       epoch_unix_s=float(epoch) if epoch is not None else None,
+                       workload=workload, jobs=jobs)
 
 
 def _tls(problems: Problems, raw: dict[str, Any], base: Path) -> TlsSettings:
@@ -312,7 +291,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         ConfigError: naming the file and every bad key with what was expected.
     """
     problems = Problems(path or Path("<config>"))
-    known = {"agent", "estimator", "run", "sim", "tls"}
+    known = {"agent", "estimator", "attribution", "models", "sim", "tls"}
     for key in raw:
         if key not in known:
             problems.add(key, f"one of the tables {sorted(known)}")
@@ -321,7 +300,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         path=path,
         agent=_agent(problems, raw),
         estimator=_estimator(problems, raw),
-        run=_run(problems, raw),
+        attribution=parse_attribution_config(raw, problems),
+        models=parse_models(raw, problems),
         sim=_sim(problems, raw),
         tls=_tls(problems, raw, base),
     )

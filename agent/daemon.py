@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -19,15 +20,18 @@ from types import FrameType
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
-from agent.accounting import Accountant, RunInfo
+from agent.accounting import Accountant
+from agent.attribution import Attributor, RunMeta
 from agent.clock import Clock, RealClock, VirtualClock
 from agent.config import Config
-from agent.estimate import GpuAssumptions
 from agent.integrate import warm_up
+from agent.ledger.signing import load_or_create_key
+from agent.ledger.store import Ledger, RunRow
+from agent.procinfo import ProcInspector
 from agent.snapshot import Snapshot
 from agent.sources.base import DeviceInfo, GpuSource, SourceError
 from agent.sources.simulated import SimulatedSource
-from agent.specs import SpecTable, load_spec_table
+from agent.specs import GpuSpec, SpecTable, load_spec_table
 from exporters.collector import FlopledgerCollector
 
 log = logging.getLogger(__name__)
@@ -61,31 +65,31 @@ def open_source(config: Config, specs: SpecTable) -> tuple[GpuSource, Clock]:
             reason, config.sim.gpus, config.sim.gpu_model, config.sim.scenario,
         )
     clock = make_clock(config, "simulated")
+    epoch = config.sim.epoch_unix_s
     source = SimulatedSource(
         specs, config.sim.gpu_model, config.sim.gpus, config.sim.workload,
-        seed=config.sim.seed, clock=clock,
+        seed=config.sim.seed, clock=clock, jobs=config.sim.jobs,
+        epoch_wall_ns=round(epoch * 1e9) if epoch is not None else None,
     )
     return source, clock
 
 
-def assumptions_for(
-    devices: Sequence[DeviceInfo], specs: SpecTable, config: Config, source: GpuSource
-) -> list[GpuAssumptions]:
-    """What the estimator assumes per GPU, from the spec table and the run's declarations."""
-    run = config.run
-    precision = run.precision
-    if isinstance(source, SimulatedSource) and precision is None:
-        precision = source.workload.declared_precision
-    out = []
+def specs_for(devices: Sequence[DeviceInfo], specs: SpecTable) -> list[GpuSpec | None]:
+    """The spec-table row of each device (None, loudly, for a GPU the table lacks)."""
+    out: list[GpuSpec | None] = []
     for d in devices:
         spec = specs[d.spec_key] if d.spec_key and d.spec_key in specs else None
         if spec is None:
             log.warning("GPU %d (%s) is not in the spec table %s: its FLOP cannot be "
                         "estimated until a row matches it", d.index, d.name, specs.path)
-        out.append(GpuAssumptions(spec=spec, activity_kind=d.activity_kind, precision=precision,
-                                  recompute_factor=run.recompute_factor,
-                                  max_sm_clock_mhz=d.max_sm_clock_mhz))
+        out.append(spec)
     return out
+
+
+def make_attributor(config: Config, source: GpuSource) -> Attributor:
+    """Process -> run attribution; the simulated source answers for its fake pids."""
+    inspector = getattr(source, "process_inspector", None)
+    return Attributor(config.attribution, inspector() if inspector else ProcInspector())
 
 
 @dataclass
@@ -95,21 +99,32 @@ class SamplerStats:
 
 
 class Sampler:
-    """The sampling loop: read, estimate, and every few ticks integrate and publish."""
+    """The sampling loop: read, attribute, estimate; integrate every few ticks; commit
+    a checkpoint to the ledger every ``checkpoint_s``; publish a snapshot every tick."""
 
     def __init__(self, source: GpuSource, accountant: Accountant, clock: Clock,
-                 interval_s: float, integrate_every: int,
-                 exit_after_s: float | None = None) -> None:
+                 interval_s: float, integrate_every: int, *,
+                 attributor: Attributor | None = None, ledger: Ledger | None = None,
+                 checkpoint_s: float = 5.0, exit_after_s: float | None = None,
+                 export_runs_for_s: float = 7 * 86400.0) -> None:
         self.source = source
         self.accountant = accountant
         self.clock = clock
+        self.attributor = attributor
+        self.ledger = ledger
         self.interval_ns = round(interval_s * 1e9)
         self.integrate_every = integrate_every
+        self.checkpoint_ns = round(checkpoint_s * 1e9)
         self.exit_after_ns = round(exit_after_s * 1e9) if exit_after_s else None
+        self.export_runs_for_ns = round(export_runs_for_s * 1e9)
         self.stop_event = threading.Event()
         self.stats = SamplerStats()
         self._snapshot: Snapshot = accountant.snapshot()
+        self._last_checkpoint_ns: int | None = None
+        self._resumed = False
         self.failure: BaseException | None = None
+        self.checkpoints = 0
+        self.checkpoint_failures = 0
 
     @property
     def snapshot(self) -> Snapshot:
@@ -117,20 +132,67 @@ class Sampler:
 
     def _publish(self) -> None:
         self._snapshot = self.accountant.snapshot(
-            overruns=self.stats.overruns, last_tick_duration_s=self.stats.last_tick_duration_s
+            overruns=self.stats.overruns, last_tick_duration_s=self.stats.last_tick_duration_s,
+            runs_since_ns=self.clock.wall_ns() - self.export_runs_for_ns,
         )
+
+    def _resume_gaps(self, wall_ns: int) -> None:
+        # The time between the ledger's last record of a GPU and this agent's first
+        # sample was seen by nobody: a gap, charged to the runs the GPU last had.
+        if self.ledger is None:
+            return
+        states = self.ledger.gpu_states()
+        for pos, d in enumerate(self.accountant.devices):
+            state = states.get(d.uuid)
+            if state is not None and wall_ns > state.last_end_ns:
+                self.accountant.add_gap(pos, state.last_end_ns, wall_ns, state.last_runs)
+
+    def checkpoint(self) -> bool:
+        """Commit everything integrated so far; False (and nothing lost) on failure."""
+        self.accountant.integrate()
+        records = self.accountant.take_records()
+        if not records:
+            return True
+        if self.ledger is None:
+            self.accountant.commit(records)
+            return True
+        runs = {r.run: RunRow(r.run, r.model, r.category, _run_meta(self.accountant, r.run))
+                for r in records}
+        try:
+            self.ledger.append(records, self.clock.wall_ns(), runs)
+        except sqlite3.Error as e:
+            # A full disk or an I/O error: keep the records and try again next time.
+            self.checkpoint_failures += 1
+            self.accountant.requeue(records)
+            log.error("ledger checkpoint failed (%s); %d record(s) kept in memory, retrying",
+                      e, len(records))
+            return False
+        self.accountant.commit(records)
+        self.checkpoints += 1
+        return True
 
     def tick(self) -> None:
         started = time.perf_counter()
         batch = self.source.read()
-        self.accountant.add_batch(batch)
+        if not self._resumed:
+            self._resumed = True
+            self._resume_gaps(batch.wall_time_ns)
+        attributions = (self.attributor.attribute(self.accountant.devices, batch)
+                        if self.attributor is not None else None)
+        self.accountant.add_batch(batch, attributions)
         if self.accountant.buffered >= self.integrate_every:
             self.accountant.integrate()
+        now = self.clock.monotonic_ns()
+        if self._last_checkpoint_ns is None:
+            self._last_checkpoint_ns = now
+        elif now - self._last_checkpoint_ns >= self.checkpoint_ns:
+            self._last_checkpoint_ns = now
+            self.checkpoint()
         self.stats.last_tick_duration_s = time.perf_counter() - started
         self._publish()
 
     def run(self) -> None:
-        """Sample until stopped; then integrate what is buffered (the final flush)."""
+        """Sample until stopped; then integrate and commit what is left (final flush)."""
         try:
             start_ns = self.clock.monotonic_ns()
             deadline = start_ns
@@ -154,9 +216,27 @@ class Sampler:
             self.failure = e
             log.exception("sampler failed")
         finally:
-            self.accountant.integrate()
-            self._publish()
-            self.stop_event.set()
+            try:
+                if self._resumed and not self.checkpoint():
+                    log.error("final checkpoint failed: the last %.0f s are not in the ledger "
+                              "and will show as a gap on restart", self.checkpoint_ns / 1e9)
+            finally:
+                self._publish()
+                self.stop_event.set()
+
+
+def _run_meta(accountant: Accountant, run_id: str) -> dict[str, object]:
+    meta = accountant.runs.get(run_id)
+    if meta is None:
+        return {}
+    out: dict[str, object] = {"via": meta.via, "recompute": meta.recompute,
+                              "recompute_factor": meta.recompute_factor}
+    if meta.precision:
+        out["precision"] = meta.precision
+    if meta.base_models:
+        out["base_models"] = list(meta.base_models)
+    out.update({f"plan.{k}": v for k, v in meta.plan.items()})
+    return out
 
 
 def write_summary(path: Path, snap: Snapshot) -> None:
@@ -182,19 +262,39 @@ def write_summary(path: Path, snap: Snapshot) -> None:
     tmp.replace(path)
 
 
+def open_ledger(config: Config) -> Ledger:
+    """The node's ledger in ``state_dir`` (created, with the node key, on first start).
+
+    Raises:
+        LedgerError: for a ledger of another node or key, or a damaged one.
+    """
+    state = config.agent.state_dir
+    key = load_or_create_key(state / "node.key")
+    return Ledger(state / "ledger.sqlite", config.agent.node, key)
+
+
+def known_runs(ledger: Ledger) -> dict[str, RunMeta]:
+    return {name: RunMeta(name, row.model, row.category) for name, row in ledger.runs().items()}
+
+
 def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
     """Run the agent in the foreground until SIGTERM/SIGINT; returns the exit status."""
     specs = load_spec_table(config.agent.spec_file)
     warm_up()
+    ledger = open_ledger(config)
     source, clock = open_source(config, specs)
     devices = source.devices()
     started_wall_ns = clock.wall_ns()
-    run = config.run
-    runs = [RunInfo(run.run_id, run.model, run.category)] * len(devices)
-    accountant = Accountant(devices, assumptions_for(devices, specs, config, source),
-                            config.estimator, runs, started_wall_ns, source.kind)
+    accountant = Accountant(
+        devices, specs_for(devices, specs), config.estimator, started_wall_ns, source.kind,
+        node=config.agent.node, gpu_totals=ledger.totals.get("gpu", {}),
+        run_totals=ledger.totals.get("run", {}), known_runs=known_runs(ledger),
+    )
     sampler = Sampler(source, accountant, clock, config.agent.interval_s,
-                      config.agent.integrate_every, config.agent.exit_after_s)
+                      config.agent.integrate_every, attributor=make_attributor(config, source),
+                      ledger=ledger, checkpoint_s=config.agent.checkpoint_s,
+                      exit_after_s=config.agent.exit_after_s,
+                      export_runs_for_s=config.agent.export_runs_for_s)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FlopledgerCollector(lambda: sampler.snapshot))
     host, port = listen or (config.agent.listen_host, config.agent.listen_port)
@@ -206,12 +306,13 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
         client_cafile=str(tls.client_ca_file) if tls.client_ca_file else None,
         client_auth_required=tls.client_ca_file is not None,
     )
-    log.info("serving /metrics on %s:%d (%s); %d GPU(s) from the %s source, every %.3g s",
-             host, server.server_port, "https" if tls.cert_file else "http", len(devices),
-             source.kind, config.agent.interval_s)
+    log.info("serving /metrics on %s:%d (%s); %d GPU(s) from the %s source, every %.3g s; "
+             "ledger %s (%d records)", host, server.server_port,
+             "https" if tls.cert_file else "http", len(devices), source.kind,
+             config.agent.interval_s, ledger.path, ledger.size)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: stopping after a final flush", signum)
+        log.info("signal %d: stopping after a final checkpoint", signum)
         sampler.stop_event.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -221,11 +322,12 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
     while thread.is_alive():
         thread.join(0.2)
     source.close()
+    ledger.close()
     snap = sampler.snapshot
     if config.agent.summary_file:
         write_summary(config.agent.summary_file, snap)
     total = sum(g.flop_central for g in snap.gpus)
-    log.info("stopped after %d ticks: %.4g FLOP (central) on %d GPU(s)", snap.ticks, total,
-             len(snap.gpus))
+    log.info("stopped after %d ticks: %.4g FLOP (central) in the ledger for %d GPU(s)",
+             snap.ticks, total, len(snap.gpus))
     server.shutdown()
     return 1 if sampler.failure else 0

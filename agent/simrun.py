@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.accounting import Accountant, RunInfo
+from agent.accounting import Accountant
+from agent.attribution import AttributionSettings, Attributor
 from agent.clock import VirtualClock
-from agent.estimate import EstimatorSettings, GpuAssumptions
+from agent.estimate import EstimatorSettings
+from agent.ledger.records import LedgerRecord
 from agent.snapshot import Snapshot
-from agent.sources.scenarios import Workload
+from agent.sources.scenarios import SimJob, Workload
 from agent.sources.simulated import SimulatedSource
 from agent.specs import SpecTable, load_spec_table
 
@@ -22,6 +24,7 @@ class SimResult:
     """Totals of a simulated run summed over its GPUs, in FLOP."""
 
     snapshot: Snapshot
+    records: tuple[LedgerRecord, ...]
     true_flop: float
     low: float
     central: float
@@ -49,33 +52,45 @@ def simulate(
     seed: int = 1,
     settings: EstimatorSettings | None = None,
     specs: SpecTable | None = None,
+    jobs: tuple[SimJob, ...] | None = None,
+    checkpoint_every: int = 10,
 ) -> SimResult:
-    """Sample ``seconds`` of simulated time every ``interval_s`` and integrate."""
+    """Sample ``seconds`` of simulated time every ``interval_s``, attribute, integrate
+    and commit (without a ledger file) every ``checkpoint_every`` ticks."""
     specs = specs or load_spec_table()
     settings = settings or EstimatorSettings()
     clock = VirtualClock(start_monotonic_ns=1_000_000_000, start_wall_ns=1_700_000_000 * 10**9)
-    source = SimulatedSource(specs, gpu_model, n_gpus, workload, seed=seed, clock=clock)
+    source = SimulatedSource(specs, gpu_model, n_gpus, workload, seed=seed, clock=clock,
+                             jobs=jobs)
     devices = source.devices()
-    spec = specs[gpu_model]
-    assumptions = [
-        GpuAssumptions(spec, d.activity_kind, precision=workload.declared_precision,
-                       max_sm_clock_mhz=d.max_sm_clock_mhz)
-        for d in devices
-    ]
-    accountant = Accountant(devices, assumptions, settings,
-                            [RunInfo("sim-run", "sim-model", "pre-training")] * n_gpus,
-                            clock.wall_ns(), source.kind)
+    accountant = Accountant(devices, [specs[gpu_model]] * n_gpus, settings, clock.wall_ns(),
+                            source.kind, node="sim")
+    attributor = Attributor(AttributionSettings(), source.process_inspector(),
+                            clock_ns=clock.monotonic_ns)
     interval_ns = round(interval_s * 1e9)
     end_ns = clock.monotonic_ns() + round(seconds * 1e9)
+    ticks = 0
+    all_records = []
     while clock.monotonic_ns() <= end_ns:
-        accountant.add_batch(source.read())
+        batch = source.read()
+        accountant.add_batch(batch, attributor.attribute(devices, batch))
         if accountant.buffered >= integrate_every:
             accountant.integrate()
+        ticks += 1
+        if ticks % checkpoint_every == 0:
+            accountant.integrate()
+            records = accountant.take_records()
+            all_records.extend(records)
+            accountant.commit(records)
         clock.advance_ns(interval_ns)
     accountant.integrate()
+    records = accountant.take_records()
+    all_records.extend(records)
+    accountant.commit(records)
     snap = accountant.snapshot()
     return SimResult(
         snapshot=snap,
+        records=tuple(all_records),
         true_flop=sum(g.sim_true_flop or 0.0 for g in snap.gpus),
         low=sum(g.flop_low for g in snap.gpus),
         central=sum(g.flop_central for g in snap.gpus),

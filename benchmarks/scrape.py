@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.accounting import Accountant, RunInfo
+from agent.accounting import Accountant
+from agent.attribution import GpuAttribution, GpuShare, RunMeta
 from agent.clock import VirtualClock
-from agent.estimate import EstimatorSettings, GpuAssumptions
+from agent.estimate import EstimatorSettings
 from agent.sources.scenarios import SCENARIOS
 from agent.sources.simulated import SimulatedSource
 from agent.specs import load_spec_table
@@ -43,14 +44,18 @@ def _accountant(gpus: int = 8, runs: int = 4) -> Accountant:
     clock = VirtualClock()
     source = SimulatedSource(specs, "h100_sxm", gpus, SCENARIOS["pretrain-bf16"], clock=clock)
     devices = source.devices()
-    infos = [RunInfo(f"run-{i % runs}", f"model-{i % runs}", "pre-training") for i in range(gpus)]
-    acc = Accountant(devices, [GpuAssumptions(specs["h100_sxm"], d.activity_kind, "bf16")
-                               for d in devices], EstimatorSettings(), infos, clock.wall_ns(),
-                     source.kind)
+    shares = [
+        GpuAttribution((GpuShare(RunMeta(f"run-{i % runs}", f"model-{i % runs}",
+                                         "pre-training", "bf16"), 1.0),), "single")
+        for i in range(gpus)
+    ]
+    acc = Accountant(devices, [specs["h100_sxm"]] * gpus, EstimatorSettings(), clock.wall_ns(),
+                     source.kind, node="bench")
     for _ in range(20):
-        acc.add_batch(source.read())
+        acc.add_batch(source.read(), shares)
         clock.advance_ns(1_000_000_000)
     acc.integrate()
+    acc.commit(acc.take_records())
     return acc
 
 

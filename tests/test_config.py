@@ -21,9 +21,12 @@ colour = "blue"
 [estimator]
 tensor_activity_uncertainty = 3
 
-[run]
+[[attribution.rules]]
+run = "r"
 category = "pretraining"
-recompute = "selective"
+gpus = [0]
+
+[agent.extra]
 
 [sim]
 scenario = "nope"
@@ -46,7 +49,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     keys = {key for key, _ in e.value.problems}
     assert keys >= {
         "agent.interval_s", "agent.source", "agent.listen", "agent.colour",
-        "estimator.tensor_activity_uncertainty", "run.category", "run.recompute_factor",
+        "estimator.tensor_activity_uncertainty", "attribution.rules[0].category",
         "sim.scenario", "sim.gpus", "sim.workload.compute_tensor_activity",
         "sim.workload.warp_speed", "tls.cert_file", "tls",
     }
@@ -64,7 +67,7 @@ def test_defaults_without_a_file() -> None:
 
 def test_example_config_is_valid() -> None:
     config = load_config(Path(__file__).parent.parent / "configs" / "agent.example.toml")
-    assert config.run.run_id == "demo-run"
+    assert config.sim.gpus == 8
 
 
 def test_bad_toml_names_the_file(tmp_path: Path) -> None:

@@ -22,10 +22,12 @@ def write_config(path: Path, body: str) -> Path:
 
 
 def test_live_agent_serves_growing_totals_close_to_truth(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "agent.toml", """
+    config = write_config(tmp_path / "agent.toml", f"""
 [agent]
 interval_s = 0.2
 integrate_every = 3
+checkpoint_s = 1
+state_dir = "{tmp_path}/state"
 source = "simulated"
 [sim]
 scenario = "pretrain-bf16"
@@ -60,6 +62,7 @@ gpus = 4
 def run_to_summary(tmp_path: Path, name: str, interval: float, every: int) -> dict[str, object]:
     config = write_config(tmp_path / f"{name}.toml", f"""
 [agent]
+state_dir = "{tmp_path}/{name}-state"
 interval_s = {interval}
 integrate_every = {every}
 source = "simulated"
@@ -96,10 +99,12 @@ def test_same_samples_same_totals_whatever_the_chunking_and_interval(tmp_path: P
 
 
 def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "agent.toml", """
+    config = write_config(tmp_path / "agent.toml", f"""
 [agent]
 interval_s = 0.1
 integrate_every = 1000
+checkpoint_s = 1000
+state_dir = "{tmp_path}/state"
 source = "simulated"
 """)
     summary = tmp_path / "summary.json"
@@ -109,5 +114,6 @@ source = "simulated"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     doc = json.loads(summary.read_text())
-    # integrate_every is never reached: everything here came from the final flush.
+    # Neither integrate_every nor checkpoint_s is reached: everything here came from
+    # the final flush.
     assert sum(g["flop_central"] for g in doc["gpus"]) > 0

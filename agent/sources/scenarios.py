@@ -1,16 +1,20 @@
-"""Scripted training workloads for the simulated source.
+"""Scripted training workloads and jobs for the simulated source.
 
 A workload is a small state machine that emits piecewise-constant segments of GPU
 activity: compute phases at a set tensor activity and precision, communication and
 data-loader stalls, checkpoint pauses, power-cap throttling and idle gaps. Because the
 segments are constant, the FLOP a simulated GPU executes is known exactly.
+
+A :class:`SimJob` is a fake process population on top of that workload: who the GPU's
+compute processes are (environment, cgroup, user, command line) and when they run. It
+decides only who the GPU time is charged to, never how much work the GPU does.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from agent.config_errors import Problems
@@ -189,3 +193,128 @@ def segments(workload: Workload, max_clock_mhz: float, seed: int) -> Iterator[Se
             yield emit(w.comm_s, w.comm_tensor_activity, 0.0, 1.0, step_clock(t_s))
         if w.dataloader_stall_every_steps and step % w.dataloader_stall_every_steps == 0:
             yield emit(w.dataloader_stall_s, 0.0, 0.0, 0.05, clock)
+
+
+@dataclass(frozen=True, slots=True)
+class SimJob:
+    """A job whose processes the simulator reports on some GPUs for a while.
+
+    Attributes:
+        env: the environment of each of the job's processes (``FLOPLEDGER_RUN_ID``,
+            ``SLURM_JOB_ID``, ...).
+        gpus: indices of the simulated GPUs it runs on, one process per GPU.
+        start_s: simulated seconds after the first read when its processes appear.
+        end_s: simulated seconds when they exit (None: never); ``start_s <= t < end_s``.
+        sm_share: the process's share (0-1) of the GPU's utilization when several jobs
+            share a GPU; reported as ``sm_util_pct = sm_share x utilization.gpu``.
+        cgroup: text of the fake ``/proc/PID/cgroup`` (Kubernetes cases), None if absent.
+        user: the processes' user name, None if unknown.
+        cmdline: the processes' argument vector.
+    """
+
+    env: dict[str, str] = field(hash=False)
+    gpus: tuple[int, ...]
+    start_s: float = 0.0
+    end_s: float | None = None
+    sm_share: float = 1.0
+    cgroup: str | None = None
+    user: str | None = None
+    cmdline: tuple[str, ...] = ()
+
+    def active_at(self, t_s: float) -> bool:
+        """Whether the job's processes exist ``t_s`` simulated seconds into the run."""
+        return self.start_s <= t_s and (self.end_s is None or t_s < self.end_s)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _sim_job(problems: Problems, table: dict[str, Any], where: str) -> SimJob | None:
+    known = {f.name for f in fields(SimJob)}
+    ok = True
+
+    def bad(key: str, expected: str) -> None:
+        nonlocal ok
+        problems.add(f"{where}.{key}", expected)
+        ok = False
+
+    for key in table:
+        if key not in known:
+            bad(key, f"one of {sorted(known)}")
+    env = table.get("env", {})
+    # TOML numbers are accepted because a plan value (FLOPLEDGER_PLAN_GPUS = 1024) reads
+    # naturally unquoted; a real environment holds only strings, so they become strings.
+    if not isinstance(env, dict) or not all(
+        isinstance(v, str) or _number(v) for v in env.values()
+    ):
+        bad("env", "a table of environment variables with string or number values")
+        env = {}
+    gpus = table.get("gpus")
+    if (not isinstance(gpus, list) or not gpus
+            or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus)
+            or len(set(gpus)) != len(gpus)):
+        bad("gpus", "a non-empty list of distinct GPU indices >= 0")
+        gpus = []
+    start = table.get("start_s", 0.0)
+    if not _number(start) or start < 0:
+        bad("start_s", "a number of seconds >= 0")
+        start = 0.0
+    end = table.get("end_s")
+    if end is not None and (not _number(end) or end <= start):
+        bad("end_s", "a number of seconds > start_s")
+        end = None
+    share = table.get("sm_share", 1.0)
+    if not _number(share) or not 0.0 <= share <= 1.0:
+        bad("sm_share", "a fraction between 0 and 1")
+        share = 1.0
+    texts: dict[str, str | None] = {}
+    for key in ("cgroup", "user"):
+        value = table.get(key)
+        if value is not None and not isinstance(value, str):
+            bad(key, "a string")
+            value = None
+        texts[key] = value
+    cmdline = table.get("cmdline", [])
+    if isinstance(cmdline, str):
+        cmdline = cmdline.split()
+    if not isinstance(cmdline, list) or not all(isinstance(a, str) for a in cmdline):
+        bad("cmdline", "a list of strings (or one string split at spaces)")
+        cmdline = []
+    if not ok:
+        return None
+    return SimJob(
+        env={str(k): str(v) for k, v in env.items()},
+        gpus=tuple(gpus),
+        start_s=float(start),
+        end_s=float(end) if end is not None else None,
+        sm_share=float(share),
+        cgroup=texts["cgroup"],
+        user=texts["user"],
+        cmdline=tuple(cmdline),
+    )
+
+
+def parse_sim_jobs(
+    raw_list: Any, problems: Problems, where: str = "sim.jobs"
+) -> tuple[SimJob, ...]:
+    """Parse a ``[[sim.jobs]]`` array of tables, reporting every bad key.
+
+    GPU indices are not checked against the number of simulated GPUs here; the
+    simulated source does that (and raises ``SourceError``).
+
+    Returns:
+        the valid jobs, in file order; a job with any problem is left out.
+    """
+    if not isinstance(raw_list, list):
+        problems.add(where, "an array of tables ([[sim.jobs]])")
+        return ()
+    jobs: list[SimJob] = []
+    for i, table in enumerate(raw_list):
+        if not isinstance(table, dict):
+            problems.add(f"{where}[{i}]", "a table")
+            continue
+        job = _sim_job(problems, table, f"{where}[{i}]")
+        if job is not None:
+            jobs.append(job)
+    return tuple(jobs)

@@ -8,6 +8,12 @@ the moment of the read, ``utilization.gpu`` over a trailing window, GPM activity
 average over the interval since the previous read (with a little measurement noise),
 and an energy counter. Because the segments are constant, the FLOP each GPU executed is
 known exactly and exposed as ``sim_true_flop_total``.
+
+Who runs on the GPUs is scripted separately, by
+:class:`~agent.sources.scenarios.SimJob` entries: each job's fake processes (pids from
+``SIM_PID_BASE``) appear in ``SampleBatch.processes`` while the job is active, and the
+source's ``process_inspector()`` answers for them what ``/proc`` would (environment,
+cgroup, user, command line), so attribution runs the same code path as on a real node.
 """
 
 from __future__ import annotations
@@ -16,14 +22,19 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agent.clock import Clock, RealClock, VirtualClock
 from agent.sources.base import ActivityKind, DeviceInfo, GpuProcess, SampleBatch, SourceError
-from agent.sources.scenarios import Segment, Workload, segments
+from agent.sources.scenarios import Segment, SimJob, Workload, segments
 from agent.specs import MATMUL_PRECISIONS, GpuSpec, SpecTable
+
+if TYPE_CHECKING:
+    # Only for the annotation: sources sit below attribution in the layering.
+    from agent.attribution import ProcessInspector
 
 # utilization.gpu is "percent of time over the past sample period during which one or
 # more kernels was executing"; the period is between 1/6 s and 1 s by product.
@@ -31,6 +42,9 @@ UTIL_WINDOW_NS = 1_000_000_000
 IDLE_POWER_W = 80.0
 MAX_POWER_W = 700.0
 SIM_PID_BASE = 4_000_000
+# Job j's process on GPU g is SIM_PID_BASE + j x stride + g: readable in a test failure
+# (4_001_003 is job 1 on GPU 3) and far above any real pid_max default.
+SIM_JOB_PID_STRIDE = 1000
 
 
 def sim_gpu_uuid(seed: int, index: int) -> str:
@@ -136,6 +150,45 @@ class SimulatedGpu:
         return self._segment.sm_clock_mhz
 
 
+class SimulatedProcessInspector:
+    """What ``/proc`` would say about the simulator's fake pids (a ``ProcessInspector``).
+
+    Every method returns None for a pid no job owns, as the real inspector does for a
+    process that has exited.
+    """
+
+    def __init__(self, jobs_by_pid: Mapping[int, SimJob]) -> None:
+        self._jobs = dict(jobs_by_pid)
+
+    def environ(self, pid: int) -> Mapping[str, str] | None:
+        job = self._jobs.get(pid)
+        return dict(job.env) if job is not None else None
+
+    def cgroup(self, pid: int) -> str | None:
+        job = self._jobs.get(pid)
+        return job.cgroup if job is not None else None
+
+    def username(self, pid: int) -> str | None:
+        job = self._jobs.get(pid)
+        return job.user if job is not None else None
+
+    def cmdline(self, pid: int) -> Sequence[str] | None:
+        job = self._jobs.get(pid)
+        return job.cmdline if job is not None else None
+
+
+def default_sim_job(workload: Workload, n_gpus: int) -> SimJob:
+    """The one job on every GPU when no jobs are scripted: the run ``sim-run``."""
+    env = {
+        "FLOPLEDGER_RUN_ID": "sim-run",
+        "FLOPLEDGER_MODEL": "sim-model",
+        "FLOPLEDGER_CATEGORY": "pre-training",
+    }
+    if workload.declared_precision is not None:
+        env["FLOPLEDGER_PRECISION"] = workload.declared_precision
+    return SimJob(env=env, gpus=tuple(range(n_gpus)), cmdline=("python", "train.py"))
+
+
 class SimulatedSource:
     """Virtual GPUs of one model from the spec table, all running one workload.
 
@@ -147,9 +200,17 @@ class SimulatedSource:
         seed: makes the segment streams and noise reproducible.
         clock: where time comes from; a :class:`VirtualClock` makes the run
             reproducible to the nanosecond.
+        jobs: who the GPUs' processes are and when they run (see :class:`SimJob`);
+            None: one process per GPU for the whole run, from :func:`default_sim_job`.
+            A GPU with no active job reports no process but keeps running its workload.
+        epoch_wall_ns: anchor the workload to the wall clock: simulated time is the time
+            since this instant, so an agent restarted after a crash finds the GPUs
+            where they would really be, having worked meanwhile. The ground truth then
+            counts from the epoch. None: simulated time starts at the first read.
 
     Raises:
-        SourceError: for an unknown GPU model or a precision the GPU lacks.
+        SourceError: for an unknown GPU model, a precision the GPU lacks, or a job on
+            a GPU index outside ``0..n_gpus-1``.
     """
 
     def __init__(
@@ -160,9 +221,30 @@ class SimulatedSource:
         workload: Workload,
         seed: int = 1,
         clock: Clock | None = None,
+        jobs: Sequence[SimJob] | None = None,
+        epoch_wall_ns: int | None = None,
     ) -> None:
         if gpu_model not in specs:
             raise SourceError(f"unknown simulated GPU model {gpu_model!r}; see {specs.path}")
+        self.jobs: tuple[SimJob, ...] = (
+            tuple(jobs) if jobs is not None else (default_sim_job(workload, n_gpus),)
+        )
+        stride = max(SIM_JOB_PID_STRIDE, n_gpus)
+        self._jobs_by_pid: dict[int, SimJob] = {}
+        # Per GPU, (pid, job) of every job that ever runs there, in job order.
+        self._gpu_jobs: list[list[tuple[int, SimJob]]] = [[] for _ in range(n_gpus)]
+        for j, job in enumerate(self.jobs):
+            for g in job.gpus:
+                if not 0 <= g < n_gpus:
+                    raise SourceError(
+                        f"simulated job {j} runs on GPU {g}, but there are {n_gpus} GPUs "
+                        f"(indices 0..{n_gpus - 1})"
+                    )
+                pid = SIM_PID_BASE + j * stride + g
+                if pid in self._jobs_by_pid:  # a GPU listed twice: still one process
+                    continue
+                self._jobs_by_pid[pid] = job
+                self._gpu_jobs[g].append((pid, job))
         self.workload = workload
         self._spec = specs[gpu_model]
         self._clock: Clock = clock or RealClock()
@@ -181,6 +263,7 @@ class SimulatedSource:
             for i in range(n_gpus)
         )
         self._origin_ns: int | None = None
+        self._epoch_wall_ns = epoch_wall_ns
         self._next_stall_s = workload.sampler_stall_every_s or float("inf")
 
     @property
@@ -189,6 +272,10 @@ class SimulatedSource:
 
     def devices(self) -> Sequence[DeviceInfo]:
         return self._devices
+
+    def process_inspector(self) -> ProcessInspector:
+        """An inspector that answers for this source's fake pids from the job definitions."""
+        return SimulatedProcessInspector(self._jobs_by_pid)
 
     def _maybe_stall(self, elapsed_ns: int) -> None:
         # A sampler stall (a hung NVML call, a descheduled agent) is something that
@@ -205,7 +292,12 @@ class SimulatedSource:
     def read(self) -> SampleBatch:
         now_ns = self._clock.monotonic_ns()
         if self._origin_ns is None:
-            self._origin_ns = now_ns
+            since_epoch = 0
+            if self._epoch_wall_ns is not None:
+                since_epoch = max(0, self._clock.wall_ns() - self._epoch_wall_ns)
+                self._next_stall_s = _next_multiple(
+                    since_epoch / 1e9, self.workload.sampler_stall_every_s)
+            self._origin_ns = now_ns - since_epoch
         self._maybe_stall(now_ns - self._origin_ns)
         now_ns = self._clock.monotonic_ns()
         elapsed_ns = now_ns - self._origin_ns
@@ -213,6 +305,7 @@ class SimulatedSource:
         truth = np.empty(len(self._gpus), dtype=np.float64)
         gpm = self._spec.gpm
         processes: list[tuple[GpuProcess, ...]] = []
+        elapsed_s = elapsed_ns / 1e9
         for i, gpu in enumerate(self._gpus):
             gpu.advance(elapsed_ns)
             batch.sm_clock_mhz[i] = gpu.sm_clock_mhz
@@ -236,12 +329,22 @@ class SimulatedSource:
                 batch.sm_util_pct[i] = busy_pct
                 batch.sm_occupancy_pct[i] = busy_pct * 0.5
             truth[i] = gpu.true_flop
-            processes.append(
-                (GpuProcess(pid=SIM_PID_BASE + i, sm_util_pct=batch.gpu_util_pct[i]),)
-            )
+            util = float(batch.gpu_util_pct[i])
+            processes.append(tuple(
+                GpuProcess(pid=pid, sm_util_pct=job.sm_share * util)
+                for pid, job in self._gpu_jobs[i]
+                if job.active_at(elapsed_s)
+            ))
         batch.processes = tuple(processes)
         batch.sim_true_flop_total = truth
         return batch
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _next_multiple(t_s: float, every_s: float) -> float:
+    """The first multiple of ``every_s`` after ``t_s`` (infinity for 0: never)."""
+    if every_s <= 0:
+        return float("inf")
+    return (int(t_s // every_s) + 1) * every_s

@@ -1,0 +1,198 @@
+"""Audit bundles: a run's or a model's records with everything needed to check them.
+
+A bundle is one JSON file: the node's public key, a chain of signed tree heads with
+consistency proofs between consecutive ones (the ledger only grew), and each selected
+record with an inclusion proof into the latest head (it is in the ledger the node
+signed, at that position). ``verify_bundle`` needs nothing but the file: it runs on a
+machine with no access to the node.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from agent.ledger.merkle import Tree, leaf_hash, verify_consistency, verify_inclusion
+from agent.ledger.records import LedgerRecord
+from agent.ledger.signing import TreeHead, fingerprint, load_public
+
+BUNDLE_FORMAT = "flopledger-audit-bundle-1"
+MAX_HEADS = 64
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: object) -> bytes:
+    return base64.b64decode(str(text), validate=True)
+
+
+def _totals(records: Sequence[LedgerRecord]) -> dict[str, int]:
+    return {
+        "flop_low": sum(r.flop_low for r in records),
+        "flop_central": sum(r.flop_central for r in records),
+        "flop_high": sum(r.flop_high for r in records),
+        "energy_mj": sum(r.energy_mj for r in records),
+        "gap_ns": sum(r.gap_ns for r in records),
+        "records": len(records),
+    }
+
+
+def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
+                  model: str | None = None) -> dict[str, Any]:
+    """Write the bundle for one run or one model; returns its summary.
+
+    Raises:
+        ValueError: if neither or both of ``run`` and ``model`` are given, or nothing
+            in the ledger matches, or the ledger has no signed head yet.
+        sqlite3.Error: if the ledger cannot be read.
+    """
+    if (run is None) == (model is None):
+        raise ValueError("give exactly one of run or model")
+    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        head_rows = db.execute(
+            "SELECT size, root, timestamp_ns, signature FROM tree_heads ORDER BY size"
+        ).fetchall()
+        if not head_rows:
+            raise ValueError(f"{ledger_path}: no signed tree head yet")
+        latest_size = int(head_rows[-1][0])
+        rows = db.execute("SELECT seq, body FROM records WHERE seq < ? ORDER BY seq",
+                          (latest_size,)).fetchall()
+    finally:
+        db.close()
+    origin = str(meta["origin"])
+    heads = [TreeHead(origin, int(s), bytes(r), int(t), bytes(sig)) for s, r, t, sig in head_rows]
+    leaves = [leaf_hash(bytes(body)) for _seq, body in rows]
+    selected = []
+    for seq, body in rows:
+        record = LedgerRecord.decode(bytes(body))
+        if (run is not None and record.run == run) or (model is not None and record.model == model):
+            selected.append((int(seq), bytes(body), record))
+    if not selected:
+        what = f"run {run}" if run is not None else f"model {model}"
+        raise ValueError(f"{ledger_path}: no record for {what}")
+    tree = Tree(leaves)
+    latest = heads[-1]
+    # A chain of heads from the first that includes the selection to the latest, thinned
+    # to MAX_HEADS, each proven consistent with the one before.
+    first_seq = selected[0][0]
+    chain = [h for h in heads if h.size > first_seq]
+    if len(chain) > MAX_HEADS:
+        step = len(chain) / (MAX_HEADS - 1)
+        chain = [chain[round(i * step)] for i in range(MAX_HEADS - 1)] + [latest]
+    chain = sorted({h.size: h for h in chain}.values(), key=lambda h: h.size)
+    consistency = [
+        {"old_size": a.size, "new_size": b.size,
+         "proof": [_b64(p) for p in tree.consistency_proof(a.size, b.size)]}
+        for a, b in pairwise(chain)
+    ]
+    records = [
+        {"seq": seq, "body": body.decode(),
+         "inclusion_proof": [_b64(p) for p in tree.inclusion_proof(seq, latest.size)]}
+        for seq, body, _record in selected
+    ]
+    summary = {"selection": {"run": run} if run is not None else {"model": model},
+               "totals": _totals([r for _s, _b, r in selected])}
+    doc = {
+        "format": BUNDLE_FORMAT,
+        "node": meta.get("node"),
+        "origin": origin,
+        "public_key": _b64(bytes.fromhex(str(meta["public_key"]))),
+        "key_fingerprint": meta.get("key_fingerprint"),
+        **summary,
+        "tree_heads": [h.to_json() for h in chain],
+        "consistency_proofs": consistency,
+        "records": records,
+    }
+    out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return summary
+
+
+@dataclass(slots=True)
+class BundleReport:
+    path: Path
+    records: int = 0
+    key_fingerprint: str = ""
+    selection: dict[str, Any] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_bundle(path: Path, trusted_fingerprint: str | None = None) -> BundleReport:
+    """Check a bundle with nothing but its own contents (and optionally a pinned key)."""
+    report = BundleReport(path)
+    p = report.problems
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("format") != BUNDLE_FORMAT:
+            p.append(f"{path}: not a {BUNDLE_FORMAT} file")
+            return report
+        key_raw = _unb64(doc["public_key"])
+        public = load_public(key_raw)
+        heads = [TreeHead.from_json(h) for h in doc["tree_heads"]]
+        records = doc["records"]
+        selection = dict(doc["selection"])
+        stated = dict(doc["totals"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        p.append(f"{path}: unreadable or malformed bundle ({e})")
+        return report
+    report.key_fingerprint = fingerprint(key_raw)
+    report.selection = selection
+    if trusted_fingerprint and trusted_fingerprint != report.key_fingerprint:
+        p.append(f"key: bundle signed by {report.key_fingerprint}, expected {trusted_fingerprint}")
+    if not heads:
+        p.append("no signed tree head")
+        return report
+    for head in heads:
+        if head.origin != doc.get("origin") or not head.verify(public):
+            p.append(f"tree head at size {head.size}: signature does not verify")
+    proofs = {(c.get("old_size"), c.get("new_size")): c.get("proof", [])
+              for c in doc.get("consistency_proofs", [])}
+    for a, b in pairwise(heads):
+        proof = proofs.get((a.size, b.size))
+        if proof is None or not verify_consistency(a.size, b.size, a.root, b.root,
+                                                   [_unb64(x) for x in proof]):
+            p.append(f"tree heads {a.size} -> {b.size}: not proven consistent (the ledger "
+                     "was rewritten between them)")
+    latest = heads[-1]
+    decoded: list[LedgerRecord] = []
+    seen: set[int] = set()
+    for entry in records:
+        try:
+            seq = int(entry["seq"])
+            body = str(entry["body"]).encode()
+            proof = [_unb64(x) for x in entry["inclusion_proof"]]
+            record = LedgerRecord.decode(body)
+        except (KeyError, ValueError, TypeError) as e:
+            p.append(f"record {entry.get('seq', '?')}: malformed ({e})")
+            continue
+        if seq in seen:
+            p.append(f"record {seq}: appears twice")
+        seen.add(seq)
+        if record.seq != seq:
+            p.append(f"record {seq}: body says it is record {record.seq}")
+        if not verify_inclusion(leaf_hash(body), seq, latest.size, proof, latest.root):
+            p.append(f"record {seq}: not in the signed ledger at that position (edited or "
+                     "moved)")
+        wanted = selection.get("run") == record.run or selection.get("model") == record.model
+        if not wanted:
+            p.append(f"record {seq}: belongs to run {record.run!r}, not the selection")
+        decoded.append(record)
+    report.records = len(decoded)
+    report.totals = _totals(decoded)
+    if {k: stated.get(k) for k in report.totals} != report.totals:
+        p.append("stated totals do not equal the sum of the bundle's records")
+    return report

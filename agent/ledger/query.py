@@ -1,0 +1,119 @@
+"""Read-only views of a ledger for the CLI and reports (safe while the agent writes)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.ledger.records import LedgerRecord
+from agent.ledger.signing import TreeHead
+
+
+class LedgerNotFoundError(FileNotFoundError):
+    """No ledger file where one was expected."""
+
+
+@dataclass(slots=True)
+class RunSummary:
+    run: str
+    model: str = ""
+    category: str = ""
+    gpus: set[str] = field(default_factory=set)
+    flop_low: int = 0
+    flop_central: int = 0
+    flop_high: int = 0
+    energy_mj: int = 0
+    gap_ns: int = 0
+    covered_ns: int = 0
+    samples: int = 0
+    records: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    estimators: Counter[str] = field(default_factory=Counter)
+    splits: Counter[str] = field(default_factory=Counter)
+    nodes: set[str] = field(default_factory=set)
+    meta: dict[str, object] = field(default_factory=dict)
+
+    def add(self, r: LedgerRecord) -> None:
+        self.model = r.model
+        self.category = r.category
+        self.gpus.add(r.gpu_uuid)
+        self.nodes.add(r.node)
+        self.flop_low += r.flop_low
+        self.flop_central += r.flop_central
+        self.flop_high += r.flop_high
+        self.energy_mj += r.energy_mj
+        self.gap_ns += r.gap_ns
+        self.covered_ns += r.covered_ns
+        self.samples += r.samples
+        self.records += 1
+        self.first_ns = r.start_ns if not self.first_ns else min(self.first_ns, r.start_ns)
+        self.last_ns = max(self.last_ns, r.end_ns)
+        self.estimators[r.estimator] += r.samples or 1
+        self.splits[str(r.assumptions.get("split", ""))] += 1
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Raises: LedgerNotFoundError if there is no file at ``path``."""
+    if not path.is_file():
+        raise LedgerNotFoundError(f"no ledger at {path} (has the agent run with this state_dir?)")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def iter_records(path: Path, *, run: str | None = None,
+                 model: str | None = None) -> Iterator[LedgerRecord]:
+    db = connect(path)
+    try:
+        query, args = "SELECT body FROM records", ()
+        if run is not None:
+            query, args = query + " WHERE run = ?", (run,)  # type: ignore[assignment]
+        elif model is not None:
+            query, args = query + " WHERE model = ?", (model,)  # type: ignore[assignment]
+        for (body,) in db.execute(query + " ORDER BY seq", args):
+            yield LedgerRecord.decode(bytes(body))
+    finally:
+        db.close()
+
+
+def run_summaries(path: Path, *, run: str | None = None,
+                  model: str | None = None) -> dict[str, RunSummary]:
+    """Per-run sums over the records (optionally of one run or one model)."""
+    out: dict[str, RunSummary] = {}
+    for r in iter_records(path, run=run, model=model):
+        out.setdefault(r.run, RunSummary(r.run)).add(r)
+    db = connect(path)
+    try:
+        for name, meta in db.execute("SELECT run, meta FROM runs"):
+            if name in out:
+                out[name].meta = json.loads(meta)
+    finally:
+        db.close()
+    return out
+
+
+def gpu_breakdown(path: Path, run: str) -> dict[str, RunSummary]:
+    """One run's sums per GPU."""
+    out: dict[str, RunSummary] = defaultdict(lambda: RunSummary(run))
+    for r in iter_records(path, run=run):
+        out[r.gpu_uuid].add(r)
+    return dict(out)
+
+
+def latest_head(path: Path) -> tuple[TreeHead | None, str]:
+    """The last signed tree head and the key fingerprint."""
+    db = connect(path)
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        row = db.execute("SELECT size, root, timestamp_ns, signature FROM tree_heads"
+                         " ORDER BY size DESC LIMIT 1").fetchone()
+    finally:
+        db.close()
+    head = None
+    if row is not None:
+        head = TreeHead(str(meta.get("origin", "")), int(row[0]), bytes(row[1]), int(row[2]),
+                        bytes(row[3]))
+    return head, str(meta.get("key_fingerprint", ""))

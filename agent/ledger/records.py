@@ -1,0 +1,70 @@
+"""Ledger records: what is appended, and its canonical byte encoding.
+
+A record is one stretch of one GPU's time charged to one run: FLOP (low, central,
+high), energy, how many samples and how much of the stretch was a gap, and the method
+and assumptions behind the figures. Its canonical encoding (sorted-key, compact,
+ASCII JSON) is the Merkle leaf, so a verifier on another machine recomputes exactly
+the hashes the node signed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+RECORD_VERSION = 1
+KINDS = ("interval", "gap")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRecord:
+    """One appended record. FLOP are whole FLOP; times are wall-clock nanoseconds.
+
+    ``kind`` is ``interval`` for sampled time and ``gap`` for time nobody sampled (the
+    agent was down): a gap adds the GPU's highest possible rate to ``flop_high`` and
+    nothing to the other two.
+    """
+
+    seq: int
+    kind: str
+    node: str
+    run: str
+    model: str
+    category: str
+    gpu_uuid: str
+    gpu_index: int
+    start_ns: int
+    end_ns: int
+    flop_low: int
+    flop_central: int
+    flop_high: int
+    energy_mj: int
+    samples: int
+    covered_ns: int
+    gap_ns: int
+    estimator: str
+    assumptions: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        """Canonical bytes: the Merkle leaf."""
+        doc = asdict(self)
+        doc["v"] = RECORD_VERSION
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+    @classmethod
+    def decode(cls, body: bytes) -> LedgerRecord:
+        """Raises: ValueError for bytes that are not a canonical version-1 record."""
+        try:
+            doc = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"not JSON: {e}") from e
+        if not isinstance(doc, dict) or doc.pop("v", None) != RECORD_VERSION:
+            raise ValueError("not a version-1 record")
+        try:
+            record = cls(**doc)
+        except TypeError as e:
+            raise ValueError(f"bad fields: {e}") from e
+        if record.encode() != body:
+            raise ValueError("not in canonical form")
+        return record

@@ -1,0 +1,352 @@
+"""The ledger: an append-only SQLite file of records, totals and signed tree heads.
+
+One writer (the agent's sampler thread) appends a batch of records per checkpoint in a
+single transaction that also advances the running totals, the Merkle frontier and a
+new signed tree head, committed with ``synchronous=FULL`` so a checkpoint that returned
+survives a crash or power loss. The latest head is mirrored to ``<file>.head`` (written
+atomically) so that a ledger file rolled back to an older copy no longer matches it.
+
+Totals are stored as decimal text: cluster-scale FLOP (1e26) overflow SQLite integers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.ledger.merkle import Frontier, leaf_hash
+from agent.ledger.records import LedgerRecord
+from agent.ledger.signing import TreeHead, fingerprint, public_raw
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    body BLOB NOT NULL,
+    leaf_hash BLOB NOT NULL,
+    run TEXT NOT NULL,
+    model TEXT NOT NULL,
+    gpu_uuid TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_run ON records (run);
+CREATE INDEX IF NOT EXISTS records_model ON records (model);
+CREATE TABLE IF NOT EXISTS tree_heads (
+    size INTEGER PRIMARY KEY,
+    root BLOB NOT NULL,
+    timestamp_ns INTEGER NOT NULL,
+    signature BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS totals (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    flop_low TEXT NOT NULL,
+    flop_central TEXT NOT NULL,
+    flop_high TEXT NOT NULL,
+    energy_mj TEXT NOT NULL,
+    samples INTEGER NOT NULL,
+    covered_ns INTEGER NOT NULL,
+    gap_ns INTEGER NOT NULL,
+    first_ns INTEGER NOT NULL,
+    last_ns INTEGER NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    category TEXT NOT NULL,
+    meta TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gpu_state (
+    gpu_uuid TEXT PRIMARY KEY,
+    gpu_index INTEGER NOT NULL,
+    last_end_ns INTEGER NOT NULL,
+    last_runs TEXT NOT NULL
+);
+"""
+
+
+class LedgerError(Exception):
+    """The ledger file cannot be used (wrong node, wrong key, corrupt state)."""
+
+
+@dataclass(slots=True)
+class Totals:
+    """Running sums over records; FLOP and energy are exact integers."""
+
+    flop_low: int = 0
+    flop_central: int = 0
+    flop_high: int = 0
+    energy_mj: int = 0
+    samples: int = 0
+    covered_ns: int = 0
+    gap_ns: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+
+    def add(self, r: LedgerRecord) -> None:
+        self.flop_low += r.flop_low
+        self.flop_central += r.flop_central
+        self.flop_high += r.flop_high
+        self.energy_mj += r.energy_mj
+        self.samples += r.samples
+        self.covered_ns += r.covered_ns
+        self.gap_ns += r.gap_ns
+        self.first_ns = r.start_ns if self.first_ns == 0 else min(self.first_ns, r.start_ns)
+        self.last_ns = max(self.last_ns, r.end_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    run: str
+    model: str
+    category: str
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuState:
+    """Where a GPU's accounting stopped: the end of its last record and its runs."""
+
+    gpu_uuid: str
+    gpu_index: int
+    last_end_ns: int
+    last_runs: tuple[str, ...]
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write, fsync, rename, fsync the directory: the file is either old or new."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def head_file(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".head")
+
+
+class Ledger:
+    """The writer's handle on a ledger file.
+
+    Args:
+        path: the SQLite file (created with its directory if missing).
+        node: this node's name; recorded at creation and checked on every open.
+        key: the node's signing key; its fingerprint is checked on every open.
+
+    Raises:
+        LedgerError: if the file belongs to another node or key, or its Merkle state
+            does not match its last signed head.
+        sqlite3.DatabaseError: if the file is not a readable SQLite database.
+    """
+
+    def __init__(self, path: Path, node: str, key: Ed25519PrivateKey) -> None:
+        self.path = path
+        self.node = node
+        self._key = key
+        self.public_key_raw = public_raw(key.public_key())
+        self.origin = f"{node}/{fingerprint(self.public_key_raw)}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a checkpoint that returned is on disk, power loss included.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._init_meta()
+        self._frontier = self._load_frontier()
+        self._next_seq = self._frontier.size
+        self.totals: dict[str, dict[str, Totals]] = {"gpu": {}, "run": {}}
+        self._load_totals()
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _init_meta(self) -> None:
+        node = self._meta("node")
+        key_fp = self._meta("key_fingerprint")
+        mine = fingerprint(self.public_key_raw)
+        if node is None:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [("format", "flopledger-ledger-1"), ("node", self.node),
+                 ("key_fingerprint", mine), ("public_key", self.public_key_raw.hex()),
+                 ("origin", self.origin), ("frontier", "[]")],
+            )
+            self._db.execute("COMMIT")
+            return
+        if node != self.node:
+            raise LedgerError(f"{self.path}: ledger of node {node!r}, not {self.node!r}")
+        if key_fp != mine:
+            raise LedgerError(f"{self.path}: signed by key {key_fp}, this node's key is {mine}")
+
+    def _load_frontier(self) -> Frontier:
+        raw = json.loads(self._meta("frontier") or "[]")
+        frontier = Frontier.from_list([(int(h), bytes.fromhex(x)) for h, x in raw])
+        count = int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+        head = self.latest_head()
+        if frontier.size != count or (head is not None and head.size != count):
+            raise LedgerError(
+                f"{self.path}: {count} records but the Merkle state covers {frontier.size} "
+                f"and the last signed head {head.size if head else 0}; run `flopledger verify`"
+            )
+        if head is not None and frontier.root() != head.root:
+            raise LedgerError(f"{self.path}: Merkle state does not match the last signed head")
+        return frontier
+
+    def _load_totals(self) -> None:
+        for row in self._db.execute(
+            "SELECT scope, key, flop_low, flop_central, flop_high, energy_mj, samples,"
+            " covered_ns, gap_ns, first_ns, last_ns FROM totals"
+        ):
+            self.totals.setdefault(row[0], {})[row[1]] = Totals(*(int(x) for x in row[2:]))
+
+    @property
+    def size(self) -> int:
+        return self._frontier.size
+
+    def latest_head(self) -> TreeHead | None:
+        row = self._db.execute(
+            "SELECT size, root, timestamp_ns, signature FROM tree_heads ORDER BY size DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return TreeHead(self._meta("origin") or self.origin, int(row[0]), bytes(row[1]),
+                        int(row[2]), bytes(row[3]))
+
+    def gpu_states(self) -> dict[str, GpuState]:
+        return {
+            row[0]: GpuState(row[0], int(row[1]), int(row[2]), tuple(json.loads(row[3])))
+            for row in self._db.execute(
+                "SELECT gpu_uuid, gpu_index, last_end_ns, last_runs FROM gpu_state"
+            )
+        }
+
+    def runs(self) -> dict[str, RunRow]:
+        return {
+            row[0]: RunRow(row[0], row[1], row[2], json.loads(row[3]))
+            for row in self._db.execute("SELECT run, model, category, meta FROM runs")
+        }
+
+    def append(
+        self, drafts: Sequence[LedgerRecord], timestamp_ns: int,
+        run_meta: dict[str, RunRow] | None = None,
+    ) -> TreeHead:
+        """Append records (their ``seq`` is assigned here) and sign a new tree head.
+
+        All or nothing: on any error (a full disk, an I/O error) the transaction rolls
+        back, the ledger is unchanged and the caller keeps the records to retry.
+
+        Raises:
+            sqlite3.Error: if the transaction could not be committed.
+        """
+        frontier = Frontier.from_list(self._frontier.to_list())
+        totals = {scope: dict(v) for scope, v in self.totals.items()}
+        changed: dict[tuple[str, str], Totals] = {}
+        rows = []
+        gpu_rows: dict[str, tuple[int, int, list[str]]] = {}
+        seq = self._next_seq
+        records = []
+        for draft in drafts:
+            record = _with_seq(draft, seq)
+            seq += 1
+            body = record.encode()
+            h = leaf_hash(body)
+            frontier.append(h)
+            rows.append((record.seq, body, h, record.run, record.model, record.gpu_uuid,
+                         record.start_ns, record.end_ns))
+            for scope, key in (("gpu", record.gpu_uuid), ("run", record.run)):
+                current = totals[scope].get(key)
+                t = replace(current) if current is not None else Totals()
+                t.add(record)
+                totals[scope][key] = t
+                changed[(scope, key)] = t
+            previous = gpu_rows.get(record.gpu_uuid)
+            if previous is None or record.end_ns > previous[1]:
+                gpu_rows[record.gpu_uuid] = (record.gpu_index, record.end_ns, [record.run])
+            elif record.end_ns == previous[1] and record.run not in previous[2]:
+                previous[2].append(record.run)
+            records.append(record)
+        head = TreeHead(self.origin, frontier.size, frontier.root(), timestamp_ns).signed(
+            self._key
+        )
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO records (seq, body, leaf_hash, run, model, gpu_uuid, start_ns,"
+                " end_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT OR REPLACE INTO totals (scope, key, flop_low, flop_central, flop_high,"
+                " energy_mj, samples, covered_ns, gap_ns, first_ns, last_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(scope, key, str(t.flop_low), str(t.flop_central), str(t.flop_high),
+                  str(t.energy_mj), t.samples, t.covered_ns, t.gap_ns, t.first_ns, t.last_ns)
+                 for (scope, key), t in changed.items()])
+            db.executemany(
+                "INSERT OR REPLACE INTO gpu_state (gpu_uuid, gpu_index, last_end_ns, last_runs)"
+                " VALUES (?, ?, ?, ?)",
+                [(uuid, idx, end, json.dumps(runs)) for uuid, (idx, end, runs) in
+                 gpu_rows.items()])
+            for row in (run_meta or {}).values():
+                db.execute(
+                    "INSERT OR REPLACE INTO runs (run, model, category, meta) VALUES (?, ?, ?, ?)",
+                    (row.run, row.model, row.category, json.dumps(row.meta, sort_keys=True)))
+            db.execute(
+                "INSERT INTO tree_heads (size, root, timestamp_ns, signature) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(size) DO NOTHING",
+                (head.size, head.root, head.timestamp_ns, head.signature))
+            db.execute("UPDATE meta SET value = ? WHERE key = 'frontier'",
+                       (json.dumps([(h, x.hex()) for h, x in frontier.to_list()]),))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._frontier = frontier
+        self._next_seq = seq
+        self.totals = totals
+        try:
+            write_atomically(head_file(self.path), json.dumps(head.to_json()).encode())
+        except OSError as e:
+            # The ledger itself is committed; the mirror only catches roll-backs.
+            log.warning("could not write %s: %s", head_file(self.path), e)
+        return head
+
+    def records(
+        self, *, run: str | None = None, model: str | None = None
+    ) -> Iterator[LedgerRecord]:
+        """Records in append order, optionally only one run's or one model's."""
+        query = "SELECT body FROM records"
+        args: tuple[str, ...] = ()
+        if run is not None:
+            query, args = query + " WHERE run = ?", (run,)
+        elif model is not None:
+            query, args = query + " WHERE model = ?", (model,)
+        for (body,) in self._db.execute(query + " ORDER BY seq", args):
+            yield LedgerRecord.decode(bytes(body))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _with_seq(record: LedgerRecord, seq: int) -> LedgerRecord:
+    return replace(record, seq=seq)
