@@ -7,6 +7,7 @@ CONFIG ?= configs/agent.example.toml
 ARGS ?=
 
 .PHONY: run test lint unit bench soak system-deps venv clean
+SOAK_CRASHES ?= 300
 
 venv: $(VENV)/.installed
 
@@ -45,6 +46,10 @@ test: venv system-deps lint
 
 bench: venv
 	$(BIN)/python -m benchmarks.run $(ARGS)
+
+# The crash loop of the test suite, many more times: kill -9 at random moments.
+soak: venv
+	FLOPLEDGER_CRASHES=$(SOAK_CRASHES) $(BIN)/python -m pytest -q -s tests/test_crash_loop.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

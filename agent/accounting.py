@@ -153,6 +153,8 @@ class Accountant:
         self._window_start_ns: list[int | None] = [None] * n
         self._pending: list[dict[str, _Pending]] = [{} for _ in range(n)]
         self._pending_gaps: list[LedgerRecord] = []
+        self._closed: list[LedgerRecord] = []
+        self._open_committed: list[LedgerRecord] = []
         self._unsaved: list[LedgerRecord] = []
         self.runs: dict[str, RunMeta] = dict(known_runs or {})
         self.runs.setdefault(UNATTRIBUTED.run_id, UNATTRIBUTED)
@@ -198,6 +200,8 @@ class Accountant:
             # new ones.
             self.integrate()
             for i in changed:
+                # A record holds one set of runs: close the window at the change.
+                self._close_window(i)
                 self._assumptions[i] = self._assume(i, attributions[i])
             self.coeffs = build_coefficients(self._assumptions, self.settings)
         self._attributions = list(attributions)
@@ -331,60 +335,92 @@ class Accountant:
             ))
         self._window_start_ns[position] = end_ns
 
-    def take_records(self) -> list[LedgerRecord]:
-        """Everything not yet in the ledger, as records (``seq`` assigned by the ledger);
-        a record the ledger then fails to store goes back with :meth:`requeue`."""
-        out = self._unsaved + self._pending_gaps
-        self._unsaved, self._pending_gaps = [], []
-        self._truth_taken = self._truth_integrated
-        for i, pending in enumerate(self._pending):
-            if not pending:
-                continue
-            start = self._window_start_ns[i]
-            end = int(self._last_wall_ns[i])
-            assert start is not None
-            d = self.devices[i]
-            a = self._assumptions[i]
-            for run_id, p in pending.items():
-                meta = self.runs.get(run_id, RunMeta(run_id))
-                integrations = sum(p.splits.values())
-                out.append(LedgerRecord(
-                    seq=-1, kind="interval", node=self.node, run=run_id, model=meta.model,
-                    category=meta.category, gpu_uuid=d.uuid, gpu_index=d.index,
-                    start_ns=start, end_ns=max(end, start), flop_low=p.low * FLOP_UNIT,
-                    flop_central=p.central * FLOP_UNIT, flop_high=p.high * FLOP_UNIT,
-                    energy_mj=p.energy_mj, samples=p.samples, covered_ns=p.covered_ns,
-                    gap_ns=p.gap_ns, estimator=p.estimators.most_common(1)[0][0],
-                    assumptions={
-                        "spec": a.spec.key if a.spec else None,
-                        "precision": a.precision,
-                        "undeclared_precisions": None if a.precision else list(
-                            self.settings.undeclared_precisions),
-                        "recompute_factor": a.recompute_factor,
-                        "split": p.splits.most_common(1)[0][0],
-                        "share": round(p.weight_ns / integrations, 6) if integrations else 1.0,
-                        "estimators": dict(p.estimators),
-                        "tensor_activity_uncertainty": self.settings.tensor_activity_uncertainty,
-                        "max_gap_s": self.settings.max_gap_s,
-                        "via": meta.via,
-                    },
-                ))
-            pending.clear()
-            self._window_start_ns[i] = end
+    def _records_of(self, i: int) -> list[LedgerRecord]:
+        """GPU ``i``'s pending figures as records of its current window."""
+        pending = self._pending[i]
+        start = self._window_start_ns[i]
+        if not pending or start is None:
+            return []
+        end = int(self._last_wall_ns[i])
+        d = self.devices[i]
+        a = self._assumptions[i]
+        out = []
+        for run_id, p in pending.items():
+            meta = self.runs.get(run_id, RunMeta(run_id))
+            integrations = sum(p.splits.values())
+            out.append(LedgerRecord(
+                seq=-1, kind="interval", node=self.node, run=run_id, model=meta.model,
+                category=meta.category, gpu_uuid=d.uuid, gpu_index=d.index,
+                start_ns=start, end_ns=max(end, start), flop_low=p.low * FLOP_UNIT,
+                flop_central=p.central * FLOP_UNIT, flop_high=p.high * FLOP_UNIT,
+                energy_mj=p.energy_mj, samples=p.samples, covered_ns=p.covered_ns,
+                gap_ns=p.gap_ns, estimator=p.estimators.most_common(1)[0][0],
+                assumptions={
+                    "spec": a.spec.key if a.spec else None,
+                    "precision": a.precision,
+                    "undeclared_precisions": None if a.precision else list(
+                        self.settings.undeclared_precisions),
+                    "recompute_factor": a.recompute_factor,
+                    "split": p.splits.most_common(1)[0][0],
+                    "share": round(p.weight_ns / integrations, 6) if integrations else 1.0,
+                    "estimators": dict(p.estimators),
+                    "tensor_activity_uncertainty": self.settings.tensor_activity_uncertainty,
+                    "max_gap_s": self.settings.max_gap_s,
+                    "via": meta.via,
+                },
+            ))
         return out
+
+    def _close_window(self, i: int) -> None:
+        """Close GPU ``i``'s window at its last sample; the next one starts there."""
+        records = self._records_of(i)
+        if not records:
+            return
+        self._closed.extend(records)
+        self._pending[i].clear()
+        self._window_start_ns[i] = records[0].end_ns
+
+    def take_records(self, now_wall_ns: int | None = None,
+                     record_ns: int = 0) -> tuple[list[LedgerRecord], list[LedgerRecord]]:
+        """What the ledger must store now: closed records (``seq`` assigned by the
+        ledger; on failure they come back with :meth:`requeue`) and the still-open
+        records of windows younger than ``record_ns`` (stored durably but unsealed,
+        replaced at every checkpoint). Without ``now_wall_ns`` every window closes."""
+        for i in range(self.n_gpus):
+            start = self._window_start_ns[i]
+            if now_wall_ns is None or (start is not None and now_wall_ns - start >= record_ns):
+                self._close_window(i)
+        closed = self._unsaved + self._pending_gaps + self._closed
+        self._unsaved, self._pending_gaps, self._closed = [], [], []
+        still_open = [r for i in range(self.n_gpus) for r in self._records_of(i)]
+        self._truth_taken = self._truth_integrated
+        return closed, still_open
 
     def requeue(self, records: Iterable[LedgerRecord]) -> None:
         """Records the ledger could not store: they go out again with the next take."""
         self._unsaved = list(records) + self._unsaved
 
-    def commit(self, records: Iterable[LedgerRecord]) -> None:
-        """Records the ledger committed: from now on they count in the totals."""
+    def commit(self, records: Iterable[LedgerRecord],
+               still_open: Sequence[LedgerRecord] = ()) -> None:
+        """The ledger stored these: closed records count in the totals from now on, and
+        the open ones (durable, to be sealed later) count until they are replaced."""
         if self._truth_taken is not None:
             self.sim_true_flop = self._truth_taken
         for r in records:
             self.gpu_totals.setdefault(r.gpu_uuid, Totals()).add(r)
             self.run_totals.setdefault(r.run, Totals()).add(r)
             self._active_runs.add(r.run)
+        self._open_committed = list(still_open)
+        for r in still_open:
+            self._active_runs.add(r.run)
+
+    def _with_open(self, scope: str, key: str) -> Totals:
+        base = (self.gpu_totals if scope == "gpu" else self.run_totals).get(key)
+        t = replace(base) if base is not None else Totals()
+        for r in self._open_committed:
+            if (r.gpu_uuid if scope == "gpu" else r.run) == key:
+                t.add(r)
+        return t
 
     def run_shares(self) -> list[GpuAttribution]:
         return list(self._attributions)
@@ -400,7 +436,7 @@ class Accountant:
         rates = self.last_rates
         gpus = []
         for i, d in enumerate(self.devices):
-            t = self.gpu_totals.get(d.uuid, Totals())
+            t = self._with_open("gpu", d.uuid)
 
             def reading(arr: FloatArray | None, scale: float, i: int = i) -> float | None:
                 if arr is None or np.isnan(arr[i]):
@@ -425,7 +461,9 @@ class Accountant:
             ))
         current = Counter(s.run.run_id for a in self._attributions for s in a.shares)
         exported = []
-        for run_id, t in self.run_totals.items():
+        run_ids = dict.fromkeys([*self.run_totals, *(r.run for r in self._open_committed)])
+        for run_id in run_ids:
+            t = self._with_open("run", run_id)
             if run_id not in current and run_id not in self._active_runs and (
                 t.last_ns < runs_since_ns
             ):

@@ -174,6 +174,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from agent.modelview import load_model_view
+
+    config = load_config(Path(args.config) if args.config else None)
+    view = load_model_view(config, _ledger_path(args))
+    names = view.model_names()
+    if not names:
+        print("(no models in the ledger or the config yet)")
+        return 0
+    for name in names:
+        bases = view.lineage.ancestors(name)
+        own = sum(1 for r in view.runs if r.model == name)
+        print(f"{name}: {own} run(s)" + (f", inherits from {', '.join(bases)}" if bases else ""))
+        for scope, f in view.totals(name).items():
+            print(f"  {scope:<18} {fmt.band(f.low, f.central, f.high)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flopledger",
@@ -224,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run")
     ledger_args(show)
     show.set_defaults(func=cmd_show)
+
+    models = sub.add_parser("models", help="per-model totals per regulatory scope, with lineage")
+    ledger_args(models)
+    models.set_defaults(func=cmd_models)
     return parser
 
 

@@ -63,6 +63,7 @@ class AgentSettings:
     state_dir: Path = Path("var")
     node: str = field(default_factory=socket.gethostname)
     checkpoint_s: float = 5.0
+    record_s: float = 60.0
     export_runs_for_s: float = 7 * 86400.0
     spec_file: Path | None = None
     thresholds_file: Path | None = None
@@ -154,6 +155,10 @@ def _agent(problems: Problems, raw: dict[str, Any]) -> AgentSettings:
     if checkpoint < 0.5:
         problems.add("agent.checkpoint_s", "a number of seconds >= 0.5")
         checkpoint = d.checkpoint_s
+    record_s = r.get("record_s", (int, float), d.record_s, "a number of seconds >= checkpoint_s")
+    if record_s < checkpoint:
+        problems.add("agent.record_s", "a number of seconds >= agent.checkpoint_s")
+        record_s = max(d.record_s, checkpoint)
     export_for = r.get("export_runs_for_s", (int, float), d.export_runs_for_s,
                        "a number of seconds >= 0")
     spec_file = r.get("spec_file", str, None, "a path to a GPU spec table")
@@ -172,6 +177,7 @@ def _agent(problems: Problems, raw: dict[str, Any]) -> AgentSettings:
         state_dir=state_dir,
         node=node,
         checkpoint_s=float(checkpoint),
+        record_s=float(record_s),
         export_runs_for_s=float(export_for),
         spec_file=Path(spec_file) if spec_file else None,
         thresholds_file=Path(thresholds_file) if thresholds_file else None,

@@ -105,7 +105,8 @@ class Sampler:
     def __init__(self, source: GpuSource, accountant: Accountant, clock: Clock,
                  interval_s: float, integrate_every: int, *,
                  attributor: Attributor | None = None, ledger: Ledger | None = None,
-                 checkpoint_s: float = 5.0, exit_after_s: float | None = None,
+                 checkpoint_s: float = 5.0, record_s: float = 60.0,
+                 exit_after_s: float | None = None,
                  export_runs_for_s: float = 7 * 86400.0) -> None:
         self.source = source
         self.accountant = accountant
@@ -115,6 +116,7 @@ class Sampler:
         self.interval_ns = round(interval_s * 1e9)
         self.integrate_every = integrate_every
         self.checkpoint_ns = round(checkpoint_s * 1e9)
+        self.record_ns = round(record_s * 1e9)
         self.exit_after_ns = round(exit_after_s * 1e9) if exit_after_s else None
         self.export_runs_for_ns = round(export_runs_for_s * 1e9)
         self.stop_event = threading.Event()
@@ -147,27 +149,31 @@ class Sampler:
             if state is not None and wall_ns > state.last_end_ns:
                 self.accountant.add_gap(pos, state.last_end_ns, wall_ns, state.last_runs)
 
-    def checkpoint(self) -> bool:
-        """Commit everything integrated so far; False (and nothing lost) on failure."""
+    def checkpoint(self, final: bool = False) -> bool:
+        """Commit everything integrated so far; False (and nothing lost) on failure.
+
+        Records close after ``record_s`` (or at the final checkpoint); until then they
+        are stored as open records, replaced at every checkpoint.
+        """
         self.accountant.integrate()
-        records = self.accountant.take_records()
-        if not records:
-            return True
+        now = self.clock.wall_ns()
+        closed, still_open = self.accountant.take_records(
+            None if final else now, self.record_ns)
         if self.ledger is None:
-            self.accountant.commit(records)
+            self.accountant.commit(closed, still_open)
             return True
         runs = {r.run: RunRow(r.run, r.model, r.category, _run_meta(self.accountant, r.run))
-                for r in records}
+                for r in [*closed, *still_open]}
         try:
-            self.ledger.append(records, self.clock.wall_ns(), runs)
+            self.ledger.append(closed, now, runs, still_open=still_open)
         except sqlite3.Error as e:
             # A full disk or an I/O error: keep the records and try again next time.
             self.checkpoint_failures += 1
-            self.accountant.requeue(records)
+            self.accountant.requeue(closed)
             log.error("ledger checkpoint failed (%s); %d record(s) kept in memory, retrying",
-                      e, len(records))
+                      e, len(closed) + len(still_open))
             return False
-        self.accountant.commit(records)
+        self.accountant.commit(closed, still_open)
         self.checkpoints += 1
         return True
 
@@ -217,7 +223,7 @@ class Sampler:
             log.exception("sampler failed")
         finally:
             try:
-                if self._resumed and not self.checkpoint():
+                if self._resumed and not self.checkpoint(final=True):
                     log.error("final checkpoint failed: the last %.0f s are not in the ledger "
                               "and will show as a gap on restart", self.checkpoint_ns / 1e9)
             finally:
@@ -270,7 +276,13 @@ def open_ledger(config: Config) -> Ledger:
     """
     state = config.agent.state_dir
     key = load_or_create_key(state / "node.key")
-    return Ledger(state / "ledger.sqlite", config.agent.node, key)
+    ledger = Ledger(state / "ledger.sqlite", config.agent.node, key)
+    # Records a crash left open were durable up to their last checkpoint: seal them
+    # before anything new is added, so the gap to this start begins where they end.
+    sealed = ledger.seal_open(time.time_ns())
+    if sealed:
+        log.info("sealed %d record(s) left open by the previous run", len(sealed))
+    return ledger
 
 
 def known_runs(ledger: Ledger) -> dict[str, RunMeta]:
@@ -293,6 +305,7 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
     sampler = Sampler(source, accountant, clock, config.agent.interval_s,
                       config.agent.integrate_every, attributor=make_attributor(config, source),
                       ledger=ledger, checkpoint_s=config.agent.checkpoint_s,
+                      record_s=config.agent.record_s,
                       exit_after_s=config.agent.exit_after_s,
                       export_runs_for_s=config.agent.export_runs_for_s)
     registry = CollectorRegistry(auto_describe=False)

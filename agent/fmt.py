@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+from decimal import Decimal
 
 
-def flop(value: float) -> str:
-    """``2.3e+25``: two significant figures."""
+def flop(value: float, rounding: str = "nearest") -> str:
+    """``2.3e+25``: two significant figures, rounded to nearest, ``down`` or ``up``."""
     if value == 0:
         return "0"
-    return f"{value:.1e}"
+    if rounding == "nearest":
+        return f"{value:.1e}"
+    exponent = math.floor(math.log10(abs(value))) - 1
+    exact = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+    scaled = exact / (Decimal(10) ** exponent)
+    digits = math.floor(scaled) if rounding == "down" else math.ceil(scaled)
+    return f"{float(digits * Decimal(10) ** exponent):.1e}"
 
 
 def band(low: float, central: float, high: float) -> str:
-    return f"{flop(central)} [{flop(low)} .. {flop(high)}]"
+    """``central [low .. high]``; the bounds are rounded outwards so the printed band
+    still contains what the exact one does."""
+    return f"{flop(central)} [{flop(low, 'down')} .. {flop(high, 'up')}]"
 
 
 def when(ns: int | float | None) -> str:

@@ -79,12 +79,12 @@ def simulate(
         ticks += 1
         if ticks % checkpoint_every == 0:
             accountant.integrate()
-            records = accountant.take_records()
+            records, _open = accountant.take_records()
             all_records.extend(records)
             accountant.commit(records)
         clock.advance_ns(interval_ns)
     accountant.integrate()
-    records = accountant.take_records()
+    records, _open = accountant.take_records()
     all_records.extend(records)
     accountant.commit(records)
     snap = accountant.snapshot()

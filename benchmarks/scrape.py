@@ -55,7 +55,7 @@ def _accountant(gpus: int = 8, runs: int = 4) -> Accountant:
         acc.add_batch(source.read(), shares)
         clock.advance_ns(1_000_000_000)
     acc.integrate()
-    acc.commit(acc.take_records())
+    acc.commit(acc.take_records()[0])
     return acc
 
 

@@ -104,6 +104,7 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
 interval_s = 0.1
 integrate_every = 1000
 checkpoint_s = 1000
+record_s = 1000
 state_dir = "{tmp_path}/state"
 source = "simulated"
 """)

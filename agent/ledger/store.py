@@ -1,16 +1,21 @@
 """The ledger: an append-only SQLite file of records, totals and signed tree heads.
 
-One writer (the agent's sampler thread) appends a batch of records per checkpoint in a
-single transaction that also advances the running totals, the Merkle frontier and a
-new signed tree head, committed with ``synchronous=FULL`` so a checkpoint that returned
-survives a crash or power loss. The latest head is mirrored to ``<file>.head`` (written
-atomically) so that a ledger file rolled back to an older copy no longer matches it.
+One writer (the agent's sampler thread) commits a checkpoint every few seconds in a
+single transaction: the records whose window closed (appended to the Merkle tree, the
+running totals and a new signed tree head) and the still-open records of the current
+windows (kept in ``open_records``, replaced at every checkpoint, sealed into the tree
+when their window closes or, after a crash, when the agent starts again). Committed
+with ``synchronous=FULL``, so a checkpoint that returned survives a crash or power loss;
+records stay minutes long while a crash loses at most one checkpoint interval. The
+latest head is mirrored to ``<file>.head`` (written atomically) so that a ledger file
+rolled back to an older copy no longer matches it.
 
 Totals are stored as decimal text: cluster-scale FLOP (1e26) overflow SQLite integers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -66,6 +71,10 @@ CREATE TABLE IF NOT EXISTS runs (
     model TEXT NOT NULL,
     category TEXT NOT NULL,
     meta TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS open_records (
+    position INTEGER PRIMARY KEY,
+    body BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS gpu_state (
     gpu_uuid TEXT PRIMARY KEY,
@@ -246,14 +255,35 @@ class Ledger:
             for row in self._db.execute("SELECT run, model, category, meta FROM runs")
         }
 
+    def open_records(self) -> list[LedgerRecord]:
+        """The durable but unsealed records of the last checkpoint."""
+        return [LedgerRecord.decode(bytes(body)) for (body,) in self._db.execute(
+            "SELECT body FROM open_records ORDER BY position")]
+
+    def seal_open(self, timestamp_ns: int) -> list[LedgerRecord]:
+        """After a crash: append the open records of the last checkpoint as they are.
+
+        Raises:
+            sqlite3.Error: if the transaction could not be committed.
+        """
+        drafts = self.open_records()
+        if drafts:
+            self.append(drafts, timestamp_ns, still_open=[])
+        return drafts
+
     def append(
         self, drafts: Sequence[LedgerRecord], timestamp_ns: int,
         run_meta: dict[str, RunRow] | None = None,
-    ) -> TreeHead:
-        """Append records (their ``seq`` is assigned here) and sign a new tree head.
+        still_open: Sequence[LedgerRecord] | None = None,
+    ) -> TreeHead | None:
+        """Append records (their ``seq`` is assigned here), sign a new tree head, and
+        (unless ``still_open`` is None) replace the open records.
 
         All or nothing: on any error (a full disk, an I/O error) the transaction rolls
         back, the ledger is unchanged and the caller keeps the records to retry.
+
+        Returns:
+            the new signed head, None if no record was appended.
 
         Raises:
             sqlite3.Error: if the transaction could not be committed.
@@ -285,9 +315,10 @@ class Ledger:
             elif record.end_ns == previous[1] and record.run not in previous[2]:
                 previous[2].append(record.run)
             records.append(record)
-        head = TreeHead(self.origin, frontier.size, frontier.root(), timestamp_ns).signed(
-            self._key
-        )
+        head = None
+        if records:
+            head = TreeHead(self.origin, frontier.size, frontier.root(), timestamp_ns).signed(
+                self._key)
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -310,10 +341,15 @@ class Ledger:
                 db.execute(
                     "INSERT OR REPLACE INTO runs (run, model, category, meta) VALUES (?, ?, ?, ?)",
                     (row.run, row.model, row.category, json.dumps(row.meta, sort_keys=True)))
-            db.execute(
-                "INSERT INTO tree_heads (size, root, timestamp_ns, signature) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(size) DO NOTHING",
-                (head.size, head.root, head.timestamp_ns, head.signature))
+            if head is not None:
+                db.execute(
+                    "INSERT INTO tree_heads (size, root, timestamp_ns, signature)"
+                    " VALUES (?, ?, ?, ?)",
+                    (head.size, head.root, head.timestamp_ns, head.signature))
+            if still_open is not None:
+                db.execute("DELETE FROM open_records")
+                db.executemany("INSERT INTO open_records (position, body) VALUES (?, ?)",
+                               [(k, r.encode()) for k, r in enumerate(still_open)])
             db.execute("UPDATE meta SET value = ? WHERE key = 'frontier'",
                        (json.dumps([(h, x.hex()) for h, x in frontier.to_list()]),))
             db.execute("COMMIT")
@@ -324,11 +360,12 @@ class Ledger:
         self._frontier = frontier
         self._next_seq = seq
         self.totals = totals
-        try:
-            write_atomically(head_file(self.path), json.dumps(head.to_json()).encode())
-        except OSError as e:
-            # The ledger itself is committed; the mirror only catches roll-backs.
-            log.warning("could not write %s: %s", head_file(self.path), e)
+        if head is not None:
+            try:
+                write_atomically(head_file(self.path), json.dumps(head.to_json()).encode())
+            except OSError as e:
+                # The ledger itself is committed; the mirror only catches roll-backs.
+                log.warning("could not write %s: %s", head_file(self.path), e)
         return head
 
     def records(
@@ -345,6 +382,9 @@ class Ledger:
             yield LedgerRecord.decode(bytes(body))
 
     def close(self) -> None:
+        # Fold the WAL into the main file so the ledger is one self-contained file.
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
 
 
