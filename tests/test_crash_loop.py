@@ -12,9 +12,9 @@ bound covers it. Nothing may be counted twice.
 from __future__ import annotations
 
 import os
-import sqlite3
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time

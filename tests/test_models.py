@@ -11,7 +11,15 @@ import pytest
 from agent.config_errors import Problems
 from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import Ledger, RunRow
-from agent.models import Flop, Lineage, ModelInfo, RunFigures, load_scopes, model_totals, parse_models
+from agent.models import (
+    Flop,
+    Lineage,
+    ModelInfo,
+    RunFigures,
+    load_scopes,
+    model_totals,
+    parse_models,
+)
 from tests.ledger_helpers import SECOND, T0, record
 
 SCOPES = load_scopes()
@@ -94,7 +102,9 @@ def cli(*args: str) -> str:
 
 def test_runs_show_and_models_commands(ledger_path: Path) -> None:
     runs = cli("runs", "--ledger", str(ledger_path))
-    assert "pt" in runs and "ft" in runs and "1.0e+15" in runs
+    assert "pt" in runs
+    assert "ft" in runs
+    assert "1.0e+15" in runs
     show = cli("show", "pt", "--ledger", str(ledger_path))
     assert "FLOP      1.0e+15 [9.5e+14 .. 1.1e+15]" in show
     assert "GPU-00000000" in show
