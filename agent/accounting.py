@@ -92,8 +92,10 @@ def split_units(total: int, weights: Sequence[float]) -> list[int]:
     return parts
 
 
-def _run_key(a: GpuAttribution) -> tuple[str, ...]:
-    return tuple(sorted(s.run.run_id for s in a.shares))
+def _run_key(a: GpuAttribution) -> tuple[tuple[str, str | None, float], ...]:
+    """What decides a GPU's records and assumptions: its runs and what they declare."""
+    return tuple(sorted((s.run.run_id, s.run.precision, s.run.recompute_factor)
+                        for s in a.shares))
 
 
 class Accountant:
@@ -193,8 +195,8 @@ class Accountant:
 
     def _set_attributions(self, attributions: Sequence[GpuAttribution]) -> None:
         changed = [i for i, a in enumerate(attributions)
-                   if _run_key(a) != _run_key(self._attributions[i])
-                   or self._assume(i, a) != self._assumptions[i]]
+                   if a is not self._attributions[i]
+                   and _run_key(a) != _run_key(self._attributions[i])]
         if changed:
             # Fold what was sampled under the old runs before charging anything to the
             # new ones.

@@ -507,6 +507,7 @@ class Attributor:
         self._needs_identity = any(r.user or r.cmdline_regex for r in settings.rules)
         self._cache: dict[int, _PidEntry] = {}
         self._idle: dict[int, GpuAttribution] = {}
+        self._last: dict[int, GpuAttribution] = {}
         self._warned: set[str] = set()
 
     def attribute(
@@ -540,7 +541,15 @@ class Attributor:
                     measured = False
                 else:
                     util[run.run_id] += u
-            out.append(_split(runs, util, measured))
+            attribution = _split(runs, util, measured)
+            # Hand back the very object of the last tick when nothing changed, so the
+            # accountant can tell "unchanged" by identity, cheaply, at every tick.
+            previous = self._last.get(device.index)
+            if previous == attribution:
+                attribution = previous
+            else:
+                self._last[device.index] = attribution
+            out.append(attribution)
         if len(self._cache) > len(seen):
             for pid in self._cache.keys() - seen:
                 del self._cache[pid]

@@ -47,10 +47,18 @@ class SimSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class TlsSettings:
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    client_ca_file: Path | None = None
+class WebSettings:
+    """``[web]``: the exporter web-config file (TLS, mTLS, basic auth)."""
+
+    config_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextfileSettings:
+    """``[textfile]``: also write the exposition for node_exporter's textfile collector."""
+
+    path: Path | None = None
+    every_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +89,8 @@ class Config:
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     models: dict[str, ModelInfo] = field(default_factory=dict)
     sim: SimSettings = field(default_factory=SimSettings)
-    tls: TlsSettings = field(default_factory=TlsSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    textfile: TextfileSettings = field(default_factory=TextfileSettings)
 
 
 def parse_listen(value: str) -> tuple[str, int] | None:
@@ -269,25 +278,38 @@ def _sim(problems: Problems, raw: dict[str, Any]) -> SimSettings:
                        workload=workload, jobs=jobs)
 
 
-def _tls(problems: Problems, raw: dict[str, Any], base: Path) -> TlsSettings:
-    known = {"cert_file", "key_file", "client_ca_file"}
-    r = _Reader(problems, _table(problems, raw, "tls"), "tls", known)
+def _relative(base: Path, value: str) -> Path:
+    return Path(value) if Path(value).is_absolute() else base / value
 
-    def path(key: str) -> Path | None:
-        value = r.get(key, str, None, "a file path")
-        if value is None:
-            return None
-        p = (base / value) if not Path(value).is_absolute() else Path(value)
-        if not p.is_file():
-            problems.add(f"tls.{key}", f"an existing file (not found: {p})")
-        return p
 
-    tls = TlsSettings(path("cert_file"), path("key_file"), path("client_ca_file"))
-    if (tls.cert_file is None) != (tls.key_file is None):
-        problems.add("tls", "cert_file and key_file together")
-    if tls.client_ca_file is not None and tls.cert_file is None:
-        problems.add("tls.client_ca_file", "cert_file and key_file as well (mTLS needs TLS)")
-    return tls
+def _web(problems: Problems, raw: dict[str, Any], base: Path) -> WebSettings:
+    r = _Reader(problems, _table(problems, raw, "web"), "web", {"config_file"})
+    value = r.get("config_file", str, None, "the path of a web-config YAML file")
+    if value is None:
+        return WebSettings()
+    path = _relative(base, value)
+    if not path.is_file():
+        problems.add("web.config_file", f"an existing web-config file (not found: {path})")
+    return WebSettings(path)
+
+
+def _textfile(problems: Problems, raw: dict[str, Any], base: Path) -> TextfileSettings:
+    from exporters.textfile import textfile_path_problem
+
+    r = _Reader(problems, _table(problems, raw, "textfile"), "textfile", {"path", "every_s"})
+    d = TextfileSettings()
+    value = r.get("path", str, None, "a file path ending in .prom")
+    every = r.get("every_s", (int, float), d.every_s, "a number of seconds > 0")
+    if every <= 0:
+        problems.add("textfile.every_s", "a number of seconds > 0")
+        every = d.every_s
+    if value is None:
+        return TextfileSettings(every_s=float(every))
+    path = _relative(base, value)
+    problem = textfile_path_problem(path)
+    if problem:
+        problems.add("textfile.path", problem)
+    return TextfileSettings(path, float(every))
 
 
 def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
@@ -297,7 +319,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         ConfigError: naming the file and every bad key with what was expected.
     """
     problems = Problems(path or Path("<config>"))
-    known = {"agent", "estimator", "attribution", "models", "sim", "tls"}
+    known = {"agent", "estimator", "attribution", "models", "sim", "web", "textfile"}
     for key in raw:
         if key not in known:
             problems.add(key, f"one of the tables {sorted(known)}")
@@ -309,7 +331,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         attribution=parse_attribution_config(raw, problems),
         models=parse_models(raw, problems),
         sim=_sim(problems, raw),
-        tls=_tls(problems, raw, base),
+        web=_web(problems, raw, base),
+        textfile=_textfile(problems, raw, base),
     )
     problems.raise_if_any()
     return config

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
 from agent.accounting import Accountant
@@ -33,6 +32,9 @@ from agent.sources.base import DeviceInfo, GpuSource, SourceError
 from agent.sources.simulated import SimulatedSource
 from agent.specs import GpuSpec, SpecTable, load_spec_table
 from exporters.collector import FlopledgerCollector
+from exporters.server import start_metrics_server
+from exporters.textfile import TextfileWriter
+from exporters.webconfig import load_web_config
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +125,11 @@ class Sampler:
         self.stats = SamplerStats()
         self._snapshot: Snapshot = accountant.snapshot()
         self._last_checkpoint_ns: int | None = None
+        self._last_publish_ns = 0
+        self.publish_ns = 1_000_000_000
         self._resumed = False
         self.failure: BaseException | None = None
+        self.textfile: TextfileWriter | None = None
         self.checkpoints = 0
         self.checkpoint_failures = 0
 
@@ -195,7 +200,14 @@ class Sampler:
             self._last_checkpoint_ns = now
             self.checkpoint()
         self.stats.last_tick_duration_s = time.perf_counter() - started
-        self._publish()
+        # Scrapes come every few seconds: a fresh snapshot once a second is plenty,
+        # and at 10 Hz building one per tick would be most of the agent's work.
+        if now - self._last_publish_ns >= self.publish_ns:
+            self._last_publish_ns = now
+            self._publish()
+            if self.textfile is not None:
+                # Real time, not the (possibly sped-up) sampling clock.
+                self.textfile.maybe_write(time.monotonic())
 
     def run(self) -> None:
         """Sample until stopped; then integrate and commit what is left (final flush)."""
@@ -228,6 +240,8 @@ class Sampler:
                               "and will show as a gap on restart", self.checkpoint_ns / 1e9)
             finally:
                 self._publish()
+                if self.textfile is not None:
+                    self.textfile.write_now()
                 self.stop_event.set()
 
 
@@ -292,6 +306,7 @@ def known_runs(ledger: Ledger) -> dict[str, RunMeta]:
 def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
     """Run the agent in the foreground until SIGTERM/SIGINT; returns the exit status."""
     specs = load_spec_table(config.agent.spec_file)
+    web = load_web_config(config.web.config_file) if config.web.config_file else None
     warm_up()
     ledger = open_ledger(config)
     source, clock = open_source(config, specs)
@@ -310,19 +325,13 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
                       export_runs_for_s=config.agent.export_runs_for_s)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FlopledgerCollector(lambda: sampler.snapshot))
+    if config.textfile.path is not None:
+        sampler.textfile = TextfileWriter(registry, config.textfile.path, config.textfile.every_s)
     host, port = listen or (config.agent.listen_host, config.agent.listen_port)
-    tls = config.tls
-    server, _thread = start_http_server(
-        port, addr=host, registry=registry,
-        certfile=str(tls.cert_file) if tls.cert_file else None,
-        keyfile=str(tls.key_file) if tls.key_file else None,
-        client_cafile=str(tls.client_ca_file) if tls.client_ca_file else None,
-        client_auth_required=tls.client_ca_file is not None,
-    )
-    log.info("serving /metrics on %s:%d (%s); %d GPU(s) from the %s source, every %.3g s; "
-             "ledger %s (%d records)", host, server.server_port,
-             "https" if tls.cert_file else "http", len(devices), source.kind,
-             config.agent.interval_s, ledger.path, ledger.size)
+    server = start_metrics_server(registry, host, port, web)
+    log.info("serving %s; %d GPU(s) from the %s source, every %.3g s; ledger %s (%d records)",
+             server.url, len(devices), source.kind, config.agent.interval_s, ledger.path,
+             ledger.size)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping after a final checkpoint", signum)

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from agent.sources.base import ActivityKind, FloatArray, IntArray
 from agent.specs import MATMUL_PRECISIONS, GpuSpec
@@ -46,6 +47,14 @@ class Estimator(enum.IntEnum):
     GPM_TENSOR = 1
     DCGM_TENSOR = 2
     UTILIZATION = 3
+
+
+# Plain ints for the kernel (numba freezes module globals at compile time).
+ESTIMATOR_NONE = int(Estimator.NONE)
+ESTIMATOR_GPM = int(Estimator.GPM_TENSOR)
+ESTIMATOR_DCGM = int(Estimator.DCGM_TENSOR)
+ESTIMATOR_UTILIZATION = int(Estimator.UTILIZATION)
+KIND_DCGM = int(ActivityKind.DCGM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +187,98 @@ class Rates:
     estimator: IntArray
 
 
-def _zero_nan(x: FloatArray) -> FloatArray:
-    return np.where(np.isnan(x), 0.0, x)
+@njit(cache=True, nogil=True)
+def _estimate(
+    gpu: IntArray, clock: FloatArray, clock_prev: FloatArray, util: FloatArray,
+    util_prev: FloatArray, tensor_any: FloatArray, hmma: FloatArray, imma: FloatArray,
+    dmma: FloatArray, dfma: FloatArray, fp16: FloatArray, fp32: FloatArray, fp64: FloatArray,
+    fpc_low: FloatArray, fpc_central: FloatArray, fpc_high: FloatArray, int8_fpc: FloatArray,
+    fp64_tensor_fpc: FloatArray, fp16_fpc: FloatArray, fp32_fpc: FloatArray,
+    fp64_fpc: FloatArray, max_clock: FloatArray, recompute: FloatArray, kind: IntArray,
+    gap_rate: FloatArray, unc: float, eff: float, eff_low: float,
+) -> tuple[FloatArray, FloatArray, FloatArray, IntArray]:
+    n = gpu.shape[0]
+    out_low = np.empty(n)
+    out_central = np.empty(n)
+    out_high = np.empty(n)
+    out_estimator = np.empty(n, np.int64)
+    for i in range(n):
+        g = gpu[i]
+        have_now = not np.isnan(clock[i])
+        have_prev = not np.isnan(clock_prev[i])
+        prev = clock_prev[i] if have_prev else clock[i]
+        now = clock[i] if have_now else max_clock[g]
+        if not have_now:
+            prev = max_clock[g]
+        # Tensor work only runs while a kernel runs, and an idle GPU drops its clock: the
+        # clock read at an idle end of the interval says nothing about the clock the
+        # work ran at. Central and low use the ends where the GPU was busy (both if
+        # neither). An unknown utilization counts as busy.
+        busy_now = util[i] != 0
+        busy_prev = (util_prev[i] != 0) and have_prev
+        use_now = busy_now or not busy_prev
+        use_prev = busy_prev or not busy_now
+        weight = (1.0 if use_now else 0.0) + (1.0 if use_prev else 0.0)
+        clock_central = ((now if use_now else 0.0) + (prev if use_prev else 0.0)) / weight * 1e6
+        clock_high = max(prev, now) * 1e6
+        busy_min = min(now if use_now else np.inf, prev if use_prev else np.inf)
+        # An unknown clock has no useful lower bound.
+        clock_low = busy_min * 1e6 if have_now else 0.0
+
+        has_tensor = not np.isnan(tensor_any[i])
+        split = not np.isnan(hmma[i])
+        any_ratio = (0.0 if np.isnan(tensor_any[i]) else tensor_any[i]) * 0.01
+        float_ratio = (0.0 if np.isnan(hmma[i]) else hmma[i]) * 0.01 if split else any_ratio
+        int_ratio = (0.0 if np.isnan(imma[i]) else imma[i]) * 0.01 if split else 0.0
+        f64_ratio = 0.0
+        if split:
+            f64_ratio = max(0.0 if np.isnan(dmma[i]) else dmma[i],
+                            0.0 if np.isnan(dfma[i]) else dfma[i]) * 0.01
+        other_central = 0.0
+        other_low = 0.0
+        other_high = 0.0
+        for k in range(5):
+            if k == 0:
+                ratio, fpc = (0.0 if np.isnan(fp16[i]) else fp16[i]) * 0.01, fp16_fpc[g]
+            elif k == 1:
+                ratio, fpc = (0.0 if np.isnan(fp32[i]) else fp32[i]) * 0.01, fp32_fpc[g]
+            elif k == 2:
+                ratio, fpc = (0.0 if np.isnan(fp64[i]) else fp64[i]) * 0.01, fp64_fpc[g]
+            elif k == 3:
+                ratio, fpc = int_ratio, int8_fpc[g]
+            else:
+                ratio, fpc = f64_ratio, fp64_tensor_fpc[g]
+            other_central += ratio * fpc
+            other_low += max(ratio - unc, 0.0) * fpc
+            other_high += min(ratio + unc, 1.0) * fpc * (1.0 if ratio > 0 else 0.0)
+        # A reading of exactly zero means no tensor cycles at all: no uncertainty to add.
+        if has_tensor:
+            hw_central = (float_ratio * fpc_central[g] + other_central) * clock_central
+            hw_low = (max(float_ratio - unc, 0.0) * fpc_low[g] + other_low) * clock_low
+            high = (min(float_ratio + unc, 1.0) * fpc_high[g]
+                    * (1.0 if float_ratio > 0 else 0.0) + other_high) * clock_high
+        elif not np.isnan(util[i]):
+            u = util[i] * 0.01
+            hw_central = u * eff * fpc_central[g] * clock_central
+            hw_low = u * eff_low * fpc_low[g] * clock_low
+            high = u * fpc_high[g] * clock_high
+        else:
+            hw_central = 0.0
+            hw_low = 0.0
+            high = gap_rate[g]
+        if not fpc_central[g] > 0:
+            code = ESTIMATOR_NONE
+        elif has_tensor:
+            code = ESTIMATOR_DCGM if kind[g] == KIND_DCGM else ESTIMATOR_GPM
+        elif not np.isnan(util[i]):
+            code = ESTIMATOR_UTILIZATION
+        else:
+            code = ESTIMATOR_NONE
+        out_low[i] = hw_low / recompute[g]
+        out_central[i] = hw_central / recompute[g]
+        out_high[i] = high
+        out_estimator[i] = code
+    return out_low, out_central, out_high, out_estimator
 
 
 def estimate_rates(
@@ -199,93 +298,23 @@ def estimate_rates(
     coeffs: Coefficients,
     settings: EstimatorSettings,
 ) -> Rates:
-    """FLOP/s (low, central, high) for each sample.
+    """FLOP/s (low, central, high) for each sample, and the method used.
 
     Every argument but ``coeffs`` and ``settings`` is an array with one entry per
     sample; ``gpu`` gives each sample's GPU position in ``coeffs``. ``sm_clock_prev_mhz``
     and ``gpu_util_prev_pct`` are the readings at the previous sample of the same GPU
-    (NaN for its first sample).
-    Pure and vectorised: the same inputs give bit-identical rates however the samples
-    are grouped.
+    (NaN for its first sample). A numba kernel, pure and per sample: the same inputs
+    give bit-identical rates however the samples are grouped (tests/reference.py has
+    its NumPy twin).
     """
-    g = gpu
-    max_clock = coeffs.max_clock_mhz[g]
-    have_now = ~np.isnan(sm_clock_mhz)
-    have_prev = ~np.isnan(sm_clock_prev_mhz)
-    prev = np.where(have_prev, sm_clock_prev_mhz, sm_clock_mhz)
-    now = np.where(have_now, sm_clock_mhz, max_clock)
-    prev = np.where(have_now, prev, max_clock)
-    # Tensor work only runs while a kernel runs, and an idle GPU drops its clock: the
-    # clock read at an idle end of the interval says nothing about the clock the work
-    # ran at. Central and low use the ends where the GPU was busy (both if neither).
-    busy_now = ~(gpu_util_pct == 0)
-    busy_prev = ~(gpu_util_prev_pct == 0) & have_prev
-    use_now = busy_now | ~busy_prev
-    use_prev = busy_prev | ~busy_now
-    weight = use_now.astype(np.float64) + use_prev.astype(np.float64)
-    clock_central_hz = (np.where(use_now, now, 0.0) + np.where(use_prev, prev, 0.0)) / weight * 1e6
-    clock_high_hz = np.maximum(prev, now) * 1e6
-    # An unknown clock has no useful lower bound.
-    busy_min = np.minimum(np.where(use_now, now, np.inf), np.where(use_prev, prev, np.inf))
-    clock_low_hz = np.where(have_now, busy_min * 1e6, 0.0)
-
-    unc = settings.tensor_activity_uncertainty
-    has_tensor = ~np.isnan(tensor_any_pct)
-    split = ~np.isnan(tensor_hmma_pct)
-    any_ratio = _zero_nan(tensor_any_pct) * 0.01
-    float_ratio = np.where(split, _zero_nan(tensor_hmma_pct) * 0.01, any_ratio)
-    int_ratio = np.where(split, _zero_nan(tensor_imma_pct) * 0.01, 0.0)
-    f64_ratio = np.where(
-        split, np.maximum(_zero_nan(tensor_dmma_pct), _zero_nan(tensor_dfma_pct)) * 0.01, 0.0
+    c = coeffs
+    low, central, high, estimator = _estimate(
+        gpu, sm_clock_mhz, sm_clock_prev_mhz, gpu_util_pct, gpu_util_prev_pct,
+        tensor_any_pct, tensor_hmma_pct, tensor_imma_pct, tensor_dmma_pct, tensor_dfma_pct,
+        fp16_pct, fp32_pct, fp64_pct, c.tensor_fpc_low, c.tensor_fpc_central,
+        c.tensor_fpc_high, c.int8_fpc, c.fp64_tensor_fpc, c.fp16_fpc, c.fp32_fpc, c.fp64_fpc,
+        c.max_clock_mhz, c.recompute_factor, c.activity_kind, c.gap_rate_flops,
+        settings.tensor_activity_uncertainty, settings.utilization_efficiency,
+        settings.utilization_efficiency_low,
     )
-    pipes = (
-        (_zero_nan(fp16_pct) * 0.01, coeffs.fp16_fpc[g]),
-        (_zero_nan(fp32_pct) * 0.01, coeffs.fp32_fpc[g]),
-        (_zero_nan(fp64_pct) * 0.01, coeffs.fp64_fpc[g]),
-        (int_ratio, coeffs.int8_fpc[g]),
-        (f64_ratio, coeffs.fp64_tensor_fpc[g]),
-    )
-    other_central = np.zeros_like(any_ratio)
-    other_low = np.zeros_like(any_ratio)
-    other_high = np.zeros_like(any_ratio)
-    for ratio, fpc in pipes:
-        other_central += ratio * fpc
-        other_low += np.maximum(ratio - unc, 0.0) * fpc
-        other_high += np.minimum(ratio + unc, 1.0) * fpc * (ratio > 0)
-    tensor_central = (float_ratio * coeffs.tensor_fpc_central[g] + other_central) * clock_central_hz
-    tensor_low = (
-        np.maximum(float_ratio - unc, 0.0) * coeffs.tensor_fpc_low[g] + other_low
-    ) * clock_low_hz
-    # A reading of exactly zero means no tensor cycles at all: no uncertainty to add.
-    tensor_high = (
-        np.minimum(float_ratio + unc, 1.0) * coeffs.tensor_fpc_high[g] * (float_ratio > 0)
-        + other_high
-    ) * clock_high_hz
-
-    util = _zero_nan(gpu_util_pct) * 0.01
-    has_util = ~np.isnan(gpu_util_pct)
-    util_central = util * settings.utilization_efficiency * coeffs.tensor_fpc_central[g] * (
-        clock_central_hz
-    )
-    util_low = util * settings.utilization_efficiency_low * coeffs.tensor_fpc_low[g] * clock_low_hz
-    util_high = util * coeffs.tensor_fpc_high[g] * clock_high_hz
-
-    peak_high = coeffs.gap_rate_flops[g]
-    hw_central = np.where(has_tensor, tensor_central, np.where(has_util, util_central, 0.0))
-    hw_low = np.where(has_tensor, tensor_low, np.where(has_util, util_low, 0.0))
-    high = np.where(has_tensor, tensor_high, np.where(has_util, util_high, peak_high))
-    dcgm = coeffs.activity_kind[g] == int(ActivityKind.DCGM)
-    known = coeffs.tensor_fpc_central[g] > 0
-    estimator = np.where(
-        ~known,
-        int(Estimator.NONE),
-        np.where(
-            has_tensor,
-        np.where(dcgm, int(Estimator.DCGM_TENSOR), int(Estimator.GPM_TENSOR)),
-            np.where(has_util, int(Estimator.UTILIZATION), int(Estimator.NONE)),
-        ),
-    ).astype(np.int64)
-    factor = coeffs.recompute_factor[g]
-    return Rates(
-        low=hw_low / factor, central=hw_central / factor, high=high, estimator=estimator
-    )
+    return Rates(low=low, central=central, high=high, estimator=estimator)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from agent.estimate import Coefficients, Estimator, EstimatorSettings, Rates
 from agent.integrate import NS_TO_UNITS, EnergyTotals, FlopTotals
-from agent.sources.base import BoolArray, FloatArray, IntArray
+from agent.sources.base import ActivityKind, BoolArray, FloatArray, IntArray
 
 
 def integrate_flop_reference(
@@ -91,3 +92,116 @@ def integrate_energy_reference(
                 last_e[g] = e
             last_t[g] = t
     return EnergyTotals(total, resets, last_t, last_e)
+
+
+def _zero_nan(x: FloatArray) -> FloatArray:
+    return np.where(np.isnan(x), 0.0, x)
+
+
+def estimate_rates_reference(
+    gpu: IntArray,
+    sm_clock_mhz: FloatArray,
+    sm_clock_prev_mhz: FloatArray,
+    gpu_util_pct: FloatArray,
+    gpu_util_prev_pct: FloatArray,
+    tensor_any_pct: FloatArray,
+    tensor_hmma_pct: FloatArray,
+    tensor_imma_pct: FloatArray,
+    tensor_dmma_pct: FloatArray,
+    tensor_dfma_pct: FloatArray,
+    fp16_pct: FloatArray,
+    fp32_pct: FloatArray,
+    fp64_pct: FloatArray,
+    coeffs: Coefficients,
+    settings: EstimatorSettings,
+) -> Rates:
+    """FLOP/s (low, central, high) for each sample.
+
+    Every argument but ``coeffs`` and ``settings`` is an array with one entry per
+    sample; ``gpu`` gives each sample's GPU position in ``coeffs``. ``sm_clock_prev_mhz``
+    and ``gpu_util_prev_pct`` are the readings at the previous sample of the same GPU
+    (NaN for its first sample).
+    Pure and vectorised: the same inputs give bit-identical rates however the samples
+    are grouped.
+    """
+    g = gpu
+    max_clock = coeffs.max_clock_mhz[g]
+    have_now = ~np.isnan(sm_clock_mhz)
+    have_prev = ~np.isnan(sm_clock_prev_mhz)
+    prev = np.where(have_prev, sm_clock_prev_mhz, sm_clock_mhz)
+    now = np.where(have_now, sm_clock_mhz, max_clock)
+    prev = np.where(have_now, prev, max_clock)
+    # Tensor work only runs while a kernel runs, and an idle GPU drops its clock: the
+    # clock read at an idle end of the interval says nothing about the clock the work
+    # ran at. Central and low use the ends where the GPU was busy (both if neither).
+    busy_now = ~(gpu_util_pct == 0)
+    busy_prev = ~(gpu_util_prev_pct == 0) & have_prev
+    use_now = busy_now | ~busy_prev
+    use_prev = busy_prev | ~busy_now
+    weight = use_now.astype(np.float64) + use_prev.astype(np.float64)
+    clock_central_hz = (np.where(use_now, now, 0.0) + np.where(use_prev, prev, 0.0)) / weight * 1e6
+    clock_high_hz = np.maximum(prev, now) * 1e6
+    # An unknown clock has no useful lower bound.
+    busy_min = np.minimum(np.where(use_now, now, np.inf), np.where(use_prev, prev, np.inf))
+    clock_low_hz = np.where(have_now, busy_min * 1e6, 0.0)
+
+    unc = settings.tensor_activity_uncertainty
+    has_tensor = ~np.isnan(tensor_any_pct)
+    split = ~np.isnan(tensor_hmma_pct)
+    any_ratio = _zero_nan(tensor_any_pct) * 0.01
+    float_ratio = np.where(split, _zero_nan(tensor_hmma_pct) * 0.01, any_ratio)
+    int_ratio = np.where(split, _zero_nan(tensor_imma_pct) * 0.01, 0.0)
+    f64_ratio = np.where(
+        split, np.maximum(_zero_nan(tensor_dmma_pct), _zero_nan(tensor_dfma_pct)) * 0.01, 0.0
+    )
+    pipes = (
+        (_zero_nan(fp16_pct) * 0.01, coeffs.fp16_fpc[g]),
+        (_zero_nan(fp32_pct) * 0.01, coeffs.fp32_fpc[g]),
+        (_zero_nan(fp64_pct) * 0.01, coeffs.fp64_fpc[g]),
+        (int_ratio, coeffs.int8_fpc[g]),
+        (f64_ratio, coeffs.fp64_tensor_fpc[g]),
+    )
+    other_central = np.zeros_like(any_ratio)
+    other_low = np.zeros_like(any_ratio)
+    other_high = np.zeros_like(any_ratio)
+    for ratio, fpc in pipes:
+        other_central += ratio * fpc
+        other_low += np.maximum(ratio - unc, 0.0) * fpc
+        other_high += np.minimum(ratio + unc, 1.0) * fpc * (ratio > 0)
+    tensor_central = (float_ratio * coeffs.tensor_fpc_central[g] + other_central) * clock_central_hz
+    tensor_low = (
+        np.maximum(float_ratio - unc, 0.0) * coeffs.tensor_fpc_low[g] + other_low
+    ) * clock_low_hz
+    # A reading of exactly zero means no tensor cycles at all: no uncertainty to add.
+    tensor_high = (
+        np.minimum(float_ratio + unc, 1.0) * coeffs.tensor_fpc_high[g] * (float_ratio > 0)
+        + other_high
+    ) * clock_high_hz
+
+    util = _zero_nan(gpu_util_pct) * 0.01
+    has_util = ~np.isnan(gpu_util_pct)
+    util_central = util * settings.utilization_efficiency * coeffs.tensor_fpc_central[g] * (
+        clock_central_hz
+    )
+    util_low = util * settings.utilization_efficiency_low * coeffs.tensor_fpc_low[g] * clock_low_hz
+    util_high = util * coeffs.tensor_fpc_high[g] * clock_high_hz
+
+    peak_high = coeffs.gap_rate_flops[g]
+    hw_central = np.where(has_tensor, tensor_central, np.where(has_util, util_central, 0.0))
+    hw_low = np.where(has_tensor, tensor_low, np.where(has_util, util_low, 0.0))
+    high = np.where(has_tensor, tensor_high, np.where(has_util, util_high, peak_high))
+    dcgm = coeffs.activity_kind[g] == int(ActivityKind.DCGM)
+    known = coeffs.tensor_fpc_central[g] > 0
+    estimator = np.where(
+        ~known,
+        int(Estimator.NONE),
+        np.where(
+            has_tensor,
+        np.where(dcgm, int(Estimator.DCGM_TENSOR), int(Estimator.GPM_TENSOR)),
+            np.where(has_util, int(Estimator.UTILIZATION), int(Estimator.NONE)),
+        ),
+    ).astype(np.int64)
+    factor = coeffs.recompute_factor[g]
+    return Rates(
+        low=hw_low / factor, central=hw_central / factor, high=high, estimator=estimator
+    )

@@ -36,8 +36,11 @@ gpus = 0
 compute_tensor_activity = 1.5
 warp_speed = 9
 
-[tls]
-cert_file = "missing.pem"
+[web]
+config_file = "missing.yml"
+
+[textfile]
+path = "metrics.txt"
 """
 
 
@@ -51,7 +54,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "agent.interval_s", "agent.source", "agent.listen", "agent.colour",
         "estimator.tensor_activity_uncertainty", "attribution.rules[0].category",
         "sim.scenario", "sim.gpus", "sim.workload.compute_tensor_activity",
-        "sim.workload.warp_speed", "tls.cert_file", "tls",
+        "sim.workload.warp_speed", "web.config_file", "textfile.path",
     }
     message = str(e.value)
     assert str(path) in message

@@ -153,3 +153,33 @@ def test_rates_do_not_depend_on_how_samples_are_grouped() -> None:
         part = estimate(lo, hi)
         for name in ("low", "central", "high", "estimator"):
             np.testing.assert_array_equal(getattr(part, name), getattr(whole, name)[lo:hi])
+
+
+def test_kernel_matches_its_numpy_reference_bit_for_bit() -> None:
+    from tests.reference import estimate_rates_reference
+
+    rng = np.random.default_rng(11)
+    n = 4000
+    assumptions = [
+        GPM_BF16,
+        GpuAssumptions(A100, ActivityKind.NONE, precision=None),
+        GpuAssumptions(H100, ActivityKind.DCGM, precision="fp8", recompute_factor=4 / 3),
+        GpuAssumptions(None, ActivityKind.GPM),
+    ]
+    coeffs = build_coefficients(assumptions, SETTINGS)
+    gpu = rng.integers(0, len(assumptions), n).astype(np.int64)
+
+    def column(lo: float, hi: float, nan: float = 0.15, zero: float = 0.1) -> np.ndarray:
+        x = rng.uniform(lo, hi, n)
+        x[rng.random(n) < zero] = 0.0
+        x[rng.random(n) < nan] = NAN
+        return x
+
+    cols = [column(300, 2000), column(300, 2000)] + [column(0, 100) for _ in range(10)]
+    c = cols
+    got = estimate_rates(gpu, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9],
+                         c[10], c[11], coeffs, SETTINGS)
+    want = estimate_rates_reference(gpu, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8],
+                                    c[9], c[10], c[11], coeffs, SETTINGS)
+    for name in ("low", "central", "high", "estimator"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
