@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,17 @@ class ModelInfo:
         base_models: models whose weights it starts from (fine-tune, merge, init).
         declared_flop: compute of a model not trained under this ledger, as declared
             (e.g. from a provider's documentation); None if it has runs here.
+        role: "provider", or "modifier" for a downstream actor modifying someone
+            else's model (judged by the EU one-third rule, not as a provider).
+        systemic_risk: whether the model is a GPAI model with systemic risk; None:
+            decide from its compute.
     """
 
     name: str
     base_models: tuple[str, ...] = ()
     declared_flop: Flop | None = None
+    role: str = "provider"
+    systemic_risk: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +134,18 @@ def parse_models(raw: Mapping[str, Any], problems: Problems) -> dict[str, ModelI
         if not isinstance(spec, dict):
             problems.add(where, "a table")
             continue
+        known = ("base_models", "declared_flop", "role", "systemic_risk")
         for key in spec:
-            if key not in ("base_models", "declared_flop"):
-                problems.add(f"{where}.{key}", "one of ['base_models', 'declared_flop']")
+            if key not in known:
+                problems.add(f"{where}.{key}", f"one of {list(known)}")
+        role = spec.get("role", "provider")
+        if role not in ("provider", "modifier"):
+            problems.add(f"{where}.role", "\"provider\" or \"modifier\"")
+            role = "provider"
+        systemic = spec.get("systemic_risk")
+        if systemic is not None and not isinstance(systemic, bool):
+            problems.add(f"{where}.systemic_risk", "true or false")
+            systemic = None
         bases = spec.get("base_models", [])
         if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
             problems.add(f"{where}.base_models", "a list of model names")
@@ -148,7 +163,7 @@ def parse_models(raw: Mapping[str, Any], problems: Problems) -> dict[str, ModelI
             else:
                 problems.add(f"{where}.declared_flop", "a number of FLOP or { low, central, "
                              "high } with low <= central <= high")
-        models[name] = ModelInfo(name, tuple(bases), declared)
+        models[name] = ModelInfo(name, tuple(bases), declared, role, systemic)
     return models
 
 
@@ -162,7 +177,7 @@ class Lineage:
         """Merge base models a run declared (``FLOPLEDGER_BASE_MODELS``) into the lineage."""
         current = self.models.get(model, ModelInfo(model))
         merged = tuple(dict.fromkeys([*current.base_models, *bases]))
-        self.models[model] = ModelInfo(model, merged, current.declared_flop)
+        self.models[model] = replace(current, base_models=merged)
 
     def ancestors(self, model: str) -> list[str]:
         """Every model ``model``'s weights descend from, each once, nearest first."""

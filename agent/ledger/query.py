@@ -79,11 +79,28 @@ def iter_records(path: Path, *, run: str | None = None,
         db.close()
 
 
-def run_summaries(path: Path, *, run: str | None = None,
-                  model: str | None = None) -> dict[str, RunSummary]:
-    """Per-run sums over the records (optionally of one run or one model)."""
+def open_records(path: Path) -> list[LedgerRecord]:
+    """The durable, not yet sealed records of the current windows (the last ~minute)."""
+    db = connect(path)
+    try:
+        return [LedgerRecord.decode(bytes(body)) for (body,) in db.execute(
+            "SELECT body FROM open_records ORDER BY position")]
+    except sqlite3.OperationalError:  # a ledger written before open records existed
+        return []
+    finally:
+        db.close()
+
+
+def run_summaries(path: Path, *, run: str | None = None, model: str | None = None,
+                  include_open: bool = False) -> dict[str, RunSummary]:
+    """Per-run sums over the records (optionally of one run or one model); with
+    ``include_open``, also over the still-open records of the current windows."""
     out: dict[str, RunSummary] = {}
-    for r in iter_records(path, run=run, model=model):
+    records: list[LedgerRecord] = list(iter_records(path, run=run, model=model))
+    if include_open:
+        records += [r for r in open_records(path)
+                    if (run is None or r.run == run) and (model is None or r.model == model)]
+    for r in records:
         out.setdefault(r.run, RunSummary(r.run)).add(r)
     db = connect(path)
     try:

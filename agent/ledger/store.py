@@ -10,7 +10,8 @@ records stay minutes long while a crash loses at most one checkpoint interval. T
 latest head is mirrored to ``<file>.head`` (written atomically) so that a ledger file
 rolled back to an older copy no longer matches it.
 
-Totals are stored as decimal text: cluster-scale FLOP (1e26) overflow SQLite integers.
+Totals are stored as decimal text: cluster-scale FLOP (1e26) and GPU-nanoseconds
+overflow SQLite's 64-bit integers.
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ CREATE TABLE IF NOT EXISTS totals (
     flop_central TEXT NOT NULL,
     flop_high TEXT NOT NULL,
     energy_mj TEXT NOT NULL,
-    samples INTEGER NOT NULL,
-    covered_ns INTEGER NOT NULL,
-    gap_ns INTEGER NOT NULL,
+    samples TEXT NOT NULL,
+    covered_ns TEXT NOT NULL,
+    gap_ns TEXT NOT NULL,
     first_ns INTEGER NOT NULL,
     last_ns INTEGER NOT NULL,
     PRIMARY KEY (scope, key)
@@ -330,7 +331,8 @@ class Ledger:
                 " energy_mj, samples, covered_ns, gap_ns, first_ns, last_ns)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(scope, key, str(t.flop_low), str(t.flop_central), str(t.flop_high),
-                  str(t.energy_mj), t.samples, t.covered_ns, t.gap_ns, t.first_ns, t.last_ns)
+                  str(t.energy_mj), str(t.samples), str(t.covered_ns), str(t.gap_ns), t.first_ns,
+                  t.last_ns)
                  for (scope, key), t in changed.items()])
             db.executemany(
                 "INSERT OR REPLACE INTO gpu_state (gpu_uuid, gpu_index, last_end_ns, last_runs)"
