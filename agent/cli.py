@@ -268,6 +268,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    from agent.rulegen import generate
+    from agent.thresholds import load_registry
+
+    config = load_config(Path(args.config) if args.config else None)
+    text = generate(load_registry(config.agent.thresholds_file), estimate=args.estimate)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flopledger",
@@ -333,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--estimate", choices=["low", "central", "high"], default="high")
     status.add_argument("--all", action="store_true", help="also idle subjects at zero")
     status.set_defaults(func=cmd_status)
+
+    rules = sub.add_parser("rules", help="generate Prometheus threshold rules from the registry")
+    rules.add_argument("--config", help="TOML config file (for agent.thresholds_file)")
+    rules.add_argument("-o", "--output", help="file to write (default: standard output)")
+    rules.add_argument("--estimate", choices=["central", "high"], default="high")
+    rules.set_defaults(func=cmd_rules)
     return parser
 
 
