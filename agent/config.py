@@ -62,6 +62,17 @@ class TextfileSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ThresholdSettings:
+    """``[thresholds]``: how the agent evaluates the regimes and notifies."""
+
+    evaluate_every_s: float = 60.0
+    estimate: str = "high"
+    levels: tuple[float, ...] = (0.5, 0.8, 0.9, 1.0)
+    window_s: float = 3600.0
+    horizon_days: float = 14.0
+
+
+@dataclass(frozen=True, slots=True)
 class AgentSettings:
     interval_s: float = 1.0
     integrate_every: int = 5
@@ -89,6 +100,7 @@ class Config:
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     models: dict[str, ModelInfo] = field(default_factory=dict)
     sim: SimSettings = field(default_factory=SimSettings)
+    thresholds: ThresholdSettings = field(default_factory=ThresholdSettings)
     web: WebSettings = field(default_factory=WebSettings)
     textfile: TextfileSettings = field(default_factory=TextfileSettings)
 
@@ -278,6 +290,36 @@ def _sim(problems: Problems, raw: dict[str, Any]) -> SimSettings:
                        workload=workload, jobs=jobs)
 
 
+def _thresholds(problems: Problems, raw: dict[str, Any]) -> ThresholdSettings:
+    known = {f.name for f in fields(ThresholdSettings)}
+    r = _Reader(problems, _table(problems, raw, "thresholds"), "thresholds", known)
+    d = ThresholdSettings()
+
+    def positive(key: str, default: float) -> float:
+        value = r.get(key, (int, float), default, "a positive number")
+        if value <= 0:
+            problems.add(f"thresholds.{key}", "a positive number")
+            return default
+        return float(value)
+
+    estimate = r.get("estimate", str, d.estimate, "one of ['low', 'central', 'high']")
+    if estimate not in ("low", "central", "high"):
+        problems.add("thresholds.estimate", "one of ['low', 'central', 'high']")
+        estimate = d.estimate
+    levels = r.get("levels", list, list(d.levels), "a list of fractions in (0, 1]")
+    if not levels or any(isinstance(x, bool) or not isinstance(x, int | float) or not 0 < x <= 1
+                         for x in levels):
+        problems.add("thresholds.levels", "a non-empty list of fractions in (0, 1]")
+        levels = list(d.levels)
+    return ThresholdSettings(
+        evaluate_every_s=positive("evaluate_every_s", d.evaluate_every_s),
+        estimate=estimate,
+        levels=tuple(sorted(float(x) for x in levels)),
+        window_s=positive("window_s", d.window_s),
+        horizon_days=positive("horizon_days", d.horizon_days),
+    )
+
+
 def _relative(base: Path, value: str) -> Path:
     return Path(value) if Path(value).is_absolute() else base / value
 
@@ -319,7 +361,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         ConfigError: naming the file and every bad key with what was expected.
     """
     problems = Problems(path or Path("<config>"))
-    known = {"agent", "estimator", "attribution", "models", "sim", "web", "textfile"}
+    known = {"agent", "estimator", "attribution", "models", "sim", "thresholds", "notify", "web",
+             "textfile"}
     for key in raw:
         if key not in known:
             problems.add(key, f"one of the tables {sorted(known)}")
@@ -331,6 +374,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         attribution=parse_attribution_config(raw, problems),
         models=parse_models(raw, problems),
         sim=_sim(problems, raw),
+        thresholds=_thresholds(problems, raw),
         web=_web(problems, raw, base),
         textfile=_textfile(problems, raw, base),
     )

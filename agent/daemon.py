@@ -31,6 +31,8 @@ from agent.snapshot import Snapshot
 from agent.sources.base import DeviceInfo, GpuSource, SourceError
 from agent.sources.simulated import SimulatedSource
 from agent.specs import GpuSpec, SpecTable, load_spec_table
+from agent.thresholds import load_registry
+from agent.watcher import ThresholdWatcher
 from exporters.collector import FlopledgerCollector
 from exporters.server import start_metrics_server
 from exporters.textfile import TextfileWriter
@@ -306,6 +308,7 @@ def known_runs(ledger: Ledger) -> dict[str, RunMeta]:
 def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
     """Run the agent in the foreground until SIGTERM/SIGINT; returns the exit status."""
     specs = load_spec_table(config.agent.spec_file)
+    registry_of_thresholds = load_registry(config.agent.thresholds_file)
     web = load_web_config(config.web.config_file) if config.web.config_file else None
     warm_up()
     ledger = open_ledger(config)
@@ -323,8 +326,9 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
                       record_s=config.agent.record_s,
                       exit_after_s=config.agent.exit_after_s,
                       export_runs_for_s=config.agent.export_runs_for_s)
+    watcher = ThresholdWatcher(config, registry_of_thresholds, ledger.path)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FlopledgerCollector(lambda: sampler.snapshot))
+    registry.register(FlopledgerCollector(lambda: sampler.snapshot, lambda: watcher.state))
     if config.textfile.path is not None:
         sampler.textfile = TextfileWriter(registry, config.textfile.path, config.textfile.every_s)
     host, port = listen or (config.agent.listen_host, config.agent.listen_port)
@@ -341,8 +345,10 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     thread = threading.Thread(target=sampler.run, name="sampler", daemon=True)
     thread.start()
+    watcher.start()
     while thread.is_alive():
         thread.join(0.2)
+    watcher.stop()
     source.close()
     ledger.close()
     snap = sampler.snapshot

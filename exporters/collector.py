@@ -8,13 +8,14 @@ is left out, never exported as NaN.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent import __version__
 from agent.snapshot import GpuSnapshot, Snapshot
+from agent.watcher import ThresholdState
 
 GPU_LABELS = ("gpu", "uuid")
 RUN_LABELS = ("run", "model", "category")
@@ -25,10 +26,16 @@ def _gpu_labels(g: GpuSnapshot) -> list[str]:
 
 
 class FlopledgerCollector(Collector):
-    """Builds the exposition from whatever snapshot ``get_snapshot`` returns."""
+    """Builds the exposition from whatever snapshot ``get_snapshot`` returns (and the
+    threshold watcher's latest state, if there is one)."""
 
-    def __init__(self, get_snapshot: Callable[[], Snapshot | None]) -> None:
+    def __init__(self, get_snapshot: Callable[[], Snapshot | None],
+                 get_thresholds: Callable[[], ThresholdState | None] | None = None,
+                 get_notify_status: Callable[[], Mapping[str, Mapping[str, float]]] | None = None,
+                 ) -> None:
         self._get_snapshot = get_snapshot
+        self._get_thresholds = get_thresholds
+        self._get_notify_status = get_notify_status
 
     def collect(self) -> Iterator[Metric]:
         start = time.perf_counter()
@@ -43,6 +50,10 @@ class FlopledgerCollector(Collector):
         yield from self._gpu_metrics(snap)
         yield from self._run_metrics(snap)
         yield from self._self_metrics(snap)
+        if self._get_thresholds is not None:
+            yield from self._threshold_metrics(self._get_thresholds())
+        if self._get_notify_status is not None:
+            yield from self._notify_metrics(self._get_notify_status())
         duration = GaugeMetricFamily(
             "flopledger_collector_duration_seconds",
             "Time this scrape took to build the metric families, in seconds.",
@@ -154,6 +165,49 @@ class FlopledgerCollector(Collector):
         for r in snap.runs:
             gpus.add_metric([r.run_id, r.model, r.category], float(r.gpus))
         yield gpus
+
+    def _threshold_metrics(self, state: ThresholdState | None) -> Iterator[Metric]:
+        if state is None:
+            return
+        labels = ["subject_type", "subject", "regime", "estimate"]
+        fraction = GaugeMetricFamily(
+            "flopledger_threshold_fraction_ratio",
+            "Fraction of a regime's threshold reached by a run or model on this node's "
+            "ledger (the estimate named in the label).", labels=labels)
+        eta = GaugeMetricFamily(
+            "flopledger_threshold_eta_seconds",
+            "Seconds until the threshold is reached at the current rate (absent: not "
+            "moving toward it).", labels=labels)
+        will = GaugeMetricFamily(
+            "flopledger_threshold_will_be_met",
+            "1 if the projection to the run's planned end crosses the threshold.",
+            labels=labels)
+        for row in state.rows:
+            values = [row.subject_type, row.subject, row.regime, row.estimate]
+            fraction.add_metric(values, row.fraction)
+            will.add_metric(values, 1.0 if row.will_be_met else 0.0)
+            if row.eta_seconds is not None:
+                eta.add_metric(values, row.eta_seconds)
+        yield fraction
+        yield eta
+        yield will
+        last = GaugeMetricFamily("flopledger_threshold_last_evaluation_timestamp_seconds",
+                                 "When the thresholds were last evaluated.")
+        last.add_metric([], state.evaluated_wall_seconds)
+        yield last
+
+    def _notify_metrics(self, status: Mapping[str, Mapping[str, float]]) -> Iterator[Metric]:
+        families = {
+            name: GaugeMetricFamily(f"flopledger_notifications_{name}",
+                                    f"Notifications {name.replace('_', ' ')}, per channel.",
+                                    labels=["channel"])
+            for name in ("pending", "delivered", "failed_attempts")
+        }
+        for channel, counts in sorted(status.items()):
+            for name, family in families.items():
+                if name in counts:
+                    family.add_metric([channel], float(counts[name]))
+        yield from families.values()
 
     def _self_metrics(self, snap: Snapshot) -> Iterator[Metric]:
         if snap.last_sample_wall_seconds is not None:

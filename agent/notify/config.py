@@ -1,0 +1,330 @@
+"""The ``[notify]`` table: channels to deliver threshold notifications on.
+
+Example::
+
+    [notify]
+    poll_s = 1.0
+
+    [[notify.webhook]]
+    name = "compliance"
+    url = "https://hooks.example/flopledger"
+    secret_file = "/etc/flopledger/webhook.secret"   # or secret_env = "ENV_VAR"
+    timeout_s = 10
+    # ca_file = "/etc/flopledger/hooks-ca.pem"
+
+    [[notify.alertmanager]]
+    name = "am"
+    url = "http://alertmanager:9093"
+    resend_s = 60
+
+    [[notify.command]]
+    name = "pager"
+    argv = ["/usr/local/bin/notify-compliance", "--json"]
+    timeout_s = 30
+
+Channel names key the outbox's delivery rows: renaming a channel makes it a new one
+(it gets only notifications enqueued from then on). Secrets are read at start, so a
+missing secret is reported with the other problems rather than at the first send.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent.config_errors import Problems
+from agent.notify.alertmanager import AlertmanagerChannel
+from agent.notify.command import CommandChannel
+from agent.notify.message import Channel
+from agent.notify.webhook import WebhookChannel
+
+__all__ = ["AlertmanagerSettings", "CommandSettings", "NotifySettings", "WebhookSettings",
+           "build_channels", "parse_notify_config"]
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_EXPECT = "a unique channel name of letters, digits, '_', '.', '-' (at most 64)"
+MIN_POLL_S = 0.05
+MIN_RESEND_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    name: str
+    url: str
+    secret: bytes = field(repr=False)
+    timeout_s: float = 10.0
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertmanagerSettings:
+    name: str
+    url: str
+    resend_s: float = 60.0
+    timeout_s: float = 10.0
+    ca_file: Path | None = None
+    generator_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSettings:
+    name: str
+    argv: tuple[str, ...]
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySettings:
+    """Everything under ``[notify]``; no channels when the table is absent."""
+
+    poll_s: float = 1.0
+    webhooks: tuple[WebhookSettings, ...] = ()
+    alertmanagers: tuple[AlertmanagerSettings, ...] = ()
+    commands: tuple[CommandSettings, ...] = ()
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """Every channel's name, in file order per kind (what the Outbox is given)."""
+        return (*(w.name for w in self.webhooks), *(a.name for a in self.alertmanagers),
+                *(c.name for c in self.commands))
+
+
+def _relative(base: Path, value: str) -> Path:
+    return Path(value) if Path(value).is_absolute() else base / value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class _Entry:
+    """One ``[[notify.<kind>]]`` table, read with every problem recorded."""
+
+    def __init__(self, problems: Problems, table: dict[str, Any], where: str,
+                 known: set[str]) -> None:
+        self.problems = problems
+        self.table = table
+        self.where = where
+        for key in table:
+            if key not in known:
+                problems.add(f"{where}.{key}", f"one of the known keys {sorted(known)}")
+
+    def add(self, key: str, expected: str) -> None:
+        self.problems.add(f"{self.where}.{key}", expected)
+
+    def string(self, key: str, expected: str, *, required: bool = False) -> str | None:
+        value = self.table.get(key)
+        if value is None:
+            if required:
+                self.add(key, expected)
+            return None
+        if not isinstance(value, str) or not value:
+            self.add(key, expected)
+            return None
+        return value
+
+    def seconds(self, key: str, default: float, minimum: float) -> float:
+        value = self.table.get(key, default)
+        if not _is_number(value) or value < minimum or value != value:
+            self.add(key, f"a number of seconds >= {minimum:g}")
+            return default
+        return float(value)
+
+    def name(self, seen: set[str]) -> str | None:
+        name = self.string("name", NAME_EXPECT, required=True)
+        if name is None:
+            return None
+        if not NAME.match(name) or name in seen:
+            self.add("name", NAME_EXPECT + ("" if name not in seen else f" ({name!r} is taken)"))
+            return None
+        seen.add(name)
+        return name
+
+    def url(self, key: str = "url", *, required: bool = True) -> str | None:
+        expected = "an http:// or https:// URL with a host"
+        value = self.string(key, expected, required=required)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.add(key, expected)
+            return None
+        return value
+
+    def ca_file(self, base: Path, url: str | None) -> Path | None:
+        value = self.string("ca_file", "the path of a PEM CA bundle")
+        if value is None:
+            return None
+        path = _relative(base, value)
+        if not path.is_file():
+            self.add("ca_file", f"an existing PEM CA bundle (not found: {path})")
+        elif url is not None and urlsplit(url).scheme != "https":
+            self.add("ca_file", "to be set only with an https:// url")
+        return path
+
+
+def _tables(problems: Problems, notify: dict[str, Any], kind: str) -> list[tuple[str, Any]]:
+    value = notify.get(kind, [])
+    if not isinstance(value, list):
+        problems.add(f"notify.{kind}", f"an array of tables ([[notify.{kind}]])")
+        return []
+    return [(f"notify.{kind}[{i}]", t) for i, t in enumerate(value)]
+
+
+def _secret(e: _Entry, base: Path) -> bytes | None:
+    has_file, has_env = "secret_file" in e.table, "secret_env" in e.table
+    if has_file and has_env:
+        e.add("secret_env", "not to be set together with secret_file")
+        return None
+    if not has_file and not has_env:
+        e.add("secret_file", "one of secret_file or secret_env (the HMAC secret)")
+        return None
+    if has_file:
+        value = e.string("secret_file", "the path of a file holding the shared secret")
+        if value is None:
+            return None
+        path = _relative(base, value)
+        try:
+            # Trailing newlines come from editors and `echo`, not from the secret.
+            secret = path.read_bytes().rstrip(b"\r\n")
+        except OSError as err:
+            e.add("secret_file", f"a readable secret file ({path}: {err.strerror})")
+            return None
+        if not secret:
+            e.add("secret_file", f"a non-empty secret file ({path} is empty)")
+            return None
+        return secret
+    variable = e.string("secret_env", "the name of an environment variable")
+    if variable is None:
+        return None
+    env_secret = os.environ.get(variable, "")
+    if not env_secret:
+        e.add("secret_env", f"an environment variable that is set and not empty ({variable})")
+        return None
+    return env_secret.encode()
+
+
+def _webhook(problems: Problems, where: str, table: dict[str, Any], base: Path,
+             seen: set[str]) -> WebhookSettings | None:
+    e = _Entry(problems, table, where, {"name", "url", "secret_file", "secret_env",
+                                        "timeout_s", "ca_file"})
+    name = e.name(seen)
+    url = e.url()
+    secret = _secret(e, base)
+    timeout = e.seconds("timeout_s", 10.0, 0.1)
+    ca_file = e.ca_file(base, url)
+    if name is None or url is None or secret is None:
+        return None
+    return WebhookSettings(name, url, secret, timeout, ca_file)
+
+
+def _alertmanager(problems: Problems, where: str, table: dict[str, Any], base: Path,
+                  seen: set[str]) -> AlertmanagerSettings | None:
+    e = _Entry(problems, table, where, {"name", "url", "resend_s", "timeout_s", "ca_file",
+                                        "generator_url"})
+    name = e.name(seen)
+    url = e.url()
+    if url is not None and urlsplit(url).path.rstrip("/").endswith("/api/v2/alerts"):
+        e.add("url", "Alertmanager's base URL, without /api/v2/alerts")
+        url = None
+    resend = e.seconds("resend_s", 60.0, MIN_RESEND_S)
+    timeout = e.seconds("timeout_s", 10.0, 0.1)
+    ca_file = e.ca_file(base, url)
+    generator = e.url("generator_url", required=False)
+    if name is None or url is None:
+        return None
+    return AlertmanagerSettings(name, url, resend, timeout, ca_file, generator)
+
+
+def _command(problems: Problems, where: str, table: dict[str, Any], base: Path,
+             seen: set[str]) -> CommandSettings | None:
+    e = _Entry(problems, table, where, {"name", "argv", "timeout_s"})
+    name = e.name(seen)
+    argv = table.get("argv")
+    expected = "a non-empty array of strings (program and arguments, no shell)"
+    if not isinstance(argv, list) or not argv or not all(
+            isinstance(a, str) for a in argv) or not argv[0]:
+        e.add("argv", expected)
+        argv = None
+    elif "/" in argv[0]:
+        path = _relative(base, argv[0])
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            e.add("argv", f"argv[0] to be an executable file (not found: {path})")
+            argv = None
+        else:
+            argv = [str(path), *argv[1:]]
+    elif shutil.which(argv[0]) is None:
+        # Looked up on PATH again at every run; checked now so a typo shows at start.
+        e.add("argv", f"argv[0] to be a program on PATH (not found: {argv[0]})")
+        argv = None
+    timeout = e.seconds("timeout_s", 30.0, 0.1)
+    if name is None or argv is None:
+        return None
+    return CommandSettings(name, tuple(argv), timeout)
+
+
+def parse_notify_config(raw: dict[str, Any], problems: Problems, base: Path) -> NotifySettings:
+    """Validate the ``[notify]`` table of a parsed config document.
+
+    Args:
+        raw: the whole parsed TOML document (the table is ``raw["notify"]``).
+        problems: where every bad key is reported, as ``notify.webhook[0].url``.
+        base: the config file's directory; relative paths are taken from there.
+
+    Returns:
+        the settings; a channel with any problem is left out (and reported).
+    """
+    table = raw.get("notify", {})
+    if not isinstance(table, dict):
+        problems.add("notify", "a table")
+        return NotifySettings()
+    known = {"poll_s", "webhook", "alertmanager", "command"}
+    for key in table:
+        if key not in known:
+            problems.add(f"notify.{key}", f"one of the known keys {sorted(known)}")
+    poll = table.get("poll_s", 1.0)
+    if not _is_number(poll) or not poll >= MIN_POLL_S:
+        problems.add("notify.poll_s", f"a number of seconds >= {MIN_POLL_S:g}")
+        poll = 1.0
+    seen: set[str] = set()
+    webhooks, alertmanagers, commands = [], [], []
+    for where, t in _tables(problems, table, "webhook"):
+        if not isinstance(t, dict):
+            problems.add(where, "a table")
+        elif (w := _webhook(problems, where, t, base, seen)) is not None:
+            webhooks.append(w)
+    for where, t in _tables(problems, table, "alertmanager"):
+        if not isinstance(t, dict):
+            problems.add(where, "a table")
+        elif (a := _alertmanager(problems, where, t, base, seen)) is not None:
+            alertmanagers.append(a)
+    for where, t in _tables(problems, table, "command"):
+        if not isinstance(t, dict):
+            problems.add(where, "a table")
+        elif (c := _command(problems, where, t, base, seen)) is not None:
+            commands.append(c)
+    return NotifySettings(float(poll), tuple(webhooks), tuple(alertmanagers), tuple(commands))
+
+
+def build_channels(settings: NotifySettings) -> dict[str, Channel]:
+    """The configured channels by name.
+
+    Raises:
+        OSError, ssl.SSLError: if a ``ca_file`` cannot be loaded.
+    """
+    out: dict[str, Channel] = {}
+    for w in settings.webhooks:
+        out[w.name] = WebhookChannel(w.name, w.url, w.secret, timeout_s=w.timeout_s,
+                                     ca_file=w.ca_file)
+    for a in settings.alertmanagers:
+        out[a.name] = AlertmanagerChannel(a.name, a.url, resend_s=a.resend_s,
+                                          timeout_s=a.timeout_s, ca_file=a.ca_file,
+                                          generator_url=a.generator_url)
+    for c in settings.commands:
+        out[c.name] = CommandChannel(c.name, c.argv, timeout_s=c.timeout_s)
+    return out
