@@ -24,6 +24,7 @@ from agent.categories import CATEGORIES
 from agent.config_errors import ConfigError, Problems
 from agent.estimate import EstimatorSettings
 from agent.models import ModelInfo, parse_models
+from agent.notify.config import NotifySettings, parse_notify_config
 from agent.sources.scenarios import SCENARIOS, SimJob, Workload, parse_sim_jobs, workload_from_table
 from agent.specs import MATMUL_PRECISIONS
 
@@ -101,6 +102,7 @@ class Config:
     models: dict[str, ModelInfo] = field(default_factory=dict)
     sim: SimSettings = field(default_factory=SimSettings)
     thresholds: ThresholdSettings = field(default_factory=ThresholdSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
     web: WebSettings = field(default_factory=WebSettings)
     textfile: TextfileSettings = field(default_factory=TextfileSettings)
 
@@ -375,6 +377,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         models=parse_models(raw, problems),
         sim=_sim(problems, raw),
         thresholds=_thresholds(problems, raw),
+        notify=parse_notify_config(raw, problems, base),
         web=_web(problems, raw, base),
         textfile=_textfile(problems, raw, base),
     )

@@ -23,16 +23,21 @@ from agent.accounting import Accountant
 from agent.attribution import Attributor, RunMeta
 from agent.clock import Clock, RealClock, VirtualClock
 from agent.config import Config
+from agent.evaluate import Evaluation
 from agent.integrate import warm_up
 from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import Ledger, RunRow
+from agent.notify.config import build_channels
+from agent.notify.dispatcher import Dispatcher
+from agent.notify.message import Notification
+from agent.notify.outbox import Outbox
 from agent.procinfo import ProcInspector
 from agent.snapshot import Snapshot
 from agent.sources.base import DeviceInfo, GpuSource, SourceError
 from agent.sources.simulated import SimulatedSource
 from agent.specs import GpuSpec, SpecTable, load_spec_table
 from agent.thresholds import load_registry
-from agent.watcher import ThresholdWatcher
+from agent.watcher import Enqueue, ThresholdWatcher
 from exporters.collector import FlopledgerCollector
 from exporters.server import start_metrics_server
 from exporters.textfile import TextfileWriter
@@ -301,6 +306,23 @@ def open_ledger(config: Config) -> Ledger:
     return ledger
 
 
+def make_enqueue(outbox: Outbox, dispatcher: Dispatcher) -> Enqueue:
+    """The watcher's hook: notifications into the durable outbox, then wake delivery."""
+
+    def enqueue(key: str, kind: str, level: float, severity: str, e: Evaluation,
+                payload: dict[str, object]) -> bool:
+        a = e.assessment
+        n = Notification(key=key, kind=kind, subject_type=a.subject.kind,
+                         subject=a.subject.name, regime=a.regime.key, level=level,
+                         severity=severity, created_ns=time.time_ns(), payload=payload)
+        added = outbox.enqueue(n)
+        if added:
+            dispatcher.wake()
+        return added
+
+    return enqueue
+
+
 def known_runs(ledger: Ledger) -> dict[str, RunMeta]:
     return {name: RunMeta(name, row.model, row.category) for name, row in ledger.runs().items()}
 
@@ -326,9 +348,19 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
                       record_s=config.agent.record_s,
                       exit_after_s=config.agent.exit_after_s,
                       export_runs_for_s=config.agent.export_runs_for_s)
-    watcher = ThresholdWatcher(config, registry_of_thresholds, ledger.path)
+    outbox = Outbox(ledger.path, config.notify.channel_names)
+    dispatcher = Dispatcher(outbox, build_channels(config.notify), poll_s=config.notify.poll_s)
+    watcher = ThresholdWatcher(config, registry_of_thresholds, ledger.path,
+                               enqueue=make_enqueue(outbox, dispatcher), wall_ns=clock.wall_ns)
+
+    def notify_status() -> dict[str, dict[str, float]]:
+        return {name: {"pending": s.pending, "delivered": s.delivered,
+                       "failed_attempts": s.failed_attempts}
+                for name, s in outbox.status().items()}
+
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FlopledgerCollector(lambda: sampler.snapshot, lambda: watcher.state))
+    registry.register(FlopledgerCollector(lambda: sampler.snapshot, lambda: watcher.state,
+                                          notify_status))
     if config.textfile.path is not None:
         sampler.textfile = TextfileWriter(registry, config.textfile.path, config.textfile.every_s)
     host, port = listen or (config.agent.listen_host, config.agent.listen_port)
@@ -345,10 +377,13 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     thread = threading.Thread(target=sampler.run, name="sampler", daemon=True)
     thread.start()
+    dispatcher.start()
     watcher.start()
     while thread.is_alive():
         thread.join(0.2)
     watcher.stop()
+    dispatcher.stop(10)
+    outbox.close()
     source.close()
     ledger.close()
     snap = sampler.snapshot
