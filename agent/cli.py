@@ -282,6 +282,131 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from agent.report import build_report, render_csv, render_markdown
+    from agent.specs import load_spec_table
+    from agent.thresholds import load_registry
+
+    config = load_config(Path(args.config) if args.config else None)
+    rep = build_report(config, load_registry(config.agent.thresholds_file),
+                       load_spec_table(config.agent.spec_file), _ledger_path(args),
+                       run=args.run, model=args.model)
+    name = f"flopledger-{rep.subject_type}-{rep.subject}"
+    out = Path(args.output) if args.output else None
+    if args.format == "png":
+        from agent.chart import render_png
+
+        target = out or Path(f"{name}.png")
+        render_png(rep, target)
+        print(f"wrote {target}")
+        return 0
+    if args.format == "md":
+        chart = None
+        if out is not None and args.chart:
+            from agent.chart import render_png
+
+            chart_path = out.with_suffix(".png")
+            render_png(rep, chart_path)
+            chart = chart_path.name
+        text = render_markdown(rep, chart)
+    elif args.format == "json":
+        text = rep.to_json()
+    else:
+        text = render_csv(rep)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import time
+
+    from agent.planner import ArchitecturePlan, hardware_plan, parse_span
+    from agent.specs import load_spec_table
+    from agent.thresholds import load_registry
+
+    config = load_config(Path(args.config) if args.config else None)
+    specs = load_spec_table(config.agent.spec_file)
+    registry = load_registry(config.agent.thresholds_file)
+    results = []
+    duration = None
+    if args.gpu_hours or args.gpus or args.duration:
+        gpus = parse_span(args.gpus, "--gpus") if args.gpus else None
+        duration = parse_span(args.duration, "--duration", "duration") if args.duration else None
+        plan = hardware_plan(
+            specs, gpu=args.gpu, gpus=gpus, duration_s=duration,
+            gpu_hours=parse_span(args.gpu_hours, "--gpu-hours") if args.gpu_hours else None,
+            utilization=parse_span(args.utilization, "--utilization"),
+            precision=args.precision,
+            peak_tflops=parse_span(args.peak_tflops, "--peak-tflops") if args.peak_tflops
+            else None)
+        flop = plan.compute()
+        results.append(("hardware-based, N x L x H x U", flop))
+        u = plan.utilization
+        print("hardware-based (EU Guidelines Annex A.2.1): C = N x L x H x U")
+        print(f"  N x L = {plan.gpus.central * plan.seconds.central / 3600:,.0f} GPU-hours"
+              + (f" ({plan.gpus.low * plan.seconds.low / 3600:,.0f} .. "
+                 f"{plan.gpus.high * plan.seconds.high / 3600:,.0f})"
+                 if plan.gpus.low != plan.gpus.high or plan.seconds.low != plan.seconds.high
+                 else ""))
+        print(f"  H = {plan.peak_flops.central / 1e12:,.1f} TFLOP/s ({plan.source_of_peak})")
+        print(f"  U = {u.central:g}" + (f" ({u.low:g} .. {u.high:g})" if u.low != u.high else "")
+              + "  (MFU: model FLOP/s over this peak; not utilization.gpu)")
+        print(f"  C = {fmt.band(flop.low, flop.central, flop.high)} FLOP")
+    if args.params or args.tokens:
+        if not (args.params and args.tokens):
+            raise ValueError("give both --params and --tokens")
+        active = args.active_params or args.params
+        arch = ArchitecturePlan(
+            parse_span(active, "--active-params"), parse_span(args.tokens, "--tokens"),
+            parse_span(args.layers, "--layers") if args.layers else None,
+            parse_span(args.d_model, "--d-model") if args.d_model else None,
+            parse_span(args.context, "--context") if args.context else None)
+        per_token, formula = arch.flop_per_token()
+        flop = arch.compute()
+        results.append(("architecture-based, 6PD", flop))
+        print("architecture-based (EU Guidelines Annex A.2.2): C = (" + formula + ") x D")
+        print(f"  {'active ' if args.active_params else ''}P = {arch.params.central:.3g}, "
+              f"D = {arch.tokens.central:.3g} tokens, {per_token.central:.3g} FLOP per token")
+        print(f"  C = {fmt.band(flop.low, flop.central, flop.high)} FLOP")
+    if not results:
+        raise ValueError("give a hardware plan (--gpu with --gpus and --duration, or "
+                         "--gpu-hours) or an architecture (--params and --tokens)")
+    if len(results) == 2:
+        hw, ar = results[0][1].central, results[1][1].central
+        diff = (ar - hw) / hw if hw else 0.0
+        verdict = "beyond" if abs(diff) > 0.30 else "within"
+        print(f"cross-check: architecture-based is {diff:+.0%} from hardware-based, {verdict} "
+              "the EU's 30% margin")
+    start = (dt.datetime.fromisoformat(args.start).replace(tzinfo=dt.UTC).timestamp() * 1e9
+             if args.start else float(time.time_ns()))
+    flop = max((r[1] for r in results), key=lambda f: f.high)
+    print("\nthresholds (the plan counted as the model's own pre-training compute):")
+    for regime in registry.enabled():
+        if regime.applies_to != "provider" or regime.threshold_flop is None:
+            continue
+        t = regime.threshold_flop
+        high, central = regime.reached(flop.high, t), regime.reached(flop.central, t)
+        if not high:
+            print(f"  not crossed  {fmt.flop(t):<8} {regime.title}")
+            continue
+        state = "crossed" if central else "crossed by the high bound"
+        line = f"  {state:<12} {fmt.flop(t):<8} {regime.title}"
+        if duration is not None:
+            at = start + duration.central * 1e9 * min(1.0, t / max(1, flop.central))
+            line += f"; reached around {fmt.when(at)}"
+        print(line)
+        if regime.deadline_days is not None:
+            due = time.time_ns() + regime.deadline_days * 86400e9
+            print(f"               it is known now that it will be met: notify by "
+                  f"{fmt.when(due)} ({regime.deadline_days:g} days; {regime.obligation})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flopledger",
@@ -353,6 +478,36 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("-o", "--output", help="file to write (default: standard output)")
     rules.add_argument("--estimate", choices=["central", "high"], default="high")
     rules.set_defaults(func=cmd_rules)
+
+    report = sub.add_parser("report", help="a run's or model's compute, as a regulator asks")
+    which_report = report.add_mutually_exclusive_group(required=True)
+    which_report.add_argument("--run")
+    which_report.add_argument("--model")
+    report.add_argument("--format", choices=["md", "json", "csv", "png"], default="md")
+    report.add_argument("-o", "--output", help="file (default: standard output; PNG: a file)")
+    report.add_argument("--chart", action="store_true",
+                        help="with --format md and -o: also write the PNG chart beside it")
+    ledger_args(report)
+    report.set_defaults(func=cmd_report)
+
+    estimate = sub.add_parser("estimate", help="compute of a planned run, before it starts")
+    estimate.add_argument("--config", help="TOML config file (spec and thresholds files)")
+    estimate.add_argument("--gpu", help="spec-table key or GPU name (e.g. h100_sxm, 'A100 80GB')")
+    estimate.add_argument("--gpus", help="number of GPUs, or a range LOW-HIGH")
+    estimate.add_argument("--duration", help="e.g. 90d, 2160h, 7776000 (or a range)")
+    estimate.add_argument("--gpu-hours", help="instead of --gpus and --duration")
+    estimate.add_argument("--utilization", default="0.3-0.5",
+                          help="average MFU (default 0.3-0.5)")
+    estimate.add_argument("--precision", default="bf16")
+    estimate.add_argument("--peak-tflops", help="override H, dense TFLOP/s per GPU")
+    estimate.add_argument("--params", help="parameters P (dense), e.g. 70e9 or 65e9-75e9")
+    estimate.add_argument("--active-params", help="active parameters per token (MoE)")
+    estimate.add_argument("--tokens", help="training tokens D")
+    estimate.add_argument("--layers", help="for the attention term")
+    estimate.add_argument("--d-model", help="for the attention term")
+    estimate.add_argument("--context", help="context length, for the attention term")
+    estimate.add_argument("--start", help="planned start date, YYYY-MM-DD (default: now)")
+    estimate.set_defaults(func=cmd_estimate)
     return parser
 
 

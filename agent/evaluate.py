@@ -92,7 +92,7 @@ def evaluate(config: Config, registry: Registry, ledger_path: Path, now_ns: int,
                for s in summaries.values()]
     scopes = registry.scopes
     forecasts = {
-        run: run_forecast(run, rows, _plan(summaries[run].meta if run in summaries else {}),
+        run: run_forecast(run, rows, plan_of(summaries[run].meta if run in summaries else {}),
                           now_ns, window_s)
         for run, rows in by_run.items()
     }
@@ -153,7 +153,8 @@ def evaluate(config: Config, registry: Registry, ledger_path: Path, now_ns: int,
     return snap
 
 
-def _plan(meta: Mapping[str, object]) -> dict[str, object]:
+def plan_of(meta: Mapping[str, object]) -> dict[str, object]:
+    """The FLOPLEDGER_PLAN_* values of a run's metadata, without their prefix."""
     return {k.removeprefix("plan."): v for k, v in meta.items() if k.startswith("plan.")}
 
 
