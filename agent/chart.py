@@ -25,19 +25,21 @@ def render_png(rep: Report, path: Path) -> None:
     """Write the chart to ``path`` (PNG, 1200 x 700 px)."""
     t = rep.timeline
     times = [_days(ns) for ns in t.end_ns]
+    # Whole FLOP exceed 64-bit integers: plot them as floats.
+    low, central, high = ([float(v) for v in series] for series in (t.low, t.central, t.high))
     fig, ax = plt.subplots(figsize=(12, 7), dpi=100)
-    ax.fill_between(times, t.low, t.high, color="tab:blue", alpha=0.25, linewidth=0,
+    ax.fill_between(times, low, high, color="tab:blue", alpha=0.25, linewidth=0,
                     label="band (low .. high)")
-    ax.plot(times, t.central, color="tab:blue", linewidth=2, label="central estimate")
-    top = float(max(t.high)) if t.high else 1.0
-    if rep.forecast and times and rep.forecast["projected"]["high"] > t.high[-1]:
+    ax.plot(times, central, color="tab:blue", linewidth=2, label="central estimate")
+    top = max(high) if high else 1.0
+    if rep.forecast and times and rep.forecast["projected"]["high"] > high[-1]:
         projected = rep.forecast["projected"]
         end = _days(rep.forecast["end_ns"])
-        ax.plot([times[-1], end], [t.central[-1], projected["central"]], "--",
+        ax.plot([times[-1], end], [central[-1], float(projected["central"])], "--",
                 color="tab:blue", alpha=0.7, label=f"projection ({rep.forecast['basis']})")
-        ax.plot([times[-1], end], [t.high[-1], projected["high"]], ":", color="tab:blue",
+        ax.plot([times[-1], end], [high[-1], float(projected["high"])], ":", color="tab:blue",
                 alpha=0.7)
-        top = max(top, projected["high"])
+        top = max(top, float(projected["high"]))
     colours = ["tab:red", "tab:orange", "tab:purple", "tab:green", "tab:brown", "tab:pink"]
     shown = set()
     for i, r in enumerate(rep.regimes):
@@ -48,7 +50,7 @@ def render_png(rep: Report, path: Path) -> None:
         ax.axhline(threshold, color=colours[i % len(colours)], linestyle="-.", linewidth=1.2,
                    label=f"{fmt.flop(threshold)}: {r['title'][:60]}")
     ax.set_yscale("log")
-    low_values = [float(v) for v in t.low if v > 0] or [1.0]
+    low_values = [v for v in low if v > 0] or [1.0]
     ax.set_ylim(bottom=min(low_values) / 3, top=max(top, max(shown, default=top)) * 3)
     ax.set_ylabel("cumulative compute (FLOP)")
     band = fmt.band(rep.flop["low"], rep.flop["central"], rep.flop["high"])
