@@ -14,14 +14,13 @@ Example (``configs/agent.example.toml`` has every key with its default)::
 from __future__ import annotations
 
 import socket
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from agent.attribution import AttributionSettings, parse_attribution_config
 from agent.categories import CATEGORIES
-from agent.config_errors import ConfigError, Problems
+from agent.config_errors import ConfigError, Problems, TableReader, read_toml
 from agent.estimate import EstimatorSettings
 from agent.models import ModelInfo, parse_models
 from agent.notify.config import NotifySettings, parse_notify_config
@@ -115,30 +114,6 @@ def parse_listen(value: str) -> tuple[str, int] | None:
     return (host.strip("[]") or "0.0.0.0"), int(port_text)
 
 
-class _Reader:
-    """Typed access to one table of the file, recording problems instead of raising."""
-
-    def __init__(self, problems: Problems, table: dict[str, Any], where: str,
-                 known: set[str]) -> None:
-        self.problems = problems
-        self.table = table
-        self.where = where
-        for key in table:
-            if key not in known:
-                problems.add(f"{where}.{key}", f"one of the known keys {sorted(known)}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any, expect: str) -> Any:
-        if key not in self.table:
-            return default
-        value = self.table[key]
-        ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in (
-            kind if isinstance(kind, tuple) else (kind,)))
-        if not ok:
-            self.problems.add(f"{self.where}.{key}", expect)
-            return default
-        return value
-
-
 def _table(problems: Problems, raw: dict[str, Any], name: str) -> dict[str, Any]:
     value = raw.get(name, {})
     if not isinstance(value, dict):
@@ -149,7 +124,7 @@ def _table(problems: Problems, raw: dict[str, Any], name: str) -> dict[str, Any]
 
 def _agent(problems: Problems, raw: dict[str, Any]) -> AgentSettings:
     known = {f.name for f in fields(AgentSettings)} - {"listen_host", "listen_port"} | {"listen"}
-    r = _Reader(problems, _table(problems, raw, "agent"), "agent", known)
+    r = TableReader(problems, _table(problems, raw, "agent"), "agent", known)
     d = AgentSettings()
     interval = r.get("interval_s", (int, float), d.interval_s,
                      f"a number of seconds >= {MIN_INTERVAL_S}")
@@ -211,7 +186,7 @@ def _agent(problems: Problems, raw: dict[str, Any]) -> AgentSettings:
 
 def _estimator(problems: Problems, raw: dict[str, Any]) -> EstimatorSettings:
     known = {f.name for f in fields(EstimatorSettings)}
-    r = _Reader(problems, _table(problems, raw, "estimator"), "estimator", known)
+    r = TableReader(problems, _table(problems, raw, "estimator"), "estimator", known)
     d = EstimatorSettings()
     precisions = sorted(MATMUL_PRECISIONS)
     default_precision = r.get("default_precision", str, d.default_precision, f"one of {precisions}")
@@ -254,7 +229,7 @@ def _estimator(problems: Problems, raw: dict[str, Any]) -> EstimatorSettings:
 def _sim(problems: Problems, raw: dict[str, Any]) -> SimSettings:
     known = {f.name for f in fields(SimSettings)}
     table = _table(problems, raw, "sim")
-    r = _Reader(problems, table, "sim", known)
+    r = TableReader(problems, table, "sim", known)
     d = SimSettings()
     scenario = r.get("scenario", str, d.scenario, f"one of {sorted(SCENARIOS)}")
     if scenario not in SCENARIOS:
@@ -294,7 +269,7 @@ def _sim(problems: Problems, raw: dict[str, Any]) -> SimSettings:
 
 def _thresholds(problems: Problems, raw: dict[str, Any]) -> ThresholdSettings:
     known = {f.name for f in fields(ThresholdSettings)}
-    r = _Reader(problems, _table(problems, raw, "thresholds"), "thresholds", known)
+    r = TableReader(problems, _table(problems, raw, "thresholds"), "thresholds", known)
     d = ThresholdSettings()
 
     def positive(key: str, default: float) -> float:
@@ -327,7 +302,7 @@ def _relative(base: Path, value: str) -> Path:
 
 
 def _web(problems: Problems, raw: dict[str, Any], base: Path) -> WebSettings:
-    r = _Reader(problems, _table(problems, raw, "web"), "web", {"config_file"})
+    r = TableReader(problems, _table(problems, raw, "web"), "web", {"config_file"})
     value = r.get("config_file", str, None, "the path of a web-config YAML file")
     if value is None:
         return WebSettings()
@@ -340,7 +315,7 @@ def _web(problems: Problems, raw: dict[str, Any], base: Path) -> WebSettings:
 def _textfile(problems: Problems, raw: dict[str, Any], base: Path) -> TextfileSettings:
     from exporters.textfile import textfile_path_problem
 
-    r = _Reader(problems, _table(problems, raw, "textfile"), "textfile", {"path", "every_s"})
+    r = TableReader(problems, _table(problems, raw, "textfile"), "textfile", {"path", "every_s"})
     d = TextfileSettings()
     value = r.get("path", str, None, "a file path ending in .prom")
     every = r.get("every_s", (int, float), d.every_s, "a number of seconds > 0")
@@ -393,11 +368,5 @@ def load_config(path: Path | None) -> Config:
     """
     if path is None:
         return parse_config({})
-    try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError as e:
-        raise ConfigError(path, [("-", "an existing, readable config file")]) from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, [("-", f"valid TOML: {e}")]) from e
+    raw = read_toml(path, "an existing, readable config file")
     return parse_config(raw, path)

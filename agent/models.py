@@ -10,14 +10,13 @@ compute is declared in the config (``[models.<name>] declared_flop``).
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from agent.categories import CATEGORIES
-from agent.config_errors import ConfigError, Problems
+from agent.config_errors import Problems, read_toml
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +111,7 @@ def parse_scopes(raw: Mapping[str, Any], problems: Problems,
 def load_scopes(path: Path | None = None) -> dict[str, Scope]:
     """Raises: ConfigError naming the file and every bad key."""
     path = path or default_thresholds_path()
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(path, [("-", f"a readable TOML file ({e})")]) from e
+    raw = read_toml(path)
     problems = Problems(path)
     scopes = parse_scopes(raw, problems, CATEGORIES)
     problems.raise_if_any()

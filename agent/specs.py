@@ -7,14 +7,13 @@ Peak throughput is computed from the measured SM clock, not taken from a datashe
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from agent.config_errors import ConfigError, Problems
+from agent.config_errors import ConfigError, Problems, read_toml
 
 # Every precision a FLOP-per-clock figure may be given for. Tensor-core precisions end
 # in ``_tensor``; the others are the SMs' ordinary FP pipes.
@@ -242,13 +241,7 @@ def load_spec_table(path: Path | None = None) -> SpecTable:
     """
     path = path or default_spec_path()
     problems = Problems(path)
-    try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError as e:
-        raise ConfigError(path, [("-", "the GPU spec table to exist")]) from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, [("-", f"valid TOML ({e})")]) from e
+    raw = read_toml(path, "the GPU spec table")
     gpus = raw.get("gpu")
     if not isinstance(gpus, dict) or not gpus:
         raise ConfigError(path, [("gpu", "one or more [gpu.<key>] tables")])

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config_errors import ConfigError, Problems
+from agent.config_errors import Problems, read_toml
 from agent.models import Flop, Scope, default_thresholds_path, parse_scopes
 
 STATUSES = ("in-force", "enacted", "guidance", "proposed", "revoked", "vetoed", "internal")
@@ -166,10 +165,7 @@ def load_registry(path: Path | None = None) -> Registry:
     from agent.categories import CATEGORIES
 
     path = path or default_thresholds_path()
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(path, [("-", f"a readable TOML file ({e})")]) from e
+    raw = read_toml(path)
     problems = Problems(path)
     for key in raw:
         if key not in ("scopes", "regimes", "pricing"):

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.config_errors import Problems
+from agent.config_errors import Problems, TableReader
 from agent.notify.alertmanager import AlertmanagerChannel
 from agent.notify.command import CommandChannel
 from agent.notify.message import Channel
@@ -102,20 +102,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-class _Entry:
+class _Entry(TableReader):
     """One ``[[notify.<kind>]]`` table, read with every problem recorded."""
-
-    def __init__(self, problems: Problems, table: dict[str, Any], where: str,
-                 known: set[str]) -> None:
-        self.problems = problems
-        self.table = table
-        self.where = where
-        for key in table:
-            if key not in known:
-                problems.add(f"{where}.{key}", f"one of the known keys {sorted(known)}")
-
-    def add(self, key: str, expected: str) -> None:
-        self.problems.add(f"{self.where}.{key}", expected)
 
     def string(self, key: str, expected: str, *, required: bool = False) -> str | None:
         value = self.table.get(key)
