@@ -36,7 +36,14 @@ from agent.integrate import FLOP_UNIT, group_by_gpu, integrate_energy, integrate
 from agent.ledger.records import LedgerRecord
 from agent.ledger.store import Totals
 from agent.snapshot import GpuSnapshot, RunSnapshot, Snapshot
-from agent.sources.base import ActivityKind, DeviceInfo, FloatArray, IntArray, SampleBatch
+from agent.sources.base import (
+    FLOAT_FIELDS,
+    ActivityKind,
+    DeviceInfo,
+    FloatArray,
+    IntArray,
+    SampleBatch,
+)
 from agent.specs import GpuSpec
 
 _UNATTRIBUTED_GPU = GpuAttribution((GpuShare(UNATTRIBUTED, 1.0),), "none")
@@ -265,16 +272,29 @@ class Accountant:
         if not b.gpu:
             return
         order, offsets = group_by_gpu(np.concatenate(b.gpu), self.n_gpus)
-        ts = np.concatenate(b.timestamp_ns)[order]
+
+        def grouped(parts: list[FloatArray]) -> FloatArray:
+            return np.concatenate(parts)[order]
+
+        self._fold(offsets, np.concatenate(b.timestamp_ns)[order], grouped(b.low),
+                   grouped(b.central), grouped(b.high), grouped(b.energy_mj),
+                   grouped(b.power_mw))
+        if b.sim_truth is not None:
+            self._truth_integrated = b.sim_truth
+        b.clear()
+        b.sim_truth = None
+
+    def _fold(self, offsets: IntArray, ts: IntArray, low: FloatArray, central: FloatArray,
+              high: FloatArray, energy_mj: FloatArray, power_mw: FloatArray) -> None:
+        """Integrate samples grouped by GPU (``offsets``, as :func:`group_by_gpu` gives)
+        and charge each GPU's totals to its runs by the weights collected since the last
+        fold. The one integration path of ticks and of replayed chunks."""
         flop = integrate_flop(
-            offsets, ts, np.concatenate(b.low)[order], np.concatenate(b.central)[order],
-            np.concatenate(b.high)[order], self.coeffs.gap_rate_flops,
+            offsets, ts, low, central, high, self.coeffs.gap_rate_flops,
             self._measured_over_gaps, self._last_flop_ts, self._max_gap_ns,
         )
-        energy = integrate_energy(
-            offsets, ts, np.concatenate(b.energy_mj)[order], np.concatenate(b.power_mw)[order],
-            self._last_energy_ts, self._last_energy_mj,
-        )
+        energy = integrate_energy(offsets, ts, energy_mj, power_mw, self._last_energy_ts,
+                                  self._last_energy_mj)
         self._last_flop_ts = flop.last_timestamp_ns
         self._last_energy_ts = energy.last_timestamp_ns
         self._last_energy_mj = energy.last_energy_mj
@@ -287,9 +307,10 @@ class Accountant:
             w = [weights[r] for r in run_ids]
             # GPU time is split like compute, so a shared GPU's records add up to its
             # time once, not once per run.
-            parts = [split_units(int(x), w) for x in (
-                flop.low_units[i], flop.central_units[i], flop.high_units[i],
-                energy.energy_mj[i], flop.covered_ns[i], flop.gap_ns[i])]
+            totals = (flop.low_units[i], flop.central_units[i], flop.high_units[i],
+                      energy.energy_mj[i], flop.covered_ns[i], flop.gap_ns[i])
+            parts = ([[int(x)] for x in totals] if len(w) == 1
+                     else [split_units(int(x), w) for x in totals])
             ticks = max(1, int(self._ticks_buffered[i]))
             split = self._attributions[i].split
             for k, run_id in enumerate(run_ids):
@@ -308,11 +329,131 @@ class Accountant:
             self._estimators[i].clear()
             self._ticks_buffered[i] = 0
         self.rejected += int(flop.rejected.sum())
-        if b.sim_truth is not None:
-            self._truth_integrated = b.sim_truth
-        b.clear()
-        b.sim_truth = None
         self.integrations += 1
+
+    def add_samples(
+        self, gpu: IntArray, timestamp_ns: IntArray, wall_ns: IntArray,
+        fields: Mapping[str, FloatArray], *,
+        attributions: Sequence[GpuAttribution] | None = None,
+        run_index: IntArray | None = None, run_table: Sequence[GpuAttribution] = (),
+        sim_true_flop_total: FloatArray | None = None,
+    ) -> None:
+        """Estimate and integrate a chunk of many samples at once (replay).
+
+        Gives the totals feeding the same samples one tick at a time through
+        :meth:`add_batch` and :meth:`integrate` would, bit for bit, however the samples
+        are chunked: each sample's previous clock and utilization come from the previous
+        sample of its GPU (carried across chunks), and the integer totals are folded by
+        the same kernels into the same pending records.
+
+        Args:
+            gpu: position of each sample's GPU in ``devices`` (int64); samples of one
+                GPU in time order, GPUs interleaved in any way.
+            timestamp_ns: monotonic (or wall) time of each sample, for integration.
+            wall_ns: wall-clock time of each sample (ns since the epoch), for windows.
+            fields: SampleBatch float fields by name (vendor units), one entry per
+                sample; a missing field is unknown (NaN).
+            attributions: one per GPU, for the whole chunk (as for :meth:`add_batch`).
+            run_index: per sample, an index into ``run_table``; where a GPU's runs
+                change, the chunk is split so that a record holds one set of runs.
+            run_table: the attributions ``run_index`` points into.
+            sim_true_flop_total: per GPU, the simulator's ground truth at the chunk's end.
+        """
+        self.integrate()  # ticks buffered by add_batch are older: fold them first
+        if attributions is not None:
+            self._set_attributions(attributions)
+        n = int(gpu.shape[0])
+        start = 0
+        if run_index is not None and n:
+            for row, g, attribution in self._run_changes(gpu, run_index, run_table):
+                self._add_segment(gpu, timestamp_ns, wall_ns, fields, start, row,
+                                  run_index, run_table)
+                new = list(self._attributions)
+                new[g] = attribution
+                self._set_attributions(new)
+                start = row
+        self._add_segment(gpu, timestamp_ns, wall_ns, fields, start, n, run_index, run_table)
+        if sim_true_flop_total is not None:
+            self._truth_integrated = sim_true_flop_total
+
+    def _run_changes(self, gpu: IntArray, run_index: IntArray,
+                     run_table: Sequence[GpuAttribution]) -> list[tuple[int, int, GpuAttribution]]:
+        """(row, GPU, new attribution) at every sample where a GPU's runs change."""
+        order, offsets = group_by_gpu(gpu, self.n_gpus)
+        r = run_index[order]
+        candidate = np.ones(r.shape[0], dtype=np.bool_)
+        candidate[1:] = r[1:] != r[:-1]
+        # Each GPU's first sample is compared with the GPU's current runs.
+        candidate[offsets[:-1][np.diff(offsets) > 0]] = True
+        current = list(self._attributions)
+        out = []
+        for row in np.sort(order[candidate]):
+            g = int(gpu[row])
+            a = run_table[int(run_index[row])]
+            if a is not current[g] and _run_key(a) != _run_key(current[g]):
+                current[g] = a
+                out.append((int(row), g, a))
+        return out
+
+    def _add_segment(self, gpu_all: IntArray, ts_all: IntArray, wall_all: IntArray,
+                     fields: Mapping[str, FloatArray], a: int, b: int,
+                     run_index: IntArray | None, run_table: Sequence[GpuAttribution]) -> None:
+        """Rows ``[a, b)`` of a chunk, all under the current attributions."""
+        if b <= a:
+            return
+        gpu = gpu_all[a:b]
+        nan = np.full(b - a, np.nan)
+        f = {name: (fields[name][a:b] if name in fields else nan) for name in FLOAT_FIELDS}
+        order, offsets = group_by_gpu(gpu, self.n_gpus)
+        counts = np.diff(offsets)
+        present = np.flatnonzero(counts)
+        firsts, lasts = offsets[present], offsets[present + 1] - 1
+
+        def previous(values: FloatArray, carried: FloatArray) -> tuple[FloatArray, FloatArray]:
+            grouped = values[order]
+            shifted = np.empty_like(grouped)
+            shifted[1:] = grouped[:-1]
+            shifted[firsts] = carried[present]
+            out = np.empty_like(grouped)
+            out[order] = shifted
+            last = carried.copy()
+            last[present] = grouped[lasts]
+            return out, last
+
+        clock_prev, self._last_clock_mhz = previous(f["sm_clock_mhz"], self._last_clock_mhz)
+        util_prev, self._last_util_pct = previous(f["gpu_util_pct"], self._last_util_pct)
+        rates = estimate_rates(
+            gpu, f["sm_clock_mhz"], clock_prev, f["gpu_util_pct"], util_prev,
+            f["tensor_any_pct"], f["tensor_hmma_pct"], f["tensor_imma_pct"],
+            f["tensor_dmma_pct"], f["tensor_dfma_pct"], f["fp16_pct"], f["fp32_pct"],
+            f["fp64_pct"], self.coeffs, self.settings,
+        )
+        wall = wall_all[a:b]
+        kinds = len(Estimator)
+        used = np.bincount(gpu * kinds + rates.estimator,
+                           minlength=self.n_gpus * kinds).reshape(self.n_gpus, kinds)
+        rows_of = (np.bincount(gpu * len(run_table) + run_index[a:b],
+                               minlength=self.n_gpus * len(run_table)).reshape(self.n_gpus, -1)
+                   if run_index is not None and run_table else None)
+        for i, first, last in zip(present.tolist(), firsts.tolist(), lasts.tolist(),
+                                  strict=True):
+            if self._window_start_ns[i] is None:
+                self._window_start_ns[i] = int(wall[order[first]])
+            self._last_wall_ns[i] = wall[order[last]]
+            self._ticks_buffered[i] += counts[i]
+            weights = self._weights[i]
+            # Per sample, each of its runs' shares, as add_batch sums them per tick.
+            per_entry = ([(run_table[k], int(c)) for k, c in enumerate(rows_of[i]) if c]
+                         if rows_of is not None else [(self._attributions[i], int(counts[i]))])
+            for attribution, c in per_entry:
+                for share in attribution.shares:
+                    weights[share.run.run_id] = (weights.get(share.run.run_id, 0.0)
+                                                 + share.weight * c)
+                    self.runs[share.run.run_id] = share.run
+            for k in np.flatnonzero(used[i]):
+                self._estimators[i][Estimator(int(k)).name.lower()] += int(used[i, k])
+        self._fold(offsets, ts_all[a:b][order], rates.low[order], rates.central[order],
+                   rates.high[order], f["energy_mj"][order], f["power_mw"][order])
 
     def add_gap(self, position: int, start_ns: int, end_ns: int, runs: Sequence[str]) -> None:
         """Charge time nobody sampled (the agent was down) to the runs the GPU last

@@ -479,6 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("--estimate", choices=["central", "high"], default="high")
     rules.set_defaults(func=cmd_rules)
 
+    from agent.replay.cli import add_replay_parser
+
+    add_replay_parser(sub)
+
     report = sub.add_parser("report", help="a run's or model's compute, as a regulator asks")
     which_report = report.add_mutually_exclusive_group(required=True)
     which_report.add_argument("--run")

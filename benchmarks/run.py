@@ -8,6 +8,7 @@ import platform
 from benchmarks.kernel import bench_kernel
 from benchmarks.ledger import bench_ledger
 from benchmarks.overhead import bench_overhead
+from benchmarks.replay import bench_replay
 from benchmarks.scrape import bench_scrape
 
 
@@ -28,6 +29,8 @@ def main() -> None:
             bench_kernel(samples=800_000 if args.quick else 8_000_000).rows())
     section("/metrics scrape latency", bench_scrape(n=50 if args.quick else 500).rows())
     section("ledger", bench_ledger(hours=0.2 if args.quick else 2.0).rows())
+    section("replay of an nvidia-smi log",
+            bench_replay(rows=1_000_000 if args.quick else 10_000_000).rows())
     section("agent overhead", bench_overhead(seconds=5 if args.quick else 20).rows())
 
 

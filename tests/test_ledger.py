@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -155,9 +156,11 @@ def test_bundle_verifies_in_a_fresh_directory(tmp_path: Path) -> None:
     fresh.mkdir()
     shutil.copy(out, fresh / "bundle.json")
     shutil.rmtree(tmp_path / "node")
+    repo = str(Path(__file__).resolve().parent.parent)
     result = subprocess.run(
         [sys.executable, "-m", "agent.cli", "verify", "bundle.json"], cwd=fresh,
         capture_output=True, text=True, check=False, timeout=60,
+        env={**os.environ, "PYTHONPATH": repo},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout

@@ -1,0 +1,500 @@
+"""The replay engine: recorded files -> the live agent's accountant -> a signed ledger.
+
+Each file is read chunk by chunk by its reader; every chunk's samples go through
+:meth:`Accountant.add_samples` (the live estimator and integration kernels, so the
+totals are bit-identical to the live accounting of the same samples however the file
+is chunked) and the records it closes are appended to the ledger, sealed in windows of
+``record_s`` of *recorded* time like the live agent's.
+
+GPUs are registered as they appear. An accountant is built for the GPUs of the first
+chunk, and another for the GPUs of each later chunk that brings new ones (a GPU that
+appears mid-file), so a sample never waits for the file's end.
+
+Two judgements a replay makes that the live agent does not:
+
+* the gap threshold: logs are often sampled every 10 s or more, which the live
+  ``max_gap_s`` (5 s) would count as nothing but gaps; the replay uses
+  ``max(max_gap_s, 2.5 x interval)``, the interval from ``--interval-hint`` or else the
+  median spacing of each GPU's samples in the first chunk;
+* resumption: samples of a GPU not later than the end of its last record already in
+  the ledger are skipped (counted), so replaying a file twice, or a log and then its
+  continuation, never counts a sample twice.
+
+The ledger's signing key is ``<ledger>.key`` (created on first use), not the node key
+of a live agent: a replayed ledger is attested by whoever replayed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.accounting import Accountant
+from agent.attribution import UNATTRIBUTED, GpuAttribution, GpuShare
+from agent.estimate import EstimatorSettings
+from agent.integrate import group_by_gpu, warm_up
+from agent.ledger.records import LedgerRecord
+from agent.ledger.signing import load_or_create_key
+from agent.ledger.store import GpuState, Ledger, RunRow
+from agent.replay.blocks import DEFAULT_BLOCK_BYTES, file_size
+from agent.replay.chunk import ColumnChunk, GpuKey, Reader, ReplayError
+from agent.replay.dcgm import DcgmReader
+from agent.replay.mapping import RunMapping
+from agent.replay.nvidia_smi import NvidiaSmiReader
+from agent.replay.prom_range import PromRangeReader
+from agent.replay.report import Band, GpuLine, Progress, ReplaySummary
+from agent.replay.trace import MAGIC, TraceReader
+from agent.sources.base import BoolArray, DeviceInfo, FloatArray, IntArray
+from agent.specs import GpuSpec, SpecTable, load_spec_table
+
+FORMATS = ("auto", "nvidia-smi", "dcgm", "prom-range", "trace")
+_UNATTRIBUTED = GpuAttribution((GpuShare(UNATTRIBUTED, 1.0),), "none")
+_MIG_SLICES = re.compile(r"(\d+)g\.")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    """How to replay.
+
+    Attributes:
+        node: node name written into every record (and checked against the ledger's).
+        format: one of :data:`FORMATS`.
+        mapping: a run mapping file (:mod:`agent.replay.mapping`).
+        spec_file: the GPU spec table (default: the packaged ``gpus.toml``).
+        gpu_model: spec key for GPUs the recording does not name.
+        interval_hint_s: the recording's sampling interval (s).
+        utc_offset_s: UTC offset of nvidia-smi's local-time stamps (s).
+        record_s: length of a sealed record window, in recorded time (s).
+        settings: the estimator's settings.
+        block_bytes: read size of the text readers.
+        flush_s: real seconds between ledger transactions.
+    """
+
+    node: str = "replay"
+    format: str = "auto"
+    mapping: Path | None = None
+    spec_file: Path | None = None
+    gpu_model: str | None = None
+    interval_hint_s: float | None = None
+    utc_offset_s: float = 0.0
+    record_s: float = 3600.0
+    settings: EstimatorSettings = field(default_factory=EstimatorSettings)
+    block_bytes: int = DEFAULT_BLOCK_BYTES
+    flush_s: float = 2.0
+
+
+def detect_format(path: Path) -> str:
+    """The format of a recording from its first bytes.
+
+    Raises:
+        ReplayError: if the file cannot be read or matches no format.
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise ReplayError(path, f"cannot open: {e.strerror or e}") from e
+    if head.startswith(MAGIC):
+        return "trace"
+    text = head.decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
+    if text.startswith(("{", "[")):
+        return "prom-range"
+    first = text.split("\n", 1)[0]
+    if first.startswith("#") or (re.match(r"[A-Za-z_:][A-Za-z0-9_:]*(\{|\s+\S)", first) and (
+            "," not in first.split("{", 1)[0])):
+        return "dcgm"
+    if re.match(r"\s*[a-z][a-z0-9_.]*( \[[^\]]*\])?\s*(,|$)", first):
+        return "nvidia-smi"
+    raise ReplayError(path, f"cannot tell the format from its first line {first[:60]!r}; "
+                            "pass --format")
+
+
+def open_reader(path: Path, fmt: str, options: ReplayOptions) -> Reader:
+    """A reader of ``path`` in format ``fmt`` (``auto`` detects it).
+
+    Raises:
+        ReplayError: if the format is unknown or cannot be detected.
+    """
+    if fmt == "auto":
+        fmt = detect_format(path)
+    if fmt == "nvidia-smi":
+        return NvidiaSmiReader(path, options.utc_offset_s, options.interval_hint_s,
+                               options.block_bytes)
+    if fmt == "dcgm":
+        return DcgmReader(path, options.interval_hint_s, options.block_bytes)
+    if fmt == "prom-range":
+        return PromRangeReader(path, options.block_bytes)
+    if fmt == "trace":
+        return TraceReader(path)
+    raise ReplayError(path, f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+
+
+@dataclass(slots=True)
+class _Group:
+    """One accountant and the global ids of its GPUs."""
+
+    accountant: Accountant
+    gids: list[int]
+    truth: FloatArray | None = None
+
+
+class ReplayEngine:
+    """Drives readers -> accountants -> ledger.
+
+    Raises (from :meth:`run`):
+        ConfigError: for a bad mapping file or spec table.
+        LedgerError: for a ledger of another node or key.
+        sqlite3.Error: if the ledger cannot be written.
+    """
+
+    def __init__(self, ledger_path: Path, options: ReplayOptions,
+                 progress: Progress | None = None) -> None:
+        self.options = options
+        self.progress = progress
+        self.specs: SpecTable = load_spec_table(options.spec_file)
+        self.mapping = RunMapping(options.mapping) if options.mapping else None
+        key = load_or_create_key(ledger_path.with_name(ledger_path.name + ".key"))
+        self.ledger = Ledger(ledger_path, options.node, key)
+        self.summary = ReplaySummary(ledger=str(ledger_path))
+        if options.gpu_model is not None and options.gpu_model not in self.specs:
+            raise ReplayError(self.specs.path, f"no GPU model {options.gpu_model!r}; one of "
+                                               f"{', '.join(sorted(self.specs.keys()))}")
+        self._rows_prior = 0
+        self._resume: dict[int, GpuState] = {}
+        self._checkpoint_ns = max(1, round(options.record_s * 1e9 / 4))
+        self._mark = -1
+        self._specs_of: list[GpuSpec | None] = []
+        self._by_uuid: dict[str, DeviceInfo] = {}
+        self._ids: dict[str, int] = {}
+        self._keys: list[GpuKey] = []
+        self._devices: list[DeviceInfo] = []
+        self._group_of = np.zeros(0, dtype=np.int64)
+        self._local_of = np.zeros(0, dtype=np.int64)
+        self._resume_ns = np.zeros(0, dtype=np.int64)
+        self._groups: list[_Group] = []
+        self._table: list[GpuAttribution] = [_UNATTRIBUTED]
+        self._rule_attr = np.array([self._attr(r.attribution) for r in self.mapping.rules]
+                                   if self.mapping else [], dtype=np.int64)
+        self._applies: list[list[bool]] = [[] for _ in (self.mapping.rules if self.mapping
+                                                        else [])]
+        self._settings: EstimatorSettings | None = None
+        self._unsaved: list[LedgerRecord] = []
+        self._last_flush = time.monotonic()
+        self._states = self.ledger.gpu_states()
+
+    def _attr(self, a: GpuAttribution) -> int:
+        self._table.append(a)
+        return len(self._table) - 1
+
+    def run(self, files: Sequence[Path]) -> ReplaySummary:
+        """Replay every file in order; the summary of it all."""
+        started = time.perf_counter()
+        warm_up()
+        total = sum(file_size(p) for p in files)
+        done_before = 0
+        try:
+            for path in files:
+                self.summary.files.append(str(path))
+                try:
+                    reader = open_reader(path, self.options.format, self.options)
+                    labels: dict[int, int] = {}
+                    local_ids: list[int] = []
+                    for chunk in prefetch(reader.chunks()):
+                        self._chunk(str(path), chunk, labels, local_ids)
+                        if self.progress is not None:
+                            self.progress.update(self.summary.rows, len(self._devices),
+                                                 done_before + chunk.bytes_done)
+                except ReplayError as e:
+                    self.summary.errors.append(str(e))
+                done_before += file_size(path)
+                self._rows_prior = self.summary.rows
+            self._finish()
+        finally:
+            self.ledger.close()
+            if self.progress is not None:
+                self.progress.update(self.summary.rows, len(self._devices), total, force=True)
+                self.progress.done()
+        self.summary.elapsed_s = time.perf_counter() - started
+        return self.summary
+
+    # -- per chunk ---------------------------------------------------------------------
+
+    def _chunk(self, path: str, chunk: ColumnChunk, labels: dict[int, int],
+               local_ids: list[int]) -> None:
+        s = self.summary
+        s.rows = max(s.rows, self._rows_prior + chunk.rows_done)
+        s.add_bad(path, chunk.bad)
+        for key in chunk.gpus[len(local_ids):]:
+            local_ids.append(self._register(key))
+        if chunk.rows == 0:
+            return
+        gid = np.asarray(local_ids, dtype=np.int64)[chunk.gpu]
+        keep = chunk.wall_ns > self._resume_ns[gid]
+        if not keep.all():
+            s.skipped_in_ledger += int((~keep).sum())
+            chunk = _select(chunk, keep)
+            gid = gid[keep]
+            if chunk.rows == 0:
+                return
+        run_index = self._attributions(chunk, gid, labels)
+        seen = np.flatnonzero(np.bincount(gid, minlength=len(self._devices)))
+        new = [g for g in seen.tolist() if self._group_of[g] < 0]
+        if new:
+            self._new_group(new, chunk, gid)
+        self._resume_gaps(seen.tolist(), chunk, gid)
+        # Checkpoints at fixed multiples of record_s / 4 of recorded time, in file order,
+        # as the live agent's every checkpoint_s: a window closes at the first one at
+        # least record_s after it opened. Fixed marks keep the records independent of
+        # how the file was chunked.
+        mark = np.maximum(np.maximum.accumulate(chunk.wall_ns // self._checkpoint_ns),
+                          self._mark)
+        if self._mark >= 0 and mark[0] > self._mark:
+            self._take(int(mark[0]) * self._checkpoint_ns)
+        start = 0
+        for end in [*(np.flatnonzero(np.diff(mark)) + 1).tolist(), chunk.rows]:
+            self._feed_rows(chunk, gid, run_index, start, end)
+            if end < chunk.rows:
+                self._take(int(mark[end]) * self._checkpoint_ns)
+            start = end
+        self._mark = int(mark[-1])
+        s.samples += chunk.rows
+        s.first_ns = int(chunk.wall_ns.min()) if not s.first_ns else min(
+            s.first_ns, int(chunk.wall_ns.min()))
+        s.last_ns = max(s.last_ns, int(chunk.wall_ns.max()))
+        if self._unsaved and time.monotonic() - self._last_flush >= self.options.flush_s:
+            self._flush()
+
+    def _feed_rows(self, chunk: ColumnChunk, gid: IntArray, run_index: IntArray, a: int,
+                   b: int) -> None:
+        if len(self._groups) == 1:
+            self._feed(self._groups[0], chunk, gid, run_index, slice(a, b))
+            return
+        part = self._group_of[gid[a:b]]
+        for gi in np.unique(part).tolist():
+            self._feed(self._groups[gi], chunk, gid, run_index, a + np.flatnonzero(part == gi))
+
+    def _resume_gaps(self, seen: list[int], chunk: ColumnChunk, gid: IntArray) -> None:
+        """The time between a GPU's last record in the ledger and its first sample now
+        was seen by nobody: a gap, charged to the runs it last had (high bound only)."""
+        for g in seen:
+            state = self._resume.pop(g, None)
+            if state is None:
+                continue
+            first = int(chunk.wall_ns[int(np.argmax(gid == g))])
+            group = self._groups[int(self._group_of[g])]
+            group.accountant.add_gap(int(self._local_of[g]), state.last_end_ns, first,
+                                     state.last_runs)
+
+    def _register(self, key: GpuKey) -> int:
+        known = self._ids.get(key.key)
+        if known is not None:
+            return known
+        gid = len(self._devices)
+        self._ids[key.key] = gid
+        spec = self._spec_of(key)
+        self._keys.append(key)
+        self._devices.append(DeviceInfo(
+            index=key.index if key.index is not None else gid, uuid=key.key,
+            name=key.name or "unknown", spec_key=spec.key if spec else None,
+            max_sm_clock_mhz=key.max_sm_clock_mhz, activity_kind=key.activity_kind,
+            source="replay"))
+        self._specs_of.append(spec)
+        self._by_uuid[self._devices[gid].uuid] = self._devices[gid]
+        self._group_of = np.append(self._group_of, -1)
+        self._local_of = np.append(self._local_of, -1)
+        state = self._states.get(self._devices[gid].uuid)
+        self._resume_ns = np.append(self._resume_ns, state.last_end_ns if state else -1)
+        if state is not None:
+            self._resume[gid] = state
+        for r, rule in enumerate(self.mapping.rules if self.mapping else []):
+            self._applies[r].append(rule.matches(key))
+        return gid
+
+    def _spec_of(self, key: GpuKey) -> GpuSpec | None:
+        spec = None
+        if key.spec_key and key.spec_key in self.specs:
+            spec = self.specs[key.spec_key]
+        elif self.options.gpu_model:
+            spec = self.specs[self.options.gpu_model]
+        elif key.name:
+            spec = self.specs.match_name(key.name)
+        m = _MIG_SLICES.match(key.mig_profile or "")
+        if spec is not None and m is not None:
+            # A MIG instance has g of the GPU's 7 compute slices; an upper bound of its
+            # SMs (a few SMs of the whole GPU belong to no slice).
+            spec = dataclasses.replace(spec, key=f"{spec.key}/{m.group(1)}g",
+                                       sm_count=-(-spec.sm_count * int(m.group(1)) // 7))
+        return spec
+
+    def _attributions(self, chunk: ColumnChunk, gid: IntArray,
+                      labels: dict[int, int]) -> IntArray:
+        """Per sample, an index into the engine's attribution table."""
+        out = np.zeros(chunk.rows, dtype=np.int64)
+        if chunk.attribution is not None:
+            for i, a in enumerate(chunk.attribution_table):
+                if i not in labels:
+                    run = a.shares[0].run
+                    if len(a.shares) == 1 and self.mapping and run.run_id in self.mapping.runs:
+                        a = GpuAttribution((GpuShare(self.mapping.runs[run.run_id], 1.0),),
+                                           a.split)
+                    labels[i] = self._attr(a)
+            conv = np.array([labels[i] for i in range(len(chunk.attribution_table))] or [0],
+                            dtype=np.int64)
+            named = chunk.attribution >= 0
+            out[named] = conv[chunk.attribution[named]]
+        if self.mapping and self.mapping.rules:
+            applies = [np.array(a, dtype=np.bool_) for a in self._applies]
+            rule = self.mapping.assign(gid, chunk.wall_ns, applies)
+            hit = rule >= 0
+            out[hit] = self._rule_attr[rule[hit]]
+        return out
+
+    def _new_group(self, new: list[int], chunk: ColumnChunk, gid: IntArray) -> None:
+        if self._settings is None:
+            self._settings = self._infer_settings(chunk, gid)
+            self.summary.max_gap_s = self._settings.max_gap_s
+        accountant = Accountant([self._devices[g] for g in new], [self._specs_of[g] for g in new],
+                                self._settings, time.time_ns(), "replay", node=self.options.node)
+        for local, g in enumerate(new):
+            self._group_of[g] = len(self._groups)
+            self._local_of[g] = local
+        self._groups.append(_Group(accountant, new))
+
+    def _infer_settings(self, chunk: ColumnChunk, gid: IntArray) -> EstimatorSettings:
+        base = self.options.settings
+        interval = self.options.interval_hint_s
+        if interval is None:
+            order, _ = group_by_gpu(gid, len(self._devices))
+            ts, g = chunk.timestamp_ns[order], gid[order]
+            d = np.diff(ts)
+            d = d[(g[1:] == g[:-1]) & (d > 0)]
+            interval = float(np.median(d)) / 1e9 if d.size else None
+        if interval is None:
+            return base
+        return dataclasses.replace(base, max_gap_s=max(base.max_gap_s, 2.5 * interval))
+
+    def _feed(self, group: _Group, chunk: ColumnChunk, gid: IntArray, run_index: IntArray,
+              rows: slice | np.ndarray) -> None:
+        local = self._local_of[gid[rows]]
+        fields = {k: v[rows] for k, v in chunk.fields.items()}
+        if chunk.sim_true_flop is not None:
+            # The ground truth as of each GPU's last sample so far.
+            if group.truth is None:
+                group.truth = np.zeros(group.accountant.n_gpus)
+            last = np.unique(local[::-1], return_index=True)
+            group.truth[last[0]] = chunk.sim_true_flop[rows][::-1][last[1]]
+        group.accountant.add_samples(
+            local, chunk.timestamp_ns[rows], chunk.wall_ns[rows], fields,
+            run_index=run_index[rows], run_table=self._table,
+            sim_true_flop_total=None if group.truth is None else group.truth.copy())
+
+    # -- records -----------------------------------------------------------------------
+
+    def _take(self, now_wall_ns: int | None) -> None:
+        record_ns = round(self.options.record_s * 1e9)
+        for group in self._groups:
+            closed, still_open = group.accountant.take_records(now_wall_ns, record_ns)
+            group.accountant.commit(closed, still_open)
+            self._unsaved.extend(closed)
+        if self._unsaved and (now_wall_ns is None or len(self._unsaved) >= 20000):
+            self._flush()
+
+    def _flush(self) -> None:
+        records, self._unsaved = self._unsaved, []
+        runs: dict[str, RunRow] = {}
+        for r in records:
+            if r.run not in runs:
+                meta = next((g.accountant.runs[r.run] for g in self._groups
+                             if r.run in g.accountant.runs), None)
+                info: dict[str, object] = {}
+                if meta is not None:
+                    info = {"via": meta.via, "recompute": meta.recompute,
+                            "recompute_factor": meta.recompute_factor}
+                    if meta.precision:
+                        info["precision"] = meta.precision
+                    info.update({f"plan.{k}": v for k, v in meta.plan.items()})
+                runs[r.run] = RunRow(r.run, r.model, r.category, info)
+        self.ledger.append(records, time.time_ns(), runs)
+        self._last_flush = time.monotonic()
+        self._count(records)
+
+    def _count(self, records: list[LedgerRecord]) -> None:
+        s = self.summary
+        for r in records:
+            s.records += 1
+            d = self._by_uuid.get(r.gpu_uuid)
+            line = s.gpus.setdefault(r.gpu_uuid, GpuLine(
+                r.gpu_uuid, d.name if d else "", (d.spec_key or "") if d else "", r.estimator))
+            for band in (line.band, s.runs.setdefault(r.run, Band()), s.total):
+                band.low += r.flop_low
+                band.central += r.flop_central
+                band.high += r.flop_high
+                band.energy_mj += r.energy_mj
+                band.samples += r.samples
+                band.covered_ns += r.covered_ns
+                band.gap_ns += r.gap_ns
+
+    def _finish(self) -> None:
+        self._take(None)
+        if self._unsaved:
+            self._flush()
+        self.summary.rejected = sum(g.accountant.rejected for g in self._groups)
+
+
+def prefetch(chunks: Iterator[ColumnChunk], depth: int = 2) -> Iterator[ColumnChunk]:
+    """The same chunks, read ahead by a thread: the readers' kernels release the GIL,
+    so parsing the next block overlaps accounting this one. At most ``depth`` chunks
+    wait, so memory stays flat; a reader's exception is raised here, in order."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put((kind, item), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for chunk in chunks:
+                if not put("chunk", chunk):
+                    return
+            put("end", None)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, who raises it
+            put("error", e)
+
+    worker = threading.Thread(target=work, name="replay-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _select(chunk: ColumnChunk, keep: BoolArray) -> ColumnChunk:
+    """The chunk's samples where ``keep``."""
+    return dataclasses.replace(
+        chunk, gpu=chunk.gpu[keep], timestamp_ns=chunk.timestamp_ns[keep],
+        wall_ns=chunk.wall_ns[keep], fields={k: v[keep] for k, v in chunk.fields.items()},
+        throttle_reasons=None if chunk.throttle_reasons is None else chunk.throttle_reasons[keep],
+        attribution=None if chunk.attribution is None else chunk.attribution[keep],
+        sim_true_flop=None if chunk.sim_true_flop is None else chunk.sim_true_flop[keep])
