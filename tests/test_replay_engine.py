@@ -226,7 +226,7 @@ def test_gpu_model_for_unnamed_gpus_and_mig_instances(tmp_path: Path) -> None:
         f"2026/11/28 12:00:{t:02d}.000, 0, 90 %\n" for t in range(30)))
     s = ReplayEngine(tmp_path / "a.sqlite", ReplayOptions(gpu_model="a100_80gb")).run([log])
     assert s.gpus["index:0"].spec == "a100_80gb"
-    assert s.gpus["index:0"].band.central > 0
+    assert s.gpus["index:0"].band.flop_central > 0
     with pytest.raises(Exception, match="no GPU model 'z9'"):
         ReplayEngine(tmp_path / "b.sqlite", ReplayOptions(gpu_model="z9"))
     mig = tmp_path / "mig.prom"

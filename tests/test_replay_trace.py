@@ -112,8 +112,8 @@ def test_the_band_contains_the_simulators_truth(
     path, _, batches = recorded
     truth = float(batches[-1].sim_true_flop_total.sum())  # type: ignore[union-attr]
     total = ReplayEngine(tmp_path / "t.sqlite", ReplayOptions()).run([path]).total
-    assert total.low <= truth <= total.high
-    assert abs(total.central / truth - 1) < 0.05
+    assert total.flop_low <= truth <= total.flop_high
+    assert abs(total.flop_central / truth - 1) < 0.05
 
 
 def test_trace_columns_round_trip(recorded: tuple[Path, Accountant, list[SampleBatch]]) -> None:

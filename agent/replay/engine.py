@@ -44,14 +44,14 @@ from agent.estimate import EstimatorSettings
 from agent.integrate import group_by_gpu, warm_up
 from agent.ledger.records import LedgerRecord
 from agent.ledger.signing import load_or_create_key
-from agent.ledger.store import GpuState, Ledger, RunRow
+from agent.ledger.store import GpuState, Ledger, RunRow, Totals
 from agent.replay.blocks import DEFAULT_BLOCK_BYTES, file_size
 from agent.replay.chunk import ColumnChunk, GpuKey, Reader, ReplayError
 from agent.replay.dcgm import DcgmReader
 from agent.replay.mapping import RunMapping
 from agent.replay.nvidia_smi import NvidiaSmiReader
 from agent.replay.prom_range import PromRangeReader
-from agent.replay.report import Band, GpuLine, Progress, ReplaySummary
+from agent.replay.report import GpuLine, Progress, ReplaySummary
 from agent.replay.trace import MAGIC, TraceReader
 from agent.sources.base import BoolArray, DeviceInfo, FloatArray, IntArray
 from agent.specs import GpuSpec, SpecTable, load_spec_table
@@ -434,14 +434,8 @@ class ReplayEngine:
             d = self._by_uuid.get(r.gpu_uuid)
             line = s.gpus.setdefault(r.gpu_uuid, GpuLine(
                 r.gpu_uuid, d.name if d else "", (d.spec_key or "") if d else "", r.estimator))
-            for band in (line.band, s.runs.setdefault(r.run, Band()), s.total):
-                band.low += r.flop_low
-                band.central += r.flop_central
-                band.high += r.flop_high
-                band.energy_mj += r.energy_mj
-                band.samples += r.samples
-                band.covered_ns += r.covered_ns
-                band.gap_ns += r.gap_ns
+            for totals in (line.band, s.runs.setdefault(r.run, Totals()), s.total):
+                totals.add(r)
 
     def _finish(self) -> None:
         self._take(None)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from agent import fmt
+from agent.ledger.store import Totals
 from agent.replay.chunk import BadRow
 
 FIRST_BAD_SHOWN = 10
@@ -61,25 +62,12 @@ class Progress:
 
 
 @dataclass(slots=True)
-class Band:
-    """FLOP (whole) and energy sums of records."""
-
-    low: int = 0
-    central: int = 0
-    high: int = 0
-    energy_mj: int = 0
-    samples: int = 0
-    covered_ns: int = 0
-    gap_ns: int = 0
-
-
-@dataclass(slots=True)
 class GpuLine:
     key: str
     name: str
     spec: str
     estimator: str
-    band: Band = field(default_factory=Band)
+    band: Totals = field(default_factory=Totals)
 
 
 @dataclass(slots=True)
@@ -96,8 +84,8 @@ class ReplaySummary:
     bad_reasons: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     gpus: dict[str, GpuLine] = field(default_factory=dict)
-    runs: dict[str, Band] = field(default_factory=dict)
-    total: Band = field(default_factory=Band)
+    runs: dict[str, Totals] = field(default_factory=dict)
+    total: Totals = field(default_factory=Totals)
     records: int = 0
     first_ns: int = 0
     last_ns: int = 0
@@ -139,16 +127,16 @@ class ReplaySummary:
             b = g.band
             out.append(f"    {g.key[:44]:<44} {g.name[:24]:<24} {g.spec or '-':<10} "
                        f"{g.estimator:<12} {b.samples:>10,} samples  "
-                       f"FLOP {fmt.band(b.low, b.central, b.high)}")
+                       f"FLOP {fmt.band(b.flop_low, b.flop_central, b.flop_high)}")
             if b.samples <= 1:
                 out.append("      (a single sample: no interval to integrate; a corrupted "
                            "identity?)")
         out.append(f"  runs           {len(self.runs)}")
         for run, b in sorted(self.runs.items()):
-            out.append(f"    {run[:44]:<44} FLOP {fmt.band(b.low, b.central, b.high)}  "
-                       f"energy {fmt.energy(b.energy_mj)}")
+            band = fmt.band(b.flop_low, b.flop_central, b.flop_high)
+            out.append(f"    {run[:44]:<44} FLOP {band}  energy {fmt.energy(b.energy_mj)}")
         t = self.total
-        out.append(f"  total          FLOP {fmt.band(t.low, t.central, t.high)}  "
+        out.append(f"  total          FLOP {fmt.band(t.flop_low, t.flop_central, t.flop_high)}  "
                    f"energy {fmt.energy(t.energy_mj)}  covered {fmt.duration(t.covered_ns / 1e9)}"
                    f" GPU-time, gaps {fmt.duration(t.gap_ns / 1e9)}")
         out.append(f"  ledger records {self.records:,}")
