@@ -26,7 +26,7 @@ from agent.forecast import (
     project,
     run_forecast,
 )
-from agent.ledger.query import iter_records, latest_head, open_records
+from agent.ledger.query import iter_records, latest_head, open_records, summarize
 from agent.ledger.records import LedgerRecord
 from agent.models import Flop, Lineage, ModelInfo, RunFigures, model_totals
 from agent.thresholds import DEFAULT_LEVELS, Assessment, Registry, Subject, assess
@@ -69,24 +69,28 @@ def _gpu_seconds(records: Iterable[LedgerRecord]) -> float:
 def evaluate(config: Config, registry: Registry, ledger_path: Path, now_ns: int, *,
              estimate: str = "high", levels: Sequence[float] = DEFAULT_LEVELS,
              window_s: float = DEFAULT_WINDOW_S,
-             horizon_s: float = DEFAULT_HORIZON_S) -> Snapshot:
+             horizon_s: float = DEFAULT_HORIZON_S,
+             records: list[LedgerRecord] | None = None) -> Snapshot:
     """Assess and project every enabled regime for every model and run.
+
+    ``records`` are the ledger's sealed and open records if the caller has already
+    read them; otherwise they are read here.
 
     Raises:
         LedgerNotFoundError: if there is no ledger yet.
     """
-    records = list(iter_records(ledger_path)) + open_records(ledger_path)
+    if records is None:
+        records = list(iter_records(ledger_path)) + open_records(ledger_path)
     by_run: dict[str, list[LedgerRecord]] = defaultdict(list)
     for r in records:
         by_run[r.run].append(r)
-    from agent.ledger.query import run_summaries
-
-    summaries = run_summaries(ledger_path, include_open=True)
+    summaries = summarize(records, ledger_path)
     lineage = Lineage(dict(config.models))
     for s in summaries.values():
         bases = s.meta.get("base_models")
         if isinstance(bases, list):
             lineage.add_bases(s.model, [str(b) for b in bases])
+    category_of = {s.run: s.category for s in summaries.values()}
     figures = [RunFigures(s.run, s.model, s.category,
                           Flop(s.flop_low, s.flop_central, s.flop_high))
                for s in summaries.values()]
@@ -135,7 +139,7 @@ def evaluate(config: Config, registry: Registry, ledger_path: Path, now_ns: int,
             info.role, base_flop, base_systemic,
         )
         model_runs = [forecasts[r.run] for r in figures if r.model == name and r.run in forecasts]
-        _evaluate_subject(snap, subject, regimes, model_runs, figures, registry, now_ns,
+        _evaluate_subject(snap, subject, regimes, model_runs, category_of, registry, now_ns,
                           estimate, levels, horizon_s)
     # Runs on their own (the regimes that list "run" among their subjects).
     for s in summaries.values():
@@ -148,7 +152,7 @@ def evaluate(config: Config, registry: Registry, ledger_path: Path, now_ns: int,
                    for scope, sc in scopes.items()}
         subject = Subject("run", s.run, totals, seconds)
         run_f = [forecasts[s.run]] if s.run in forecasts else []
-        _evaluate_subject(snap, subject, regimes, run_f, figures, registry, now_ns, estimate,
+        _evaluate_subject(snap, subject, regimes, run_f, category_of, registry, now_ns, estimate,
                           levels, horizon_s)
     return snap
 
@@ -168,7 +172,7 @@ def _is_systemic(info: ModelInfo, totals: Mapping[str, Flop], registry: Registry
 
 
 def _evaluate_subject(snap: Snapshot, subject: Subject, regimes: Sequence[Any],
-                      runs: Sequence[RunForecast], figures: Sequence[RunFigures],
+                      runs: Sequence[RunForecast], category_of: Mapping[str, str],
                       registry: Registry, now_ns: int, estimate: str,
                       levels: Sequence[float], horizon_s: float) -> None:
     for regime in regimes:
@@ -177,7 +181,7 @@ def _evaluate_subject(snap: Snapshot, subject: Subject, regimes: Sequence[Any],
         if a is None:
             continue
         categories = registry.scopes[regime.scope].categories
-        in_scope = [f for f in runs if _category(f.run, figures) in categories]
+        in_scope = [f for f in runs if category_of.get(f.run, "unknown") in categories]
         current = subject.flop.get(regime.scope, Flop())
         projection = project(current, in_scope, now_ns, a.threshold_flop, horizon_s)
         will = False
@@ -186,13 +190,6 @@ def _evaluate_subject(snap: Snapshot, subject: Subject, regimes: Sequence[Any],
                                   a.threshold_flop)
         plans = sorted({f.plan for f in in_scope})
         snap.evaluations.append(Evaluation(a, projection, will, ", ".join(plans) or "none"))
-
-
-def _category(run: str, figures: Sequence[RunFigures]) -> str:
-    for f in figures:
-        if f.run == run:
-            return f.category
-    return "unknown"
 
 
 def deadline_ns(regime_deadline_days: float | None, since_ns: int) -> int | None:

@@ -23,7 +23,7 @@ from agent import fmt
 from agent.config import Config
 from agent.evaluate import Evaluation, evaluate, plan_of
 from agent.forecast import DEFAULT_HORIZON_S, run_forecast
-from agent.ledger.query import iter_records, latest_head, open_records
+from agent.ledger.query import iter_records, latest_head, open_records, summarize
 from agent.ledger.records import LedgerRecord
 from agent.specs import MATMUL_PRECISIONS, SpecTable
 from agent.thresholds import Registry
@@ -148,9 +148,7 @@ def build_report(config: Config, registry: Registry, specs: SpecTable, ledger_pa
     }
     cross = None
     run_meta: dict[str, Any] = {}
-    from agent.ledger.query import run_summaries
-
-    summaries = run_summaries(ledger_path, include_open=True)
+    summaries = summarize(everything, ledger_path)
     runs = sorted({r.run for r in mine})
     params = tokens = 0.0
     for name in runs:
@@ -177,7 +175,7 @@ def build_report(config: Config, registry: Registry, specs: SpecTable, ledger_pa
                  "hardware_projected_at_planned_end": at_end, "difference": difference,
                  "beyond_eu_margin": abs(difference) > EU_MARGIN}
 
-    snap = evaluate(config, registry, ledger_path, now)
+    snap = evaluate(config, registry, ledger_path, now, records=everything)
     kind = "run" if run is not None else "model"
     name = run if run is not None else str(model)
     regimes = [_regime_row(e, now) for e in snap.evaluations

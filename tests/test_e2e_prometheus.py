@@ -24,7 +24,6 @@ import json
 import operator
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -45,7 +44,7 @@ from exporters.collector import FlopledgerCollector
 from exporters.server import MetricsServer, start_metrics_server
 from exporters.webconfig import load_web_config
 from tests import test_dashboard as dash
-from tests.agentproc import free_port, wait_for
+from tests.agentproc import free_port, stop, wait_for
 from tests.test_collector import sample_snapshot
 from tests.test_webconfig import (
     Pki,
@@ -103,13 +102,7 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc, 20)
 
 
 def tail(path: Path, lines: int = 30) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,11 +95,16 @@ def run_summaries(path: Path, *, run: str | None = None, model: str | None = Non
                   include_open: bool = False) -> dict[str, RunSummary]:
     """Per-run sums over the records (optionally of one run or one model); with
     ``include_open``, also over the still-open records of the current windows."""
-    out: dict[str, RunSummary] = {}
     records: list[LedgerRecord] = list(iter_records(path, run=run, model=model))
     if include_open:
         records += [r for r in open_records(path)
                     if (run is None or r.run == run) and (model is None or r.model == model)]
+    return summarize(records, path)
+
+
+def summarize(records: Iterable[LedgerRecord], path: Path) -> dict[str, RunSummary]:
+    """Per-run sums over records already read, with the runs' declared metadata."""
+    out: dict[str, RunSummary] = {}
     for r in records:
         out.setdefault(r.run, RunSummary(r.run)).add(r)
     db = connect(path)
