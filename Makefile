@@ -49,7 +49,7 @@ bench: venv
 
 # The crash loop of the test suite, many more times: kill -9 at random moments.
 soak: venv
-	FLOPLEDGER_CRASHES=$(SOAK_CRASHES) $(BIN)/python -m pytest -q -s tests/test_crash_loop.py
+	FLOPLEDGER_CRASHES=$(SOAK_CRASHES) $(BIN)/python -m pytest -q -s tests/e2e/test_crash_loop.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from agent.attribution import AttributionSettings, parse_attribution_config
-from agent.categories import CATEGORIES
-from agent.config_errors import ConfigError, Problems, TableReader, read_toml
-from agent.estimate import EstimatorSettings
-from agent.models import ModelInfo, parse_models
+from agent.accounting.attribution import AttributionSettings, parse_attribution_config
+from agent.accounting.estimate import EstimatorSettings
+from agent.accounting.runs import CATEGORIES
+from agent.compliance.lineage import ModelInfo, parse_models
+from agent.configfile import ConfigError, Problems, TableReader, read_toml
 from agent.notify.config import NotifySettings, parse_notify_config
 from agent.sources.scenarios import SCENARIOS, SimJob, Workload, parse_sim_jobs, workload_from_table
-from agent.specs import MATMUL_PRECISIONS
+from agent.sources.specs import MATMUL_PRECISIONS
 
 __all__ = ["CATEGORIES", "Config", "ConfigError", "load_config", "parse_config", "parse_listen"]
 

@@ -19,29 +19,29 @@ from types import FrameType
 
 from prometheus_client.registry import CollectorRegistry
 
-from agent.accounting import Accountant
-from agent.attribution import Attributor, RunMeta
-from agent.clock import Clock, RealClock, VirtualClock
+from agent.accounting.accountant import Accountant
+from agent.accounting.attribution import Attributor, RunMeta
+from agent.accounting.integrate import warm_up
+from agent.accounting.snapshot import Snapshot
+from agent.compliance.evaluate import Evaluation
+from agent.compliance.thresholds import load_registry
+from agent.compliance.watcher import Enqueue, ThresholdWatcher
 from agent.config import Config
-from agent.evaluate import Evaluation
-from agent.integrate import warm_up
 from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import Ledger, RunRow
 from agent.notify.config import build_channels
 from agent.notify.dispatcher import Dispatcher
 from agent.notify.message import Notification
 from agent.notify.outbox import Outbox
-from agent.procinfo import ProcInspector
-from agent.snapshot import Snapshot
 from agent.sources.base import DeviceInfo, GpuSource, SourceError
+from agent.sources.clock import Clock, RealClock, VirtualClock
+from agent.sources.procinfo import ProcInspector
 from agent.sources.simulated import SimulatedSource
-from agent.specs import GpuSpec, SpecTable, load_spec_table
-from agent.thresholds import load_registry
-from agent.watcher import Enqueue, ThresholdWatcher
+from agent.sources.specs import GpuSpec, SpecTable, load_spec_table
 from exporters.collector import FlopledgerCollector
-from exporters.server import start_metrics_server
 from exporters.textfile import TextfileWriter
-from exporters.webconfig import load_web_config
+from exporters.web.config import load_web_config
+from exporters.web.server import start_metrics_server
 
 log = logging.getLogger(__name__)
 

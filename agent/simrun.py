@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.accounting import Accountant
-from agent.attribution import AttributionSettings, Attributor
-from agent.clock import VirtualClock
-from agent.estimate import EstimatorSettings
+from agent.accounting.accountant import Accountant
+from agent.accounting.attribution import AttributionSettings, Attributor
+from agent.accounting.estimate import EstimatorSettings
+from agent.accounting.snapshot import Snapshot
 from agent.ledger.records import LedgerRecord
-from agent.snapshot import Snapshot
+from agent.sources.clock import VirtualClock
 from agent.sources.scenarios import SimJob, Workload
 from agent.sources.simulated import SimulatedSource
-from agent.specs import SpecTable, load_spec_table
+from agent.sources.specs import SpecTable, load_spec_table
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.integrate import integrate_flop, warm_up
+from agent.accounting.integrate import integrate_flop, warm_up
 from tests.reference import integrate_flop_reference
 
 

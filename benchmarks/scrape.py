@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.accounting import Accountant
-from agent.attribution import GpuAttribution, GpuShare, RunMeta
-from agent.clock import VirtualClock
-from agent.estimate import EstimatorSettings
+from agent.accounting.accountant import Accountant
+from agent.accounting.attribution import GpuAttribution, GpuShare, RunMeta
+from agent.accounting.estimate import EstimatorSettings
+from agent.sources.clock import VirtualClock
 from agent.sources.scenarios import SCENARIOS
 from agent.sources.simulated import SimulatedSource
-from agent.specs import load_spec_table
+from agent.sources.specs import load_spec_table
 from exporters.collector import FlopledgerCollector
 
 

@@ -14,8 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent import __version__
-from agent.snapshot import GpuSnapshot, Snapshot
-from agent.watcher import ThresholdState
+from agent.accounting.snapshot import GpuSnapshot, Snapshot
+from agent.compliance.watcher import ThresholdState
 
 GPU_LABELS = ("gpu", "uuid")
 RUN_LABELS = ("run", "model", "category")

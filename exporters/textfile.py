@@ -144,7 +144,7 @@ class TextfileWriter:
 def textfile_path_problem(path: Path) -> str | None:
     """What a config check should say about ``path`` as the textfile, or None if it is fine.
 
-    Returns an "expected ..." phrase for ``agent.config_errors.Problems.add``: the path
+    Returns an "expected ..." phrase for ``agent.configfile.Problems.add``: the path
     must end in ``.prom`` and lie in an existing directory the agent can write.
     """
     if path.suffix != ".prom":

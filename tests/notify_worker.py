@@ -22,7 +22,7 @@ import tomllib
 from pathlib import Path
 from types import FrameType
 
-from agent.config_errors import Problems
+from agent.configfile import Problems
 from agent.notify.config import NotifySettings, build_channels, parse_notify_config
 from agent.notify.dispatcher import Dispatcher
 from agent.notify.message import Notification

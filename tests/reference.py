@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.estimate import Coefficients, Estimator, EstimatorSettings, Rates
-from agent.integrate import NS_TO_UNITS, EnergyTotals, FlopTotals
+from agent.accounting.estimate import Coefficients, Estimator, EstimatorSettings, Rates
+from agent.accounting.integrate import NS_TO_UNITS, EnergyTotals, FlopTotals
 from agent.sources.base import ActivityKind, BoolArray, FloatArray, IntArray
 
 

@@ -19,7 +19,7 @@ from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import Ledger, RunRow
 from agent.sources.scenarios import SCENARIOS
 from agent.sources.simulated import SimulatedGpu
-from agent.specs import load_spec_table
+from agent.sources.specs import load_spec_table
 
 HOUR_NS = 3600 * 10**9
 DAY = 24
@@ -80,10 +80,10 @@ def build(path: Path, hours: int,
 def main(out_dir: Path) -> None:
     import tempfile
 
-    from agent.chart import render_png
+    from agent.compliance.thresholds import load_registry
     from agent.config import parse_config
-    from agent.report import build_report, render_markdown
-    from agent.thresholds import load_registry
+    from agent.reports.chart import render_png
+    from agent.reports.report import build_report, render_markdown
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ledger.sqlite"

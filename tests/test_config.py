@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config
-from agent.config_errors import ConfigError
+from agent.configfile import ConfigError
+from tests.paths import REPO
 
 BAD = """
 [agent]
@@ -69,7 +70,7 @@ def test_defaults_without_a_file() -> None:
 
 
 def test_example_config_is_valid() -> None:
-    config = load_config(Path(__file__).parent.parent / "configs" / "agent.example.toml")
+    config = load_config(REPO / "configs" / "agent.example.toml")
     assert config.sim.gpus == 8
 
 

@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from agent.config import parse_config
+from tests.paths import REPO
 
-CONFIGS = Path(__file__).parent.parent / "configs"
+CONFIGS = REPO / "configs"
 UNIT = CONFIGS / "systemd" / "flopledger.service"
 K8S = CONFIGS / "kubernetes"
 SERVICE_MONITOR_MARKER = "# --- ServiceMonitor alternative"

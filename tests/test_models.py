@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config_errors import Problems
-from agent.ledger.signing import load_or_create_key
-from agent.ledger.store import Ledger, RunRow
-from agent.models import (
+from agent.compliance.lineage import (
     Flop,
     Lineage,
     ModelInfo,
@@ -20,6 +17,9 @@ from agent.models import (
     model_totals,
     parse_models,
 )
+from agent.configfile import Problems
+from agent.ledger.signing import load_or_create_key
+from agent.ledger.store import Ledger, RunRow
 from tests.ledger_helpers import SECOND, T0, record
 
 SCOPES = load_scopes()
@@ -123,6 +123,7 @@ def test_runs_show_and_models_commands(ledger_path: Path) -> None:
 def test_two_significant_figures_round_the_band_outwards(
     value: float, nearest: str, down: str, up: str
 ) -> None:
-    from agent import fmt
+    from agent import figures
 
-    assert (fmt.flop(value), fmt.flop(value, "down"), fmt.flop(value, "up")) == (nearest, down, up)
+    rounded = (figures.flop(value), figures.flop(value, "down"), figures.flop(value, "up"))
+    assert rounded == (nearest, down, up)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.config_errors import Problems, TableReader
+from agent.configfile import Problems, TableReader
 from agent.notify.alertmanager import AlertmanagerChannel
 from agent.notify.command import CommandChannel
 from agent.notify.message import Channel

@@ -2,18 +2,18 @@
 
 Readers (each streaming, flat in memory, reporting bad rows with their line numbers):
 
-* :mod:`agent.replay.nvidia_smi`: ``nvidia-smi --query-gpu ... --format=csv`` logs;
-* :mod:`agent.replay.dcgm`: dcgm-exporter scrapes (Prometheus text format);
-* :mod:`agent.replay.prom_range`: Prometheus ``query_range`` JSON exports;
-* :mod:`agent.replay.trace`: flopledger's own columnar traces (and ``record_trace``).
+* :mod:`agent.replay.readers.nvidia_smi`: ``nvidia-smi --query-gpu ... --format=csv`` logs;
+* :mod:`agent.replay.readers.dcgm`: dcgm-exporter scrapes (Prometheus text format);
+* :mod:`agent.replay.readers.prom_range`: Prometheus ``query_range`` JSON exports;
+* :mod:`agent.replay.readers.trace`: flopledger's own columnar traces (and ``record_trace``).
 
 :mod:`agent.replay.engine` drives them through
-:meth:`agent.accounting.Accountant.add_samples` into a ledger; :mod:`agent.replay.cli`
+:meth:`agent.accounting.accountant.Accountant.add_samples` into a ledger; :mod:`agent.cli.replay`
 is the ``flopledger replay`` command.
 """
 
 from __future__ import annotations
 
-from agent.replay.chunk import BadRow, ColumnChunk, GpuKey, ReplayError
+from agent.replay.readers.base import BadRow, ColumnChunk, GpuKey, ReplayError
 
 __all__ = ["BadRow", "ColumnChunk", "GpuKey", "ReplayError"]

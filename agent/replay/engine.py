@@ -38,23 +38,23 @@ from typing import Any
 
 import numpy as np
 
-from agent.accounting import Accountant
-from agent.attribution import UNATTRIBUTED, GpuAttribution, GpuShare
-from agent.estimate import EstimatorSettings
-from agent.integrate import group_by_gpu, warm_up
+from agent.accounting.accountant import Accountant
+from agent.accounting.attribution import UNATTRIBUTED, GpuAttribution, GpuShare
+from agent.accounting.estimate import EstimatorSettings
+from agent.accounting.integrate import group_by_gpu, warm_up
 from agent.ledger.records import LedgerRecord
 from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import GpuState, Ledger, RunRow, Totals
-from agent.replay.blocks import DEFAULT_BLOCK_BYTES, file_size
-from agent.replay.chunk import ColumnChunk, GpuKey, Reader, ReplayError
-from agent.replay.dcgm import DcgmReader
 from agent.replay.mapping import RunMapping
-from agent.replay.nvidia_smi import NvidiaSmiReader
-from agent.replay.prom_range import PromRangeReader
-from agent.replay.report import GpuLine, Progress, ReplaySummary
-from agent.replay.trace import MAGIC, TraceReader
+from agent.replay.readers.base import ColumnChunk, GpuKey, Reader, ReplayError
+from agent.replay.readers.dcgm import DcgmReader
+from agent.replay.readers.lines import DEFAULT_BLOCK_BYTES, file_size
+from agent.replay.readers.nvidia_smi import NvidiaSmiReader
+from agent.replay.readers.prom_range import PromRangeReader
+from agent.replay.readers.trace import MAGIC, TraceReader
+from agent.replay.summary import GpuLine, Progress, ReplaySummary
 from agent.sources.base import BoolArray, DeviceInfo, FloatArray, IntArray
-from agent.specs import GpuSpec, SpecTable, load_spec_table
+from agent.sources.specs import GpuSpec, SpecTable, load_spec_table
 
 FORMATS = ("auto", "nvidia-smi", "dcgm", "prom-range", "trace")
 _UNATTRIBUTED = GpuAttribution((GpuShare(UNATTRIBUTED, 1.0),), "none")

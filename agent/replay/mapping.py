@@ -2,7 +2,7 @@
 
 Precedence per sample: the first ``[[gpu]]`` rule of the mapping file that matches its
 GPU and time; else the run the recording's labels name (see
-:mod:`agent.replay.labels`; a trace's recorded attribution); else ``unattributed``,
+:mod:`agent.replay.readers.promseries`; a trace's recorded attribution); else ``unattributed``,
 which is still accounted.
 
 The mapping file (TOML)::
@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.attribution import GpuAttribution, GpuShare, RunMeta, build_run_meta
-from agent.config_errors import Problems, read_toml
-from agent.replay.chunk import GpuKey
+from agent.accounting.attribution import GpuAttribution, GpuShare, RunMeta, build_run_meta
+from agent.configfile import Problems, read_toml
+from agent.replay.readers.base import GpuKey
 from agent.sources.base import BoolArray, IntArray
 
 _META = frozenset({"model", "category", "precision", "recompute", "recompute_factor",

@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 
 import pynvml
 
-from agent.clock import Clock, RealClock
 from agent.sources.base import (
     FLOAT_FIELDS,
     ActivityKind,
@@ -37,6 +36,7 @@ from agent.sources.base import (
     SampleBatch,
     SourceError,
 )
+from agent.sources.clock import Clock, RealClock
 from agent.sources.nvml_errors import (
     NO_SAMPLES_CODES,
     NVML_ERROR_FUNCTION_NOT_FOUND,
@@ -48,7 +48,7 @@ from agent.sources.nvml_errors import (
     init_failure_reason,
     nvml_code,
 )
-from agent.specs import SpecTable
+from agent.sources.specs import SpecTable
 
 log = logging.getLogger(__name__)
 

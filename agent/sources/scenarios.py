@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from agent.config_errors import Problems
-from agent.specs import MATMUL_PRECISIONS
+from agent.configfile import Problems
+from agent.sources.specs import MATMUL_PRECISIONS
 
 
 @dataclass(frozen=True, slots=True)

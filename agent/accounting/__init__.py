@@ -1,0 +1,3 @@
+"""Samples -> integer ledger records: run metadata, attribution, estimation, integration,
+the accountant and its snapshots.
+"""

@@ -1,0 +1,646 @@
+"""Which training run each GPU's compute processes belong to, and how a GPU is split.
+
+Per process, the first of these that yields a run id wins:
+
+1. ``FLOPLEDGER_RUN_ID`` in the process environment (``via="env"``);
+2. Slurm: ``SLURM_JOB_ID`` in the environment (run ``slurm-<jobid>``, ``via="slurm"``),
+   else the job file the Slurm prolog (``configs/slurm/prolog.sh``) wrote for the GPU,
+   named by GPU index or UUID (``via="slurm-file"``);
+3. torchrun: ``TORCHELASTIC_RUN_ID`` (run ``torchrun-<id>``, ``via="torchrun"``);
+4. Kubernetes: the pod UID in ``/proc/PID/cgroup`` (run ``k8s-pod-<uid>``);
+5. static rules from the config (by GPU, user, command line; ``via="static"``);
+
+else the process is :data:`UNATTRIBUTED`, which is still accounted, never dropped.
+
+Run metadata comes from, later overriding earlier: the Slurm job file's ``key=value``
+lines, the TOML file named by ``FLOPLEDGER_RUN_FILE``, then ``FLOPLEDGER_MODEL``,
+``_CATEGORY``, ``_PRECISION``, ``_RECOMPUTE``, ``_RECOMPUTE_FACTOR``, ``_BASE_MODELS``
+and ``FLOPLEDGER_PLAN_<KEY>``. A bad value is ignored with a warning logged once per
+run: a typo in a job's environment must never stop the agent.
+
+A GPU shared by several runs is split by each process's SM utilization where the driver
+reports it for every process, else evenly per run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.accounting.estimate import RECOMPUTE_FACTORS
+from agent.accounting.runs import CATEGORIES
+from agent.configfile import Problems
+from agent.sources.base import DeviceInfo, SampleBatch
+from agent.sources.specs import MATMUL_PRECISIONS
+
+log = logging.getLogger(__name__)
+
+VIAS = ("env", "slurm", "slurm-file", "torchrun", "kubernetes", "static", "unattributed")
+SPLITS = ("single", "sm_util", "even", "none")
+RECOMPUTE_MODES = (*RECOMPUTE_FACTORS, "selective")
+DEFAULT_SLURM_JOB_DIR = Path("/run/flopledger/slurm")
+ENV_PREFIX = "FLOPLEDGER_"
+_ENV_META = {f"{ENV_PREFIX}{k.upper()}": k for k in (
+    "model", "category", "precision", "recompute", "recompute_factor", "base_models")}
+_META_KEYS = frozenset(_ENV_META.values())
+# Written by configs/slurm/prolog.sh for people reading the file; not run metadata.
+_SLURM_INFO_KEYS = frozenset({"user", "account", "name"})
+_SLURM_JOB_ID = re.compile(r"[\w.+-]+")
+# cgroup v1: .../kubepods/burstable/pod<uid>/<container>; v2 (systemd driver):
+# .../kubepods-burstable-pod<uid with _ for ->.slice/...; Guaranteed pods lack the QoS
+# level. Static pods' UIDs are 32 hex digits without separators.
+_K8S_POD = re.compile(
+    r"kubepods[^\n]*?[/-]pod([0-9a-fA-F]{8}[-_]?[0-9a-fA-F]{4}[-_]?[0-9a-fA-F]{4}"
+    r"[-_]?[0-9a-fA-F]{4}[-_]?[0-9a-fA-F]{12})(?![0-9a-fA-F])"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunMeta:
+    """A training run and what it declares about itself.
+
+    Attributes:
+        run_id: the run's identity in every total and metric label.
+        model: the model being trained ("" if undeclared).
+        category: one of ``agent.config.CATEGORIES``.
+        precision: declared matmul precision (a key of ``MATMUL_PRECISIONS``), None if
+            undeclared.
+        recompute: ``none``, ``full`` or ``selective`` activation recomputation.
+        recompute_factor: hardware FLOP per model FLOP: 1.0, 4/3, or as declared.
+        plan: free-form plan fields (``gpus``, ``duration_s``, ``end_time``, ``params``,
+            ``tokens``...): floats where the value parses as a finite number, else text.
+        base_models: models this one is derived from (lineage).
+        via: how the run was found, one of :data:`VIAS`.
+    """
+
+    run_id: str
+    model: str = ""
+    category: str = "unknown"
+    precision: str | None = None
+    recompute: str = "none"
+    recompute_factor: float = 1.0
+    plan: dict[str, float | str] = field(default_factory=dict, hash=False)
+    base_models: tuple[str, ...] = ()
+    via: str = "unattributed"
+
+
+UNATTRIBUTED = RunMeta(run_id="unattributed", via="unattributed")
+
+
+@dataclass(frozen=True, slots=True)
+class GpuShare:
+    """A run's share (0-1) of one GPU's time and work over a tick."""
+
+    run: RunMeta
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class GpuAttribution:
+    """Who one GPU's tick is charged to; weights sum to 1 (within float rounding).
+
+    ``split``: ``single`` (one run), ``sm_util`` (by per-process SM utilization),
+    ``even`` (evenly per run) or ``none`` (no process: one UNATTRIBUTED share).
+    """
+
+    shares: tuple[GpuShare, ...]
+    split: str
+
+
+@dataclass(frozen=True, slots=True)
+class StaticRule:
+    """A config rule naming a run. Criteria that are None are not checked.
+
+    A rule with only ``gpus`` claims those GPUs outright, even with no visible process
+    (a container in another PID namespace); one with ``user`` or ``cmdline_regex``
+    matches processes (``re.search`` over the argv joined by spaces).
+    """
+
+    run: RunMeta
+    gpus: tuple[int, ...] | None = None
+    user: str | None = None
+    cmdline_regex: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttributionSettings:
+    """The ``[attribution]`` table. ``refresh_s``: seconds before a pid is re-resolved."""
+
+    slurm_job_dir: Path = DEFAULT_SLURM_JOB_DIR
+    refresh_s: float = 10.0
+    rules: tuple[StaticRule, ...] = ()
+
+
+class ProcessInspector(Protocol):
+    """What the OS says about a process; None wherever it cannot say (never raises).
+
+    ``environ``: the environment at exec time; ``cgroup``: the text of
+    ``/proc/PID/cgroup``; ``username``: the real user; ``cmdline``: the argv.
+    """
+
+    def environ(self, pid: int) -> Mapping[str, str] | None: ...
+
+    def cgroup(self, pid: int) -> str | None: ...
+
+    def username(self, pid: int) -> str | None: ...
+
+    def cmdline(self, pid: int) -> Sequence[str] | None: ...
+
+
+# --- metadata -------------------------------------------------------------------------
+
+# (key, bad value, what was expected); the value is None when the key is missing.
+_Complain = Callable[[str, object, str], None]
+_Entry = tuple[object, str]  # (value, label naming where it came from)
+
+
+def _finite(value: object) -> float | None:
+    """A finite float from a number or numeric text, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _meta_fields(values: Mapping[str, _Entry], plan: Mapping[str, _Entry],
+                 label_of: Callable[[str], str], complain: _Complain) -> dict[str, Any]:
+    """Validate raw metadata into :class:`RunMeta` keyword arguments, dropping bad ones."""
+    out: dict[str, Any] = {}
+
+    def choice(key: str, allowed: Sequence[str]) -> str | None:
+        if key not in values:
+            return None
+        value, label = values[key]
+        text = value.strip().lower() if isinstance(value, str) else None
+        if text not in allowed:
+            complain(label, value, f"one of {list(allowed)}")
+            return None
+        return text
+
+    if "model" in values:
+        value, label = values["model"]
+        if isinstance(value, str):
+            out["model"] = value.strip()
+        else:
+            complain(label, value, "a model name")
+    if (category := choice("category", CATEGORIES)) is not None:
+        out["category"] = category
+    if (precision := choice("precision", sorted(MATMUL_PRECISIONS))) is not None:
+        out["precision"] = precision
+    mode = choice("recompute", RECOMPUTE_MODES) or "none"
+    factor_entry = values.get("recompute_factor")
+    if mode == "selective":
+        # Selective recomputation's overhead depends on which layers are recomputed;
+        # only the run can say. Without it 1.0 counts every hardware FLOP as model FLOP.
+        factor = _finite(factor_entry[0]) if factor_entry else None
+        if factor is None or factor < 1:
+            complain(factor_entry[1] if factor_entry else label_of("recompute_factor"),
+                     factor_entry[0] if factor_entry else None,
+                     "a number >= 1 (hardware FLOP per model FLOP) with recompute = "
+                     "selective; assuming 1.0")
+            factor = 1.0
+        out["recompute"], out["recompute_factor"] = mode, factor
+    else:
+        out["recompute"], out["recompute_factor"] = mode, RECOMPUTE_FACTORS[mode]
+        if factor_entry is not None:
+            complain(factor_entry[1], factor_entry[0],
+                     "to be set only with recompute = selective")
+    if "base_models" in values:
+        value, label = values["base_models"]
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, list) and all(isinstance(m, str) for m in items):
+            out["base_models"] = tuple(m.strip() for m in items if m.strip())
+        else:
+            complain(label, value, "a list of model names (or one comma-separated string)")
+    parsed_plan: dict[str, float | str] = {}
+    for key, (value, label) in plan.items():
+        number = _finite(value)
+        if number is not None:
+            parsed_plan[key] = number
+        elif isinstance(value, str):
+            parsed_plan[key] = value.strip()
+        else:
+            complain(label, value, "a number or a string")
+    if parsed_plan:
+        out["plan"] = parsed_plan
+    return out
+
+
+def _env_label(key: str) -> str:
+    return f"{ENV_PREFIX}{key.upper()}"
+
+
+def _read_run_file(path_text: str, values: dict[str, _Entry], plan: dict[str, _Entry],
+                   complain: _Complain) -> None:
+    """Add the run file's keys to ``values``/``plan``; problems go to ``complain``."""
+    path = Path(path_text)
+    label = f"{ENV_PREFIX}RUN_FILE"
+    # Relative to the *process's* working directory, which the agent does not know.
+    if not path.is_absolute():
+        complain(label, path_text, "an absolute path to a TOML run file")
+        return
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        complain(label, path_text, f"a readable TOML run file ({e})")
+        return
+    for key, value in doc.items():
+        if key == "plan":
+            if isinstance(value, dict):
+                plan.update({str(k).lower(): (v, f"{path}: plan.{k}") for k, v in value.items()})
+            else:
+                complain(f"{path}: plan", value, "a table of plan fields")
+        elif key in _META_KEYS:
+            values[key] = (value, f"{path}: {key}")
+        else:
+            complain(f"{path}: {key}", value, f"one of {sorted(_META_KEYS | {'plan'})}")
+
+
+def build_run_meta(run_id: str, via: str, env: Mapping[str, str] | None = None,
+                   job_file_meta: Mapping[str, str] | None = None,
+                   job_file_label: str = "") -> tuple[RunMeta, list[str]]:
+    """The run's metadata from a Slurm job file, the run file and the environment.
+
+    Returns:
+        the run, and one warning line per ignored value (empty when all was valid).
+    """
+    warnings: list[str] = []
+
+    def complain(label: str, value: object, expected: str) -> None:
+        shown = "missing" if value is None else f"={value!r}"
+        warnings.append(f"{label}{shown}: expected {expected}; ignored")
+
+    values: dict[str, _Entry] = {}
+    plan: dict[str, _Entry] = {}
+    for key, value in (job_file_meta or {}).items():
+        if key in _META_KEYS:
+            values[key] = (value, f"{job_file_label}: {key}")
+        elif key.startswith("plan."):
+            plan[key[5:].lower()] = (value, f"{job_file_label}: {key}")
+        elif key not in _SLURM_INFO_KEYS:
+            complain(f"{job_file_label}: {key}", value, f"one of {sorted(_META_KEYS)}")
+    env = env or {}
+    if run_file := env.get(f"{ENV_PREFIX}RUN_FILE", "").strip():
+        _read_run_file(run_file, values, plan, complain)
+    for name, value in env.items():
+        if name in _ENV_META:
+            values[_ENV_META[name]] = (value, name)
+        elif name.startswith(f"{ENV_PREFIX}PLAN_") and len(name) > len(ENV_PREFIX) + 5:
+            plan[name[len(ENV_PREFIX) + 5:].lower()] = (value, name)
+    fields_ = _meta_fields(values, plan, _env_label, complain)
+    return RunMeta(run_id=run_id, via=via, **fields_), warnings
+
+
+def kubernetes_pod_uid(cgroup_text: str) -> str | None:
+    """The pod UID in ``/proc/PID/cgroup`` text (cgroup v1 or v2), lower case with dashes."""
+    match = _K8S_POD.search(cgroup_text)
+    return match.group(1).replace("_", "-").lower() if match else None
+
+
+@dataclass(frozen=True, slots=True)
+class SlurmJobFile:
+    """What the Slurm prolog wrote for one GPU: the job id and ``key=value`` lines."""
+
+    job_id: str
+    meta: dict[str, str] = field(hash=False)
+    path: Path
+
+
+def read_slurm_job_file(job_dir: Path, device: DeviceInfo) -> SlurmJobFile | None:
+    """The prolog's file for a GPU, named by its index or else its UUID.
+
+    Returns:
+        the first of the two that is readable and starts with a job id, else None.
+    """
+    for name in (str(device.index), device.uuid):
+        path = job_dir / name
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        job_id = lines[0].strip() if lines else ""
+        if not _SLURM_JOB_ID.fullmatch(job_id):
+            continue
+        meta = {}
+        for line in lines[1:]:
+            key, sep, value = line.partition("=")
+            if sep and key.strip():
+                meta[key.strip()] = value.strip()
+        return SlurmJobFile(job_id, meta, path)
+    return None
+
+
+# --- config ---------------------------------------------------------------------------
+
+_RULE_KEYS = frozenset({"run", "plan", "gpus", "user", "cmdline_regex", *_META_KEYS})
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _parse_rule(problems: Problems, table: dict[str, Any], where: str) -> StaticRule | None:
+    before = len(problems.items)
+    for key in table:
+        if key not in _RULE_KEYS:
+            problems.add(f"{where}.{key}", f"one of the known keys {sorted(_RULE_KEYS)}")
+    run_id = table.get("run")
+    if not isinstance(run_id, str) or not run_id.strip():
+        problems.add(f"{where}.run", "a run id string")
+        run_id = ""
+    plan_table = table.get("plan", {})
+    if not isinstance(plan_table, dict):
+        problems.add(f"{where}.plan", "a table of plan fields")
+        plan_table = {}
+    fields_ = _meta_fields(
+        {k: (v, f"{where}.{k}") for k, v in table.items() if k in _META_KEYS},
+        {str(k).lower(): (v, f"{where}.plan.{k}") for k, v in plan_table.items()},
+        lambda key: f"{where}.{key}",
+        lambda label, _value, expected: problems.add(label, expected),
+    )
+    gpus = table.get("gpus")
+    if gpus is not None and (
+        not isinstance(gpus, list) or not gpus
+        or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus)
+    ):
+        problems.add(f"{where}.gpus", "a non-empty list of GPU indices >= 0")
+    user = table.get("user")
+    if user is not None and (not isinstance(user, str) or not user):
+        problems.add(f"{where}.user", "a user name")
+    regex = table.get("cmdline_regex")
+    if regex is not None:
+        if not isinstance(regex, str):
+            problems.add(f"{where}.cmdline_regex", "a regular expression string")
+        else:
+            try:
+                re.compile(regex)
+            except re.error as e:
+                problems.add(f"{where}.cmdline_regex", f"a valid regular expression ({e})")
+    if gpus is None and user is None and regex is None:
+        # A rule without criteria would swallow every unidentified process on the node;
+        # [run] is the place for a node-wide default.
+        problems.add(where, "at least one of gpus, user, cmdline_regex")
+    if len(problems.items) > before:
+        return None
+    run = RunMeta(run_id=run_id.strip(), via="static", **fields_)
+    return StaticRule(run=run, gpus=tuple(gpus) if gpus is not None else None,
+                      user=user, cmdline_regex=regex)
+
+
+def parse_attribution_config(raw: dict[str, Any], problems: Problems) -> AttributionSettings:
+    """Validate the ``[attribution]`` table of a parsed config document.
+
+    Args:
+        raw: the whole parsed TOML document (the table is ``raw["attribution"]``).
+        problems: where every bad key is reported, as ``attribution.rules[0].category``.
+
+    Returns:
+        the settings; a rule with any problem is left out, a bad scalar keeps its default.
+    """
+    d = AttributionSettings()
+    table = raw.get("attribution", {})
+    if not isinstance(table, dict):
+        problems.add("attribution", "a table")
+        return d
+    known = {"slurm_job_dir", "refresh_s", "rules"}
+    for key in table:
+        if key not in known:
+            problems.add(f"attribution.{key}", f"one of the known keys {sorted(known)}")
+    job_dir = table.get("slurm_job_dir", str(d.slurm_job_dir))
+    if not isinstance(job_dir, str) or not job_dir:
+        problems.add("attribution.slurm_job_dir", "a directory path")
+        job_dir = str(d.slurm_job_dir)
+    refresh = table.get("refresh_s", d.refresh_s)
+    if not _is_number(refresh) or refresh <= 0:
+        problems.add("attribution.refresh_s", "a number of seconds > 0")
+        refresh = d.refresh_s
+    raw_rules = table.get("rules", [])
+    if not isinstance(raw_rules, list):
+        problems.add("attribution.rules", "an array of tables ([[attribution.rules]])")
+        raw_rules = []
+    rules: list[StaticRule] = []
+    claimed: dict[int, int] = {}
+    for i, rule_table in enumerate(raw_rules):
+        where = f"attribution.rules[{i}]"
+        if not isinstance(rule_table, dict):
+            problems.add(where, "a table")
+            continue
+        rule = _parse_rule(problems, rule_table, where)
+        if rule is None:
+            continue
+        if rule.gpus is not None and rule.user is None and rule.cmdline_regex is None:
+            for g in rule.gpus:
+                if g in claimed:
+                    problems.add(f"{where}.gpus",
+                                 f"GPUs not claimed outright by another rule "
+                                 f"(GPU {g} is in attribution.rules[{claimed[g]}])")
+                claimed.setdefault(g, i)
+        rules.append(rule)
+    return AttributionSettings(slurm_job_dir=Path(job_dir), refresh_s=float(refresh),
+                               rules=tuple(rules))
+
+
+# --- the attributor -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Facts:
+    """What one read of a process gave; GPU-independent."""
+
+    env: Mapping[str, str] | None
+    primary: RunMeta | None  # FLOPLEDGER_RUN_ID or SLURM_JOB_ID: beats the job file
+    fallback: RunMeta | None  # torchrun or Kubernetes: after the job file
+    user: str | None
+    cmdline: str | None
+
+
+@dataclass(slots=True)
+class _PidEntry:
+    facts: _Facts
+    read_ns: int
+    runs: dict[int, RunMeta] = field(default_factory=dict)  # by GPU index
+
+
+_NO_PROCESS = GpuAttribution((GpuShare(UNATTRIBUTED, 1.0),), "none")
+
+
+class Attributor:
+    """Maps every GPU's processes to runs, tick after tick.
+
+    A pid's facts are read once and cached (a process's environment does not change
+    after exec) and re-read after ``settings.refresh_s``, which also catches a pid
+    reused by a new process; entries of pids gone from the batch are dropped.
+
+    Args:
+        settings: the ``[attribution]`` table.
+        inspector: where process facts come from (``ProcInspector`` on a real node).
+        clock_ns: monotonic nanoseconds for the cache (default ``time.monotonic_ns``).
+
+    Raises:
+        re.error: for a rule whose ``cmdline_regex`` does not compile.
+    """
+
+    def __init__(self, settings: AttributionSettings, inspector: ProcessInspector,
+                 clock_ns: Callable[[], int] | None = None) -> None:
+        self._settings = settings
+        self._inspector = inspector
+        self._clock_ns = clock_ns or time.monotonic_ns
+        self._refresh_ns = round(settings.refresh_s * 1e9)
+        self._rules = [(r, re.compile(r.cmdline_regex) if r.cmdline_regex else None)
+                       for r in settings.rules]
+        self._needs_identity = any(r.user or r.cmdline_regex for r in settings.rules)
+        self._cache: dict[int, _PidEntry] = {}
+        self._idle: dict[int, GpuAttribution] = {}
+        self._last: dict[int, GpuAttribution] = {}
+        self._warned: set[str] = set()
+
+    def attribute(
+        self, devices: Sequence[DeviceInfo], batch: SampleBatch
+    ) -> list[GpuAttribution]:
+        """One attribution per device, in the order of ``devices`` (and the batch).
+
+        Reads ``/proc`` (through the inspector) only for pids not seen within
+        ``refresh_s``; the Slurm job directory only when such a pid has no identity
+        of its own.
+        """
+        now_ns = self._clock_ns()
+        seen: set[int] = set()
+        out = []
+        for pos, device in enumerate(devices):
+            procs = batch.processes[pos] if pos < len(batch.processes) else ()
+            if not procs:
+                out.append(self._idle_gpu(device.index))
+                continue
+            runs: dict[str, RunMeta] = {}
+            util: dict[str, float] = {}
+            measured = True
+            for proc in procs:
+                seen.add(proc.pid)
+                run = self._run_of(proc.pid, device, now_ns)
+                if run.run_id not in runs:
+                    runs[run.run_id] = run
+                    util[run.run_id] = 0.0
+                u = proc.sm_util_pct
+                if u is None or not math.isfinite(u) or u < 0:
+                    measured = False
+                else:
+                    util[run.run_id] += u
+            attribution = _split(runs, util, measured)
+            # Hand back the very object of the last tick when nothing changed, so the
+            # accountant can tell "unchanged" by identity, cheaply, at every tick.
+            previous = self._last.get(device.index)
+            if previous == attribution:
+                attribution = previous
+            else:
+                self._last[device.index] = attribution
+            out.append(attribution)
+        if len(self._cache) > len(seen):
+            for pid in self._cache.keys() - seen:
+                del self._cache[pid]
+        return out
+
+    def _idle_gpu(self, index: int) -> GpuAttribution:
+        attribution = self._idle.get(index)
+        if attribution is None:
+            attribution = _NO_PROCESS
+            for rule, _ in self._rules:
+                if rule.gpus is not None and index in rule.gpus and not (
+                        rule.user or rule.cmdline_regex):
+                    attribution = GpuAttribution((GpuShare(rule.run, 1.0),), "single")
+                    break
+            self._idle[index] = attribution
+        return attribution
+
+    def _run_of(self, pid: int, device: DeviceInfo, now_ns: int) -> RunMeta:
+        entry = self._cache.get(pid)
+        if entry is None or now_ns - entry.read_ns >= self._refresh_ns:
+            entry = _PidEntry(self._read_facts(pid), now_ns)
+            self._cache[pid] = entry
+        run = entry.runs.get(device.index)
+        if run is None:
+            run = self._resolve(entry.facts, device)
+            entry.runs[device.index] = run
+        return run
+
+    def _meta(self, run_id: str, via: str, env: Mapping[str, str] | None,
+              job_file_meta: Mapping[str, str] | None = None, label: str = "") -> RunMeta:
+        run, warnings = build_run_meta(run_id, via, env, job_file_meta, label)
+        if warnings and run_id not in self._warned:
+            self._warned.add(run_id)
+            log.warning("run %s: ignoring bad metadata: %s", run_id, "; ".join(warnings))
+        return run
+
+    def _read_facts(self, pid: int) -> _Facts:
+        env = self._inspector.environ(pid)
+        facts = _Facts(env=env, primary=None, fallback=None, user=None, cmdline=None)
+        if env is not None:
+            if run_id := env.get(f"{ENV_PREFIX}RUN_ID", "").strip():
+                facts.primary = self._meta(run_id, "env", env)
+                return facts
+            if job := env.get("SLURM_JOB_ID", "").strip():
+                facts.primary = self._meta(f"slurm-{job}", "slurm", env)
+                return facts
+            # torchrun's default --rdzv-id is the literal "none": shared by unrelated
+            # runs, so it identifies nothing.
+            torch_id = env.get("TORCHELASTIC_RUN_ID", "").strip()
+            if torch_id and torch_id.lower() != "none":
+                facts.fallback = self._meta(f"torchrun-{torch_id}", "torchrun", env)
+                return facts
+        cgroup = self._inspector.cgroup(pid)
+        if cgroup is not None and (uid := kubernetes_pod_uid(cgroup)) is not None:
+            facts.fallback = self._meta(f"k8s-pod-{uid}", "kubernetes", env)
+            return facts
+        if self._needs_identity:
+            facts.user = self._inspector.username(pid)
+            argv = self._inspector.cmdline(pid)
+            facts.cmdline = " ".join(argv) if argv is not None else None
+        return facts
+
+    def _resolve(self, facts: _Facts, device: DeviceInfo) -> RunMeta:
+        if facts.primary is not None:
+            return facts.primary
+        found = read_slurm_job_file(self._settings.slurm_job_dir, device)
+        if found is not None:
+            return self._meta(f"slurm-{found.job_id}", "slurm-file", facts.env, found.meta,
+                              str(found.path))
+        if facts.fallback is not None:
+            return facts.fallback
+        for rule, regex in self._rules:
+            if rule.gpus is not None and device.index not in rule.gpus:
+                continue
+            if rule.user is not None and facts.user != rule.user:
+                continue
+            if regex is not None and (facts.cmdline is None or not regex.search(facts.cmdline)):
+                continue
+            return rule.run
+        return UNATTRIBUTED
+
+
+def _split(runs: Mapping[str, RunMeta], util: Mapping[str, float],
+           measured: bool) -> GpuAttribution:
+    """Weights per run: by summed SM utilization when every process has one, else even."""
+    if len(runs) == 1:
+        (run,) = runs.values()
+        return GpuAttribution((GpuShare(run, 1.0),), "single")
+    total = sum(util.values())
+    if measured and total > 0:
+        return GpuAttribution(
+            tuple(GpuShare(run, util[rid] / total) for rid, run in runs.items()), "sm_util")
+    weight = 1.0 / len(runs)
+    return GpuAttribution(tuple(GpuShare(run, weight) for run in runs.values()), "even")

@@ -1,0 +1,320 @@
+"""Samples -> FLOP/s rates (low, central, high) per GPU per sample.
+
+The peak is physical: ``sm_count x flop_per_clock_per_sm[precision] x sm_clock_hz``,
+at the clock measured over the interval, not a datasheet constant. Then:
+
+* **Tensor activity** (NVML GPM on Hopper and newer, or DCGM's PIPE_TENSOR_ACTIVE fed
+  in by replay): central = activity x peak of the run's matmul precision, plus the
+  non-tensor FP pipes where reported. Low and high move the activity by the counter's
+  uncertainty and the clock to the lower/higher of the interval's two ends.
+* **Utilization only** (``utilization.gpu``, which says only that *a* kernel was
+  running): it bounds activity from above, never estimates it. Central = utilization x
+  peak x an efficiency prior, low uses a lower prior, high assumes every busy cycle was
+  a tensor cycle. The band is wide and the record says so.
+* **Nothing usable**: low = central = 0, high = peak.
+
+Undeclared precision widens the band: low uses the slowest of the candidate
+precisions, high the fastest. A declared recompute mode turns hardware FLOP into model
+FLOP (what the EU counts) for low and central; high stays hardware FLOP.
+
+Rates are float64 FLOP/s; the rate of a sample applies to the interval that ends at it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from agent.sources.base import ActivityKind, FloatArray, IntArray
+from agent.sources.specs import MATMUL_PRECISIONS, GpuSpec
+
+RECOMPUTE_FACTORS: dict[str, float] = {
+    # Hardware FLOP per model FLOP. Full activation recomputation repeats the forward
+    # pass: 1 forward + 2 backward + 1 forward again = 4/3 of the model's 3 passes.
+    "none": 1.0,
+    "full": 4.0 / 3.0,
+}
+
+
+class Estimator(enum.IntEnum):
+    """Which method produced a rate; recorded with every interval."""
+
+    NONE = 0
+    GPM_TENSOR = 1
+    DCGM_TENSOR = 2
+    UTILIZATION = 3
+
+
+# Plain ints for the kernel (numba freezes module globals at compile time).
+ESTIMATOR_NONE = int(Estimator.NONE)
+ESTIMATOR_GPM = int(Estimator.GPM_TENSOR)
+ESTIMATOR_DCGM = int(Estimator.DCGM_TENSOR)
+ESTIMATOR_UTILIZATION = int(Estimator.UTILIZATION)
+KIND_DCGM = int(ActivityKind.DCGM)
+
+
+@dataclass(frozen=True, slots=True)
+class EstimatorSettings:
+    """Knobs of the estimation model (``[estimator]`` in the config).
+
+    Attributes:
+        default_precision: matmul precision assumed for central when a run declares none.
+        undeclared_precisions: candidates spanning the band when a run declares none.
+        tensor_activity_uncertainty: absolute uncertainty of an activity ratio (0-1).
+        utilization_efficiency: central prior of achieved/peak per busy second when
+            only ``utilization.gpu`` exists.
+        utilization_efficiency_low: the low prior for the same case.
+        max_gap_s: an interval longer than this is a gap (high bound only).
+    """
+
+    default_precision: str = "bf16"
+    undeclared_precisions: tuple[str, ...] = ("bf16", "fp8")
+    tensor_activity_uncertainty: float = 0.02
+    utilization_efficiency: float = 0.4
+    utilization_efficiency_low: float = 0.1
+    max_gap_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class GpuAssumptions:
+    """What the estimator assumes for one GPU: its spec and the run's declarations.
+
+    Attributes:
+        spec: spec-table row, None for a GPU missing from the table: its rates are
+            all 0 and its estimator NONE, so it is reported rather than guessed.
+        activity_kind: which tensor-activity counters it has.
+        precision: declared matmul precision, None if undeclared.
+        recompute_factor: hardware FLOP per model FLOP (1.0 without recomputation).
+        max_sm_clock_mhz: the device's reported maximum, else the spec's.
+    """
+
+    spec: GpuSpec | None
+    activity_kind: ActivityKind
+    precision: str | None = None
+    recompute_factor: float = 1.0
+    max_sm_clock_mhz: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Coefficients:
+    """Per-GPU constants of the estimate, as arrays indexed by GPU position."""
+
+    tensor_fpc_low: FloatArray  # FLOP per SM clock, whole GPU, low precision
+    tensor_fpc_central: FloatArray
+    tensor_fpc_high: FloatArray
+    int8_fpc: FloatArray
+    fp64_tensor_fpc: FloatArray
+    fp16_fpc: FloatArray
+    fp32_fpc: FloatArray
+    fp64_fpc: FloatArray
+    max_clock_mhz: FloatArray
+    recompute_factor: FloatArray
+    activity_kind: IntArray
+    gap_rate_flops: FloatArray  # the highest rate possible: the high bound of a gap
+
+
+def _tensor_key(precision: str) -> str:
+    return MATMUL_PRECISIONS[precision]
+
+
+def build_coefficients(
+    assumptions: Sequence[GpuAssumptions], settings: EstimatorSettings
+) -> Coefficients:
+    """Turn per-GPU assumptions into the arrays :func:`estimate_rates` needs."""
+    n = len(assumptions)
+    arrays = {
+        name: np.zeros(n, dtype=np.float64)
+        for name in (
+            "tensor_fpc_low", "tensor_fpc_central", "tensor_fpc_high", "int8_fpc",
+            "fp64_tensor_fpc", "fp16_fpc", "fp32_fpc", "fp64_fpc", "max_clock_mhz",
+            "recompute_factor", "gap_rate_flops",
+        )
+    }
+    kinds = np.zeros(n, dtype=np.int64)
+    for i, a in enumerate(assumptions):
+        arrays["recompute_factor"][i] = a.recompute_factor
+        kinds[i] = int(a.activity_kind)
+        spec = a.spec
+        if spec is None:
+            continue
+        if a.precision is not None:
+            candidates = [a.precision]
+            central = a.precision
+        else:
+            candidates = list(settings.undeclared_precisions)
+            central = settings.default_precision
+        supported = [p for p in candidates if spec.supports(_tensor_key(p))]
+        if not spec.supports(_tensor_key(central)):
+            # A precision the GPU lacks (fp8 on an A100) runs emulated in a wider
+            # format; count it at the fastest float precision the GPU has.
+            central = max(
+                (p for p in ("tf32", "fp16", "bf16", "fp8") if spec.supports(_tensor_key(p))),
+                key=lambda p: spec.flop_per_clock(_tensor_key(p)),
+                default=central,
+            )
+        supported = supported or [central]
+        per_clock = {p: float(spec.flop_per_clock(_tensor_key(p))) for p in supported}
+        arrays["tensor_fpc_central"][i] = spec.flop_per_clock(_tensor_key(central))
+        arrays["tensor_fpc_low"][i] = min(min(per_clock.values()), arrays["tensor_fpc_central"][i])
+        arrays["tensor_fpc_high"][i] = max(max(per_clock.values()), arrays["tensor_fpc_central"][i])
+        arrays["int8_fpc"][i] = spec.flop_per_clock("int8_tensor")
+        arrays["fp64_tensor_fpc"][i] = spec.flop_per_clock("fp64_tensor")
+        arrays["fp16_fpc"][i] = spec.flop_per_clock("fp16")
+        arrays["fp32_fpc"][i] = spec.flop_per_clock("fp32")
+        arrays["fp64_fpc"][i] = spec.flop_per_clock("fp64")
+        max_clock = a.max_sm_clock_mhz or spec.max_sm_clock_mhz
+        arrays["max_clock_mhz"][i] = max(max_clock, spec.max_sm_clock_mhz)
+        highest_tensor = max(
+            arrays["tensor_fpc_high"][i], arrays["int8_fpc"][i], arrays["fp64_tensor_fpc"][i]
+        )
+        arrays["gap_rate_flops"][i] = (
+            highest_tensor + arrays["fp32_fpc"][i]
+        ) * arrays["max_clock_mhz"][i] * 1e6
+    return Coefficients(activity_kind=kinds, **arrays)
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Estimated FLOP/s per sample, with the method used."""
+
+    low: FloatArray
+    central: FloatArray
+    high: FloatArray
+    estimator: IntArray
+
+
+@njit(cache=True, nogil=True)
+def _estimate(
+    gpu: IntArray, clock: FloatArray, clock_prev: FloatArray, util: FloatArray,
+    util_prev: FloatArray, tensor_any: FloatArray, hmma: FloatArray, imma: FloatArray,
+    dmma: FloatArray, dfma: FloatArray, fp16: FloatArray, fp32: FloatArray, fp64: FloatArray,
+    fpc_low: FloatArray, fpc_central: FloatArray, fpc_high: FloatArray, int8_fpc: FloatArray,
+    fp64_tensor_fpc: FloatArray, fp16_fpc: FloatArray, fp32_fpc: FloatArray,
+    fp64_fpc: FloatArray, max_clock: FloatArray, recompute: FloatArray, kind: IntArray,
+    gap_rate: FloatArray, unc: float, eff: float, eff_low: float,
+) -> tuple[FloatArray, FloatArray, FloatArray, IntArray]:
+    n = gpu.shape[0]
+    out_low = np.empty(n)
+    out_central = np.empty(n)
+    out_high = np.empty(n)
+    out_estimator = np.empty(n, np.int64)
+    for i in range(n):
+        g = gpu[i]
+        have_now = not np.isnan(clock[i])
+        have_prev = not np.isnan(clock_prev[i])
+        prev = clock_prev[i] if have_prev else clock[i]
+        now = clock[i] if have_now else max_clock[g]
+        if not have_now:
+            prev = max_clock[g]
+        # Tensor work only runs while a kernel runs, and an idle GPU drops its clock: the
+        # clock read at an idle end of the interval says nothing about the clock the
+        # work ran at. Central and low use the ends where the GPU was busy (both if
+        # neither). An unknown utilization counts as busy.
+        busy_now = util[i] != 0
+        busy_prev = (util_prev[i] != 0) and have_prev
+        use_now = busy_now or not busy_prev
+        use_prev = busy_prev or not busy_now
+        weight = (1.0 if use_now else 0.0) + (1.0 if use_prev else 0.0)
+        clock_central = ((now if use_now else 0.0) + (prev if use_prev else 0.0)) / weight * 1e6
+        clock_high = max(prev, now) * 1e6
+        busy_min = min(now if use_now else np.inf, prev if use_prev else np.inf)
+        # An unknown clock has no useful lower bound.
+        clock_low = busy_min * 1e6 if have_now else 0.0
+
+        has_tensor = not np.isnan(tensor_any[i])
+        split = not np.isnan(hmma[i])
+        any_ratio = (0.0 if np.isnan(tensor_any[i]) else tensor_any[i]) * 0.01
+        float_ratio = (0.0 if np.isnan(hmma[i]) else hmma[i]) * 0.01 if split else any_ratio
+        int_ratio = (0.0 if np.isnan(imma[i]) else imma[i]) * 0.01 if split else 0.0
+        f64_ratio = 0.0
+        if split:
+            f64_ratio = max(0.0 if np.isnan(dmma[i]) else dmma[i],
+                            0.0 if np.isnan(dfma[i]) else dfma[i]) * 0.01
+        other_central = 0.0
+        other_low = 0.0
+        other_high = 0.0
+        for k in range(5):
+            if k == 0:
+                ratio, fpc = (0.0 if np.isnan(fp16[i]) else fp16[i]) * 0.01, fp16_fpc[g]
+            elif k == 1:
+                ratio, fpc = (0.0 if np.isnan(fp32[i]) else fp32[i]) * 0.01, fp32_fpc[g]
+            elif k == 2:
+                ratio, fpc = (0.0 if np.isnan(fp64[i]) else fp64[i]) * 0.01, fp64_fpc[g]
+            elif k == 3:
+                ratio, fpc = int_ratio, int8_fpc[g]
+            else:
+                ratio, fpc = f64_ratio, fp64_tensor_fpc[g]
+            other_central += ratio * fpc
+            other_low += max(ratio - unc, 0.0) * fpc
+            other_high += min(ratio + unc, 1.0) * fpc * (1.0 if ratio > 0 else 0.0)
+        # A reading of exactly zero means no tensor cycles at all: no uncertainty to add.
+        if has_tensor:
+            hw_central = (float_ratio * fpc_central[g] + other_central) * clock_central
+            hw_low = (max(float_ratio - unc, 0.0) * fpc_low[g] + other_low) * clock_low
+            high = (min(float_ratio + unc, 1.0) * fpc_high[g]
+                    * (1.0 if float_ratio > 0 else 0.0) + other_high) * clock_high
+        elif not np.isnan(util[i]):
+            u = util[i] * 0.01
+            hw_central = u * eff * fpc_central[g] * clock_central
+            hw_low = u * eff_low * fpc_low[g] * clock_low
+            high = u * fpc_high[g] * clock_high
+        else:
+            hw_central = 0.0
+            hw_low = 0.0
+            high = gap_rate[g]
+        if not fpc_central[g] > 0:
+            code = ESTIMATOR_NONE
+        elif has_tensor:
+            code = ESTIMATOR_DCGM if kind[g] == KIND_DCGM else ESTIMATOR_GPM
+        elif not np.isnan(util[i]):
+            code = ESTIMATOR_UTILIZATION
+        else:
+            code = ESTIMATOR_NONE
+        out_low[i] = hw_low / recompute[g]
+        out_central[i] = hw_central / recompute[g]
+        out_high[i] = high
+        out_estimator[i] = code
+    return out_low, out_central, out_high, out_estimator
+
+
+def estimate_rates(
+    gpu: IntArray,
+    sm_clock_mhz: FloatArray,
+    sm_clock_prev_mhz: FloatArray,
+    gpu_util_pct: FloatArray,
+    gpu_util_prev_pct: FloatArray,
+    tensor_any_pct: FloatArray,
+    tensor_hmma_pct: FloatArray,
+    tensor_imma_pct: FloatArray,
+    tensor_dmma_pct: FloatArray,
+    tensor_dfma_pct: FloatArray,
+    fp16_pct: FloatArray,
+    fp32_pct: FloatArray,
+    fp64_pct: FloatArray,
+    coeffs: Coefficients,
+    settings: EstimatorSettings,
+) -> Rates:
+    """FLOP/s (low, central, high) for each sample, and the method used.
+
+    Every argument but ``coeffs`` and ``settings`` is an array with one entry per
+    sample; ``gpu`` gives each sample's GPU position in ``coeffs``. ``sm_clock_prev_mhz``
+    and ``gpu_util_prev_pct`` are the readings at the previous sample of the same GPU
+    (NaN for its first sample). A numba kernel, pure and per sample: the same inputs
+    give bit-identical rates however the samples are grouped (tests/reference.py has
+    its NumPy twin).
+    """
+    c = coeffs
+    low, central, high, estimator = _estimate(
+        gpu, sm_clock_mhz, sm_clock_prev_mhz, gpu_util_pct, gpu_util_prev_pct,
+        tensor_any_pct, tensor_hmma_pct, tensor_imma_pct, tensor_dmma_pct, tensor_dfma_pct,
+        fp16_pct, fp32_pct, fp64_pct, c.tensor_fpc_low, c.tensor_fpc_central,
+        c.tensor_fpc_high, c.int8_fpc, c.fp64_tensor_fpc, c.fp16_fpc, c.fp32_fpc, c.fp64_fpc,
+        c.max_clock_mhz, c.recompute_factor, c.activity_kind, c.gap_rate_flops,
+        settings.tensor_activity_uncertainty, settings.utilization_efficiency,
+        settings.utilization_efficiency_low,
+    )
+    return Rates(low=low, central=central, high=high, estimator=estimator)

@@ -1,0 +1,1 @@
+"""The ``flopledger`` command: the parser and one module per command group."""

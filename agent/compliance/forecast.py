@@ -1,0 +1,166 @@
+"""Rates, projected totals and ETAs, from a run's ledger records.
+
+The rate is the compute of the last ``window_s`` divided by that window (or by the
+run's age, if younger): a stall of a few minutes moves it by a few percent, not to
+zero. A run's projection goes to its planned end, from whichever the run declared
+(``FLOPLEDGER_PLAN_*``): an end time, a duration, a GPU count (the measured rate per
+GPU times the planned GPUs), or parameters and tokens (6 x P x D as the planned total).
+Without a plan, the projection looks ``horizon_s`` ahead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from agent.compliance.lineage import Flop
+from agent.ledger.records import LedgerRecord
+
+DEFAULT_WINDOW_S = 3600.0
+DEFAULT_HORIZON_S = 14 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """FLOP per second, with the band."""
+
+    low: float = 0.0
+    central: float = 0.0
+    high: float = 0.0
+
+    def __add__(self, other: Rate) -> Rate:
+        return Rate(self.low + other.low, self.central + other.central, self.high + other.high)
+
+
+@dataclass(frozen=True, slots=True)
+class RunForecast:
+    """Where a run is heading."""
+
+    run: str
+    current: Flop
+    rate: Rate
+    gpus: int
+    first_ns: int
+    last_ns: int
+    end_ns: int | None  # planned end, None if no plan says
+    plan: str  # how the end or total was planned
+    planned_total: Flop | None  # from 6 x P x D, when declared
+
+    def remaining_s(self, now_ns: int, horizon_s: float) -> float:
+        if self.end_ns is None:
+            return horizon_s
+        return max(0.0, (self.end_ns - now_ns) / 1e9)
+
+
+def _number(plan: Mapping[str, object], key: str) -> float | None:
+    value = plan.get(key)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) and number > 0 else None
+    return None
+
+
+def run_forecast(run: str, records: Iterable[LedgerRecord], plan: Mapping[str, object],
+                 now_ns: int, window_s: float = DEFAULT_WINDOW_S) -> RunForecast:
+    """The rate of the run over the last ``window_s`` and its planned end."""
+    rows = list(records)
+    if not rows:
+        return RunForecast(run, Flop(), Rate(), 0, 0, 0, None, "none", None)
+    first = min(r.start_ns for r in rows)
+    last = max(r.end_ns for r in rows)
+    window_start = max(first, now_ns - round(window_s * 1e9))
+    span_s = max(1.0, (min(now_ns, last) - window_start) / 1e9) if last > window_start else 0.0
+    low = central = high = 0.0
+    gpus: set[str] = set()
+    for r in rows:
+        if r.end_ns <= window_start:
+            continue
+        # A record straddling the window start counts pro rata.
+        share = 1.0
+        if r.start_ns < window_start < r.end_ns:
+            share = (r.end_ns - window_start) / (r.end_ns - r.start_ns)
+        low += r.flop_low * share
+        central += r.flop_central * share
+        high += r.flop_high * share
+        if r.kind == "interval":
+            gpus.add(r.gpu_uuid)
+    rate = Rate(low / span_s, central / span_s, high / span_s) if span_s else Rate()
+    # A run that stopped reporting long ago is not running now.
+    if now_ns - last > 2 * window_s * 1e9:
+        rate = Rate()
+
+    end_ns: int | None = None
+    how = "horizon"
+    end_time = _number(plan, "end_time")
+    duration = _number(plan, "duration_s")
+    planned_gpus = _number(plan, "gpus")
+    if end_time is not None:
+        end_ns, how = round(end_time * 1e9), "planned end time"
+    elif duration is not None:
+        end_ns, how = first + round(duration * 1e9), "planned duration"
+    if planned_gpus is not None and gpus:
+        # The measured rate per GPU, at the planned scale.
+        scale = planned_gpus / len(gpus)
+        rate = Rate(rate.low * scale, rate.central * scale, rate.high * scale)
+        how += f", {planned_gpus:g} planned GPUs"
+    planned_total = None
+    params, tokens = _number(plan, "params"), _number(plan, "tokens")
+    if params is not None and tokens is not None:
+        total = 6.0 * params * tokens
+        planned_total = Flop(int(total), int(total), int(total))
+        how += ", 6PD"
+    current = Flop(sum(r.flop_low for r in rows), sum(r.flop_central for r in rows),
+                   sum(r.flop_high for r in rows))
+    return RunForecast(run, current, rate, len(gpus), first, last, end_ns, how, planned_total)
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """A subject's projected total and time to a threshold."""
+
+    current: Flop
+    rate: Rate
+    projected: Flop
+    eta_s: dict[str, float | None]  # per estimate: seconds until the threshold, None: never
+
+
+def project(current: Flop, forecasts: Iterable[RunForecast], now_ns: int,
+            threshold: float | None, horizon_s: float = DEFAULT_HORIZON_S) -> Projection:
+    """Current total plus what the active runs will add until their planned ends."""
+    rate = Rate()
+    add_low = add_central = add_high = 0.0
+    for f in forecasts:
+        rate = rate + f.rate
+        remaining = f.remaining_s(now_ns, horizon_s)
+        run_low = f.rate.low * remaining
+        run_central = f.rate.central * remaining
+        run_high = f.rate.high * remaining
+        if f.planned_total is not None:
+            # A declared 6PD total is a second estimate of where the run ends: take
+            # whichever reaches further, so "will be met" is never late.
+            run_central = max(run_central, float(f.planned_total.central - f.current.central))
+            run_high = max(run_high, float(f.planned_total.high - f.current.high))
+        add_low += run_low
+        add_central += run_central
+        add_high += run_high
+    projected = Flop(current.low + int(add_low), current.central + int(add_central),
+                     current.high + int(add_high))
+    eta: dict[str, float | None] = {}
+    for name in ("low", "central", "high"):
+        value = float(getattr(current, name))
+        r = float(getattr(rate, name))
+        if threshold is None:
+            eta[name] = None
+        elif value > threshold:
+            eta[name] = 0.0
+        else:
+            eta[name] = (threshold - value) / r if r > 0 else None
+    return Projection(current, rate, projected, eta)

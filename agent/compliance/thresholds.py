@@ -1,0 +1,292 @@
+"""The regulatory threshold registry (``configs/thresholds.toml``) and its evaluation.
+
+Each regime says what it counts (a scope of run categories, with or without inherited
+compute), how it compares (most instruments: strictly greater; Korea: at or above),
+whom it concerns (providers, downstream modifiers), and what follows. Evaluation
+compares a model's (or a run's) figure with the threshold at configurable warning
+levels. The figure used is the high bound by default, so a notification is never late
+because the central estimate was optimistic.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.compliance.lineage import Flop, Scope, default_thresholds_path, parse_scopes
+from agent.configfile import Problems, read_toml
+
+STATUSES = ("in-force", "enacted", "guidance", "proposed", "revoked", "vetoed", "internal")
+COMPARISONS = ("gt", "ge")
+SUBJECTS = ("model", "run")
+ROLES = ("provider", "modifier")
+ESTIMATES = ("low", "central", "high")
+DEFAULT_LEVELS = (0.5, 0.8, 0.9, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Regime:
+    """One threshold and what it means."""
+
+    key: str
+    title: str
+    jurisdiction: str
+    scope: str
+    comparison: str
+    subjects: tuple[str, ...]
+    applies_to: str
+    status: str
+    enabled: bool
+    threshold_flop: float | None = None
+    threshold_usd: float | None = None
+    threshold_fraction_of_base: float | None = None
+    base_scope: str | None = None
+    fallback_flop: float | None = None
+    only_if_base_systemic: bool = False
+    obligation: str = ""
+    deadline_days: float | None = None
+    effective: str = ""
+    sources: tuple[str, ...] = ()
+
+    def reached(self, value: float, threshold: float) -> bool:
+        """The regime's own comparison: strictly greater, or at or above."""
+        return value > threshold if self.comparison == "gt" else value >= threshold
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    path: Path
+    regimes: Mapping[str, Regime]
+    scopes: Mapping[str, Scope]
+    usd_per_gpu_hour: float | None
+
+    def enabled(self) -> list[Regime]:
+        return [r for r in self.regimes.values() if r.enabled]
+
+
+def _parse_regime(problems: Problems, key: str, raw: Any, scopes: Mapping[str, Scope],
+                  has_pricing: bool) -> Regime | None:
+    where = f"regimes.{key}"
+    if not isinstance(raw, dict):
+        problems.add(where, "a table")
+        return None
+    known = {f for f in Regime.__dataclass_fields__ if f != "key"}
+    for name in raw:
+        if name not in known:
+            problems.add(f"{where}.{name}", f"one of {sorted(known)}")
+    ok = True
+
+    def get(name: str, kinds: type | tuple[type, ...], default: Any, expect: str) -> Any:
+        nonlocal ok
+        if name not in raw:
+            return default
+        value = raw[name]
+        if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else
+                                                     (kinds,)):
+            problems.add(f"{where}.{name}", expect)
+            ok = False
+            return default
+        if not isinstance(value, kinds):
+            problems.add(f"{where}.{name}", expect)
+            ok = False
+            return default
+        return value
+
+    def positive(name: str) -> float | None:
+        value = get(name, (int, float), None, "a positive number")
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            problems.add(f"{where}.{name}", "a positive number")
+            return None
+        return float(value) if value is not None else None
+
+    title = get("title", str, key, "a title")
+    scope = get("scope", str, "", f"one of the scopes {sorted(scopes)}")
+    if scope not in scopes:
+        problems.add(f"{where}.scope", f"one of the scopes {sorted(scopes)}")
+    comparison = get("comparison", str, "gt", f"one of {COMPARISONS}")
+    if comparison not in COMPARISONS:
+        problems.add(f"{where}.comparison", f"one of {COMPARISONS}")
+    subjects = get("subjects", list, ["model"], f"a non-empty list of {SUBJECTS}")
+    if not subjects or any(s not in SUBJECTS for s in subjects):
+        problems.add(f"{where}.subjects", f"a non-empty list of {SUBJECTS}")
+    applies_to = get("applies_to", str, "provider", f"one of {ROLES}")
+    if applies_to not in ROLES:
+        problems.add(f"{where}.applies_to", f"one of {ROLES}")
+    status = get("status", str, "", f"one of {STATUSES}")
+    if status not in STATUSES:
+        problems.add(f"{where}.status", f"one of {STATUSES}")
+    enabled = get("enabled", bool, status in ("in-force", "enacted", "guidance", "internal"),
+                  "true or false")
+    flop = positive("threshold_flop")
+    usd = positive("threshold_usd")
+    fraction = positive("threshold_fraction_of_base")
+    fallback = positive("fallback_flop")
+    base_scope = get("base_scope", str, None, f"one of the scopes {sorted(scopes)}")
+    if base_scope is not None and base_scope not in scopes:
+        problems.add(f"{where}.base_scope", f"one of the scopes {sorted(scopes)}")
+    if flop is None and usd is None and fraction is None:
+        problems.add(where, "threshold_flop, threshold_usd or threshold_fraction_of_base")
+    if fraction is not None and (fallback is None or base_scope is None):
+        problems.add(where, "fallback_flop and base_scope with threshold_fraction_of_base")
+    if usd is not None and not has_pricing:
+        problems.add(f"{where}.threshold_usd", "[pricing] usd_per_gpu_hour to be set")
+    deadline = get("deadline_days", (int, float), None, "a number of days >= 0")
+    effective = get("effective", str, "", "a date YYYY-MM-DD")
+    if effective:
+        try:
+            dt.date.fromisoformat(effective)
+        except ValueError:
+            problems.add(f"{where}.effective", "a date YYYY-MM-DD")
+    sources = get("sources", list, [], "a list of URLs")
+    if not ok:
+        return None
+    return Regime(
+        key=key, title=title, jurisdiction=str(raw.get("jurisdiction", "")), scope=scope,
+        comparison=comparison, subjects=tuple(subjects), applies_to=applies_to, status=status,
+        enabled=enabled, threshold_flop=flop, threshold_usd=usd,
+        threshold_fraction_of_base=fraction, base_scope=base_scope, fallback_flop=fallback,
+        only_if_base_systemic=bool(raw.get("only_if_base_systemic", False)),
+        obligation=str(raw.get("obligation", "")),
+        deadline_days=float(deadline) if deadline is not None else None,
+        effective=effective, sources=tuple(str(s) for s in sources),
+    )
+
+
+def load_registry(path: Path | None = None) -> Registry:
+    """Read and validate the thresholds file.
+
+    Raises:
+        ConfigError: naming the file and every bad key.
+    """
+    from agent.accounting.runs import CATEGORIES
+
+    path = path or default_thresholds_path()
+    raw = read_toml(path)
+    problems = Problems(path)
+    for key in raw:
+        if key not in ("scopes", "regimes", "pricing"):
+            problems.add(key, "one of the tables scopes, regimes, pricing")
+    scopes = parse_scopes(raw, problems, CATEGORIES)
+    pricing = raw.get("pricing", {})
+    price = pricing.get("usd_per_gpu_hour") if isinstance(pricing, dict) else None
+    if price is not None and (isinstance(price, bool) or not isinstance(price, int | float)
+                              or price <= 0):
+        problems.add("pricing.usd_per_gpu_hour", "a positive number of US dollars")
+        price = None
+    regimes: dict[str, Regime] = {}
+    table = raw.get("regimes", {})
+    if not isinstance(table, dict):
+        problems.add("regimes", "a table of [regimes.<key>]")
+        table = {}
+    for key, spec in table.items():
+        regime = _parse_regime(problems, key, spec, scopes, price is not None)
+        if regime is not None:
+            regimes[key] = regime
+    problems.raise_if_any()
+    return Registry(path, regimes, scopes, float(price) if price is not None else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a regime is evaluated against: a model (with lineage) or a single run."""
+
+    kind: str  # "model" | "run"
+    name: str
+    flop: Mapping[str, Flop]  # per scope
+    gpu_seconds: Mapping[str, float] = field(default_factory=dict)  # per scope, for cost
+    role: str = "provider"
+    base_flop: Mapping[str, Flop | None] = field(default_factory=dict)  # per scope, None: unknown
+    base_systemic: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """Where one subject stands against one regime."""
+
+    regime: Regime
+    subject: Subject
+    threshold_flop: float | None
+    value: Flop
+    fraction: dict[str, float]  # per estimate: low, central, high
+    cost_usd: float | None
+    cost_fraction: float | None
+    levels_reached: tuple[float, ...]
+    met: bool
+    estimate: str
+
+    @property
+    def used_fraction(self) -> float:
+        """The fraction that decides notifications (of the chosen estimate)."""
+        fractions = [self.fraction[self.estimate]] if self.threshold_flop else []
+        if self.cost_fraction is not None:
+            fractions.append(self.cost_fraction)
+        return min(fractions) if fractions else 0.0
+
+
+def regime_threshold(regime: Regime, subject: Subject) -> float | None:
+    """The FLOP threshold for this subject, or None if the regime does not apply.
+
+    A regime applies to subjects of its role: provider regimes to the models (and runs)
+    of providers, modifier regimes to models marked ``role = "modifier"``, whose
+    threshold is a fraction of their base model's compute.
+    """
+    role = subject.role if subject.kind == "model" else "provider"
+    if role != regime.applies_to:
+        return None
+    if regime.threshold_fraction_of_base is None:
+        return regime.threshold_flop
+    if regime.only_if_base_systemic and not subject.base_systemic:
+        return None
+    assert regime.base_scope is not None
+    base = subject.base_flop.get(regime.base_scope)
+    if base is None or base.low <= 0:
+        return regime.fallback_flop
+    # The base's low bound gives the lower threshold, so a notification is not late
+    # for want of a precise base figure.
+    return regime.threshold_fraction_of_base * base.low
+
+
+def assess(regime: Regime, subject: Subject, *, estimate: str = "high",
+           levels: Sequence[float] = DEFAULT_LEVELS,
+           usd_per_gpu_hour: float | None = None) -> Assessment | None:
+    """Evaluate one regime for one subject; None if the regime does not apply to it.
+
+    A warning level L (a fraction of the threshold) is reached when the chosen estimate
+    is at or above L x threshold; level 1.0 uses the regime's own comparison, so a
+    "strictly greater than" threshold is not met by a figure exactly at it.
+    """
+    if subject.kind not in regime.subjects:
+        return None
+    threshold = regime_threshold(regime, subject)
+    if threshold is None and regime.threshold_usd is None:
+        return None
+    value = subject.flop.get(regime.scope, Flop())
+    fractions = {name: (getattr(value, name) / threshold if threshold else 0.0)
+                 for name in ESTIMATES}
+    cost = cost_fraction = None
+    if regime.threshold_usd is not None and usd_per_gpu_hour is not None:
+        cost = subject.gpu_seconds.get(regime.scope, 0.0) / 3600.0 * usd_per_gpu_hour
+        cost_fraction = cost / regime.threshold_usd
+    chosen = float(getattr(value, estimate))
+    # Warning levels are fractions written in decimal (0.8): allow for 0.8 x 1e25 not
+    # being exactly 8e24 in binary. Level 1.0 compares exactly, as the law does.
+    slack = 1 - 1e-12
+    reached = []
+    for level in sorted(levels):
+        ok_flop = True
+        if threshold is not None:
+            ok_flop = (regime.reached(chosen, threshold) if level >= 1.0
+                       else chosen >= level * threshold * slack)
+        ok_cost = True
+        if cost is not None and regime.threshold_usd is not None:
+            ok_cost = (regime.reached(cost, regime.threshold_usd) if level >= 1.0
+                       else cost >= level * regime.threshold_usd * slack)
+        if ok_flop and ok_cost:
+            reached.append(level)
+    met = bool(reached) and reached[-1] >= 1.0
+    return Assessment(regime, subject, threshold, value, fractions, cost, cost_fraction,
+                      tuple(reached), met, estimate)

@@ -1,0 +1,332 @@
+"""``flopledger report``: a run's or a model's compute, stated the way a regulator asks.
+
+Totals to two significant figures with the band; every applicable regime with its
+status and dates; the method in the EU Guidelines' terms (Annex A.2.1: C = N x L x H x
+U, with U measured) and the 6 x P x D cross-check when the run declared parameters and
+tokens (flagged beyond the 30% margin of Annex A.2); data quality (gaps, estimators,
+unattributed compute on the same GPUs); and the ledger's signed head with how to
+verify. Rendered as Markdown, JSON, CSV (the cumulative timeline) or a PNG chart.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import figures
+from agent.compliance.evaluate import Evaluation, evaluate, plan_of
+from agent.compliance.forecast import DEFAULT_HORIZON_S, run_forecast
+from agent.compliance.thresholds import Registry
+from agent.config import Config
+from agent.ledger.query import iter_records, latest_head, open_records, summarize
+from agent.ledger.records import LedgerRecord
+from agent.sources.specs import MATMUL_PRECISIONS, SpecTable
+
+EU_MARGIN = 0.30
+
+
+@dataclass(slots=True)
+class Timeline:
+    """Cumulative FLOP at each record end (for the chart and the CSV)."""
+
+    end_ns: list[int] = field(default_factory=list)
+    low: list[int] = field(default_factory=list)
+    central: list[int] = field(default_factory=list)
+    high: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Report:
+    subject_type: str
+    subject: str
+    generated_ns: int
+    flop: dict[str, int]
+    energy_mj: int
+    first_ns: int
+    last_ns: int
+    gpus: int
+    nodes: list[str]
+    gpu_seconds: float
+    gap_seconds: float
+    estimators: dict[str, float]
+    unattributed_share: float | None
+    method: dict[str, Any]
+    cross_check: dict[str, Any] | None
+    regimes: list[dict[str, Any]]
+    ledger: dict[str, Any]
+    runs: list[str]
+    timeline: Timeline
+    forecast: dict[str, Any] | None
+
+    def to_json(self) -> str:
+        doc = asdict(self)
+        return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def _peak_per_gpu(records: list[LedgerRecord], specs: SpecTable) -> tuple[float, str]:
+    """H of the Annex: the dense peak of the declared precision, averaged over GPUs
+    weighted by their time (mixed hardware)."""
+    weight: dict[tuple[str, str], float] = defaultdict(float)
+    for r in records:
+        spec_key = str(r.assumptions.get("spec") or "")
+        precision = str(r.assumptions.get("precision") or "bf16")
+        weight[(spec_key, precision)] += r.covered_ns + r.gap_ns
+    total = sum(weight.values())
+    if not total:
+        return 0.0, "unknown"
+    h = 0.0
+    parts = []
+    for (key, precision), w in weight.items():
+        spec = specs.specs.get(key)
+        if spec is None:
+            continue
+        tensor = MATMUL_PRECISIONS.get(precision, "bf16_tensor")
+        sheet = next((p for p in spec.datasheet if p.precision == tensor), None)
+        peak = sheet.dense_flops if sheet else spec.peak_flops(tensor, spec.max_sm_clock_mhz)
+        h += peak * w / total
+        parts.append(f"{spec.name} {precision} {peak / 1e12:.1f} TFLOP/s ({w / total:.0%})")
+    return h, "; ".join(parts)
+
+
+def build_report(config: Config, registry: Registry, specs: SpecTable, ledger_path: Path,
+                 *, run: str | None = None, model: str | None = None,
+                 now_ns: int | None = None) -> Report:
+    """Gather everything a report states.
+
+    Raises:
+        ValueError: if neither or both of ``run`` and ``model`` are given, or nothing
+            in the ledger matches.
+        LedgerNotFoundError: if there is no ledger.
+    """
+    if (run is None) == (model is None):
+        raise ValueError("give exactly one of --run or --model")
+    now = now_ns or time.time_ns()
+    everything = list(iter_records(ledger_path)) + open_records(ledger_path)
+    mine = [r for r in everything if (r.run == run if run is not None else r.model == model)]
+    if not mine:
+        raise ValueError(f"no records for {'run ' + str(run) if run else 'model ' + str(model)}"
+                         f" in {ledger_path}")
+    mine.sort(key=lambda r: (r.end_ns, r.seq))
+    flop = {k: sum(getattr(r, f"flop_{k}") for r in mine) for k in ("low", "central", "high")}
+    gpu_ns = sum(r.covered_ns + r.gap_ns for r in mine)
+    gap_ns = sum(r.gap_ns for r in mine)
+    samples = Counter[str]()
+    for r in mine:
+        for name, count in dict(r.assumptions.get("estimators") or {}).items():
+            samples[name] += int(count)
+    total_samples = sum(samples.values()) or 1
+    uuids = {r.gpu_uuid for r in mine}
+    first, last = min(r.start_ns for r in mine), max(r.end_ns for r in mine)
+    # Unattributed compute on the same GPUs over the same span: a large share means
+    # processes the agent could not map to runs (often: missing permissions).
+    unattributed = [r for r in everything if r.run == "unattributed" and r.gpu_uuid in uuids
+                    and r.end_ns > first and r.start_ns < last]
+    un_flop = sum(r.flop_central for r in unattributed)
+    un_share = un_flop / (un_flop + flop["central"]) if (un_flop + flop["central"]) else None
+
+    h, h_source = _peak_per_gpu(mine, specs)
+    seconds = (last - first) / 1e9
+    n = gpu_ns / 1e9 / seconds if seconds else 0.0
+    u = flop["central"] / (gpu_ns / 1e9 * h) if gpu_ns and h else None
+    method = {
+        "approach": "hardware-based (EU Guidelines Annex A.2.1): C = N x L x H x U",
+        "N_gpus_average": n,
+        "L_seconds": seconds,
+        "H_peak_flops_per_gpu": h,
+        "H_source": h_source,
+        "U_measured": u,
+        "U_how": ("per GPU and per sampling interval: tensor-pipe activity (NVML GPM) x the "
+                  "measured SM clock x FLOP per clock of the declared precision, integrated; "
+                  "U = C / (N x L x H)"),
+        "gpu_hours": gpu_ns / 3.6e12,
+    }
+    cross = None
+    run_meta: dict[str, Any] = {}
+    summaries = summarize(everything, ledger_path)
+    runs = sorted({r.run for r in mine})
+    params = tokens = 0.0
+    for name in runs:
+        meta = summaries[name].meta if name in summaries else {}
+        run_meta[name] = meta
+        try:
+            params += float(str(meta.get("plan.params", 0)))
+            tokens_run = float(str(meta.get("plan.tokens", 0)))
+        except ValueError:
+            continue
+        tokens = max(tokens, tokens_run)
+    if params > 0 and tokens > 0:
+        # The declared tokens are the plan's, so 6PD is compared with the hardware-based
+        # total projected to the planned end at the measured rate (not with the total
+        # so far, and not with a projection that already leans on 6PD).
+        six_pd = 6 * params * tokens
+        at_end = 0.0
+        for name_of_run in runs:
+            f = run_forecast(name_of_run, [r for r in mine if r.run == name_of_run],
+                             plan_of(run_meta.get(name_of_run, {})), now)
+            at_end += f.current.central + f.rate.central * f.remaining_s(now, DEFAULT_HORIZON_S)
+        difference = (six_pd - at_end) / at_end if at_end else 0.0
+        cross = {"6PD": six_pd, "params": params, "tokens": tokens,
+                 "hardware_projected_at_planned_end": at_end, "difference": difference,
+                 "beyond_eu_margin": abs(difference) > EU_MARGIN}
+
+    snap = evaluate(config, registry, ledger_path, now, records=everything)
+    kind = "run" if run is not None else "model"
+    name = run if run is not None else str(model)
+    regimes = [_regime_row(e, now) for e in snap.evaluations
+               if e.assessment.subject.kind == kind and e.assessment.subject.name == name]
+    head, key = latest_head(ledger_path)
+    ledger: dict[str, Any] = {"path": str(ledger_path), "key_fingerprint": key}
+    if head is not None:
+        ledger.update({"records": head.size, "root": head.root.hex(),
+                       "signed_at": figures.when(head.timestamp_ns), "origin": head.origin})
+    ledger["verify"] = (f"flopledger export --{kind} {name} -o bundle.json; then, anywhere: "
+                        f"flopledger verify bundle.json --key-fingerprint {key}")
+    timeline = Timeline()
+    acc = {"low": 0, "central": 0, "high": 0}
+    for r in mine:
+        acc["low"] += r.flop_low
+        acc["central"] += r.flop_central
+        acc["high"] += r.flop_high
+        if timeline.end_ns and timeline.end_ns[-1] == r.end_ns:
+            timeline.low[-1], timeline.central[-1], timeline.high[-1] = (
+                acc["low"], acc["central"], acc["high"])
+            continue
+        timeline.end_ns.append(r.end_ns)
+        timeline.low.append(acc["low"])
+        timeline.central.append(acc["central"])
+        timeline.high.append(acc["high"])
+    forecast = None
+    if regimes:
+        first_eval = next(e for e in snap.evaluations if e.assessment.subject.kind == kind
+                          and e.assessment.subject.name == name)
+        p = first_eval.projection
+        ends = []
+        for name_of_run in runs:
+            f = run_forecast(name_of_run, [r for r in mine if r.run == name_of_run],
+                             plan_of(run_meta.get(name_of_run, {})), now)
+            ends.append(f.end_ns if f.end_ns is not None else now + round(DEFAULT_HORIZON_S * 1e9))
+        forecast = {"rate_flops": asdict(p.rate), "projected": asdict(p.projected),
+                    "basis": first_eval.plan, "end_ns": max(ends)}
+    return Report(kind, name, now, flop, sum(r.energy_mj for r in mine), first, last,
+                  len(uuids), sorted({r.node for r in mine}), gpu_ns / 1e9, gap_ns / 1e9,
+                  {k: v / total_samples for k, v in samples.most_common()}, un_share, method,
+                  cross, regimes, ledger, runs, timeline, forecast)
+
+
+def _regime_row(e: Evaluation, now_ns: int) -> dict[str, Any]:
+    a = e.assessment
+    r = a.regime
+    eta = e.projection.eta_s.get(a.estimate)
+    deadline = None
+    if (a.met or e.will_be_met) and r.deadline_days is not None:
+        deadline = figures.when(now_ns + r.deadline_days * 86400e9)
+    return {
+        "regime": r.key, "title": r.title, "jurisdiction": r.jurisdiction, "status": r.status,
+        "effective": r.effective, "threshold_flop": a.threshold_flop,
+        "comparison": "strictly greater than" if r.comparison == "gt" else "at or above",
+        "scope": r.scope, "fraction_high": a.fraction["high"],
+        "fraction_central": a.fraction["central"], "met": a.met,
+        "will_be_met": e.will_be_met,
+        "eta": figures.when(now_ns + eta * 1e9) if eta is not None and not a.met else None,
+        "projected_high": e.projection.projected.high, "obligation": r.obligation,
+        "deadline_if_known_now": deadline, "sources": list(r.sources),
+    }
+
+
+def render_markdown(rep: Report, chart: str | None = None) -> str:
+    f = rep.flop
+    m = rep.method
+    lines = [
+        f"# Training compute report: {rep.subject_type} `{rep.subject}`",
+        "",
+        f"Generated {figures.when(rep.generated_ns)} by flopledger from the node ledger "
+        f"(`{rep.ledger['path']}`).",
+        "",
+        "## Total",
+        "",
+        f"**{figures.flop(f['central'])} FLOP** (central estimate), band "
+        f"**{figures.flop(f['low'], 'down')} .. {figures.flop(f['high'], 'up')} FLOP**; "
+        "two significant "
+        "figures, the band rounded outwards.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| period | {figures.when(rep.first_ns)} .. {figures.when(rep.last_ns)} "
+        f"({figures.duration((rep.last_ns - rep.first_ns) / 1e9)}) |",
+        f"| GPUs | {m['N_gpus_average']:,.1f} on average ({rep.gpus} GPU ids in the ledger) |",
+        f"| nodes | {len(rep.nodes)}: {', '.join(rep.nodes)} |",
+        f"| GPU-hours | {m['gpu_hours']:,.1f} |",
+        f"| energy | {figures.energy(rep.energy_mj)} |",
+        f"| runs | {', '.join(rep.runs)} |",
+        "",
+    ]
+    if chart:
+        lines += [f"![cumulative compute]({chart})", ""]
+    lines += ["## Thresholds", ""]
+    if rep.regimes:
+        lines += ["| regime | status | threshold | reached (high) | state | ETA (high) | "
+                  "deadline if known now |", "|---|---|---|---|---|---|---|"]
+        for r in rep.regimes:
+            state = "**met**" if r["met"] else ("**will be met**" if r["will_be_met"] else "-")
+            threshold = ((">" if r["comparison"].startswith("strictly") else ">=") + " "
+                         + figures.flop(r["threshold_flop"])) if r["threshold_flop"] else "-"
+            lines.append(f"| {r['title']} | {r['status']} ({r['effective']}) | {threshold} | "
+                         f"{r['fraction_high']:.2g} | {state} | {r['eta'] or '-'} | "
+                         f"{r['deadline_if_known_now'] or '-'} |")
+    else:
+        lines.append("No enabled regime applies to this subject.")
+    lines += ["", "## Method", "",
+              f"{m['approach']} (Commission Guidelines C(2025) 5045, Annex A.2.1), with U "
+              "measured rather than assumed:", "",
+              f"- N = {m['N_gpus_average']:,.1f} GPUs on average over the period",
+              f"- L = {m['L_seconds']:,.0f} s",
+              f"- H = {m['H_peak_flops_per_gpu'] / 1e12:,.1f} TFLOP/s per GPU, dense "
+              f"({m['H_source']})",
+              (f"- U = {m['U_measured']:.3f}, {m['U_how']}" if m["U_measured"] is not None
+               else "- U: not defined (no known peak)"),
+              "", "The estimate counts model FLOP (activation recomputation excluded when a run "
+              "declared it) at the declared precision; the high bound counts hardware FLOP, "
+              "the fastest candidate precision when none was declared, and the highest "
+              "possible rate over sampling gaps.", ""]
+    if rep.cross_check:
+        c = rep.cross_check
+        flag = ("**beyond the EU's 30% margin: check the declared parameters, tokens and "
+                "precision**" if c["beyond_eu_margin"] else "within the EU's 30% margin")
+        lines += [f"Cross-check (architecture-based, Annex A.2.2): 6 x P x D = 6 x "
+                  f"{c['params']:.3g} x {c['tokens']:.3g} = {figures.flop(c['6PD'])} FLOP for the "
+                  f"planned tokens, {c['difference']:+.0%} from the hardware-based total "
+                  f"projected to the planned end at the measured rate "
+                  f"({figures.flop(c['hardware_projected_at_planned_end'])}): {flag}.", ""]
+    gap_share = rep.gap_seconds / rep.gpu_seconds if rep.gpu_seconds else 0.0
+    lines += ["## Data quality", "",
+              f"- time in sampling gaps: {gap_share:.2%} of GPU time (counted in the high bound "
+              "only)",
+              "- estimators (share of samples): " + (", ".join(
+                  f"{k} {v:.1%}" for k, v in rep.estimators.items()) or "-"),
+              (f"- unattributed compute on the same GPUs over the period: "
+               f"{rep.unattributed_share:.2%}" if rep.unattributed_share is not None
+               else "- unattributed compute: none"),
+              f"- band width: high / low = {f['high'] / f['low']:.3f}" if f["low"] else
+              "- band width: low bound is zero", "",
+              "## Verification", "",
+              f"Ledger signed head: {rep.ledger.get('records', 0)} records, root "
+              f"`{rep.ledger.get('root', '')[:16]}...`, signed {rep.ledger.get('signed_at', '-')}"
+              f" by key `{rep.ledger['key_fingerprint']}` ({rep.ledger.get('origin', '')}).", "",
+              f"`{rep.ledger['verify']}`", ""]
+    return "\n".join(lines)
+
+
+def render_csv(rep: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["time_utc", "end_ns", "flop_low", "flop_central", "flop_high"])
+    t = rep.timeline
+    for i, end in enumerate(t.end_ns):
+        writer.writerow([figures.when(end), end, t.low[i], t.central[i], t.high[i]])
+    return out.getvalue()

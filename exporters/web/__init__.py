@@ -1,0 +1,1 @@
+"""The HTTP endpoint: TLS, basic auth and the web configuration file."""

@@ -1,0 +1,624 @@
+"""Attribution of GPU processes to runs: against the simulated source and real /proc."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from agent.accounting.attribution import (
+    UNATTRIBUTED,
+    AttributionSettings,
+    Attributor,
+    GpuAttribution,
+    ProcessInspector,
+    RunMeta,
+    StaticRule,
+    build_run_meta,
+    kubernetes_pod_uid,
+    parse_attribution_config,
+)
+from agent.configfile import Problems
+from agent.sources.base import ActivityKind, DeviceInfo, GpuProcess, SampleBatch, SourceError
+from agent.sources.clock import VirtualClock
+from agent.sources.procinfo import ProcInspector
+from agent.sources.scenarios import SCENARIOS, SimJob, parse_sim_jobs
+from agent.sources.simulated import SIM_PID_BASE, SimulatedSource
+from agent.sources.specs import SpecTable, load_spec_table
+from tests.paths import REPO
+
+PROLOG = REPO / "configs" / "slurm" / "prolog.sh"
+EPILOG = REPO / "configs" / "slurm" / "epilog.sh"
+POD_UID = "0b8c1f6e-4a2d-4c1e-9f3a-1234567890ab"
+# Above the kernel's largest pid_max (2^22), so no real process can have it.
+NO_SUCH_PID = 2**22 + 12345
+S = 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def specs() -> SpecTable:
+    return load_spec_table()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> AttributionSettings:
+    # Never the machine's real /run/flopledger/slurm: tests must not see its jobs.
+    return AttributionSettings(slurm_job_dir=tmp_path / "slurm")
+
+
+class Sim:
+    """A simulated source on a virtual clock, with an attributor over its inspector."""
+
+    def __init__(self, specs: SpecTable, settings: AttributionSettings,
+                 jobs: Sequence[SimJob] | None, n_gpus: int = 4,
+                 scenario: str = "pretrain-bf16") -> None:
+        self.clock = VirtualClock(start_monotonic_ns=S)
+        self.source = SimulatedSource(specs, "h100_sxm", n_gpus, SCENARIOS[scenario],
+                                      clock=self.clock, jobs=jobs)
+        self.attributor = Attributor(settings, self.source.process_inspector(),
+                                     self.clock.monotonic_ns)
+
+    def tick(self, advance_s: float = 0.0) -> list[GpuAttribution]:
+        self.clock.advance_ns(round(advance_s * S))
+        return self.attributor.attribute(self.source.devices(), self.source.read())
+
+
+def weights(attribution: GpuAttribution) -> dict[str, float]:
+    return {share.run.run_id: share.weight for share in attribution.shares}
+
+
+def only_run(attribution: GpuAttribution) -> RunMeta:
+    assert len(attribution.shares) == 1, attribution
+    return attribution.shares[0].run
+
+
+def devices(n: int) -> list[DeviceInfo]:
+    return [DeviceInfo(i, f"GPU-test-{i}", "test", None, None, ActivityKind.NONE, "test")
+            for i in range(n)]
+
+
+def batch(*procs: Sequence[GpuProcess]) -> SampleBatch:
+    b = SampleBatch.empty(len(procs), 0, 0)
+    b.processes = tuple(tuple(p) for p in procs)
+    return b
+
+
+class DictInspector:
+    """Process facts from dicts; counts every call per (method, pid)."""
+
+    def __init__(self, env: Mapping[int, Mapping[str, str] | None] | None = None,
+                 cgroup: Mapping[int, str] | None = None) -> None:
+        self.env = dict(env or {})
+        self.cgroups = dict(cgroup or {})
+        self.calls: Counter[tuple[str, int]] = Counter()
+
+    def environ(self, pid: int) -> Mapping[str, str] | None:
+        self.calls["environ", pid] += 1
+        return self.env.get(pid)
+
+    def cgroup(self, pid: int) -> str | None:
+        self.calls["cgroup", pid] += 1
+        return self.cgroups.get(pid)
+
+    def username(self, pid: int) -> str | None:
+        self.calls["username", pid] += 1
+        return None
+
+    def cmdline(self, pid: int) -> Sequence[str] | None:
+        self.calls["cmdline", pid] += 1
+        return None
+
+
+# --- identities -----------------------------------------------------------------------
+
+
+def test_several_runs_by_env_var_and_an_idle_gpu(specs: SpecTable,
+                                                 settings: AttributionSettings) -> None:
+    sim = Sim(specs, settings, [
+        SimJob(env={"FLOPLEDGER_RUN_ID": "a", "FLOPLEDGER_MODEL": "ma"}, gpus=(0, 1)),
+        SimJob(env={"FLOPLEDGER_RUN_ID": "b"}, gpus=(2,)),
+    ])
+    out = sim.tick()
+    assert [only_run(a).run_id for a in out] == ["a", "a", "b", "unattributed"]
+    assert [a.split for a in out] == ["single", "single", "single", "none"]
+    assert only_run(out[0]) == RunMeta(run_id="a", model="ma", via="env")
+    assert out[3].shares[0].run is UNATTRIBUTED
+    assert out[3].shares[0].weight == 1.0
+
+
+def test_default_simulation_is_one_declared_run(specs: SpecTable,
+                                                settings: AttributionSettings) -> None:
+    out = Sim(specs, settings, None).tick()
+    run = only_run(out[0])
+    assert all(only_run(a) == run for a in out)
+    assert (run.run_id, run.model, run.category, run.precision, run.via) == (
+        "sim-run", "sim-model", "pre-training", "bf16", "env")
+    undeclared = Sim(specs, settings, None, scenario="pretrain-undeclared").tick()
+    assert only_run(undeclared[0]).precision is None
+
+
+def test_slurm_job_id_in_the_environment(specs: SpecTable,
+                                         settings: AttributionSettings) -> None:
+    sim = Sim(specs, settings, [
+        SimJob(env={"SLURM_JOB_ID": "555", "FLOPLEDGER_MODEL": "llm"}, gpus=(0,)),
+        # The run's own id beats the scheduler's.
+        SimJob(env={"SLURM_JOB_ID": "556", "FLOPLEDGER_RUN_ID": "mine"}, gpus=(1,)),
+    ])
+    out = sim.tick()
+    assert only_run(out[0]) == RunMeta(run_id="slurm-555", model="llm", via="slurm")
+    assert only_run(out[1]).run_id == "mine"
+
+
+def _slurm_script(script: Path, job_dir: Path, **slurm: str) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "FLOPLEDGER_SLURM_DIR": str(job_dir), **slurm}
+    subprocess.run(["bash", str(script)], env=env, check=True, timeout=30)
+
+
+def test_slurm_prolog_files_attribute_and_epilog_removes_them(
+        specs: SpecTable, settings: AttributionSettings) -> None:
+    job_dir = settings.slurm_job_dir
+    _slurm_script(PROLOG, job_dir, SLURM_JOB_ID="4242", SLURM_JOB_GPUS="1,3",
+                  SLURM_JOB_USER="alice", SLURM_JOB_ACCOUNT="proj", SLURM_JOB_NAME="pretrain")
+    _slurm_script(PROLOG, job_dir, SLURM_JOB_ID="99", CUDA_VISIBLE_DEVICES="0")
+    assert sorted(p.name for p in job_dir.iterdir()) == ["0", "1", "3"]  # no temp files left
+    assert (job_dir / "1").read_text() == "4242\nuser=alice\naccount=proj\nname=pretrain\n"
+    # Processes whose environment says nothing (another user's, unreadable).
+    jobs = [SimJob(env={}, gpus=(0, 1, 2, 3))]
+    out = Sim(specs, settings, jobs).tick()
+    assert [only_run(a).run_id for a in out] == [
+        "slurm-99", "slurm-4242", "unattributed", "slurm-4242"]
+    assert only_run(out[1]).via == "slurm-file"
+
+    _slurm_script(EPILOG, job_dir, SLURM_JOB_ID="4242")
+    assert sorted(p.name for p in job_dir.iterdir()) == ["0"]  # job 99's file is kept
+    out = Sim(specs, settings, jobs).tick()
+    assert [only_run(a).run_id for a in out] == [
+        "slurm-99", "unattributed", "unattributed", "unattributed"]
+
+
+def test_slurm_job_file_by_uuid_with_metadata(specs: SpecTable,
+                                              settings: AttributionSettings) -> None:
+    sim = Sim(specs, settings, [SimJob(env={}, gpus=(2,))])
+    job_dir = settings.slurm_job_dir
+    job_dir.mkdir()
+    (job_dir / sim.source.devices()[2].uuid).write_text(
+        "123\nuser=bob\nmodel=foo\ncategory=fine-tuning\nplan.tokens=1e12\n")
+    run = only_run(sim.tick()[2])
+    assert (run.run_id, run.via, run.model, run.category, run.plan) == (
+        "slurm-123", "slurm-file", "foo", "fine-tuning", {"tokens": 1e12})
+
+
+def test_torchrun(specs: SpecTable, settings: AttributionSettings) -> None:
+    out = Sim(specs, settings, [
+        SimJob(env={"TORCHELASTIC_RUN_ID": "xyz", "FLOPLEDGER_CATEGORY": "rl"}, gpus=(0,)),
+        # torchrun's default rendezvous id: shared by unrelated runs, so not an identity.
+        SimJob(env={"TORCHELASTIC_RUN_ID": "none"}, gpus=(1,)),
+    ]).tick()
+    assert only_run(out[0]) == RunMeta(run_id="torchrun-xyz", category="rl", via="torchrun")
+    assert only_run(out[1]) is UNATTRIBUTED
+
+
+K8S_V1 = (
+    "12:memory:/kubepods/burstable/pod0b8c1f6e-4a2d-4c1e-9f3a-1234567890ab/"
+    "3f2a9c0d1e2b3a4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4\n"
+    "11:cpu,cpuacct:/kubepods/burstable/pod0b8c1f6e-4a2d-4c1e-9f3a-1234567890ab/3f2a\n"
+)
+K8S_V2 = (
+    "0::/kubepods.slice/kubepods-burstable.slice/"
+    "kubepods-burstable-pod0b8c1f6e_4a2d_4c1e_9f3a_1234567890ab.slice/"
+    "cri-containerd-3f2a9c0d1e2b.scope\n"
+)
+K8S_V2_GUARANTEED = (
+    "0::/kubepods.slice/kubepods-pod0B8C1F6E_4A2D_4C1E_9F3A_1234567890AB.slice/"
+    "cri-containerd-3f2a.scope\n"
+)
+
+
+@pytest.mark.parametrize("text", [K8S_V1, K8S_V2, K8S_V2_GUARANTEED])
+def test_kubernetes_pod_uid_from_cgroup(text: str) -> None:
+    assert kubernetes_pod_uid(text) == POD_UID
+
+
+@pytest.mark.parametrize("text", [
+    "0::/user.slice/user-1000.slice/session-3.scope\n",
+    "0::/system.slice/docker-0b8c1f6e4a2d4c1e9f3a1234567890ab.scope\n",
+    "",
+])
+def test_no_pod_uid_outside_kubernetes(text: str) -> None:
+    assert kubernetes_pod_uid(text) is None
+
+
+def test_kubernetes_through_the_simulated_inspector(specs: SpecTable,
+                                                    settings: AttributionSettings) -> None:
+    out = Sim(specs, settings, [SimJob(env={}, gpus=(0,), cgroup=K8S_V1),
+                                SimJob(env={}, gpus=(1,), cgroup=K8S_V2)]).tick()
+    for attribution in out[:2]:
+        assert only_run(attribution).run_id == f"k8s-pod-{POD_UID}"
+        assert only_run(attribution).via == "kubernetes"
+
+
+def test_kubernetes_through_proc_inspector_with_a_fake_proc(
+        tmp_path: Path, settings: AttributionSettings) -> None:
+    proc = tmp_path / "proc"
+    (proc / str(NO_SUCH_PID)).mkdir(parents=True)
+    (proc / str(NO_SUCH_PID) / "cgroup").write_text(K8S_V2)
+    inspector = ProcInspector(proc)
+    assert inspector.cgroup(NO_SUCH_PID) == K8S_V2
+    assert inspector.cgroup(NO_SUCH_PID + 1) is None
+    assert inspector.environ(NO_SUCH_PID) is None  # psutil still reads the real /proc
+    out = Attributor(settings, inspector).attribute(devices(1),
+                                                    batch([GpuProcess(NO_SUCH_PID)]))
+    assert only_run(out[0]).run_id == f"k8s-pod-{POD_UID}"
+
+
+# --- static rules ---------------------------------------------------------------------
+
+
+def _rules_settings(settings: AttributionSettings, *rules: StaticRule) -> AttributionSettings:
+    return AttributionSettings(slurm_job_dir=settings.slurm_job_dir, rules=rules)
+
+
+def test_static_rule_by_gpus_claims_idle_and_unidentified(
+        specs: SpecTable, settings: AttributionSettings) -> None:
+    nightly = RunMeta(run_id="nightly-eval", category="evaluation", via="static")
+    rules = _rules_settings(settings, StaticRule(run=nightly, gpus=(1, 2, 3)))
+    out = Sim(specs, rules, [SimJob(env={}, gpus=(0, 2)),
+                             SimJob(env={"FLOPLEDGER_RUN_ID": "own"}, gpus=(3,))]).tick()
+    assert only_run(out[0]) is UNATTRIBUTED  # GPU 0 is not the rule's
+    assert (only_run(out[1]), out[1].split) == (nightly, "single")  # no process at all
+    assert only_run(out[2]) == nightly  # a process without identity
+    assert only_run(out[3]).run_id == "own"  # identity beats a static rule
+
+
+def test_static_rules_by_user_and_by_cmdline(specs: SpecTable,
+                                             settings: AttributionSettings) -> None:
+    evals = RunMeta(run_id="evals", via="static")
+    serve = RunMeta(run_id="serve", via="static")
+    rules = _rules_settings(
+        settings,
+        StaticRule(run=evals, user="evalbot"),
+        StaticRule(run=serve, cmdline_regex=r"serve\.py"),
+    )
+    out = Sim(specs, rules, [
+        SimJob(env={}, gpus=(0,), user="evalbot", cmdline=("python", "serve.py")),
+        SimJob(env={}, gpus=(1,), user="alice", cmdline=("python", "serve.py", "--port=1")),
+        SimJob(env={}, gpus=(2,), user="alice", cmdline=("python", "train.py")),
+    ]).tick()
+    assert only_run(out[0]) == evals  # first matching rule wins
+    assert only_run(out[1]) == serve
+    assert only_run(out[2]) is UNATTRIBUTED
+    # A rule combining criteria needs all of them.
+    both = _rules_settings(settings, StaticRule(run=evals, gpus=(1,), user="evalbot"))
+    out = Sim(specs, both, [SimJob(env={}, gpus=(0, 1), user="evalbot")]).tick()
+    assert [only_run(a).run_id for a in out[:3]] == ["unattributed", "evals", "unattributed"]
+    assert out[2].split == "none"  # gpus + user does not claim an idle GPU
+
+
+# --- splitting a shared GPU -----------------------------------------------------------
+
+
+def test_shared_gpu_split_by_sm_util(specs: SpecTable, settings: AttributionSettings) -> None:
+    sim = Sim(specs, settings, [
+        SimJob(env={"FLOPLEDGER_RUN_ID": "a"}, gpus=(0,), sm_share=0.75),
+        SimJob(env={"FLOPLEDGER_RUN_ID": "b"}, gpus=(0,), sm_share=0.25),
+    ])
+    first = sim.tick()[0]
+    # utilization.gpu is 0 on the very first read: nothing to weigh by.
+    assert (first.split, weights(first)) == ("even", {"a": 0.5, "b": 0.5})
+    shared = sim.tick(2.0)[0]
+    assert shared.split == "sm_util"
+    assert weights(shared) == pytest.approx({"a": 0.75, "b": 0.25})
+    assert sum(s.weight for s in shared.shares) == pytest.approx(1.0)
+
+
+def test_shared_gpu_split_evenly_per_run_without_sm_util(
+        settings: AttributionSettings) -> None:
+    env = {1: {"FLOPLEDGER_RUN_ID": "a"}, 2: {"FLOPLEDGER_RUN_ID": "a"},
+           3: {"FLOPLEDGER_RUN_ID": "b"}}
+    attributor = Attributor(settings, DictInspector(env))
+    out = attributor.attribute(devices(2), batch(
+        [GpuProcess(1), GpuProcess(2), GpuProcess(3)],
+        # One process without a reading spoils the measurement for the whole GPU.
+        [GpuProcess(1, sm_util_pct=60.0), GpuProcess(3, sm_util_pct=None)],
+    ))
+    assert (out[0].split, weights(out[0])) == ("even", {"a": 0.5, "b": 0.5})
+    assert (out[1].split, weights(out[1])) == ("even", {"a": 0.5, "b": 0.5})
+    measured = attributor.attribute(devices(1), batch(
+        [GpuProcess(1, sm_util_pct=30.0), GpuProcess(2, sm_util_pct=30.0),
+         GpuProcess(3, sm_util_pct=20.0)]))[0]
+    assert measured.split == "sm_util"
+    assert weights(measured) == pytest.approx({"a": 0.75, "b": 0.25})  # summed per run
+
+
+def test_unidentified_process_and_idle_gpu_are_unattributed(
+        specs: SpecTable, settings: AttributionSettings) -> None:
+    out = Sim(specs, settings, [SimJob(env={"FLOPLEDGER_MODEL": "no-id"}, gpus=(0,))]).tick()
+    assert (only_run(out[0]), out[0].split) == (UNATTRIBUTED, "single")
+    assert (only_run(out[1]), out[1].split) == (UNATTRIBUTED, "none")
+
+
+def test_run_change_over_simulated_time(specs: SpecTable,
+                                        settings: AttributionSettings) -> None:
+    sim = Sim(specs, settings, [
+        SimJob(env={"FLOPLEDGER_RUN_ID": "A"}, gpus=(0,), end_s=10.0),
+        SimJob(env={"FLOPLEDGER_RUN_ID": "B"}, gpus=(0,), start_s=10.0),
+    ], n_gpus=1)
+    seen = [only_run(sim.tick(step)[0]).run_id for step in (0, 5, 4.9, 0.1, 5)]
+    assert seen == ["A", "A", "A", "B", "B"]
+
+
+# --- metadata -------------------------------------------------------------------------
+
+
+def test_metadata_from_the_environment() -> None:
+    run, warnings = build_run_meta("r", "env", {
+        "FLOPLEDGER_MODEL": " llama-x ",
+        "FLOPLEDGER_CATEGORY": "Fine-Tuning",
+        "FLOPLEDGER_PRECISION": "fp8",
+        "FLOPLEDGER_RECOMPUTE": "selective",
+        "FLOPLEDGER_RECOMPUTE_FACTOR": "1.2",
+        "FLOPLEDGER_BASE_MODELS": "base-a, base-b,,",
+        "FLOPLEDGER_PLAN_GPUS": "1024",
+        "FLOPLEDGER_PLAN_TOKENS": "1.5e12",
+        "FLOPLEDGER_PLAN_END_TIME": "2025-06-30T00:00:00Z",
+    })
+    assert warnings == []
+    assert run == RunMeta(
+        run_id="r", model="llama-x", category="fine-tuning", precision="fp8",
+        recompute="selective", recompute_factor=1.2, base_models=("base-a", "base-b"),
+        plan={"gpus": 1024.0, "tokens": 1.5e12, "end_time": "2025-06-30T00:00:00Z"},
+        via="env")
+    full, _ = build_run_meta("r", "env", {"FLOPLEDGER_RECOMPUTE": "full"})
+    assert full.recompute_factor == pytest.approx(4 / 3)
+
+
+def test_metadata_from_a_run_file_with_the_environment_on_top(tmp_path: Path) -> None:
+    run_file = tmp_path / "run.toml"
+    run_file.write_text(
+        'model = "from-file"\ncategory = "rl"\nprecision = "bf16"\n'
+        'recompute = "full"\nbase_models = ["b1"]\n'
+        '[plan]\ngpus = 64\nduration_s = 86400.5\nowner = "team-x"\n')
+    run, warnings = build_run_meta("r", "env", {
+        "FLOPLEDGER_RUN_FILE": str(run_file), "FLOPLEDGER_MODEL": "from-env",
+        "FLOPLEDGER_PLAN_GPUS": "128"})
+    assert warnings == []
+    assert run == RunMeta(
+        run_id="r", model="from-env", category="rl", precision="bf16", recompute="full",
+        recompute_factor=4 / 3, base_models=("b1",),
+        plan={"gpus": 128.0, "duration_s": 86400.5, "owner": "team-x"}, via="env")
+
+
+def test_bad_metadata_is_ignored_with_one_warning_per_run(
+        specs: SpecTable, settings: AttributionSettings, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    env = {"FLOPLEDGER_RUN_ID": "sloppy", "FLOPLEDGER_MODEL": "m",
+           "FLOPLEDGER_CATEGORY": "pretraining", "FLOPLEDGER_PRECISION": "bf17",
+           "FLOPLEDGER_RECOMPUTE": "full", "FLOPLEDGER_RECOMPUTE_FACTOR": "2",
+           "FLOPLEDGER_RUN_FILE": str(tmp_path / "missing.toml")}
+    sim = Sim(specs, settings, [SimJob(env=env, gpus=(0, 1))])
+    with caplog.at_level(logging.WARNING, logger="agent.accounting.attribution"):
+        for step in (0, 1, 20, 1):  # 20 s: past refresh_s, every pid is read again
+            run = only_run(sim.tick(step)[0])
+    assert run == RunMeta(run_id="sloppy", model="m", recompute="full",
+                          recompute_factor=4 / 3, via="env")
+    records = [r for r in caplog.records if r.name == "agent.accounting.attribution"]
+    assert len(records) == 1, records
+    message = records[0].getMessage()
+    for label in ("FLOPLEDGER_CATEGORY", "FLOPLEDGER_PRECISION", "FLOPLEDGER_RECOMPUTE_FACTOR",
+                  "FLOPLEDGER_RUN_FILE"):
+        assert label in message
+
+
+def test_selective_without_a_factor_falls_back_to_one() -> None:
+    run, warnings = build_run_meta("r", "env", {"FLOPLEDGER_RECOMPUTE": "selective",
+                                                "FLOPLEDGER_PLAN_X": "1", "OTHER": "y"})
+    assert (run.recompute, run.recompute_factor, run.plan) == ("selective", 1.0, {"x": 1.0})
+    assert len(warnings) == 1
+    assert "FLOPLEDGER_RECOMPUTE_FACTOR" in warnings[0]
+
+
+# --- configuration --------------------------------------------------------------------
+
+
+def test_parse_attribution_config() -> None:
+    problems = Problems("agent.toml")
+    got = parse_attribution_config({"attribution": {
+        "slurm_job_dir": "/var/run/fl", "refresh_s": 5,
+        "rules": [
+            {"run": "nightly-eval", "model": "m", "category": "evaluation",
+             "precision": "bf16", "gpus": [6, 7], "plan": {"gpus": 2}},
+            {"run": "bots", "user": "evalbot", "cmdline_regex": r"eval\.py",
+             "recompute": "selective", "recompute_factor": 1.1, "base_models": ["b"]},
+        ]}}, problems)
+    assert not problems, problems.items
+    assert got == AttributionSettings(
+        slurm_job_dir=Path("/var/run/fl"), refresh_s=5.0, rules=(
+            StaticRule(run=RunMeta(run_id="nightly-eval", model="m", category="evaluation",
+                                   precision="bf16", plan={"gpus": 2.0}, via="static"),
+                       gpus=(6, 7)),
+            StaticRule(run=RunMeta(run_id="bots", recompute="selective", recompute_factor=1.1,
+                                   base_models=("b",), via="static"),
+                       user="evalbot", cmdline_regex=r"eval\.py"),
+        ))
+    assert parse_attribution_config({}, problems) == AttributionSettings()
+    assert not problems
+
+
+def test_parse_attribution_config_reports_every_problem_at_once() -> None:
+    problems = Problems("agent.toml")
+    got = parse_attribution_config({"attribution": {
+        "refresh_s": 0, "slurm_job_dir": 3, "typo": 1,
+        "rules": [
+            {"run": "x", "category": "pretraining", "precision": "bf17", "gpus": [0]},
+            {"model": "no-run-no-criteria"},
+            {"run": "y", "cmdline_regex": "(", "recompute": "selective"},
+            {"run": "z", "gpus": [-1, "a"], "recompute_factor": 2, "plan": {"k": [1]}},
+            {"run": "w", "gpus": [1, 2]},
+            {"run": "v", "gpus": [2]},
+            "not a table",
+        ]}}, problems)
+    keys = [key for key, _ in problems.items]
+    assert sorted(keys) == sorted([
+        "attribution.refresh_s", "attribution.slurm_job_dir", "attribution.typo",
+        "attribution.rules[0].category", "attribution.rules[0].precision",
+        "attribution.rules[1].run", "attribution.rules[1]",
+        "attribution.rules[2].cmdline_regex", "attribution.rules[2].recompute_factor",
+        "attribution.rules[3].gpus", "attribution.rules[3].recompute_factor",
+        "attribution.rules[3].plan.k",
+        "attribution.rules[5].gpus",  # GPU 2 already claimed by rules[4]
+        "attribution.rules[6]",
+    ])
+    assert "one of" in dict(problems.items)["attribution.rules[0].category"]
+    assert got.refresh_s == 10.0
+    assert [r.run.run_id for r in got.rules] == ["w", "v"]
+
+
+def test_parse_sim_jobs() -> None:
+    problems = Problems("agent.toml")
+    jobs = parse_sim_jobs([
+        {"env": {"FLOPLEDGER_RUN_ID": "a", "FLOPLEDGER_PLAN_GPUS": 8}, "gpus": [0, 1],
+         "end_s": 10, "sm_share": 0.5, "user": "u", "cmdline": "python train.py"},
+        {"env": {"X": "1"}, "gpus": [], "start_s": -1, "end_s": 0, "sm_share": 2,
+         "cgroup": 5, "cmdline": [1], "bogus": True},
+    ], problems)
+    assert jobs == (SimJob(env={"FLOPLEDGER_RUN_ID": "a", "FLOPLEDGER_PLAN_GPUS": "8"},
+                           gpus=(0, 1), end_s=10.0, sm_share=0.5, user="u",
+                           cmdline=("python", "train.py")),)
+    assert sorted(k for k, _ in problems.items) == sorted(
+        f"sim.jobs[1].{k}" for k in
+        ("gpus", "start_s", "end_s", "sm_share", "cgroup", "cmdline", "bogus"))
+    problems = Problems("agent.toml")
+    assert parse_sim_jobs({"gpus": [0]}, problems) == ()
+    assert [k for k, _ in problems.items] == ["sim.jobs"]
+
+
+# --- the simulated source's processes ------------------------------------------------
+
+
+def test_simulated_pids_are_stable_and_the_inspector_knows_only_them(
+        specs: SpecTable) -> None:
+    job = SimJob(env={"K": "v"}, gpus=(1, 2), cgroup=K8S_V1, user="u", cmdline=("a", "b"))
+    source = SimulatedSource(specs, "h100_sxm", 4, SCENARIOS["pretrain-bf16"],
+                             clock=VirtualClock(), jobs=[SimJob(env={}, gpus=(0,)), job])
+    pids = [[p.pid for p in procs] for procs in source.read().processes]
+    assert pids == [[SIM_PID_BASE], [SIM_PID_BASE + 1001], [SIM_PID_BASE + 1002], []]
+    assert [[p.pid for p in procs] for procs in source.read().processes] == pids
+    inspector: ProcessInspector = source.process_inspector()
+    assert inspector.environ(SIM_PID_BASE + 1001) == {"K": "v"}
+    assert inspector.cgroup(SIM_PID_BASE + 1002) == K8S_V1
+    assert inspector.username(SIM_PID_BASE + 1002) == "u"
+    assert inspector.cmdline(SIM_PID_BASE + 1002) == ("a", "b")
+    for method in (inspector.environ, inspector.cgroup, inspector.username,
+                   inspector.cmdline):
+        assert method(SIM_PID_BASE + 3) is None
+    with pytest.raises(SourceError, match="GPU 4"):
+        SimulatedSource(specs, "h100_sxm", 4, SCENARIOS["pretrain-bf16"],
+                        jobs=[SimJob(env={}, gpus=(4,))])
+
+
+# --- the per-pid cache ----------------------------------------------------------------
+
+
+def test_each_pid_is_read_once_per_refresh_and_forgotten_when_gone(
+        settings: AttributionSettings) -> None:
+    now = [0]
+    inspector = DictInspector({1: {"FLOPLEDGER_RUN_ID": "a"}, 2: None})
+    attributor = Attributor(settings, inspector, lambda: now[0])
+    both = batch([GpuProcess(1), GpuProcess(2)], [GpuProcess(1)])
+    for t_s in (0, 1, 2, 9.9):
+        now[0] = round(t_s * S)
+        attributor.attribute(devices(2), both)
+    # pid 1 is on two GPUs and still read once; pid 2 has no identity, so its cgroup too.
+    assert inspector.calls == {("environ", 1): 1, ("environ", 2): 1, ("cgroup", 2): 1}
+    now[0] = 10 * S  # refresh_s = 10: read again
+    attributor.attribute(devices(2), both)
+    assert inspector.calls["environ", 1] == 2
+    now[0] = 11 * S
+    attributor.attribute(devices(2), batch([GpuProcess(2)], []))  # pid 1 exits
+    now[0] = 12 * S
+    attributor.attribute(devices(2), both)  # a new process with the same pid
+    assert inspector.calls["environ", 1] == 3
+    assert inspector.calls["environ", 2] == 2
+
+
+def test_a_tick_of_cached_pids_reads_nothing(specs: SpecTable,
+                                             settings: AttributionSettings) -> None:
+    sim = Sim(specs, settings, None, n_gpus=8)
+    counting = DictInspector()
+    real = sim.source.process_inspector()
+    counting.env = {SIM_PID_BASE + g: real.environ(SIM_PID_BASE + g) for g in range(8)}
+    attributor = Attributor(settings, counting, sim.clock.monotonic_ns)
+    devs = sim.source.devices()
+    attributor.attribute(devs, sim.source.read())
+    calls = sum(counting.calls.values())
+    assert calls == 8
+    for _ in range(50):  # 5 s at 10 Hz
+        sim.clock.advance_ns(S // 10)
+        assert {only_run(a).run_id for a in attributor.attribute(devs, sim.source.read())} == {
+            "sim-run"}
+    assert sum(counting.calls.values()) == calls
+
+
+# --- the real /proc -------------------------------------------------------------------
+
+
+def test_proc_inspector_reads_a_real_process(settings: AttributionSettings) -> None:
+    env = {**os.environ, "FLOPLEDGER_RUN_ID": "proc-run", "FLOPLEDGER_MODEL": "pm"}
+    child = subprocess.Popen(["sleep", "30"], env=env)
+    try:
+        inspector = ProcInspector()
+        # Popen may return (vfork) a moment before the kernel shows the new image's
+        # environment and command line: wait for the exec to be visible.
+        deadline = time.monotonic() + 10
+        while inspector.cmdline(child.pid) != ("sleep", "30") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        environ = inspector.environ(child.pid)
+        assert environ is not None
+        assert environ["FLOPLEDGER_RUN_ID"] == "proc-run"
+        assert inspector.cmdline(child.pid) == ("sleep", "30")
+        assert inspector.username(child.pid) == psutil.Process().username()
+        assert inspector.cgroup(child.pid) is not None or not Path("/proc/self/cgroup").exists()
+        out = Attributor(settings, inspector).attribute(
+            devices(1), batch([GpuProcess(child.pid)]))
+        assert only_run(out[0]) == RunMeta(run_id="proc-run", model="pm", via="env")
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    for method in (inspector.environ, inspector.cgroup, inspector.username,
+                   inspector.cmdline):
+        assert method(child.pid) is None  # reaped: gone
+
+
+def test_environ_access_denied_is_logged_once(monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    class Denied:
+        def __init__(self, pid: int) -> None:
+            self.pid = pid
+
+        def environ(self) -> dict[str, str]:
+            raise psutil.AccessDenied(self.pid)
+
+        def username(self) -> str:
+            raise psutil.ZombieProcess(self.pid)
+
+        def cmdline(self) -> list[str]:
+            raise psutil.AccessDenied(self.pid)
+
+    monkeypatch.setattr("agent.sources.procinfo.psutil.Process", Denied)
+    inspector = ProcInspector()
+    with caplog.at_level(logging.WARNING, logger="agent.sources.procinfo"):
+        results: list[Any] = [inspector.environ(pid) for pid in (10, 11, 12)]
+        results += [inspector.username(10), inspector.cmdline(10)]
+    assert results == [None] * 5
+    assert len(caplog.records) == 1
+    assert "CAP_SYS_PTRACE" in caplog.records[0].getMessage()
+

@@ -1,0 +1,70 @@
+"""`flopledger estimate` against the Commission's own worked examples (Annex A.3)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from agent.compliance.planner import ArchitecturePlan, Span, hardware_plan, parse_span
+from agent.sources.specs import load_spec_table
+
+SPECS = load_spec_table()
+ONE = Span(1.0, 1.0)
+
+
+def test_model_b_200k_a100_hours_at_300_tflops_and_half_utilization() -> None:
+    plan = hardware_plan(SPECS, gpu=None, gpus=None, duration_s=None,
+                         gpu_hours=Span(2e5, 2e5), utilization=Span(0.5, 0.5),
+                         peak_tflops=Span(300, 300))
+    assert plan.compute().central == pytest.approx(1.08e23, rel=1e-9)
+
+
+def test_model_h_370k_h100_hours_at_the_dense_bf16_datasheet_peak() -> None:
+    plan = hardware_plan(SPECS, gpu="h100_sxm", gpus=None, duration_s=None,
+                         gpu_hours=Span(3.7e5, 3.7e5), utilization=Span(0.5, 0.5))
+    assert plan.peak_flops.central == pytest.approx(989.4e12)
+    assert plan.compute().central == pytest.approx(6.59e23, rel=1e-3)
+
+
+@pytest.mark.parametrize(("params", "tokens", "expected"), [
+    (3.8e9, 3.3e12, 7.5e22), (0.6e9, 36e12, 1.3e23), (1.7e9, 36e12, 3.7e23)])
+def test_six_p_d_examples(params: float, tokens: float, expected: float) -> None:
+    plan = ArchitecturePlan(Span(params, params), Span(tokens, tokens), None, None, None)
+    assert float(f"{plan.compute().central:.2g}") == expected
+
+
+def test_ranges_give_a_band_and_names_resolve() -> None:
+    plan = hardware_plan(SPECS, gpu="NVIDIA H100 80GB HBM3", gpus=parse_span("1000-2000", "n"),
+                         duration_s=parse_span("30d", "d", "duration"), gpu_hours=None,
+                         utilization=parse_span("0.3-0.5", "u"))
+    f = plan.compute()
+    assert f.low < f.central < f.high
+    assert f.high / f.low == pytest.approx(2 * 0.5 / 0.3)
+
+
+def test_moe_uses_active_parameters_and_long_context_adds_attention() -> None:
+    dense = ArchitecturePlan(Span(37e9, 37e9), Span(1e12, 1e12), None, None, None)
+    attention = ArchitecturePlan(Span(37e9, 37e9), Span(1e12, 1e12), Span(61, 61),
+                                 Span(7168, 7168), Span(131072, 131072))
+    extra = 12 * 61 * 7168 * 131072 * 1e12
+    assert attention.compute().central == pytest.approx(dense.compute().central + extra)
+
+
+@pytest.mark.parametrize("bad", ["x", "-3", "5-2", "1e999"])
+def test_bad_numbers_are_named(bad: str) -> None:
+    with pytest.raises(ValueError, match="--gpus"):
+        parse_span(bad, "--gpus")
+
+
+def test_cli_says_which_thresholds_and_when_the_eu_notice_is_due() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "estimate", "--gpu", "h100_sxm", "--gpus", "16384",
+         "--duration", "90d", "--utilization", "0.4", "--params", "405e9", "--tokens", "15.6e12"],
+        capture_output=True, text=True, check=True, timeout=60).stdout
+    assert "C = 5.0e+25" in out  # 16384 x 90 d x 989.4 TFLOP/s x 0.4
+    assert "C = 3.8e+25" in out  # 6 x 405e9 x 15.6e12
+    assert "within the EU's 30% margin" in out
+    assert "crossed      1.0e+25" in out
+    assert "notify by" in out
