@@ -20,8 +20,9 @@ from types import FrameType
 from prometheus_client.registry import CollectorRegistry
 
 from agent.accounting.accountant import Accountant
-from agent.accounting.attribution import Attributor, RunMeta
+from agent.accounting.attribution import Attributor
 from agent.accounting.integrate import warm_up
+from agent.accounting.runs import RunMeta
 from agent.accounting.snapshot import Snapshot
 from agent.compliance.evaluate import Evaluation
 from agent.compliance.thresholds import load_registry

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.accounting.accountant import Accountant
-from agent.accounting.attribution import GpuAttribution, GpuShare, RunMeta
 from agent.accounting.estimate import EstimatorSettings
+from agent.accounting.runs import GpuAttribution, GpuShare, RunMeta
 from agent.sources.clock import VirtualClock
 from agent.sources.scenarios import SCENARIOS
 from agent.sources.simulated import SimulatedSource

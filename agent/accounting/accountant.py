@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from agent.accounting.attribution import UNATTRIBUTED, GpuAttribution, GpuShare, RunMeta
 from agent.accounting.estimate import (
     Coefficients,
     Estimator,
@@ -33,6 +32,7 @@ from agent.accounting.estimate import (
     estimate_rates,
 )
 from agent.accounting.integrate import FLOP_UNIT, group_by_gpu, integrate_energy, integrate_flop
+from agent.accounting.runs import UNATTRIBUTED, GpuAttribution, GpuShare, RunMeta
 from agent.accounting.snapshot import GpuSnapshot, RunSnapshot, Snapshot
 from agent.ledger.records import LedgerRecord
 from agent.ledger.store import Totals

@@ -32,19 +32,23 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from agent.accounting.estimate import RECOMPUTE_FACTORS
-from agent.accounting.runs import CATEGORIES
+from agent.accounting.runs import (
+    CATEGORIES,
+    RECOMPUTE_FACTORS,
+    RECOMPUTE_MODES,
+    UNATTRIBUTED,
+    GpuAttribution,
+    GpuShare,
+    RunMeta,
+)
 from agent.configfile import Problems
-from agent.sources.base import DeviceInfo, SampleBatch
+from agent.sources.base import DeviceInfo, ProcessInspector, SampleBatch
 from agent.sources.specs import MATMUL_PRECISIONS
 
 log = logging.getLogger(__name__)
 
-VIAS = ("env", "slurm", "slurm-file", "torchrun", "kubernetes", "static", "unattributed")
-SPLITS = ("single", "sm_util", "even", "none")
-RECOMPUTE_MODES = (*RECOMPUTE_FACTORS, "selective")
 DEFAULT_SLURM_JOB_DIR = Path("/run/flopledger/slurm")
 ENV_PREFIX = "FLOPLEDGER_"
 _ENV_META = {f"{ENV_PREFIX}{k.upper()}": k for k in (
@@ -60,58 +64,6 @@ _K8S_POD = re.compile(
     r"kubepods[^\n]*?[/-]pod([0-9a-fA-F]{8}[-_]?[0-9a-fA-F]{4}[-_]?[0-9a-fA-F]{4}"
     r"[-_]?[0-9a-fA-F]{4}[-_]?[0-9a-fA-F]{12})(?![0-9a-fA-F])"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class RunMeta:
-    """A training run and what it declares about itself.
-
-    Attributes:
-        run_id: the run's identity in every total and metric label.
-        model: the model being trained ("" if undeclared).
-        category: one of ``agent.config.CATEGORIES``.
-        precision: declared matmul precision (a key of ``MATMUL_PRECISIONS``), None if
-            undeclared.
-        recompute: ``none``, ``full`` or ``selective`` activation recomputation.
-        recompute_factor: hardware FLOP per model FLOP: 1.0, 4/3, or as declared.
-        plan: free-form plan fields (``gpus``, ``duration_s``, ``end_time``, ``params``,
-            ``tokens``...): floats where the value parses as a finite number, else text.
-        base_models: models this one is derived from (lineage).
-        via: how the run was found, one of :data:`VIAS`.
-    """
-
-    run_id: str
-    model: str = ""
-    category: str = "unknown"
-    precision: str | None = None
-    recompute: str = "none"
-    recompute_factor: float = 1.0
-    plan: dict[str, float | str] = field(default_factory=dict, hash=False)
-    base_models: tuple[str, ...] = ()
-    via: str = "unattributed"
-
-
-UNATTRIBUTED = RunMeta(run_id="unattributed", via="unattributed")
-
-
-@dataclass(frozen=True, slots=True)
-class GpuShare:
-    """A run's share (0-1) of one GPU's time and work over a tick."""
-
-    run: RunMeta
-    weight: float
-
-
-@dataclass(frozen=True, slots=True)
-class GpuAttribution:
-    """Who one GPU's tick is charged to; weights sum to 1 (within float rounding).
-
-    ``split``: ``single`` (one run), ``sm_util`` (by per-process SM utilization),
-    ``even`` (evenly per run) or ``none`` (no process: one UNATTRIBUTED share).
-    """
-
-    shares: tuple[GpuShare, ...]
-    split: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,22 +88,6 @@ class AttributionSettings:
     slurm_job_dir: Path = DEFAULT_SLURM_JOB_DIR
     refresh_s: float = 10.0
     rules: tuple[StaticRule, ...] = ()
-
-
-class ProcessInspector(Protocol):
-    """What the OS says about a process; None wherever it cannot say (never raises).
-
-    ``environ``: the environment at exec time; ``cgroup``: the text of
-    ``/proc/PID/cgroup``; ``username``: the real user; ``cmdline``: the argv.
-    """
-
-    def environ(self, pid: int) -> Mapping[str, str] | None: ...
-
-    def cgroup(self, pid: int) -> str | None: ...
-
-    def username(self, pid: int) -> str | None: ...
-
-    def cmdline(self, pid: int) -> Sequence[str] | None: ...
 
 
 # --- metadata -------------------------------------------------------------------------

@@ -32,13 +32,6 @@ from numba import njit
 from agent.sources.base import ActivityKind, FloatArray, IntArray
 from agent.sources.specs import MATMUL_PRECISIONS, GpuSpec
 
-RECOMPUTE_FACTORS: dict[str, float] = {
-    # Hardware FLOP per model FLOP. Full activation recomputation repeats the forward
-    # pass: 1 forward + 2 backward + 1 forward again = 4/3 of the model's 3 passes.
-    "none": 1.0,
-    "full": 4.0 / 3.0,
-}
-
 
 class Estimator(enum.IntEnum):
     """Which method produced a rate; recorded with every interval."""

@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from agent.accounting.accountant import Accountant
-from agent.accounting.attribution import UNATTRIBUTED, GpuAttribution, GpuShare
 from agent.accounting.estimate import EstimatorSettings
 from agent.accounting.integrate import group_by_gpu, warm_up
+from agent.accounting.runs import UNATTRIBUTED, GpuAttribution, GpuShare
 from agent.ledger.records import LedgerRecord
 from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import GpuState, Ledger, RunRow, Totals

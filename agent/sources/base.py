@@ -15,7 +15,7 @@ GPU; instantaneous metrics (SM clock, power, energy counter) are read at
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -194,3 +194,19 @@ class GpuSource(Protocol):
     def close(self) -> None:
         """Release handles (NVML shutdown, GPM samples)."""
         ...
+
+
+class ProcessInspector(Protocol):
+    """What the OS says about a process; None wherever it cannot say (never raises).
+
+    ``environ``: the environment at exec time; ``cgroup``: the text of
+    ``/proc/PID/cgroup``; ``username``: the real user; ``cmdline``: the argv.
+    """
+
+    def environ(self, pid: int) -> Mapping[str, str] | None: ...
+
+    def cgroup(self, pid: int) -> str | None: ...
+
+    def username(self, pid: int) -> str | None: ...
+
+    def cmdline(self, pid: int) -> Sequence[str] | None: ...

@@ -23,18 +23,20 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agent.sources.base import ActivityKind, DeviceInfo, GpuProcess, SampleBatch, SourceError
+from agent.sources.base import (
+    ActivityKind,
+    DeviceInfo,
+    GpuProcess,
+    ProcessInspector,
+    SampleBatch,
+    SourceError,
+)
 from agent.sources.clock import Clock, RealClock, VirtualClock
 from agent.sources.scenarios import Segment, SimJob, Workload, segments
 from agent.sources.specs import MATMUL_PRECISIONS, GpuSpec, SpecTable
-
-if TYPE_CHECKING:
-    # Only for the annotation: sources sit below attribution in the layering.
-    from agent.accounting.attribution import ProcessInspector
 
 # utilization.gpu is "percent of time over the past sample period during which one or
 # more kernels was executing"; the period is between 1/6 s and 1 s by product.

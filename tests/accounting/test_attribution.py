@@ -15,19 +15,23 @@ import psutil
 import pytest
 
 from agent.accounting.attribution import (
-    UNATTRIBUTED,
     AttributionSettings,
     Attributor,
-    GpuAttribution,
-    ProcessInspector,
-    RunMeta,
     StaticRule,
     build_run_meta,
     kubernetes_pod_uid,
     parse_attribution_config,
 )
+from agent.accounting.runs import UNATTRIBUTED, GpuAttribution, RunMeta
 from agent.configfile import Problems
-from agent.sources.base import ActivityKind, DeviceInfo, GpuProcess, SampleBatch, SourceError
+from agent.sources.base import (
+    ActivityKind,
+    DeviceInfo,
+    GpuProcess,
+    ProcessInspector,
+    SampleBatch,
+    SourceError,
+)
 from agent.sources.clock import VirtualClock
 from agent.sources.procinfo import ProcInspector
 from agent.sources.scenarios import SCENARIOS, SimJob, parse_sim_jobs

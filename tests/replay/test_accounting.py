@@ -16,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.accounting.accountant import Accountant
-from agent.accounting.attribution import AttributionSettings, Attributor, GpuAttribution
+from agent.accounting.attribution import AttributionSettings, Attributor
 from agent.accounting.estimate import EstimatorSettings
+from agent.accounting.runs import GpuAttribution
 from agent.sources.base import FLOAT_FIELDS, ActivityKind, DeviceInfo, SampleBatch
 from agent.sources.clock import VirtualClock
 from agent.sources.scenarios import SCENARIOS, SimJob

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.accounting.accountant import Accountant
-from agent.accounting.attribution import GpuAttribution
 from agent.accounting.estimate import EstimatorSettings
+from agent.accounting.runs import GpuAttribution
 from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import Ledger
 from agent.ledger.verify import verify_ledger

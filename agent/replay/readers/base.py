@@ -21,8 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.accounting.attribution import GpuAttribution
 from agent.accounting.integrate import group_by_gpu
+from agent.accounting.runs import GpuAttribution
 from agent.sources.base import ActivityKind, FloatArray, IntArray
 
 

@@ -39,7 +39,7 @@ import math
 import re
 from collections.abc import Mapping
 
-from agent.accounting.attribution import GpuAttribution, GpuShare, RunMeta
+from agent.accounting.runs import GpuAttribution, GpuShare, RunMeta
 from agent.replay.readers.base import GpuKey
 from agent.sources.base import ActivityKind
 

@@ -44,13 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.accounting.attribution import (
-    AttributionSettings,
-    Attributor,
-    GpuAttribution,
-    GpuShare,
-    RunMeta,
-)
+from agent.accounting.attribution import AttributionSettings, Attributor
+from agent.accounting.runs import GpuAttribution, GpuShare, RunMeta
 from agent.replay.readers.base import BadRow, ColumnChunk, GpuKey, ReplayError, empty_chunk
 from agent.replay.readers.lines import open_binary
 from agent.sources.base import FLOAT_FIELDS, ActivityKind, DeviceInfo, SampleBatch
