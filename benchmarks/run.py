@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import platform
 
+from benchmarks.auth_storm import bench_auth_storm
 from benchmarks.kernel import bench_kernel
 from benchmarks.ledger import bench_ledger
 from benchmarks.overhead import bench_overhead
@@ -28,6 +29,8 @@ def main() -> None:
     section("integration kernel (one core)",
             bench_kernel(samples=800_000 if args.quick else 8_000_000).rows())
     section("/metrics scrape latency", bench_scrape(n=50 if args.quick else 500).rows())
+    section("authorised scrape during a wrong-password storm",
+            bench_auth_storm(storm=20 if args.quick else 100).rows())
     section("ledger", bench_ledger(hours=0.2 if args.quick else 2.0).rows())
     section("replay of an nvidia-smi log",
             bench_replay(rows=1_000_000 if args.quick else 10_000_000).rows())

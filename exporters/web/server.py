@@ -52,6 +52,13 @@ BCRYPT_MAX_PASSWORD_BYTES = 72
 # Only successful (user, password) pairs are cached, so the cache holds at most one
 # entry per user in practice; the bound guards against pathological reload churn.
 MAX_CACHED_CREDENTIALS = 1024
+# bcrypt checks that may run at once. A storm of wrong passwords then costs at most this
+# many cores, and a scrape whose credential is cached answers without waiting for them.
+MAX_CONCURRENT_HASH_CHECKS = 2
+# How long a request waits for a free hash check before it is refused (401).
+HASH_CHECK_WAIT_S = 5.0
+# Methods the endpoint answers; OPTIONS and every 405's Allow header list exactly these.
+ALLOWED_METHODS = ("GET", "HEAD", "OPTIONS")
 RELOAD_CHECK_INTERVAL_S = 1.0
 # Seconds a connection may take to finish its TLS handshake and send a request.
 REQUEST_TIMEOUT_S = 30.0
@@ -64,7 +71,10 @@ class BasicAuth:
     bcrypt is deliberately slow (about 70 ms at cost 10), too slow to pay on every
     scrape, so a credential that verified once is remembered by its HMAC-SHA-256
     under a key drawn at start: the cache holds no password, and its entries are
-    useless outside this process.
+    useless outside this process. At most :data:`MAX_CONCURRENT_HASH_CHECKS` bcrypt
+    checks run at once; the others wait (without using a core) up to
+    :data:`HASH_CHECK_WAIT_S` and are then refused, so a flood of wrong passwords
+    cannot starve an authorised scrape.
     """
 
     def __init__(self, users: Mapping[str, bytes]) -> None:
@@ -77,7 +87,11 @@ class BasicAuth:
         self._cache_key = os.urandom(32)
         self._verified: set[bytes] = set()
         self._lock = threading.Lock()
+        self._hash_slots = threading.BoundedSemaphore(MAX_CONCURRENT_HASH_CHECKS)
         self.bcrypt_checks = 0  # how many times bcrypt ran (tests and debugging)
+        self.hash_checks_in_flight = 0
+        self.max_hash_checks_in_flight = 0  # the most that ever ran at once
+        self.refused_busy = 0  # requests refused because no hash check came free
 
     def check(self, authorization: str | None) -> bool:
         """True if the header carries a known user and the right password."""
@@ -103,11 +117,22 @@ class BasicAuth:
             return False
         hashed = self._users.get(user)
         candidate = password[:BCRYPT_MAX_PASSWORD_BYTES]
-        self.bcrypt_checks += 1
-        if hashed is None:
-            bcrypt.checkpw(candidate, self._decoy)
+        if not self._hash_slots.acquire(timeout=HASH_CHECK_WAIT_S):
+            with self._lock:
+                self.refused_busy += 1
             return False
-        if not bcrypt.checkpw(candidate, hashed):
+        try:
+            with self._lock:
+                self.bcrypt_checks += 1
+                self.hash_checks_in_flight += 1
+                self.max_hash_checks_in_flight = max(self.max_hash_checks_in_flight,
+                                                     self.hash_checks_in_flight)
+            ok = bcrypt.checkpw(candidate, hashed if hashed is not None else self._decoy)
+        finally:
+            with self._lock:
+                self.hash_checks_in_flight -= 1
+            self._hash_slots.release()
+        if hashed is None or not ok:
             return False
         with self._lock:
             if len(self._verified) >= MAX_CACHED_CREDENTIALS:
@@ -272,12 +297,32 @@ def _app(metrics: WSGIApplication, live: _LiveWebConfig) -> WSGIApplication:
                 ("Content-Type", "text/plain; charset=utf-8"), *extra])
             return [b"401 Unauthorized\n"]
         method = environ.get("REQUEST_METHOD", "GET")
-        if method not in ("GET", "HEAD"):
+        allow = ("Allow", ", ".join(ALLOWED_METHODS))
+        if method == "OPTIONS":
+            start_response("204 No Content", [allow, *extra])
+            return []
+        if method not in ALLOWED_METHODS:
             start_response("405 Method Not Allowed", [
-                ("Allow", "GET, HEAD"), ("Content-Type", "text/plain; charset=utf-8"), *extra])
+                allow, ("Content-Type", "text/plain; charset=utf-8"), *extra])
             return [b"405 Method Not Allowed\n"]
         path = environ.get("PATH_INFO") or "/"
         if path == "/metrics":
+            if method == "HEAD":
+                # prometheus-client answers HEAD with 405: build the GET answer and
+                # send its headers alone, so HEAD agrees with the Allow header.
+                answer: list[tuple[str, list[tuple[str, str]]]] = []
+
+                def keep(status: str, headers: list[tuple[str, str]],
+                         exc_info: Any = None) -> Callable[[bytes], object]:
+                    answer.append((status, headers))
+                    return lambda _data: None
+
+                body = b"".join(metrics({**environ, "REQUEST_METHOD": "GET"}, keep))
+                status, headers = answer[0]
+                start_response(status, [*[h for h in headers if h[0].lower() != "content-length"],
+                                        ("Content-Length", str(len(body))), *extra])
+                return []
+
             def with_headers(status: str, headers: list[tuple[str, str]],
                              exc_info: Any = None) -> Callable[[bytes], object]:
                 return start_response(status, [*headers, *extra], exc_info)
@@ -367,7 +412,7 @@ def start_metrics_server(registry: Collector, host: str, port: int,
     auth = live.state.auth is not None
     if auth and web_config is not None and web_config.tls is None:
         log.warning("basic auth without TLS: passwords cross the network in clear text; "
-                    "set tls_server_config in %s", web_config.path)
+                    "set tls_server_config in %s", web_config.path or "the web config")
     tls = web_config.tls if web_config else None
     log.info("serving /metrics on %s (%s%s%s)", handle.url, handle.scheme,
              f", client certificates {tls.client_auth_type}" if tls else "",
