@@ -22,7 +22,8 @@ from agent.accounting.attribution import AttributionSettings, parse_attribution_
 from agent.accounting.estimate import EstimatorSettings
 from agent.accounting.runs import CATEGORIES
 from agent.compliance.lineage import ModelInfo, parse_models
-from agent.configfile import ConfigError, Problems, TableReader, read_toml
+from agent.compliance.thresholds import ThresholdSettings, parse_threshold_settings
+from agent.configfile import ConfigError, Problems, TableReader, check_keys, read_toml
 from agent.notify.config import NotifySettings, parse_notify_config
 from agent.sources.scenarios import SCENARIOS, SimJob, Workload, parse_sim_jobs, workload_from_table
 from agent.sources.specs import MATMUL_PRECISIONS
@@ -59,17 +60,6 @@ class TextfileSettings:
 
     path: Path | None = None
     every_s: float = 15.0
-
-
-@dataclass(frozen=True, slots=True)
-class ThresholdSettings:
-    """``[thresholds]``: how the agent evaluates the regimes and notifies."""
-
-    evaluate_every_s: float = 60.0
-    estimate: str = "high"
-    levels: tuple[float, ...] = (0.5, 0.8, 0.9, 1.0)
-    window_s: float = 3600.0
-    horizon_days: float = 14.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,17 +104,9 @@ def parse_listen(value: str) -> tuple[str, int] | None:
     return (host.strip("[]") or "0.0.0.0"), int(port_text)
 
 
-def _table(problems: Problems, raw: dict[str, Any], name: str) -> dict[str, Any]:
-    value = raw.get(name, {})
-    if not isinstance(value, dict):
-        problems.add(name, "a table")
-        return {}
-    return value
-
-
 def _agent(problems: Problems, raw: dict[str, Any]) -> AgentSettings:
     known = {f.name for f in fields(AgentSettings)} - {"listen_host", "listen_port"} | {"listen"}
-    r = TableReader(problems, _table(problems, raw, "agent"), "agent", known)
+    r = TableReader.section(problems, raw, "agent", known)
     d = AgentSettings()
     interval = r.get("interval_s", (int, float), d.interval_s,
                      f"a number of seconds >= {MIN_INTERVAL_S}")
@@ -186,7 +168,7 @@ def _agent(problems: Problems, raw: dict[str, Any]) -> AgentSettings:
 
 def _estimator(problems: Problems, raw: dict[str, Any]) -> EstimatorSettings:
     known = {f.name for f in fields(EstimatorSettings)}
-    r = TableReader(problems, _table(problems, raw, "estimator"), "estimator", known)
+    r = TableReader.section(problems, raw, "estimator", known)
     d = EstimatorSettings()
     precisions = sorted(MATMUL_PRECISIONS)
     default_precision = r.get("default_precision", str, d.default_precision, f"one of {precisions}")
@@ -228,8 +210,8 @@ def _estimator(problems: Problems, raw: dict[str, Any]) -> EstimatorSettings:
 
 def _sim(problems: Problems, raw: dict[str, Any]) -> SimSettings:
     known = {f.name for f in fields(SimSettings)}
-    table = _table(problems, raw, "sim")
-    r = TableReader(problems, table, "sim", known)
+    r = TableReader.section(problems, raw, "sim", known)
+    table = r.table
     d = SimSettings()
     scenario = r.get("scenario", str, d.scenario, f"one of {sorted(SCENARIOS)}")
     if scenario not in SCENARIOS:
@@ -267,42 +249,12 @@ def _sim(problems: Problems, raw: dict[str, Any]) -> SimSettings:
                        workload=workload, jobs=jobs)
 
 
-def _thresholds(problems: Problems, raw: dict[str, Any]) -> ThresholdSettings:
-    known = {f.name for f in fields(ThresholdSettings)}
-    r = TableReader(problems, _table(problems, raw, "thresholds"), "thresholds", known)
-    d = ThresholdSettings()
-
-    def positive(key: str, default: float) -> float:
-        value = r.get(key, (int, float), default, "a positive number")
-        if value <= 0:
-            problems.add(f"thresholds.{key}", "a positive number")
-            return default
-        return float(value)
-
-    estimate = r.get("estimate", str, d.estimate, "one of ['low', 'central', 'high']")
-    if estimate not in ("low", "central", "high"):
-        problems.add("thresholds.estimate", "one of ['low', 'central', 'high']")
-        estimate = d.estimate
-    levels = r.get("levels", list, list(d.levels), "a list of fractions in (0, 1]")
-    if not levels or any(isinstance(x, bool) or not isinstance(x, int | float) or not 0 < x <= 1
-                         for x in levels):
-        problems.add("thresholds.levels", "a non-empty list of fractions in (0, 1]")
-        levels = list(d.levels)
-    return ThresholdSettings(
-        evaluate_every_s=positive("evaluate_every_s", d.evaluate_every_s),
-        estimate=estimate,
-        levels=tuple(sorted(float(x) for x in levels)),
-        window_s=positive("window_s", d.window_s),
-        horizon_days=positive("horizon_days", d.horizon_days),
-    )
-
-
 def _relative(base: Path, value: str) -> Path:
     return Path(value) if Path(value).is_absolute() else base / value
 
 
 def _web(problems: Problems, raw: dict[str, Any], base: Path) -> WebSettings:
-    r = TableReader(problems, _table(problems, raw, "web"), "web", {"config_file"})
+    r = TableReader.section(problems, raw, "web", {"config_file"})
     value = r.get("config_file", str, None, "the path of a web-config YAML file")
     if value is None:
         return WebSettings()
@@ -315,7 +267,7 @@ def _web(problems: Problems, raw: dict[str, Any], base: Path) -> WebSettings:
 def _textfile(problems: Problems, raw: dict[str, Any], base: Path) -> TextfileSettings:
     from exporters.textfile import textfile_path_problem
 
-    r = TableReader(problems, _table(problems, raw, "textfile"), "textfile", {"path", "every_s"})
+    r = TableReader.section(problems, raw, "textfile", {"path", "every_s"})
     d = TextfileSettings()
     value = r.get("path", str, None, "a file path ending in .prom")
     every = r.get("every_s", (int, float), d.every_s, "a number of seconds > 0")
@@ -338,11 +290,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         ConfigError: naming the file and every bad key with what was expected.
     """
     problems = Problems(path or Path("<config>"))
-    known = {"agent", "estimator", "attribution", "models", "sim", "thresholds", "notify", "web",
-             "textfile"}
-    for key in raw:
-        if key not in known:
-            problems.add(key, f"one of the tables {sorted(known)}")
+    check_keys(problems, raw, {"agent", "estimator", "attribution", "models", "sim", "thresholds",
+                               "notify", "web", "textfile"})
     base = path.parent if path else Path.cwd()
     config = Config(
         path=path,
@@ -351,7 +300,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         attribution=parse_attribution_config(raw, problems),
         models=parse_models(raw, problems),
         sim=_sim(problems, raw),
-        thresholds=_thresholds(problems, raw),
+        thresholds=parse_threshold_settings(raw, problems),
         notify=parse_notify_config(raw, problems, base),
         web=_web(problems, raw, base),
         textfile=_textfile(problems, raw, base),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,18 +60,41 @@ def read_toml(path: Path, what: str = "a readable TOML file") -> dict[str, Any]:
         raise ConfigError(path, [("-", f"valid TOML: {e}")]) from e
 
 
+def check_keys(problems: Problems, table: Mapping[str, Any], known: Iterable[str],
+               where: str = "") -> None:
+    """Report every key of ``table`` that is not in ``known``: as ``where.key``, or,
+    for the top level of a file (``where`` empty), as a table name."""
+    names = sorted(known)
+    for key in table:
+        if key in names:
+            continue
+        if where:
+            problems.add(f"{where}.{key}", f"one of the known keys {names}")
+        else:
+            problems.add(key, f"one of the tables {names}")
+
+
 class TableReader:
     """Typed access to one table of a config file, recording problems instead of
     raising; unknown keys are reported on construction."""
 
     def __init__(self, problems: Problems, table: dict[str, Any], where: str,
-                 known: set[str]) -> None:
+                 known: Iterable[str]) -> None:
         self.problems = problems
         self.table = table
         self.where = where
-        for key in table:
-            if key not in known:
-                problems.add(f"{where}.{key}", f"one of the known keys {sorted(known)}")
+        check_keys(problems, table, known, where)
+
+    @classmethod
+    def section(cls, problems: Problems, raw: Mapping[str, Any], name: str,
+                known: Iterable[str]) -> TableReader:
+        """The reader of the top-level table ``[name]`` of a parsed document (empty if
+        absent; reported and read as empty if it is not a table)."""
+        value = raw.get(name, {})
+        if not isinstance(value, dict):
+            problems.add(name, "a table")
+            value = {}
+        return cls(problems, value, name, known)
 
     def add(self, key: str, expected: str) -> None:
         self.problems.add(f"{self.where}.{key}", expected)
@@ -86,7 +110,6 @@ class TableReader:
             self.add(key, expect)
             return default
         return value
-
 
 
 def bundled_config(name: str) -> Path:

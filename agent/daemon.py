@@ -1,7 +1,8 @@
 """Wiring of the live agent: source -> accountant -> snapshot -> HTTP endpoint.
 
-One sampler thread owns the source and the accountant and is the only writer of the
-snapshot; the HTTP server's threads only read the latest snapshot reference.
+One sampler thread (the loop of :mod:`agent.sampler`) owns the source and the accountant
+and is the only writer of the snapshot; the HTTP server's threads only read the latest
+snapshot reference.
 """
 
 from __future__ import annotations
@@ -9,11 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -29,11 +28,12 @@ from agent.compliance.thresholds import load_registry
 from agent.compliance.watcher import Enqueue, ThresholdWatcher
 from agent.config import Config
 from agent.ledger.signing import load_or_create_key
-from agent.ledger.store import Ledger, RunRow
+from agent.ledger.store import Ledger
 from agent.notify.config import build_channels
 from agent.notify.dispatcher import Dispatcher
 from agent.notify.message import Notification
 from agent.notify.outbox import Outbox
+from agent.sampler import Sampler, after_s
 from agent.sources.base import DeviceInfo, GpuSource, SourceError
 from agent.sources.clock import Clock, RealClock, VirtualClock
 from agent.sources.procinfo import ProcInspector
@@ -100,171 +100,6 @@ def make_attributor(config: Config, source: GpuSource) -> Attributor:
     """Process -> run attribution; the simulated source answers for its fake pids."""
     inspector = getattr(source, "process_inspector", None)
     return Attributor(config.attribution, inspector() if inspector else ProcInspector())
-
-
-@dataclass
-class SamplerStats:
-    overruns: int = 0
-    last_tick_duration_s: float = 0.0
-
-
-class Sampler:
-    """The sampling loop: read, attribute, estimate; integrate every few ticks; commit
-    a checkpoint to the ledger every ``checkpoint_s``; publish a snapshot every tick."""
-
-    def __init__(self, source: GpuSource, accountant: Accountant, clock: Clock,
-                 interval_s: float, integrate_every: int, *,
-                 attributor: Attributor | None = None, ledger: Ledger | None = None,
-                 checkpoint_s: float = 5.0, record_s: float = 60.0,
-                 exit_after_s: float | None = None,
-                 export_runs_for_s: float = 7 * 86400.0) -> None:
-        self.source = source
-        self.accountant = accountant
-        self.clock = clock
-        self.attributor = attributor
-        self.ledger = ledger
-        self.interval_ns = round(interval_s * 1e9)
-        self.integrate_every = integrate_every
-        self.checkpoint_ns = round(checkpoint_s * 1e9)
-        self.record_ns = round(record_s * 1e9)
-        self.exit_after_ns = round(exit_after_s * 1e9) if exit_after_s else None
-        self.export_runs_for_ns = round(export_runs_for_s * 1e9)
-        self.stop_event = threading.Event()
-        self.stats = SamplerStats()
-        self._snapshot: Snapshot = accountant.snapshot()
-        self._last_checkpoint_ns: int | None = None
-        self._last_publish_ns = 0
-        self.publish_ns = 1_000_000_000
-        self._resumed = False
-        self.failure: BaseException | None = None
-        self.textfile: TextfileWriter | None = None
-        self.checkpoints = 0
-        self.checkpoint_failures = 0
-
-    @property
-    def snapshot(self) -> Snapshot:
-        return self._snapshot
-
-    def _publish(self) -> None:
-        self._snapshot = self.accountant.snapshot(
-            overruns=self.stats.overruns, last_tick_duration_s=self.stats.last_tick_duration_s,
-            runs_since_ns=self.clock.wall_ns() - self.export_runs_for_ns,
-        )
-
-    def _resume_gaps(self, wall_ns: int) -> None:
-        # The time between the ledger's last record of a GPU and this agent's first
-        # sample was seen by nobody: a gap, charged to the runs the GPU last had.
-        if self.ledger is None:
-            return
-        states = self.ledger.gpu_states()
-        for pos, d in enumerate(self.accountant.devices):
-            state = states.get(d.uuid)
-            if state is not None and wall_ns > state.last_end_ns:
-                self.accountant.add_gap(pos, state.last_end_ns, wall_ns, state.last_runs)
-
-    def checkpoint(self, final: bool = False) -> bool:
-        """Commit everything integrated so far; False (and nothing lost) on failure.
-
-        Records close after ``record_s`` (or at the final checkpoint); until then they
-        are stored as open records, replaced at every checkpoint.
-        """
-        self.accountant.integrate()
-        now = self.clock.wall_ns()
-        closed, still_open = self.accountant.take_records(
-            None if final else now, self.record_ns)
-        if self.ledger is None:
-            self.accountant.commit(closed, still_open)
-            return True
-        runs = {r.run: RunRow(r.run, r.model, r.category, _run_meta(self.accountant, r.run))
-                for r in [*closed, *still_open]}
-        try:
-            self.ledger.append(closed, now, runs, still_open=still_open)
-        except sqlite3.Error as e:
-            # A full disk or an I/O error: keep the records and try again next time.
-            self.checkpoint_failures += 1
-            self.accountant.requeue(closed)
-            log.error("ledger checkpoint failed (%s); %d record(s) kept in memory, retrying",
-                      e, len(closed) + len(still_open))
-            return False
-        self.accountant.commit(closed, still_open)
-        self.checkpoints += 1
-        return True
-
-    def tick(self) -> None:
-        started = time.perf_counter()
-        batch = self.source.read()
-        if not self._resumed:
-            self._resumed = True
-            self._resume_gaps(batch.wall_time_ns)
-        attributions = (self.attributor.attribute(self.accountant.devices, batch)
-                        if self.attributor is not None else None)
-        self.accountant.add_batch(batch, attributions)
-        if self.accountant.buffered >= self.integrate_every:
-            self.accountant.integrate()
-        now = self.clock.monotonic_ns()
-        if self._last_checkpoint_ns is None:
-            self._last_checkpoint_ns = now
-        elif now - self._last_checkpoint_ns >= self.checkpoint_ns:
-            self._last_checkpoint_ns = now
-            self.checkpoint()
-        self.stats.last_tick_duration_s = time.perf_counter() - started
-        # Scrapes come every few seconds: a fresh snapshot once a second is plenty,
-        # and at 10 Hz building one per tick would be most of the agent's work.
-        if now - self._last_publish_ns >= self.publish_ns:
-            self._last_publish_ns = now
-            self._publish()
-            if self.textfile is not None:
-                # Real time, not the (possibly sped-up) sampling clock.
-                self.textfile.maybe_write(time.monotonic())
-
-    def run(self) -> None:
-        """Sample until stopped; then integrate and commit what is left (final flush)."""
-        try:
-            start_ns = self.clock.monotonic_ns()
-            deadline = start_ns
-            while not self.stop_event.is_set():
-                if self.exit_after_ns is not None and (
-                    self.clock.monotonic_ns() - start_ns >= self.exit_after_ns
-                ):
-                    break
-                self.tick()
-                deadline += self.interval_ns
-                now = self.clock.monotonic_ns()
-                if now > deadline:
-                    # Sampling took longer than the interval (or the process was
-                    # stopped): skip the missed ticks rather than bunching them up.
-                    missed = (now - deadline) // self.interval_ns + 1
-                    self.stats.overruns += int(missed)
-                    deadline += missed * self.interval_ns
-                if not self.clock.sleep_until(deadline, self.stop_event):
-                    break
-        except BaseException as e:  # the main thread reports it and exits non-zero
-            self.failure = e
-            log.exception("sampler failed")
-        finally:
-            try:
-                if self._resumed and not self.checkpoint(final=True):
-                    log.error("final checkpoint failed: the last %.0f s are not in the ledger "
-                              "and will show as a gap on restart", self.checkpoint_ns / 1e9)
-            finally:
-                self._publish()
-                if self.textfile is not None:
-                    self.textfile.write_now()
-                self.stop_event.set()
-
-
-def _run_meta(accountant: Accountant, run_id: str) -> dict[str, object]:
-    meta = accountant.runs.get(run_id)
-    if meta is None:
-        return {}
-    out: dict[str, object] = {"via": meta.via, "recompute": meta.recompute,
-                              "recompute_factor": meta.recompute_factor}
-    if meta.precision:
-        out["precision"] = meta.precision
-    if meta.base_models:
-        out["base_models"] = list(meta.base_models)
-    out.update({f"plan.{k}": v for k, v in meta.plan.items()})
-    return out
 
 
 def write_summary(path: Path, snap: Snapshot) -> None:
@@ -347,21 +182,18 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
                       config.agent.integrate_every, attributor=make_attributor(config, source),
                       ledger=ledger, checkpoint_s=config.agent.checkpoint_s,
                       record_s=config.agent.record_s,
-                      exit_after_s=config.agent.exit_after_s,
+                      until=after_s(config.agent.exit_after_s),
                       export_runs_for_s=config.agent.export_runs_for_s)
     outbox = Outbox(ledger.path, config.notify.channel_names)
     dispatcher = Dispatcher(outbox, build_channels(config.notify), poll_s=config.notify.poll_s)
-    watcher = ThresholdWatcher(config, registry_of_thresholds, ledger.path,
-                               enqueue=make_enqueue(outbox, dispatcher), wall_ns=clock.wall_ns)
+    watcher = ThresholdWatcher(config.thresholds, config.models, registry_of_thresholds,
+                               ledger.path, enqueue=make_enqueue(outbox, dispatcher),
+                               wall_ns=clock.wall_ns)
 
-    def notify_status() -> dict[str, dict[str, float]]:
-        return {name: {"pending": s.pending, "delivered": s.delivered,
-                       "failed_attempts": s.failed_attempts}
-                for name, s in outbox.status().items()}
-
+    # Scrapes read only published references: no SQL, no lock shared with a writer.
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FlopledgerCollector(lambda: sampler.snapshot, lambda: watcher.state,
-                                          notify_status))
+                                          lambda: dispatcher.status))
     if config.textfile.path is not None:
         sampler.textfile = TextfileWriter(registry, config.textfile.path, config.textfile.every_s)
     host, port = listen or (config.agent.listen_host, config.agent.listen_port)

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.ledger.records import LedgerRecord
+from agent.accounting.records import LedgerRecord
 from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import Ledger
 

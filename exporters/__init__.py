@@ -1,1 +1,2 @@
-"""Outputs of the agent: the Prometheus collector and endpoint, textfile output."""
+"""Outputs of the agent: one Prometheus collector per concern, the endpoint (web/),
+textfile output."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.ledger.records import LedgerRecord
+from agent.accounting.records import LedgerRecord
 from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import Ledger
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.accounting.estimate import Coefficients, Estimator, EstimatorSettings, Rates
+from agent.accounting.band import Band
+from agent.accounting.estimate import Coefficients, Estimator, EstimatorSettings, Rates, Readings
 from agent.accounting.integrate import NS_TO_UNITS, EnergyTotals, FlopTotals
 from agent.sources.base import ActivityKind, BoolArray, FloatArray, IntArray
 
@@ -99,31 +100,20 @@ def _zero_nan(x: FloatArray) -> FloatArray:
 
 
 def estimate_rates_reference(
-    gpu: IntArray,
-    sm_clock_mhz: FloatArray,
-    sm_clock_prev_mhz: FloatArray,
-    gpu_util_pct: FloatArray,
-    gpu_util_prev_pct: FloatArray,
-    tensor_any_pct: FloatArray,
-    tensor_hmma_pct: FloatArray,
-    tensor_imma_pct: FloatArray,
-    tensor_dmma_pct: FloatArray,
-    tensor_dfma_pct: FloatArray,
-    fp16_pct: FloatArray,
-    fp32_pct: FloatArray,
-    fp64_pct: FloatArray,
-    coeffs: Coefficients,
-    settings: EstimatorSettings,
+    readings: Readings, coeffs: Coefficients, settings: EstimatorSettings
 ) -> Rates:
     """FLOP/s (low, central, high) for each sample.
 
-    Every argument but ``coeffs`` and ``settings`` is an array with one entry per
-    sample; ``gpu`` gives each sample's GPU position in ``coeffs``. ``sm_clock_prev_mhz``
-    and ``gpu_util_prev_pct`` are the readings at the previous sample of the same GPU
-    (NaN for its first sample).
     Pure and vectorised: the same inputs give bit-identical rates however the samples
     are grouped.
     """
+    r = readings
+    gpu, sm_clock_mhz, sm_clock_prev_mhz = r.gpu, r.sm_clock_mhz, r.sm_clock_prev_mhz
+    gpu_util_pct, gpu_util_prev_pct = r.gpu_util_pct, r.gpu_util_prev_pct
+    tensor_any_pct, tensor_hmma_pct, tensor_imma_pct = (
+        r.tensor_any_pct, r.tensor_hmma_pct, r.tensor_imma_pct)
+    tensor_dmma_pct, tensor_dfma_pct = r.tensor_dmma_pct, r.tensor_dfma_pct
+    fp16_pct, fp32_pct, fp64_pct = r.fp16_pct, r.fp32_pct, r.fp64_pct
     g = gpu
     max_clock = coeffs.max_clock_mhz[g]
     have_now = ~np.isnan(sm_clock_mhz)
@@ -202,6 +192,4 @@ def estimate_rates_reference(
         ),
     ).astype(np.int64)
     factor = coeffs.recompute_factor[g]
-    return Rates(
-        low=hw_low / factor, central=hw_central / factor, high=high, estimator=estimator
-    )
+    return Rates(Band(hw_low / factor, hw_central / factor, high), estimator)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.ledger.records import LedgerRecord
+from agent.accounting.records import LedgerRecord
 from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import Ledger, RunRow
 from agent.sources.scenarios import SCENARIOS
@@ -81,7 +81,6 @@ def main(out_dir: Path) -> None:
     import tempfile
 
     from agent.compliance.thresholds import load_registry
-    from agent.config import parse_config
     from agent.reports.chart import render_png
     from agent.reports.report import build_report, render_markdown
 
@@ -89,8 +88,7 @@ def main(out_dir: Path) -> None:
         path = Path(tmp) / "ledger.sqlite"
         hours = 40 * DAY
         build(path, hours)
-        config = parse_config({"agent": {"state_dir": tmp}})
-        rep = build_report(config, load_registry(), load_spec_table(), path, model=MODEL,
+        rep = build_report({}, load_registry(), load_spec_table(), path, model=MODEL,
                            now_ns=T0 + hours * HOUR_NS)
         out_dir.mkdir(parents=True, exist_ok=True)
         render_png(rep, out_dir / "sample-report.png")

@@ -23,12 +23,13 @@ Rates are float64 FLOP/s; the rate of a sample applies to the interval that ends
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
+from agent.accounting.band import Band
 from agent.sources.base import ActivityKind, FloatArray, IntArray
 from agent.sources.specs import MATMUL_PRECISIONS, GpuSpec
 
@@ -171,12 +172,46 @@ def build_coefficients(
 
 
 @dataclass(frozen=True, slots=True)
-class Rates:
-    """Estimated FLOP/s per sample, with the method used."""
+class Readings:
+    """What the estimator reads of a run of samples: one entry per sample in every array.
 
-    low: FloatArray
-    central: FloatArray
-    high: FloatArray
+    ``gpu`` gives each sample's GPU position in the :class:`Coefficients`;
+    ``sm_clock_prev_mhz`` and ``gpu_util_prev_pct`` are the readings at the previous
+    sample of the same GPU (NaN for its first). The rest are SampleBatch fields of the
+    same names (vendor units, NaN where unknown).
+    """
+
+    gpu: IntArray
+    sm_clock_mhz: FloatArray
+    sm_clock_prev_mhz: FloatArray
+    gpu_util_pct: FloatArray
+    gpu_util_prev_pct: FloatArray
+    tensor_any_pct: FloatArray
+    tensor_hmma_pct: FloatArray
+    tensor_imma_pct: FloatArray
+    tensor_dmma_pct: FloatArray
+    tensor_dfma_pct: FloatArray
+    fp16_pct: FloatArray
+    fp32_pct: FloatArray
+    fp64_pct: FloatArray
+
+    @classmethod
+    def of(cls, gpu: IntArray, fields: Mapping[str, FloatArray], sm_clock_prev_mhz: FloatArray,
+           gpu_util_prev_pct: FloatArray) -> Readings:
+        """From SampleBatch float fields by name (every one the estimator reads)."""
+        return cls(
+            gpu, fields["sm_clock_mhz"], sm_clock_prev_mhz, fields["gpu_util_pct"],
+            gpu_util_prev_pct, fields["tensor_any_pct"], fields["tensor_hmma_pct"],
+            fields["tensor_imma_pct"], fields["tensor_dmma_pct"], fields["tensor_dfma_pct"],
+            fields["fp16_pct"], fields["fp32_pct"], fields["fp64_pct"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Estimated FLOP/s per sample, with the method used (an :class:`Estimator` code)."""
+
+    flops: Band[FloatArray]
     estimator: IntArray
 
 
@@ -274,40 +309,22 @@ def _estimate(
     return out_low, out_central, out_high, out_estimator
 
 
-def estimate_rates(
-    gpu: IntArray,
-    sm_clock_mhz: FloatArray,
-    sm_clock_prev_mhz: FloatArray,
-    gpu_util_pct: FloatArray,
-    gpu_util_prev_pct: FloatArray,
-    tensor_any_pct: FloatArray,
-    tensor_hmma_pct: FloatArray,
-    tensor_imma_pct: FloatArray,
-    tensor_dmma_pct: FloatArray,
-    tensor_dfma_pct: FloatArray,
-    fp16_pct: FloatArray,
-    fp32_pct: FloatArray,
-    fp64_pct: FloatArray,
-    coeffs: Coefficients,
-    settings: EstimatorSettings,
-) -> Rates:
+def estimate_rates(readings: Readings, coeffs: Coefficients,
+                   settings: EstimatorSettings) -> Rates:
     """FLOP/s (low, central, high) for each sample, and the method used.
 
-    Every argument but ``coeffs`` and ``settings`` is an array with one entry per
-    sample; ``gpu`` gives each sample's GPU position in ``coeffs``. ``sm_clock_prev_mhz``
-    and ``gpu_util_prev_pct`` are the readings at the previous sample of the same GPU
-    (NaN for its first sample). A numba kernel, pure and per sample: the same inputs
-    give bit-identical rates however the samples are grouped (tests/reference.py has
-    its NumPy twin).
+    A numba kernel, pure and per sample: the same readings give bit-identical rates
+    however the samples are grouped (tests/reference.py has its NumPy twin).
     """
+    r = readings
     c = coeffs
     low, central, high, estimator = _estimate(
-        gpu, sm_clock_mhz, sm_clock_prev_mhz, gpu_util_pct, gpu_util_prev_pct,
-        tensor_any_pct, tensor_hmma_pct, tensor_imma_pct, tensor_dmma_pct, tensor_dfma_pct,
-        fp16_pct, fp32_pct, fp64_pct, c.tensor_fpc_low, c.tensor_fpc_central,
-        c.tensor_fpc_high, c.int8_fpc, c.fp64_tensor_fpc, c.fp16_fpc, c.fp32_fpc, c.fp64_fpc,
-        c.max_clock_mhz, c.recompute_factor, c.activity_kind, c.gap_rate_flops,
-        settings.tensor_activity_uncertainty, settings.utilization_efficiency,
-        settings.utilization_efficiency_low,
+        r.gpu, r.sm_clock_mhz, r.sm_clock_prev_mhz, r.gpu_util_pct, r.gpu_util_prev_pct,
+        r.tensor_any_pct, r.tensor_hmma_pct, r.tensor_imma_pct, r.tensor_dmma_pct,
+        r.tensor_dfma_pct, r.fp16_pct, r.fp32_pct, r.fp64_pct, c.tensor_fpc_low,
+        c.tensor_fpc_central, c.tensor_fpc_high, c.int8_fpc, c.fp64_tensor_fpc, c.fp16_fpc,
+        c.fp32_fpc, c.fp64_fpc, c.max_clock_mhz, c.recompute_factor, c.activity_kind,
+        c.gap_rate_flops, settings.tensor_activity_uncertainty,
+        settings.utilization_efficiency, settings.utilization_efficiency_low,
     )
-    return Rates(low=low, central=central, high=high, estimator=estimator)
+    return Rates(Band(low, central, high), estimator)

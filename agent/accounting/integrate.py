@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit
 
+from agent.accounting.band import Band
 from agent.sources.base import BoolArray, FloatArray, IntArray
 
 # 1 MFLOP. int64 then holds 9.2e24 FLOP per GPU, 4,600 years of an H100 at full
@@ -41,7 +42,11 @@ NS_TO_UNITS = 1e-9 / FLOP_UNIT
 
 
 class FlopTotals(NamedTuple):
-    """Per-GPU results of :func:`integrate_flop` (all int64 arrays)."""
+    """Per-GPU results of :func:`integrate_flop` (all int64 arrays).
+
+    The kernel's output tuple as it is, field for field (its NumPy reference in the
+    tests returns the same); :attr:`units` reads the three bounds as one band.
+    """
 
     low_units: IntArray
     central_units: IntArray
@@ -50,6 +55,11 @@ class FlopTotals(NamedTuple):
     gap_ns: IntArray
     rejected: IntArray
     last_timestamp_ns: IntArray
+
+    @property
+    def units(self) -> Band[IntArray]:
+        """FLOP per GPU in :data:`FLOP_UNIT` units (low, central, high)."""
+        return Band(self.low_units, self.central_units, self.high_units)
 
 
 class EnergyTotals(NamedTuple):

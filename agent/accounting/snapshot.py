@@ -7,7 +7,7 @@ Values here are already in base units (FLOP, joules, seconds).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,4 +65,3 @@ class Snapshot:
     integrations: int = 0
     rejected_samples: int = 0
     last_tick_duration_seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)

@@ -9,7 +9,6 @@ projects each subject to its planned end, and turns new warning levels and new
 from __future__ import annotations
 
 import base64
-import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import figures
+from agent.accounting.records import LedgerRecord
 from agent.compliance.forecast import (
     DEFAULT_HORIZON_S,
     DEFAULT_WINDOW_S,
@@ -25,11 +25,9 @@ from agent.compliance.forecast import (
     project,
     run_forecast,
 )
-from agent.compliance.lineage import Flop, Lineage, ModelInfo, RunFigures, model_totals
+from agent.compliance.lineage import Flop, ModelInfo, model_view
 from agent.compliance.thresholds import DEFAULT_LEVELS, Assessment, Registry, Subject, assess
-from agent.config import Config
 from agent.ledger.query import iter_records, latest_head, open_records, summarize
-from agent.ledger.records import LedgerRecord
 
 METHOD = ("hardware-based estimate, EU Guidelines Annex A.2.1 C = N x L x H x U, with U "
           "measured per GPU and per interval (tensor-pipe activity x measured SM clock x "
@@ -66,14 +64,16 @@ def _gpu_seconds(records: Iterable[LedgerRecord]) -> float:
     return sum(r.covered_ns + r.gap_ns for r in records) / 1e9
 
 
-def evaluate(config: Config, registry: Registry, ledger_path: Path, now_ns: int, *,
+def evaluate(models: Mapping[str, ModelInfo], registry: Registry, ledger_path: Path,
+             now_ns: int, *,
              estimate: str = "high", levels: Sequence[float] = DEFAULT_LEVELS,
              window_s: float = DEFAULT_WINDOW_S,
              horizon_s: float = DEFAULT_HORIZON_S,
              records: list[LedgerRecord] | None = None) -> Snapshot:
     """Assess and project every enabled regime for every model and run.
 
-    ``records`` are the ledger's sealed and open records if the caller has already
+    ``models`` is the config's ``[models.*]`` lineage (runs add the base models they
+    declare). ``records`` are the ledger's sealed and open records if the caller has already
     read them; otherwise they are read here.
 
     Raises:
@@ -85,16 +85,10 @@ def evaluate(config: Config, registry: Registry, ledger_path: Path, now_ns: int,
     for r in records:
         by_run[r.run].append(r)
     summaries = summarize(records, ledger_path)
-    lineage = Lineage(dict(config.models))
-    for s in summaries.values():
-        bases = s.meta.get("base_models")
-        if isinstance(bases, list):
-            lineage.add_bases(s.model, [str(b) for b in bases])
-    category_of = {s.run: s.category for s in summaries.values()}
-    figures = [RunFigures(s.run, s.model, s.category,
-                          Flop(s.flop_low, s.flop_central, s.flop_high))
-               for s in summaries.values()]
     scopes = registry.scopes
+    view = model_view(models, scopes, summaries)
+    lineage = view.lineage
+    category_of = {s.run: s.category for s in summaries.values()}
     forecasts = {
         run: run_forecast(run, rows, plan_of(summaries[run].meta if run in summaries else {}),
                           now_ns, window_s)
@@ -109,27 +103,26 @@ def evaluate(config: Config, registry: Registry, ledger_path: Path, now_ns: int,
     snap.active_runs = {run for run, f in forecasts.items() if f.rate.high > 0}
     regimes = registry.enabled()
 
-    def seconds_in(models: Iterable[str], scope: str) -> float:
-        wanted = set(models)
+    def seconds_in(names: Iterable[str], scope: str) -> float:
+        wanted = set(names)
         cats = scopes[scope].categories
         return sum(_gpu_seconds(rows) for run, rows in by_run.items()
                    if run in summaries and summaries[run].model in wanted
                    and summaries[run].category in cats)
 
     # Models, with lineage.
-    model_names = sorted({f.model for f in figures if f.model} | set(lineage.models))
-    for name in model_names:
+    for name in view.model_names():
         info = lineage.models.get(name, ModelInfo(name))
-        totals = model_totals(name, figures, lineage, scopes)
+        totals = view.totals(name)
         ancestors = lineage.ancestors(name)
         base_flop: dict[str, Flop | None] = {}
         for scope in scopes:
-            bases = [model_totals(b, figures, lineage, scopes)[scope] for b in info.base_models]
+            bases = [view.totals(b)[scope] for b in info.base_models]
             known = [b for b in bases if b.high > 0]
             base_flop[scope] = max(known, key=lambda f: f.low) if known else None
         base_systemic = any(
             _is_systemic(lineage.models.get(b, ModelInfo(b)),
-                         model_totals(b, figures, lineage, scopes), registry)
+                         view.totals(b), registry)
             for b in info.base_models
         )
         subject = Subject(
@@ -138,15 +131,15 @@ def evaluate(config: Config, registry: Registry, ledger_path: Path, now_ns: int,
              for scope in scopes},
             info.role, base_flop, base_systemic,
         )
-        model_runs = [forecasts[r.run] for r in figures if r.model == name and r.run in forecasts]
+        model_runs = [forecasts[r.run] for r in view.runs
+                      if r.model == name and r.run in forecasts]
         _evaluate_subject(snap, subject, regimes, model_runs, category_of, registry, now_ns,
                           estimate, levels, horizon_s)
     # Runs on their own (the regimes that list "run" among their subjects).
     for s in summaries.values():
         if s.run == "unattributed":
             continue
-        totals = {scope: (Flop(s.flop_low, s.flop_central, s.flop_high)
-                          if s.category in sc.categories else Flop())
+        totals = {scope: (s.flop if s.category in sc.categories else Flop.exact(0))
                   for scope, sc in scopes.items()}
         seconds = {scope: (_gpu_seconds(by_run[s.run]) if s.category in sc.categories else 0.0)
                    for scope, sc in scopes.items()}
@@ -168,7 +161,7 @@ def _is_systemic(info: ModelInfo, totals: Mapping[str, Flop], registry: Registry
     eu = registry.regimes.get("eu-art51-systemic-risk")
     if eu is None or eu.threshold_flop is None:
         return False
-    return eu.reached(float(totals.get(eu.scope, Flop()).high), eu.threshold_flop)
+    return eu.reached(float(totals.get(eu.scope, Flop.exact(0)).high), eu.threshold_flop)
 
 
 def _evaluate_subject(snap: Snapshot, subject: Subject, regimes: Sequence[Any],
@@ -182,7 +175,7 @@ def _evaluate_subject(snap: Snapshot, subject: Subject, regimes: Sequence[Any],
             continue
         categories = registry.scopes[regime.scope].categories
         in_scope = [f for f in runs if category_of.get(f.run, "unknown") in categories]
-        current = subject.flop.get(regime.scope, Flop())
+        current = subject.flop.get(regime.scope, Flop.exact(0))
         projection = project(current, in_scope, now_ns, a.threshold_flop, horizon_s)
         will = False
         if a.threshold_flop is not None and not a.met:
@@ -258,7 +251,3 @@ def notifications(snap: Snapshot) -> list[tuple[str, str, float, Evaluation]]:
         if e.will_be_met:
             out.append((f"{e.key_prefix}|will-be-met", "will-be-met", 1.0, e))
     return out
-
-
-def when_date(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).date().isoformat()

@@ -14,23 +14,12 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from agent.accounting.band import Band
+from agent.accounting.records import LedgerRecord
 from agent.compliance.lineage import Flop
-from agent.ledger.records import LedgerRecord
 
 DEFAULT_WINDOW_S = 3600.0
 DEFAULT_HORIZON_S = 14 * 86400.0
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """FLOP per second, with the band."""
-
-    low: float = 0.0
-    central: float = 0.0
-    high: float = 0.0
-
-    def __add__(self, other: Rate) -> Rate:
-        return Rate(self.low + other.low, self.central + other.central, self.high + other.high)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +28,7 @@ class RunForecast:
 
     run: str
     current: Flop
-    rate: Rate
+    rate: Band[float]  # FLOP/s
     gpus: int
     first_ns: int
     last_ns: int
@@ -73,12 +62,12 @@ def run_forecast(run: str, records: Iterable[LedgerRecord], plan: Mapping[str, o
     """The rate of the run over the last ``window_s`` and its planned end."""
     rows = list(records)
     if not rows:
-        return RunForecast(run, Flop(), Rate(), 0, 0, 0, None, "none", None)
+        return RunForecast(run, Flop.exact(0), Band.exact(0.0), 0, 0, 0, None, "none", None)
     first = min(r.start_ns for r in rows)
     last = max(r.end_ns for r in rows)
     window_start = max(first, now_ns - round(window_s * 1e9))
     span_s = max(1.0, (min(now_ns, last) - window_start) / 1e9) if last > window_start else 0.0
-    low = central = high = 0.0
+    in_window = Band.exact(0.0)
     gpus: set[str] = set()
     for r in rows:
         if r.end_ns <= window_start:
@@ -87,15 +76,13 @@ def run_forecast(run: str, records: Iterable[LedgerRecord], plan: Mapping[str, o
         share = 1.0
         if r.start_ns < window_start < r.end_ns:
             share = (r.end_ns - window_start) / (r.end_ns - r.start_ns)
-        low += r.flop_low * share
-        central += r.flop_central * share
-        high += r.flop_high * share
+        in_window = in_window + r.flop * share
         if r.kind == "interval":
             gpus.add(r.gpu_uuid)
-    rate = Rate(low / span_s, central / span_s, high / span_s) if span_s else Rate()
+    rate = in_window / span_s if span_s else Band.exact(0.0)
     # A run that stopped reporting long ago is not running now.
     if now_ns - last > 2 * window_s * 1e9:
-        rate = Rate()
+        rate = Band.exact(0.0)
 
     end_ns: int | None = None
     how = "horizon"
@@ -109,16 +96,15 @@ def run_forecast(run: str, records: Iterable[LedgerRecord], plan: Mapping[str, o
     if planned_gpus is not None and gpus:
         # The measured rate per GPU, at the planned scale.
         scale = planned_gpus / len(gpus)
-        rate = Rate(rate.low * scale, rate.central * scale, rate.high * scale)
+        rate = rate * scale
         how += f", {planned_gpus:g} planned GPUs"
     planned_total = None
     params, tokens = _number(plan, "params"), _number(plan, "tokens")
     if params is not None and tokens is not None:
         total = 6.0 * params * tokens
-        planned_total = Flop(int(total), int(total), int(total))
+        planned_total = Flop.exact(int(total))
         how += ", 6PD"
-    current = Flop(sum(r.flop_low for r in rows), sum(r.flop_central for r in rows),
-                   sum(r.flop_high for r in rows))
+    current = sum((r.flop for r in rows), Flop.exact(0))
     return RunForecast(run, current, rate, len(gpus), first, last, end_ns, how, planned_total)
 
 
@@ -127,7 +113,7 @@ class Projection:
     """A subject's projected total and time to a threshold."""
 
     current: Flop
-    rate: Rate
+    rate: Band[float]  # FLOP/s
     projected: Flop
     eta_s: dict[str, float | None]  # per estimate: seconds until the threshold, None: never
 
@@ -135,24 +121,18 @@ class Projection:
 def project(current: Flop, forecasts: Iterable[RunForecast], now_ns: int,
             threshold: float | None, horizon_s: float = DEFAULT_HORIZON_S) -> Projection:
     """Current total plus what the active runs will add until their planned ends."""
-    rate = Rate()
-    add_low = add_central = add_high = 0.0
+    rate = Band.exact(0.0)
+    added = Band.exact(0.0)
     for f in forecasts:
         rate = rate + f.rate
-        remaining = f.remaining_s(now_ns, horizon_s)
-        run_low = f.rate.low * remaining
-        run_central = f.rate.central * remaining
-        run_high = f.rate.high * remaining
+        run = f.rate * f.remaining_s(now_ns, horizon_s)
         if f.planned_total is not None:
             # A declared 6PD total is a second estimate of where the run ends: take
             # whichever reaches further, so "will be met" is never late.
-            run_central = max(run_central, float(f.planned_total.central - f.current.central))
-            run_high = max(run_high, float(f.planned_total.high - f.current.high))
-        add_low += run_low
-        add_central += run_central
-        add_high += run_high
-    projected = Flop(current.low + int(add_low), current.central + int(add_central),
-                     current.high + int(add_high))
+            left = f.planned_total.combine(f.current, lambda planned, now: float(planned - now))
+            run = Band(run.low, max(run.central, left.central), max(run.high, left.high))
+        added = added + run
+    projected = current + added.map(int)
     eta: dict[str, float | None] = {}
     for name in ("low", "central", "high"):
         value = float(getattr(current, name))

@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
+from agent.accounting.band import Band
 from agent.accounting.runs import CATEGORIES
-from agent.configfile import Problems, bundled_config, read_toml
+from agent.configfile import Problems, bundled_config, check_keys, read_toml
+from agent.ledger.query import RunSummary, run_summaries
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,16 +32,8 @@ class Scope:
     source: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Flop:
-    """A FLOP figure with its band (whole FLOP)."""
-
-    low: int = 0
-    central: int = 0
-    high: int = 0
-
-    def __add__(self, other: Flop) -> Flop:
-        return Flop(self.low + other.low, self.central + other.central, self.high + other.high)
+# A FLOP figure with its band, in whole FLOP: the one band type, named for its unit.
+Flop: TypeAlias = Band[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +121,8 @@ def parse_models(raw: Mapping[str, Any], problems: Problems) -> dict[str, ModelI
         if not isinstance(spec, dict):
             problems.add(where, "a table")
             continue
-        known = ("base_models", "declared_flop", "role", "systemic_risk")
-        for key in spec:
-            if key not in known:
-                problems.add(f"{where}.{key}", f"one of {list(known)}")
+        check_keys(problems, spec, ("base_models", "declared_flop", "role", "systemic_risk"),
+                   where)
         role = spec.get("role", "provider")
         if role not in ("provider", "modifier"):
             problems.add(f"{where}.role", "\"provider\" or \"modifier\"")
@@ -194,7 +186,7 @@ def model_totals(model: str, runs: Iterable[RunFigures], lineage: Lineage,
         by_model.setdefault(r.model, []).append(r)
 
     def own(name: str, scope: Scope) -> Flop:
-        total = Flop()
+        total = Flop.exact(0)
         for r in by_model.get(name, []):
             if r.category in scope.categories:
                 total = total + r.flop
@@ -212,3 +204,40 @@ def model_totals(model: str, runs: Iterable[RunFigures], lineage: Lineage,
                 total = total + own(ancestor, scope)
         out[scope.name] = total
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    """Runs, lineage and scopes read together from a ledger and the config: what
+    ``flopledger models``, the threshold evaluator and reports need of every model."""
+
+    lineage: Lineage
+    scopes: Mapping[str, Scope]
+    runs: tuple[RunFigures, ...]
+    summaries: Mapping[str, RunSummary]
+
+    def model_names(self) -> list[str]:
+        return sorted({r.model for r in self.runs if r.model} | set(self.lineage.models))
+
+    def totals(self, model: str) -> dict[str, Flop]:
+        return model_totals(model, self.runs, self.lineage, self.scopes)
+
+
+def model_view(models: Mapping[str, ModelInfo], scopes: Mapping[str, Scope],
+               summaries: Mapping[str, RunSummary]) -> ModelView:
+    """The configured ``[models.*]`` lineage, merged with the base models each run
+    declared, and every run's figures."""
+    lineage = Lineage(dict(models))
+    runs = []
+    for s in summaries.values():
+        bases = s.meta.get("base_models")
+        if isinstance(bases, list):
+            lineage.add_bases(s.model, [str(b) for b in bases])
+        runs.append(RunFigures(s.run, s.model, s.category, s.flop))
+    return ModelView(lineage, scopes, tuple(runs), summaries)
+
+
+def load_model_view(models: Mapping[str, ModelInfo], thresholds_file: Path | None,
+                    ledger_path: Path) -> ModelView:
+    """Raises: LedgerNotFoundError, ConfigError (thresholds file)."""
+    return model_view(models, load_scopes(thresholds_file), run_summaries(ledger_path))

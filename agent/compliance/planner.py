@@ -11,18 +11,23 @@ Two methods, as in the Commission Guidelines Annex A.2:
   long relative to the width; active parameters for mixture-of-experts models.
 
 Every input may be a range ("0.3-0.5"); the result is a (low, central, high) band.
+When both methods are used, Annex A.2 expects them to agree within :data:`EU_MARGIN`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.compliance.lineage import Flop
+from agent.compliance.thresholds import Regime
 from agent.sources.specs import MATMUL_PRECISIONS, SpecTable
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([smhdw]?)\s*$")
 _SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+# Commission Guidelines C(2025) 5045, Annex A.2: estimates may be off by up to 30%.
+EU_MARGIN = 0.30
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,3 +157,45 @@ class ArchitecturePlan:
         per, _ = self.flop_per_token()
         return Flop(int(per.low * self.tokens.low), int(per.central * self.tokens.central),
                     int(per.high * self.tokens.high))
+
+
+def cross_check(estimate: float, reference: float) -> tuple[float, bool]:
+    """How far ``estimate`` is from ``reference``, as a signed fraction of it, and
+    whether that is beyond the EU's margin (0.0 and within, for a zero reference)."""
+    difference = (estimate - reference) / reference if reference else 0.0
+    return difference, abs(difference) > EU_MARGIN
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCrossing:
+    """One provider threshold against a plan.
+
+    Attributes:
+        crossed: "central" if the plan's central estimate reaches it, "high" if only
+            its high bound does, "" if neither.
+        at_ns: when the plan reaches it at its central rate (wall-clock ns), if the
+            plan has a duration and crosses it.
+    """
+
+    regime: Regime
+    threshold_flop: float
+    crossed: str
+    at_ns: float | None
+
+
+def planned_crossings(regimes: Iterable[Regime], flop: Flop, duration_s: Span | None,
+                      start_ns: float) -> list[PlannedCrossing]:
+    """The provider regimes with a FLOP threshold, for a plan counted as the model's
+    own pre-training compute, in the order given."""
+    out = []
+    for regime in regimes:
+        if regime.applies_to != "provider" or regime.threshold_flop is None:
+            continue
+        t = regime.threshold_flop
+        crossed = ("central" if regime.reached(flop.central, t)
+                   else "high" if regime.reached(flop.high, t) else "")
+        at = None
+        if crossed and duration_s is not None:
+            at = start_ns + duration_s.central * 1e9 * min(1.0, t / max(1, flop.central))
+        out.append(PlannedCrossing(regime, t, crossed, at))
+    return out

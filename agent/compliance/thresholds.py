@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.compliance.lineage import Flop, Scope, default_thresholds_path, parse_scopes
-from agent.configfile import Problems, read_toml
+from agent.configfile import Problems, TableReader, check_keys, read_toml
 
 STATUSES = ("in-force", "enacted", "guidance", "proposed", "revoked", "vetoed", "internal")
 COMPARISONS = ("gt", "ge")
@@ -68,33 +68,58 @@ class Registry:
         return [r for r in self.regimes.values() if r.enabled]
 
 
+@dataclass(frozen=True, slots=True)
+class ThresholdSettings:
+    """The agent config's ``[thresholds]``: how the agent evaluates the regimes."""
+
+    evaluate_every_s: float = 60.0
+    estimate: str = "high"
+    levels: tuple[float, ...] = DEFAULT_LEVELS
+    window_s: float = 3600.0
+    horizon_days: float = 14.0
+
+
+def parse_threshold_settings(raw: Mapping[str, Any], problems: Problems) -> ThresholdSettings:
+    """Validate the ``[thresholds]`` table of a parsed agent config; a bad value is
+    reported and keeps its default."""
+    r = TableReader.section(problems, raw, "thresholds", ThresholdSettings.__dataclass_fields__)
+    d = ThresholdSettings()
+
+    def positive(key: str, default: float) -> float:
+        value = r.get(key, (int, float), default, "a positive number")
+        if value <= 0:
+            r.add(key, "a positive number")
+            return default
+        return float(value)
+
+    estimate = r.get("estimate", str, d.estimate, f"one of {list(ESTIMATES)}")
+    if estimate not in ESTIMATES:
+        r.add("estimate", f"one of {list(ESTIMATES)}")
+        estimate = d.estimate
+    levels = r.get("levels", list, list(d.levels), "a list of fractions in (0, 1]")
+    if not levels or any(isinstance(x, bool) or not isinstance(x, int | float) or not 0 < x <= 1
+                         for x in levels):
+        r.add("levels", "a non-empty list of fractions in (0, 1]")
+        levels = list(d.levels)
+    return ThresholdSettings(
+        evaluate_every_s=positive("evaluate_every_s", d.evaluate_every_s),
+        estimate=estimate,
+        levels=tuple(sorted(float(x) for x in levels)),
+        window_s=positive("window_s", d.window_s),
+        horizon_days=positive("horizon_days", d.horizon_days),
+    )
+
+
 def _parse_regime(problems: Problems, key: str, raw: Any, scopes: Mapping[str, Scope],
                   has_pricing: bool) -> Regime | None:
     where = f"regimes.{key}"
     if not isinstance(raw, dict):
         problems.add(where, "a table")
         return None
-    known = {f for f in Regime.__dataclass_fields__ if f != "key"}
-    for name in raw:
-        if name not in known:
-            problems.add(f"{where}.{name}", f"one of {sorted(known)}")
-    ok = True
-
-    def get(name: str, kinds: type | tuple[type, ...], default: Any, expect: str) -> Any:
-        nonlocal ok
-        if name not in raw:
-            return default
-        value = raw[name]
-        if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else
-                                                     (kinds,)):
-            problems.add(f"{where}.{name}", expect)
-            ok = False
-            return default
-        if not isinstance(value, kinds):
-            problems.add(f"{where}.{name}", expect)
-            ok = False
-            return default
-        return value
+    before = len(problems.items)
+    reader = TableReader(problems, raw, where,
+                         (f for f in Regime.__dataclass_fields__ if f != "key"))
+    get = reader.get
 
     def positive(name: str) -> float | None:
         value = get(name, (int, float), None, "a positive number")
@@ -142,7 +167,7 @@ def _parse_regime(problems: Problems, key: str, raw: Any, scopes: Mapping[str, S
         except ValueError:
             problems.add(f"{where}.effective", "a date YYYY-MM-DD")
     sources = get("sources", list, [], "a list of URLs")
-    if not ok:
+    if len(problems.items) > before:
         return None
     return Regime(
         key=key, title=title, jurisdiction=str(raw.get("jurisdiction", "")), scope=scope,
@@ -167,9 +192,7 @@ def load_registry(path: Path | None = None) -> Registry:
     path = path or default_thresholds_path()
     raw = read_toml(path)
     problems = Problems(path)
-    for key in raw:
-        if key not in ("scopes", "regimes", "pricing"):
-            problems.add(key, "one of the tables scopes, regimes, pricing")
+    check_keys(problems, raw, ("scopes", "regimes", "pricing"))
     scopes = parse_scopes(raw, problems, CATEGORIES)
     pricing = raw.get("pricing", {})
     price = pricing.get("usd_per_gpu_hour") if isinstance(pricing, dict) else None
@@ -264,7 +287,7 @@ def assess(regime: Regime, subject: Subject, *, estimate: str = "high",
     threshold = regime_threshold(regime, subject)
     if threshold is None and regime.threshold_usd is None:
         return None
-    value = subject.flop.get(regime.scope, Flop())
+    value = subject.flop.get(regime.scope, Flop.exact(0))
     fractions = {name: (getattr(value, name) / threshold if threshold else 0.0)
                  for name in ESTIMATES}
     cost = cost_fraction = None

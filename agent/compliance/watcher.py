@@ -12,14 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from agent.compliance.evaluate import Evaluation, evaluate, notifications, payload, severity
-from agent.compliance.thresholds import Registry
-from agent.config import Config
+from agent.compliance.lineage import ModelInfo
+from agent.compliance.state import ThresholdRow, ThresholdState
+from agent.compliance.thresholds import Registry, ThresholdSettings
 from agent.ledger.query import LedgerNotFoundError
+
+__all__ = ["Enqueue", "ThresholdRow", "ThresholdState", "ThresholdWatcher"]
 
 log = logging.getLogger(__name__)
 
@@ -27,35 +29,19 @@ log = logging.getLogger(__name__)
 Enqueue = Callable[[str, str, float, str, Evaluation, dict[str, object]], bool]
 
 
-@dataclass(frozen=True, slots=True)
-class ThresholdRow:
-    subject_type: str
-    subject: str
-    regime: str
-    estimate: str
-    fraction: float
-    eta_seconds: float | None
-    met: bool
-    will_be_met: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ThresholdState:
-    """What the last evaluation found, for /metrics."""
-
-    evaluated_wall_seconds: float
-    evaluations: int
-    rows: tuple[ThresholdRow, ...]
-    notifications_enqueued: int
-
-
 class ThresholdWatcher:
-    """Evaluates every ``config.thresholds.evaluate_every_s`` until stopped."""
+    """Evaluates every ``settings.evaluate_every_s`` until stopped.
 
-    def __init__(self, config: Config, registry: Registry, ledger_path: Path,
-                 enqueue: Enqueue | None = None,
+    Args:
+        settings: the agent config's ``[thresholds]``.
+        models: the agent config's ``[models.*]`` lineage.
+    """
+
+    def __init__(self, settings: ThresholdSettings, models: Mapping[str, ModelInfo],
+                 registry: Registry, ledger_path: Path, enqueue: Enqueue | None = None,
                  wall_ns: Callable[[], int] = time.time_ns) -> None:
-        self.config = config
+        self.settings = settings
+        self.models = models
         self.registry = registry
         self.ledger_path = ledger_path
         self.enqueue = enqueue
@@ -68,10 +54,10 @@ class ThresholdWatcher:
 
     def run_once(self) -> ThresholdState | None:
         """One evaluation; None if the ledger does not exist yet."""
-        t = self.config.thresholds
+        t = self.settings
         now = self.wall_ns()
         try:
-            snap = evaluate(self.config, self.registry, self.ledger_path, now,
+            snap = evaluate(self.models, self.registry, self.ledger_path, now,
                             estimate=t.estimate, levels=t.levels, window_s=t.window_s,
                             horizon_s=t.horizon_days * 86400)
         except LedgerNotFoundError:
@@ -100,7 +86,7 @@ class ThresholdWatcher:
                 self.run_once()
             except Exception:  # an evaluation bug must not stop the agent's accounting
                 log.exception("threshold evaluation failed")
-            self._stop.wait(self.config.thresholds.evaluate_every_s)
+            self._stop.wait(self.settings.evaluate_every_s)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="thresholds", daemon=True)

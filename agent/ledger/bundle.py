@@ -18,8 +18,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from agent.accounting.records import LedgerRecord, Totals
 from agent.ledger.merkle import Tree, leaf_hash, verify_consistency, verify_inclusion
-from agent.ledger.records import LedgerRecord
 from agent.ledger.signing import TreeHead, fingerprint, load_public
 
 BUNDLE_FORMAT = "flopledger-audit-bundle-1"
@@ -35,14 +35,12 @@ def _unb64(text: object) -> bytes:
 
 
 def _totals(records: Sequence[LedgerRecord]) -> dict[str, int]:
-    return {
-        "flop_low": sum(r.flop_low for r in records),
-        "flop_central": sum(r.flop_central for r in records),
-        "flop_high": sum(r.flop_high for r in records),
-        "energy_mj": sum(r.energy_mj for r in records),
-        "gap_ns": sum(r.gap_ns for r in records),
-        "records": len(records),
-    }
+    t = Totals()
+    for r in records:
+        t.add(r)
+    low, central, high = t.flop
+    return {"flop_low": low, "flop_central": central, "flop_high": high,
+            "energy_mj": t.energy_mj, "gap_ns": t.gap_ns, "records": len(records)}
 
 
 def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,

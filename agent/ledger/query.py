@@ -9,7 +9,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.ledger.records import LedgerRecord
+from agent.accounting.band import Band
+from agent.accounting.records import NO_FLOP, LedgerRecord
 from agent.ledger.signing import TreeHead
 
 
@@ -19,13 +20,13 @@ class LedgerNotFoundError(FileNotFoundError):
 
 @dataclass(slots=True)
 class RunSummary:
+    """A run's sums over its records (or one GPU's share of it), and what it declared."""
+
     run: str
     model: str = ""
     category: str = ""
     gpus: set[str] = field(default_factory=set)
-    flop_low: int = 0
-    flop_central: int = 0
-    flop_high: int = 0
+    flop: Band[int] = NO_FLOP
     energy_mj: int = 0
     gap_ns: int = 0
     covered_ns: int = 0
@@ -43,9 +44,7 @@ class RunSummary:
         self.category = r.category
         self.gpus.add(r.gpu_uuid)
         self.nodes.add(r.node)
-        self.flop_low += r.flop_low
-        self.flop_central += r.flop_central
-        self.flop_high += r.flop_high
+        self.flop += r.flop
         self.energy_mj += r.energy_mj
         self.gap_ns += r.gap_ns
         self.covered_ns += r.covered_ns
@@ -55,6 +54,19 @@ class RunSummary:
         self.last_ns = max(self.last_ns, r.end_ns)
         self.estimators[r.estimator] += r.samples or 1
         self.splits[str(r.assumptions.get("split", ""))] += 1
+
+    # The ledger's column names, for readers that take the bounds one at a time.
+    @property
+    def flop_low(self) -> int:
+        return self.flop.low
+
+    @property
+    def flop_central(self) -> int:
+        return self.flop.central
+
+    @property
+    def flop_high(self) -> int:
+        return self.flop.high
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.accounting.band import Band
+from agent.accounting.records import LedgerRecord, Totals
 from agent.ledger.merkle import Frontier, leaf_hash
-from agent.ledger.records import LedgerRecord
 from agent.ledger.signing import TreeHead, fingerprint, public_raw
 
 log = logging.getLogger(__name__)
@@ -88,32 +89,6 @@ CREATE TABLE IF NOT EXISTS gpu_state (
 
 class LedgerError(Exception):
     """The ledger file cannot be used (wrong node, wrong key, corrupt state)."""
-
-
-@dataclass(slots=True)
-class Totals:
-    """Running sums over records; FLOP and energy are exact integers."""
-
-    flop_low: int = 0
-    flop_central: int = 0
-    flop_high: int = 0
-    energy_mj: int = 0
-    samples: int = 0
-    covered_ns: int = 0
-    gap_ns: int = 0
-    first_ns: int = 0
-    last_ns: int = 0
-
-    def add(self, r: LedgerRecord) -> None:
-        self.flop_low += r.flop_low
-        self.flop_central += r.flop_central
-        self.flop_high += r.flop_high
-        self.energy_mj += r.energy_mj
-        self.samples += r.samples
-        self.covered_ns += r.covered_ns
-        self.gap_ns += r.gap_ns
-        self.first_ns = r.start_ns if self.first_ns == 0 else min(self.first_ns, r.start_ns)
-        self.last_ns = max(self.last_ns, r.end_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +202,8 @@ class Ledger:
             "SELECT scope, key, flop_low, flop_central, flop_high, energy_mj, samples,"
             " covered_ns, gap_ns, first_ns, last_ns FROM totals"
         ):
-            self.totals.setdefault(row[0], {})[row[1]] = Totals(*(int(x) for x in row[2:]))
+            low, central, high, *rest = (int(x) for x in row[2:])
+            self.totals.setdefault(row[0], {})[row[1]] = Totals(Band(low, central, high), *rest)
 
     @property
     def size(self) -> int:
@@ -330,9 +306,8 @@ class Ledger:
                 "INSERT OR REPLACE INTO totals (scope, key, flop_low, flop_central, flop_high,"
                 " energy_mj, samples, covered_ns, gap_ns, first_ns, last_ns)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(scope, key, str(t.flop_low), str(t.flop_central), str(t.flop_high),
-                  str(t.energy_mj), str(t.samples), str(t.covered_ns), str(t.gap_ns), t.first_ns,
-                  t.last_ns)
+                [(scope, key, *(str(x) for x in t.flop), str(t.energy_mj), str(t.samples),
+                  str(t.covered_ns), str(t.gap_ns), t.first_ns, t.last_ns)
                  for (scope, key), t in changed.items()])
             db.executemany(
                 "INSERT OR REPLACE INTO gpu_state (gpu_uuid, gpu_index, last_end_ns, last_runs)"

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
+from agent.accounting.records import LedgerRecord, Totals
 from agent.ledger.merkle import Frontier, leaf_hash
-from agent.ledger.records import LedgerRecord
 from agent.ledger.signing import TreeHead, fingerprint, load_public
-from agent.ledger.store import Totals, head_file
+from agent.ledger.store import head_file
 
 
 @dataclass(slots=True)
@@ -170,7 +170,7 @@ def _check_totals(records: list[LedgerRecord], rows: list[tuple[str, ...]],
         sums[("run", r.run)].add(r)
     stored = {(row[0], row[1]): tuple(int(x) for x in row[2:6]) for row in rows}
     for key, t in sums.items():
-        expected = (t.flop_low, t.flop_central, t.flop_high, t.energy_mj)
+        expected = (*t.flop, t.energy_mj)
         if stored.get(key) != expected:
             problem(f"totals for {key[0]} {key[1]} do not equal the sum of its records")
     for key in stored.keys() - sums.keys():

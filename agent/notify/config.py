@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.configfile import Problems, TableReader
+from agent.configfile import Problems, TableReader, check_keys
 from agent.notify.alertmanager import AlertmanagerChannel
 from agent.notify.command import CommandChannel
 from agent.notify.message import Channel
@@ -271,10 +271,7 @@ def parse_notify_config(raw: dict[str, Any], problems: Problems, base: Path) -> 
     if not isinstance(table, dict):
         problems.add("notify", "a table")
         return NotifySettings()
-    known = {"poll_s", "webhook", "alertmanager", "command"}
-    for key in table:
-        if key not in known:
-            problems.add(f"notify.{key}", f"one of the known keys {sorted(known)}")
+    check_keys(problems, table, ("poll_s", "webhook", "alertmanager", "command"), "notify")
     poll = table.get("poll_s", 1.0)
     if not _is_number(poll) or not poll >= MIN_POLL_S:
         problems.add("notify.poll_s", f"a number of seconds >= {MIN_POLL_S:g}")

@@ -8,6 +8,12 @@ backs off on its own schedule), so a dead receiver sees at most one attempt per 
 
 Delivery is at-least-once: a delivery is marked only after the channel returned. A
 crash between the send and the mark sends the same key again after the restart.
+
+The outbox's counts are published as an immutable :class:`NotifyStatus` (``status``),
+read by a status thread of the dispatcher's own on start, after every pass that tried
+a delivery, at every wake and every ``status_every_s``: /metrics reads that reference
+and never waits on the database. A read that fails (the file locked by another
+writer) keeps the previous status.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 
 from agent.notify.message import Channel, DeliveryError
 from agent.notify.outbox import Outbox
+from agent.notify.status import NotifyStatus
 
 __all__ = ["ChannelStats", "Dispatcher"]
 
@@ -52,20 +59,63 @@ class Dispatcher:
         channels: channel name -> channel.
         clock_ns: wall clock (ns since the Unix epoch) for due times and marks.
         poll_s: how often each channel thread looks for due work without a wake (s).
+        status_every_s: how often the status is read from the outbox when nothing
+            asked for it sooner (s): counts another process changed show after this.
+
+    Raises:
+        ValueError: for a non-positive ``poll_s`` or ``status_every_s``.
     """
 
     def __init__(self, outbox: Outbox, channels: Mapping[str, Channel],
-                 clock_ns: Callable[[], int] = time.time_ns, *, poll_s: float = 1.0) -> None:
+                 clock_ns: Callable[[], int] = time.time_ns, *, poll_s: float = 1.0,
+                 status_every_s: float = 15.0) -> None:
         if poll_s <= 0:
             raise ValueError("poll_s: expected a number of seconds > 0")
+        if status_every_s <= 0:
+            raise ValueError("status_every_s: expected a number of seconds > 0")
         self.outbox = outbox
         self.channels = dict(channels)
         self.clock_ns = clock_ns
         self.poll_s = poll_s
+        self.status_every_s = status_every_s
         self.stats = {name: ChannelStats() for name in self.channels}
         self._stop = threading.Event()
         self._wakes = {name: threading.Event() for name in self.channels}
+        self._status_due = threading.Event()
+        self._status: NotifyStatus | None = None
+        self._status_failing = False
         self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def status(self) -> NotifyStatus | None:
+        """The latest counts read from the outbox (None until the first read worked).
+
+        Never touches the database: safe on the scrape path.
+        """
+        return self._status
+
+    def refresh_status(self) -> bool:
+        """Read the counts from the outbox and publish them (the status thread does
+        this; tests may call it directly).
+
+        Returns:
+            False if the outbox could not be read: the previous status stays published.
+        """
+        try:
+            channels = self.outbox.status()
+        except sqlite3.Error as e:
+            if not self._status_failing:
+                log.warning("notification status unreadable (%s): /metrics keeps the "
+                            "counts of the last read", e)
+            self._status_failing = True
+            return False
+        if self._status_failing:
+            log.info("notification status readable again")
+            self._status_failing = False
+        self._status = NotifyStatus.of(channels, self.clock_ns())
+        return True
 
     # ------------------------------------------------------------------ one pass
 
@@ -110,6 +160,8 @@ class Dispatcher:
                           "again", name, n.key, e)
             if attempts:
                 log.info("%s: delivered %s after %d failed attempt(s)", name, n.key, attempts)
+        if due:
+            self._status_due.set()
         return delivered
 
     def _failed(self, name: str, key: str, attempts: int, error: str) -> None:
@@ -140,6 +192,7 @@ class Dispatcher:
                 total += self.run_channel(name, now)
             except sqlite3.Error as e:
                 log.error("%s: outbox unreadable: %s", name, e)
+        self.refresh_status()
         return total
 
     # ------------------------------------------------------------------ background
@@ -148,9 +201,10 @@ class Dispatcher:
         """Look for due work now (the sampler calls this after enqueueing)."""
         for event in self._wakes.values():
             event.set()
+        self._status_due.set()
 
     def start(self) -> None:
-        """Start one daemon thread per channel.
+        """Start one daemon thread per channel, and the status thread.
 
         Raises:
             RuntimeError: if already started.
@@ -163,6 +217,10 @@ class Dispatcher:
                                       name=f"notify-{name}", daemon=True)
             self._threads.append(thread)
             thread.start()
+        status = threading.Thread(target=self._status_loop, name="notify-status",
+                                  daemon=True)
+        self._threads.append(status)
+        status.start()
 
     def stop(self, timeout: float | None = 10.0) -> bool:
         """Stop the threads after their current delivery.
@@ -195,3 +253,13 @@ class Dispatcher:
             # A full batch means more may be due already: go again without waiting.
             if delivered < BATCH:
                 wake.wait(self.poll_s)
+
+    def _status_loop(self) -> None:
+        while not self._stop.is_set():
+            # Cleared before the read: a request arriving during it asks for another.
+            self._status_due.clear()
+            try:
+                self.refresh_status()
+            except Exception:  # a bug here must not end the thread: /metrics keeps the last
+                log.exception("notification status refresh failed")
+            self._status_due.wait(self.status_every_s)

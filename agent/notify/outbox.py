@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Any
 
 from agent.notify.message import HOLD_RESENDS, Notification
+from agent.notify.status import ChannelStatus
 
 __all__ = ["BACKOFF_BASE_S", "BACKOFF_CAP_S", "ChannelStatus", "DeliveryState",
            "HistoryEntry", "Outbox"]
@@ -104,29 +105,6 @@ class DeliveryState:
     last_attempt_ns: int | None
     last_error: str | None
     active_until_ns: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelStatus:
-    """Counts of one channel's deliveries.
-
-    Attributes:
-        pending: not yet delivered, or a resolve not yet sent.
-        active: delivered and kept alive at the receiver by re-sends.
-        delivered: delivered at least once.
-        failed_attempts: failed sends in all (each retry counts).
-        retrying: pending deliveries whose last attempt failed.
-        oldest_pending_ns: enqueue time of the oldest pending notification, or None.
-        last_error: the error of the most recent failed attempt, or None.
-    """
-
-    pending: int = 0
-    active: int = 0
-    delivered: int = 0
-    failed_attempts: int = 0
-    retrying: int = 0
-    oldest_pending_ns: int | None = None
-    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ Readers (each streaming, flat in memory, reporting bad rows with their line numb
 * :mod:`agent.replay.readers.nvidia_smi`: ``nvidia-smi --query-gpu ... --format=csv`` logs;
 * :mod:`agent.replay.readers.dcgm`: dcgm-exporter scrapes (Prometheus text format);
 * :mod:`agent.replay.readers.prom_range`: Prometheus ``query_range`` JSON exports;
-* :mod:`agent.replay.readers.trace`: flopledger's own columnar traces (and ``record_trace``).
+* :mod:`agent.replay.readers.trace`: flopledger's own columnar traces (recorded by
+  :func:`agent.simrun.record_trace`).
 
 :mod:`agent.replay.engine` drives them through
 :meth:`agent.accounting.accountant.Accountant.add_samples` into a ledger; :mod:`agent.cli.replay`

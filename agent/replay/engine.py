@@ -41,10 +41,10 @@ import numpy as np
 from agent.accounting.accountant import Accountant
 from agent.accounting.estimate import EstimatorSettings
 from agent.accounting.integrate import group_by_gpu, warm_up
+from agent.accounting.records import LedgerRecord, Totals
 from agent.accounting.runs import UNATTRIBUTED, GpuAttribution, GpuShare
-from agent.ledger.records import LedgerRecord
 from agent.ledger.signing import load_or_create_key
-from agent.ledger.store import GpuState, Ledger, RunRow, Totals
+from agent.ledger.store import GpuState, Ledger, RunRow
 from agent.replay.mapping import RunMapping
 from agent.replay.readers.base import ColumnChunk, GpuKey, Reader, ReplayError
 from agent.replay.readers.dcgm import DcgmReader
@@ -434,7 +434,7 @@ class ReplayEngine:
             d = self._by_uuid.get(r.gpu_uuid)
             line = s.gpus.setdefault(r.gpu_uuid, GpuLine(
                 r.gpu_uuid, d.name if d else "", (d.spec_key or "") if d else "", r.estimator))
-            for totals in (line.band, s.runs.setdefault(r.run, Totals()), s.total):
+            for totals in (line.totals, s.runs.setdefault(r.run, Totals()), s.total):
                 totals.add(r)
 
     def _finish(self) -> None:

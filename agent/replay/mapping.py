@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.accounting.attribution import build_run_meta
+from agent.accounting.runmeta import build_run_meta
 from agent.accounting.runs import GpuAttribution, GpuShare, RunMeta
 from agent.configfile import Problems, read_toml
 from agent.replay.readers.base import GpuKey

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from agent import figures
-from agent.ledger.store import Totals
+from agent.accounting.records import Totals
 from agent.replay.readers.base import BadRow
 
 FIRST_BAD_SHOWN = 10
@@ -67,7 +67,7 @@ class GpuLine:
     name: str
     spec: str
     estimator: str
-    band: Totals = field(default_factory=Totals)
+    totals: Totals = field(default_factory=Totals)
 
 
 @dataclass(slots=True)
@@ -124,20 +124,20 @@ class ReplaySummary:
             out.append(f"  ERROR {e}")
         out.append(f"  GPUs           {len(self.gpus)}")
         for g in self.gpus.values():
-            b = g.band
+            b = g.totals
             out.append(f"    {g.key[:44]:<44} {g.name[:24]:<24} {g.spec or '-':<10} "
                        f"{g.estimator:<12} {b.samples:>10,} samples  "
-                       f"FLOP {figures.band(b.flop_low, b.flop_central, b.flop_high)}")
+                       f"FLOP {figures.band(*b.flop)}")
             if b.samples <= 1:
                 out.append("      (a single sample: no interval to integrate; a corrupted "
                            "identity?)")
         out.append(f"  runs           {len(self.runs)}")
         for run, b in sorted(self.runs.items()):
-            band = figures.band(b.flop_low, b.flop_central, b.flop_high)
-            out.append(f"    {run[:44]:<44} FLOP {band}  energy {figures.energy(b.energy_mj)}")
+            out.append(f"    {run[:44]:<44} FLOP {figures.band(*b.flop)}  "
+                       f"energy {figures.energy(b.energy_mj)}")
         t = self.total
-        total = figures.band(t.flop_low, t.flop_central, t.flop_high)
-        out.append(f"  total          FLOP {total}  energy {figures.energy(t.energy_mj)}  "
+        out.append(f"  total          FLOP {figures.band(*t.flop)}  "
+                   f"energy {figures.energy(t.energy_mj)}  "
                    f"covered {figures.duration(t.covered_ns / 1e9)}"
                    f" GPU-time, gaps {figures.duration(t.gap_ns / 1e9)}")
         out.append(f"  ledger records {self.records:,}")

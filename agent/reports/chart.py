@@ -53,7 +53,7 @@ def render_png(rep: Report, path: Path) -> None:
     low_values = [v for v in low if v > 0] or [1.0]
     ax.set_ylim(bottom=min(low_values) / 3, top=max(top, max(shown, default=top)) * 3)
     ax.set_ylabel("cumulative compute (FLOP)")
-    band = figures.band(rep.flop["low"], rep.flop["central"], rep.flop["high"])
+    band = figures.band(*rep.flop)
     ax.set_title(f"{rep.subject_type} {rep.subject}: {band} FLOP")
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d\n%H:%M"))  # type: ignore[no-untyped-call]
     ax.grid(True, which="major", alpha=0.3)

@@ -15,30 +15,42 @@ import io
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent import figures
+from agent.accounting.band import Band
+from agent.accounting.records import LedgerRecord
 from agent.compliance.evaluate import Evaluation, evaluate, plan_of
 from agent.compliance.forecast import DEFAULT_HORIZON_S, run_forecast
+from agent.compliance.lineage import ModelInfo
+from agent.compliance.planner import EU_MARGIN, cross_check
 from agent.compliance.thresholds import Registry
-from agent.config import Config
 from agent.ledger.query import iter_records, latest_head, open_records, summarize
-from agent.ledger.records import LedgerRecord
 from agent.sources.specs import MATMUL_PRECISIONS, SpecTable
-
-EU_MARGIN = 0.30
 
 
 @dataclass(slots=True)
 class Timeline:
-    """Cumulative FLOP at each record end (for the chart and the CSV)."""
+    """Cumulative FLOP at each record end (for the chart and the CSV), a column per
+    bound."""
 
     end_ns: list[int] = field(default_factory=list)
     low: list[int] = field(default_factory=list)
     central: list[int] = field(default_factory=list)
     high: list[int] = field(default_factory=list)
+
+    def add(self, end_ns: int, flop: Band[int]) -> None:
+        """The cumulative ``flop`` at ``end_ns`` (the last point, if it ends there too)."""
+        if self.end_ns and self.end_ns[-1] == end_ns:
+            self.low[-1], self.central[-1], self.high[-1] = flop
+            return
+        self.end_ns.append(end_ns)
+        self.low.append(flop.low)
+        self.central.append(flop.central)
+        self.high.append(flop.high)
 
 
 @dataclass(slots=True)
@@ -46,7 +58,7 @@ class Report:
     subject_type: str
     subject: str
     generated_ns: int
-    flop: dict[str, int]
+    flop: Band[int]
     energy_mj: int
     first_ns: int
     last_ns: int
@@ -94,10 +106,11 @@ def _peak_per_gpu(records: list[LedgerRecord], specs: SpecTable) -> tuple[float,
     return h, "; ".join(parts)
 
 
-def build_report(config: Config, registry: Registry, specs: SpecTable, ledger_path: Path,
-                 *, run: str | None = None, model: str | None = None,
+def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: SpecTable,
+                 ledger_path: Path, *, run: str | None = None, model: str | None = None,
                  now_ns: int | None = None) -> Report:
-    """Gather everything a report states.
+    """Gather everything a report states; ``models`` is the config's ``[models.*]``
+    lineage.
 
     Raises:
         ValueError: if neither or both of ``run`` and ``model`` are given, or nothing
@@ -113,7 +126,7 @@ def build_report(config: Config, registry: Registry, specs: SpecTable, ledger_pa
         raise ValueError(f"no records for {'run ' + str(run) if run else 'model ' + str(model)}"
                          f" in {ledger_path}")
     mine.sort(key=lambda r: (r.end_ns, r.seq))
-    flop = {k: sum(getattr(r, f"flop_{k}") for r in mine) for k in ("low", "central", "high")}
+    flop = sum((r.flop for r in mine), Band.exact(0))
     gpu_ns = sum(r.covered_ns + r.gap_ns for r in mine)
     gap_ns = sum(r.gap_ns for r in mine)
     samples = Counter[str]()
@@ -128,12 +141,12 @@ def build_report(config: Config, registry: Registry, specs: SpecTable, ledger_pa
     unattributed = [r for r in everything if r.run == "unattributed" and r.gpu_uuid in uuids
                     and r.end_ns > first and r.start_ns < last]
     un_flop = sum(r.flop_central for r in unattributed)
-    un_share = un_flop / (un_flop + flop["central"]) if (un_flop + flop["central"]) else None
+    un_share = un_flop / (un_flop + flop.central) if (un_flop + flop.central) else None
 
     h, h_source = _peak_per_gpu(mine, specs)
     seconds = (last - first) / 1e9
     n = gpu_ns / 1e9 / seconds if seconds else 0.0
-    u = flop["central"] / (gpu_ns / 1e9 * h) if gpu_ns and h else None
+    u = flop.central / (gpu_ns / 1e9 * h) if gpu_ns and h else None
     method = {
         "approach": "hardware-based (EU Guidelines Annex A.2.1): C = N x L x H x U",
         "N_gpus_average": n,
@@ -170,12 +183,12 @@ def build_report(config: Config, registry: Registry, specs: SpecTable, ledger_pa
             f = run_forecast(name_of_run, [r for r in mine if r.run == name_of_run],
                              plan_of(run_meta.get(name_of_run, {})), now)
             at_end += f.current.central + f.rate.central * f.remaining_s(now, DEFAULT_HORIZON_S)
-        difference = (six_pd - at_end) / at_end if at_end else 0.0
+        difference, beyond = cross_check(six_pd, at_end)
         cross = {"6PD": six_pd, "params": params, "tokens": tokens,
                  "hardware_projected_at_planned_end": at_end, "difference": difference,
-                 "beyond_eu_margin": abs(difference) > EU_MARGIN}
+                 "beyond_eu_margin": beyond}
 
-    snap = evaluate(config, registry, ledger_path, now, records=everything)
+    snap = evaluate(models, registry, ledger_path, now, records=everything)
     kind = "run" if run is not None else "model"
     name = run if run is not None else str(model)
     regimes = [_regime_row(e, now) for e in snap.evaluations
@@ -188,19 +201,10 @@ def build_report(config: Config, registry: Registry, specs: SpecTable, ledger_pa
     ledger["verify"] = (f"flopledger export --{kind} {name} -o bundle.json; then, anywhere: "
                         f"flopledger verify bundle.json --key-fingerprint {key}")
     timeline = Timeline()
-    acc = {"low": 0, "central": 0, "high": 0}
+    so_far = Band.exact(0)
     for r in mine:
-        acc["low"] += r.flop_low
-        acc["central"] += r.flop_central
-        acc["high"] += r.flop_high
-        if timeline.end_ns and timeline.end_ns[-1] == r.end_ns:
-            timeline.low[-1], timeline.central[-1], timeline.high[-1] = (
-                acc["low"], acc["central"], acc["high"])
-            continue
-        timeline.end_ns.append(r.end_ns)
-        timeline.low.append(acc["low"])
-        timeline.central.append(acc["central"])
-        timeline.high.append(acc["high"])
+        so_far += r.flop
+        timeline.add(r.end_ns, so_far)
     forecast = None
     if regimes:
         first_eval = next(e for e in snap.evaluations if e.assessment.subject.kind == kind
@@ -250,8 +254,8 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
         "",
         "## Total",
         "",
-        f"**{figures.flop(f['central'])} FLOP** (central estimate), band "
-        f"**{figures.flop(f['low'], 'down')} .. {figures.flop(f['high'], 'up')} FLOP**; "
+        f"**{figures.flop(f.central)} FLOP** (central estimate), band "
+        f"**{figures.flop(f.low, 'down')} .. {figures.flop(f.high, 'up')} FLOP**; "
         "two significant "
         "figures, the band rounded outwards.",
         "",
@@ -296,8 +300,9 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
               "possible rate over sampling gaps.", ""]
     if rep.cross_check:
         c = rep.cross_check
-        flag = ("**beyond the EU's 30% margin: check the declared parameters, tokens and "
-                "precision**" if c["beyond_eu_margin"] else "within the EU's 30% margin")
+        flag = (f"**beyond the EU's {EU_MARGIN:.0%} margin: check the declared parameters, "
+                "tokens and precision**" if c["beyond_eu_margin"]
+                else f"within the EU's {EU_MARGIN:.0%} margin")
         lines += [f"Cross-check (architecture-based, Annex A.2.2): 6 x P x D = 6 x "
                   f"{c['params']:.3g} x {c['tokens']:.3g} = {figures.flop(c['6PD'])} FLOP for the "
                   f"planned tokens, {c['difference']:+.0%} from the hardware-based total "
@@ -312,7 +317,7 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
               (f"- unattributed compute on the same GPUs over the period: "
                f"{rep.unattributed_share:.2%}" if rep.unattributed_share is not None
                else "- unattributed compute: none"),
-              f"- band width: high / low = {f['high'] / f['low']:.3f}" if f["low"] else
+              f"- band width: high / low = {f.high / f.low:.3f}" if f.low else
               "- band width: low bound is zero", "",
               "## Verification", "",
               f"Ledger signed head: {rep.ledger.get('records', 0)} records, root "

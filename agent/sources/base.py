@@ -98,10 +98,6 @@ FLOAT_FIELDS: tuple[str, ...] = (
 )
 
 
-def _nan(n: int) -> FloatArray:
-    return np.full(n, np.nan, dtype=np.float64)
-
-
 @dataclass(slots=True)
 class SampleBatch:
     """One tick of samples for every GPU of a source.

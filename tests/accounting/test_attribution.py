@@ -18,8 +18,6 @@ from agent.accounting.attribution import (
     AttributionSettings,
     Attributor,
     StaticRule,
-    build_run_meta,
-    kubernetes_pod_uid,
     parse_attribution_config,
 )
 from agent.accounting.runs import UNATTRIBUTED, GpuAttribution, RunMeta
@@ -37,11 +35,11 @@ from agent.sources.procinfo import ProcInspector
 from agent.sources.scenarios import SCENARIOS, SimJob, parse_sim_jobs
 from agent.sources.simulated import SIM_PID_BASE, SimulatedSource
 from agent.sources.specs import SpecTable, load_spec_table
+from tests.accounting.test_runmeta import K8S_V1, K8S_V2, POD_UID
 from tests.paths import REPO
 
 PROLOG = REPO / "configs" / "slurm" / "prolog.sh"
 EPILOG = REPO / "configs" / "slurm" / "epilog.sh"
-POD_UID = "0b8c1f6e-4a2d-4c1e-9f3a-1234567890ab"
 # Above the kernel's largest pid_max (2^22), so no real process can have it.
 NO_SUCH_PID = 2**22 + 12345
 S = 1_000_000_000
@@ -211,36 +209,6 @@ def test_torchrun(specs: SpecTable, settings: AttributionSettings) -> None:
     assert only_run(out[1]) is UNATTRIBUTED
 
 
-K8S_V1 = (
-    "12:memory:/kubepods/burstable/pod0b8c1f6e-4a2d-4c1e-9f3a-1234567890ab/"
-    "3f2a9c0d1e2b3a4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4\n"
-    "11:cpu,cpuacct:/kubepods/burstable/pod0b8c1f6e-4a2d-4c1e-9f3a-1234567890ab/3f2a\n"
-)
-K8S_V2 = (
-    "0::/kubepods.slice/kubepods-burstable.slice/"
-    "kubepods-burstable-pod0b8c1f6e_4a2d_4c1e_9f3a_1234567890ab.slice/"
-    "cri-containerd-3f2a9c0d1e2b.scope\n"
-)
-K8S_V2_GUARANTEED = (
-    "0::/kubepods.slice/kubepods-pod0B8C1F6E_4A2D_4C1E_9F3A_1234567890AB.slice/"
-    "cri-containerd-3f2a.scope\n"
-)
-
-
-@pytest.mark.parametrize("text", [K8S_V1, K8S_V2, K8S_V2_GUARANTEED])
-def test_kubernetes_pod_uid_from_cgroup(text: str) -> None:
-    assert kubernetes_pod_uid(text) == POD_UID
-
-
-@pytest.mark.parametrize("text", [
-    "0::/user.slice/user-1000.slice/session-3.scope\n",
-    "0::/system.slice/docker-0b8c1f6e4a2d4c1e9f3a1234567890ab.scope\n",
-    "",
-])
-def test_no_pod_uid_outside_kubernetes(text: str) -> None:
-    assert kubernetes_pod_uid(text) is None
-
-
 def test_kubernetes_through_the_simulated_inspector(specs: SpecTable,
                                                     settings: AttributionSettings) -> None:
     out = Sim(specs, settings, [SimJob(env={}, gpus=(0,), cgroup=K8S_V1),
@@ -363,44 +331,6 @@ def test_run_change_over_simulated_time(specs: SpecTable,
 # --- metadata -------------------------------------------------------------------------
 
 
-def test_metadata_from_the_environment() -> None:
-    run, warnings = build_run_meta("r", "env", {
-        "FLOPLEDGER_MODEL": " llama-x ",
-        "FLOPLEDGER_CATEGORY": "Fine-Tuning",
-        "FLOPLEDGER_PRECISION": "fp8",
-        "FLOPLEDGER_RECOMPUTE": "selective",
-        "FLOPLEDGER_RECOMPUTE_FACTOR": "1.2",
-        "FLOPLEDGER_BASE_MODELS": "base-a, base-b,,",
-        "FLOPLEDGER_PLAN_GPUS": "1024",
-        "FLOPLEDGER_PLAN_TOKENS": "1.5e12",
-        "FLOPLEDGER_PLAN_END_TIME": "2025-06-30T00:00:00Z",
-    })
-    assert warnings == []
-    assert run == RunMeta(
-        run_id="r", model="llama-x", category="fine-tuning", precision="fp8",
-        recompute="selective", recompute_factor=1.2, base_models=("base-a", "base-b"),
-        plan={"gpus": 1024.0, "tokens": 1.5e12, "end_time": "2025-06-30T00:00:00Z"},
-        via="env")
-    full, _ = build_run_meta("r", "env", {"FLOPLEDGER_RECOMPUTE": "full"})
-    assert full.recompute_factor == pytest.approx(4 / 3)
-
-
-def test_metadata_from_a_run_file_with_the_environment_on_top(tmp_path: Path) -> None:
-    run_file = tmp_path / "run.toml"
-    run_file.write_text(
-        'model = "from-file"\ncategory = "rl"\nprecision = "bf16"\n'
-        'recompute = "full"\nbase_models = ["b1"]\n'
-        '[plan]\ngpus = 64\nduration_s = 86400.5\nowner = "team-x"\n')
-    run, warnings = build_run_meta("r", "env", {
-        "FLOPLEDGER_RUN_FILE": str(run_file), "FLOPLEDGER_MODEL": "from-env",
-        "FLOPLEDGER_PLAN_GPUS": "128"})
-    assert warnings == []
-    assert run == RunMeta(
-        run_id="r", model="from-env", category="rl", precision="bf16", recompute="full",
-        recompute_factor=4 / 3, base_models=("b1",),
-        plan={"gpus": 128.0, "duration_s": 86400.5, "owner": "team-x"}, via="env")
-
-
 def test_bad_metadata_is_ignored_with_one_warning_per_run(
         specs: SpecTable, settings: AttributionSettings, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -420,14 +350,6 @@ def test_bad_metadata_is_ignored_with_one_warning_per_run(
     for label in ("FLOPLEDGER_CATEGORY", "FLOPLEDGER_PRECISION", "FLOPLEDGER_RECOMPUTE_FACTOR",
                   "FLOPLEDGER_RUN_FILE"):
         assert label in message
-
-
-def test_selective_without_a_factor_falls_back_to_one() -> None:
-    run, warnings = build_run_meta("r", "env", {"FLOPLEDGER_RECOMPUTE": "selective",
-                                                "FLOPLEDGER_PLAN_X": "1", "OTHER": "y"})
-    assert (run.recompute, run.recompute_factor, run.plan) == ("selective", 1.0, {"x": 1.0})
-    assert len(warnings) == 1
-    assert "FLOPLEDGER_RECOMPUTE_FACTOR" in warnings[0]
 
 
 # --- configuration --------------------------------------------------------------------

@@ -10,6 +10,7 @@ from agent.accounting.estimate import (
     EstimatorSettings,
     GpuAssumptions,
     Rates,
+    Readings,
     build_coefficients,
     estimate_rates,
 )
@@ -40,10 +41,11 @@ def rates(
     def a(x: float) -> np.ndarray:
         return np.array([x], dtype=np.float64)
 
-    return estimate_rates(
+    readings = Readings(
         np.zeros(1, np.int64), a(clock), a(prev_clock), a(util), a(prev_util), a(tensor),
-        a(hmma), a(imma), a(NAN), a(NAN), a(NAN), a(fp32), a(NAN), coeffs, settings,
+        a(hmma), a(imma), a(NAN), a(NAN), a(NAN), a(fp32), a(NAN),
     )
+    return estimate_rates(readings, coeffs, settings)
 
 
 GPM_BF16 = GpuAssumptions(H100, ActivityKind.GPM, precision="bf16")
@@ -52,24 +54,24 @@ GPM_BF16 = GpuAssumptions(H100, ActivityKind.GPM, precision="bf16")
 def test_tensor_activity_times_physical_peak() -> None:
     r = rates(GPM_BF16, tensor=50.0, clock=1980.0, prev_clock=1980.0, util=100)
     peak = 132 * 4096 * 1980e6
-    assert r.central[0] == pytest.approx(0.5 * peak, rel=1e-12)
-    assert r.low[0] == pytest.approx(0.48 * peak, rel=1e-12)
-    assert r.high[0] == pytest.approx(0.52 * peak, rel=1e-12)
+    assert r.flops.central[0] == pytest.approx(0.5 * peak, rel=1e-12)
+    assert r.flops.low[0] == pytest.approx(0.48 * peak, rel=1e-12)
+    assert r.flops.high[0] == pytest.approx(0.52 * peak, rel=1e-12)
     assert r.estimator[0] == Estimator.GPM_TENSOR
 
 
 def test_clock_change_inside_the_interval_uses_both_ends() -> None:
     r = rates(GPM_BF16, tensor=50.0, clock=1410.0, prev_clock=1980.0, util=100, prev_util=100)
     per_clock = 132 * 4096
-    assert r.central[0] == pytest.approx(0.5 * per_clock * (1410e6 + 1980e6) / 2)
-    assert r.low[0] == pytest.approx(0.48 * per_clock * 1410e6)
-    assert r.high[0] == pytest.approx(0.52 * per_clock * 1980e6)
+    assert r.flops.central[0] == pytest.approx(0.5 * per_clock * (1410e6 + 1980e6) / 2)
+    assert r.flops.low[0] == pytest.approx(0.48 * per_clock * 1410e6)
+    assert r.flops.high[0] == pytest.approx(0.52 * per_clock * 1980e6)
 
 
 def test_an_idle_end_of_the_interval_does_not_set_the_clock() -> None:
     # The GPU went idle (clock fell to 345 MHz) after working at 1980 MHz.
     r = rates(GPM_BF16, tensor=20.0, clock=345.0, prev_clock=1980.0, util=0, prev_util=100)
-    assert r.central[0] == pytest.approx(0.2 * 132 * 4096 * 1980e6)
+    assert r.flops.central[0] == pytest.approx(0.2 * 132 * 4096 * 1980e6)
 
 
 def test_per_kind_tensor_activity_uses_each_kinds_peak() -> None:
@@ -77,48 +79,48 @@ def test_per_kind_tensor_activity_uses_each_kinds_peak() -> None:
               imma=20.0, fp32=10.0, prev_clock=1980.0)
     hz = 1980e6
     expected = (0.4 * 132 * 8192 + 0.2 * 132 * 8192 + 0.1 * 132 * 256) * hz
-    assert r.central[0] == pytest.approx(expected, rel=1e-12)
+    assert r.flops.central[0] == pytest.approx(expected, rel=1e-12)
 
 
 def test_undeclared_precision_widens_the_band_by_the_precision_ratio() -> None:
     r = rates(GpuAssumptions(H100, ActivityKind.GPM, precision=None), tensor=50.0,
               prev_clock=1980.0)
     declared = rates(GPM_BF16, tensor=50.0, prev_clock=1980.0)
-    assert r.central[0] == declared.central[0]  # bf16 by default
-    assert r.high[0] == pytest.approx(2 * declared.high[0])  # fp8 is twice bf16
-    assert r.low[0] == declared.low[0]
+    assert r.flops.central[0] == declared.flops.central[0]  # bf16 by default
+    assert r.flops.high[0] == pytest.approx(2 * declared.flops.high[0])  # fp8 is twice bf16
+    assert r.flops.low[0] == declared.flops.low[0]
 
 
 def test_utilization_only_bounds_from_above_and_says_so() -> None:
     a100 = GpuAssumptions(A100, ActivityKind.NONE, precision="bf16")
     r = rates(a100, util=90.0, clock=1410.0, prev_clock=1410.0)
     peak = 108 * 2048 * 1410e6
-    assert r.high[0] == pytest.approx(0.9 * peak)
-    assert r.central[0] == pytest.approx(0.9 * 0.4 * peak)
-    assert r.low[0] == pytest.approx(0.9 * 0.1 * peak)
+    assert r.flops.high[0] == pytest.approx(0.9 * peak)
+    assert r.flops.central[0] == pytest.approx(0.9 * 0.4 * peak)
+    assert r.flops.low[0] == pytest.approx(0.9 * 0.1 * peak)
     assert r.estimator[0] == Estimator.UTILIZATION
 
 
 def test_nothing_usable_gives_zero_and_peak() -> None:
     r = rates(GPM_BF16)
-    assert r.central[0] == 0
-    assert r.low[0] == 0
-    assert r.high[0] == build_coefficients([GPM_BF16], SETTINGS).gap_rate_flops[0]
+    assert r.flops.central[0] == 0
+    assert r.flops.low[0] == 0
+    assert r.flops.high[0] == build_coefficients([GPM_BF16], SETTINGS).gap_rate_flops[0]
     assert r.estimator[0] == Estimator.NONE
 
 
 def test_unknown_clock_has_no_lower_bound_and_max_clock_above() -> None:
     r = rates(GPM_BF16, tensor=50.0, clock=NAN)
-    assert r.low[0] == 0
-    assert r.high[0] == pytest.approx(0.52 * 132 * 4096 * 1980e6)
+    assert r.flops.low[0] == 0
+    assert r.flops.high[0] == pytest.approx(0.52 * 132 * 4096 * 1980e6)
 
 
 def test_full_recompute_reports_model_flop_central_and_hardware_flop_high() -> None:
     full = GpuAssumptions(H100, ActivityKind.GPM, precision="bf16", recompute_factor=4 / 3)
     r = rates(full, tensor=60.0, prev_clock=1980.0)
     plain = rates(GPM_BF16, tensor=60.0, prev_clock=1980.0)
-    assert r.central[0] == pytest.approx(plain.central[0] * 0.75)
-    assert r.high[0] == plain.high[0]
+    assert r.flops.central[0] == pytest.approx(plain.flops.central[0] * 0.75)
+    assert r.flops.high[0] == plain.flops.high[0]
 
 
 def test_precision_the_gpu_lacks_falls_back_to_its_fastest_float() -> None:
@@ -129,8 +131,8 @@ def test_precision_the_gpu_lacks_falls_back_to_its_fastest_float() -> None:
 
 def test_gpu_missing_from_the_table_is_reported_not_guessed() -> None:
     r = rates(GpuAssumptions(None, ActivityKind.GPM), tensor=50.0, util=100)
-    assert r.central[0] == 0
-    assert r.high[0] == 0
+    assert r.flops.central[0] == 0
+    assert r.flops.high[0] == 0
     assert r.estimator[0] == Estimator.NONE
 
 
@@ -144,15 +146,15 @@ def test_rates_do_not_depend_on_how_samples_are_grouped() -> None:
         np.where(rng.random(n) < 0.2, NAN, rng.uniform(0, 100, n)) for _ in range(10)
     ]
     def estimate(lo: int, hi: int) -> Rates:
-        c = [col[lo:hi] for col in cols]
-        return estimate_rates(gpu[lo:hi], c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
-                              c[8], c[9], c[10], c[11], coeffs, SETTINGS)
+        return estimate_rates(Readings(gpu[lo:hi], *(col[lo:hi] for col in cols)), coeffs,
+                              SETTINGS)
 
     whole = estimate(0, n)
     for lo, hi in ((0, 17), (17, 18), (18, 64)):
         part = estimate(lo, hi)
-        for name in ("low", "central", "high", "estimator"):
-            np.testing.assert_array_equal(getattr(part, name), getattr(whole, name)[lo:hi])
+        for p, w in zip(part.flops, whole.flops, strict=True):
+            np.testing.assert_array_equal(p, w[lo:hi])
+        np.testing.assert_array_equal(part.estimator, whole.estimator[lo:hi])
 
 
 def test_kernel_matches_its_numpy_reference_bit_for_bit() -> None:
@@ -176,10 +178,10 @@ def test_kernel_matches_its_numpy_reference_bit_for_bit() -> None:
         return x
 
     cols = [column(300, 2000), column(300, 2000)] + [column(0, 100) for _ in range(10)]
-    c = cols
-    got = estimate_rates(gpu, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9],
-                         c[10], c[11], coeffs, SETTINGS)
-    want = estimate_rates_reference(gpu, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8],
-                                    c[9], c[10], c[11], coeffs, SETTINGS)
-    for name in ("low", "central", "high", "estimator"):
-        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    readings = Readings(gpu, *cols)
+    got = estimate_rates(readings, coeffs, SETTINGS)
+    want = estimate_rates_reference(readings, coeffs, SETTINGS)
+    for name in ("low", "central", "high"):
+        np.testing.assert_array_equal(getattr(got.flops, name), getattr(want.flops, name),
+                                      err_msg=name)
+    np.testing.assert_array_equal(got.estimator, want.estimator)

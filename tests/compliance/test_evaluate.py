@@ -7,7 +7,6 @@ import pytest
 
 from agent.compliance.evaluate import evaluate, notifications
 from agent.compliance.thresholds import load_registry
-from agent.config import parse_config
 from tests.sample_ledger import DAY, HOUR_NS, T0, build
 
 THRESHOLD = 1e25
@@ -17,7 +16,6 @@ THRESHOLD = 1e25
 def timeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     tmp = tmp_path_factory.mktemp("forecast")
     path = tmp / "ledger.sqlite"
-    config = parse_config({"agent": {"state_dir": str(tmp)}})
     registry = load_registry()
     found: dict[str, object] = {"crossing_hour": None, "will_fired": None}
     level_fired: dict[str, int] = {}
@@ -28,7 +26,7 @@ def timeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             found["crossing_hour"] = h + 1
         if (h + 1) % DAY:
             return
-        snap = evaluate(config, registry, path, T0 + (h + 1) * HOUR_NS)
+        snap = evaluate({}, registry, path, T0 + (h + 1) * HOUR_NS)
         for key, kind, _level, e in notifications(snap):
             a = e.assessment
             if a.regime.key != "eu-art51-systemic-risk" or a.subject.kind != "model":

@@ -7,7 +7,17 @@ import sys
 
 import pytest
 
-from agent.compliance.planner import ArchitecturePlan, Span, hardware_plan, parse_span
+from agent.compliance.lineage import Flop
+from agent.compliance.planner import (
+    EU_MARGIN,
+    ArchitecturePlan,
+    Span,
+    cross_check,
+    hardware_plan,
+    parse_span,
+    planned_crossings,
+)
+from agent.compliance.thresholds import load_registry
 from agent.sources.specs import load_spec_table
 
 SPECS = load_spec_table()
@@ -68,3 +78,32 @@ def test_cli_says_which_thresholds_and_when_the_eu_notice_is_due() -> None:
     assert "within the EU's 30% margin" in out
     assert "crossed      1.0e+25" in out
     assert "notify by" in out
+
+
+@pytest.mark.parametrize(("estimate", "reference", "expected"), [
+    (130.0, 100.0, (0.3, False)), (131.0, 100.0, (0.31, True)), (69.0, 100.0, (-0.31, True)),
+    (5.0, 0.0, (0.0, False))])
+def test_cross_check_flags_a_difference_beyond_the_eu_margin(
+    estimate: float, reference: float, expected: tuple[float, bool]
+) -> None:
+    difference, beyond = cross_check(estimate, reference)
+    assert difference == pytest.approx(expected[0])
+    assert beyond is expected[1]
+    assert EU_MARGIN == 0.30
+
+
+def test_planned_crossings_of_the_provider_thresholds() -> None:
+    regimes = load_registry().enabled()
+    day = Span(86400.0, 86400.0)
+    crossings = planned_crossings(regimes, Flop(10**24, 2 * 10**25, 4 * 10**25), day, 0.0)
+    by_key = {c.regime.key: c for c in crossings}
+    assert all(c.regime.applies_to == "provider" for c in crossings)
+    assert "eu-modifier-gpai" not in by_key
+    eu = by_key["eu-art51-systemic-risk"]
+    assert (eu.crossed, eu.threshold_flop) == ("central", 1e25)
+    assert eu.at_ns == pytest.approx(86400e9 / 2)  # half way at the central rate
+    us = by_key["ca-sb53-frontier"]
+    assert (us.crossed, us.at_ns) == ("", None)
+    high_only = planned_crossings(regimes, Flop(10**24, 9 * 10**24, 2 * 10**25), None, 0.0)
+    eu = next(c for c in high_only if c.regime.key == "eu-art51-systemic-risk")
+    assert (eu.crossed, eu.at_ns) == ("high", None)

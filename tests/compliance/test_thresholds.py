@@ -7,8 +7,14 @@ from pathlib import Path
 import pytest
 
 from agent.compliance.lineage import Flop
-from agent.compliance.thresholds import Subject, assess, load_registry
-from agent.configfile import ConfigError
+from agent.compliance.thresholds import (
+    Subject,
+    ThresholdSettings,
+    assess,
+    load_registry,
+    parse_threshold_settings,
+)
+from agent.configfile import ConfigError, Problems
 
 REGISTRY = load_registry()
 R = REGISTRY.regimes
@@ -123,3 +129,38 @@ threshold_usd = 5
     keys = {k for k, _ in e.value.problems}
     assert keys >= {"regimes.a.scope", "regimes.a.comparison", "regimes.a.subjects",
                     "regimes.a.status", "regimes.a", "regimes.b.threshold_usd"}
+
+
+def test_unknown_and_mistyped_registry_keys_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "thresholds.toml"
+    path.write_text("""
+[scopes.s]
+categories = ["pre-training"]
+inherit = true
+[regimes.a]
+scope = "s"
+status = "internal"
+threshold_flop = "big"
+treshold_usd = 5
+[extra]
+""")
+    with pytest.raises(ConfigError) as e:
+        load_registry(path)
+    problems = dict(e.value.problems)
+    assert problems["extra"] == "one of the tables ['pricing', 'regimes', 'scopes']"
+    assert problems["regimes.a.treshold_usd"].startswith("one of the known keys [")
+    assert problems["regimes.a.threshold_flop"] == "a positive number"
+
+
+def test_threshold_settings_keep_defaults_for_bad_values() -> None:
+    problems = Problems("agent.toml")
+    settings = parse_threshold_settings(
+        {"thresholds": {"estimate": "median", "levels": [0.5, 2], "window_s": -1,
+                        "horizon_days": 7, "evaluate_every": 5}}, problems)
+    assert settings == ThresholdSettings(horizon_days=7.0)
+    assert [k for k, _ in problems.items] == [
+        "thresholds.evaluate_every", "thresholds.estimate", "thresholds.levels",
+        "thresholds.window_s"]
+    assert parse_threshold_settings({}, problems) == ThresholdSettings()
+    assert parse_threshold_settings({"thresholds": {"levels": [1, 0.25]}},
+                                    problems).levels == (0.25, 1.0)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.accounting.records import LedgerRecord
 from agent.ledger.query import iter_records
-from agent.ledger.records import LedgerRecord
 from agent.ledger.verify import verify_ledger
 from agent.sources.clock import VirtualClock
 from agent.sources.scenarios import SCENARIOS

@@ -43,18 +43,17 @@ from prometheus_client import CollectorRegistry
 from exporters.collector import FlopledgerCollector
 from exporters.web.config import load_web_config
 from exporters.web.server import MetricsServer, start_metrics_server
+from tests import dashboard as dash
 from tests.agentproc import free_port, stop, wait_for
-from tests.exporters import test_dashboard as dash
-from tests.exporters.test_collector import sample_snapshot
-from tests.exporters.web.test_config import (
+from tests.exposition import sample_snapshot
+from tests.paths import REPO
+from tests.pki import (
     Pki,
     bcrypt_hash,
     client_context,
     connection_refused,
     fetch,
-    make_pki,
 )
-from tests.paths import REPO
 
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
@@ -177,11 +176,6 @@ class Stack:
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

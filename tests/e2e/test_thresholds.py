@@ -19,8 +19,8 @@ import pytest
 
 from agent.compliance.lineage import default_thresholds_path
 from tests.agentproc import agent, wait_for
-from tests.e2e.test_notify import ALERTMANAGER, alertmanager, am_alerts, wait_until
-from tests.notify.test_notify import SECRET, Receiver
+from tests.alertmanager import ALERTMANAGER, alertmanager, am_alerts, wait_until
+from tests.receivers import SECRET, Receiver
 
 pytestmark = [
     pytest.mark.e2e,

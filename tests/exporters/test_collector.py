@@ -1,58 +1,41 @@
-"""The Prometheus collector: metric contract, golden exposition, promtool."""
+"""The /metrics exposition: metric contract, golden exposition, promtool, and each
+collector isolated with its own success and duration."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
-from agent.accounting.snapshot import GpuSnapshot, RunSnapshot, Snapshot
-from exporters.collector import FlopledgerCollector
+from agent.accounting.snapshot import Snapshot
+from agent.compliance.state import ThresholdState
+from exporters.agent_self import AgentCollector
+from exporters.collector import Exposition, FlopledgerCollector
+from exporters.gpu import GpuCollector
+from exporters.notifications import NotificationCollector
+from exporters.runs import RunCollector
+from exporters.thresholds import ThresholdCollector
+from tests.exposition import (
+    exposition,
+    full_exposition,
+    registry_of,
+    sample_notify_status,
+    sample_snapshot,
+    sample_thresholds,
+    stable,
+)
 from tests.paths import FIXTURES
 
 GOLDEN = FIXTURES / "metrics.golden.prom"
-VOLATILE = ("flopledger_collector_duration_seconds", "flopledger_build_info")
-
-
-def sample_snapshot() -> Snapshot:
-    gpus = (
-        GpuSnapshot(index=0, uuid="GPU-00000000-0000-0000-0000-000000000000",
-                    name="NVIDIA H100 80GB HBM3", spec_key="h100_sxm", source="nvml", up=True,
-                    flop_low=9.5e18, flop_central=1.0e19, flop_high=1.05e19,
-                    energy_joules=123456.789, covered_seconds=3600.0, gap_seconds=0.0,
-                    rate_flops=5.3e14, estimator="gpm_tensor", sm_clock_hz=1.98e9,
-                    utilization_ratio=0.97, tensor_activity_ratio=0.55, power_watts=612.5),
-        GpuSnapshot(index=1, uuid="GPU-11111111-1111-1111-1111-111111111111",
-                    name="NVIDIA H100 80GB HBM3", spec_key="h100_sxm", source="nvml", up=False,
-                    flop_low=1.0e18, flop_central=2.0e18, flop_high=4.0e18,
-                    energy_joules=2000.0, covered_seconds=300.0, gap_seconds=12.5,
-                    rate_flops=0.0, estimator="none", sm_clock_hz=None,
-                    utilization_ratio=None, tensor_activity_ratio=None, power_watts=None),
-    )
-    runs = (RunSnapshot(run_id="llama-70b-pt", model="llama-70b", category="pre-training",
-                        flop_low=1.05e19, flop_central=1.2e19, flop_high=1.45e19,
-                        energy_joules=125456.789, gpus=2, created_wall_seconds=1.7e9),)
-    return Snapshot(source_kind="nvml", started_wall_seconds=1.7e9, gpus=gpus, runs=runs,
-                    sample_errors=((1, gpus[1].uuid, "power_mw", 3),),
-                    last_sample_wall_seconds=1.7e9 + 3600, ticks=3600, overruns=2,
-                    integrations=720, rejected_samples=0, last_tick_duration_seconds=0.0012)
-
-
-def exposition(snap: Snapshot | None) -> str:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(FlopledgerCollector(lambda: snap))
-    return generate_latest(registry).decode()
-
-
-def stable(text: str) -> str:
-    return "".join(
-        line + "\n" for line in text.splitlines() if not any(v in line for v in VOLATILE)
-    )
 
 
 def test_exposition_matches_the_golden_file() -> None:
@@ -104,9 +87,159 @@ def test_no_snapshot_yet_still_answers() -> None:
 @pytest.mark.skipif(shutil.which("promtool") is None,
                     reason="promtool missing: `make test` installs Debian's prometheus")
 def test_promtool_accepts_the_exposition() -> None:
-    for text in (GOLDEN.read_text(), exposition(sample_snapshot())):
+    for text in (GOLDEN.read_text(), exposition(sample_snapshot()), full_exposition()):
         result = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
                                 capture_output=True, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.strip() == "", result.stdout
         assert result.stderr.strip() == "", result.stderr
+
+
+# ----------------------------------------------------------------------------- collectors
+
+
+def families(collector: Collector) -> dict[str, Metric]:
+    return {f.name: f for f in collector.collect()}
+
+
+def test_each_concern_has_its_own_collector() -> None:
+    snap = sample_snapshot()
+    gpu, runs, agent = (families(c(lambda: snap))
+                        for c in (GpuCollector, RunCollector, AgentCollector))
+    assert "flopledger_gpu_flop" in gpu
+    assert "flopledger_sample_errors" in gpu
+    assert set(runs) == {"flopledger_run_flop", "flopledger_run_flop_low",
+                         "flopledger_run_flop_high", "flopledger_run_energy_joules",
+                         "flopledger_run_gpus"}
+    assert "flopledger_build_info" in agent
+    assert "flopledger_sampler_ticks" in agent
+    thresholds = families(ThresholdCollector(sample_thresholds))
+    assert "flopledger_threshold_fraction_ratio" in thresholds
+    notifications = families(NotificationCollector(sample_notify_status))
+    assert set(notifications) == {"flopledger_notifications_pending",
+                                  "flopledger_notifications_delivered",
+                                  "flopledger_notifications_failed_attempts"}
+    names = [set(gpu), set(runs), set(agent), set(thresholds), set(notifications)]
+    assert sum(len(n) for n in names) == len(set().union(*names)), "a family in two places"
+
+
+def test_nothing_read_yet_leaves_the_collectors_quiet() -> None:
+    assert families(GpuCollector(lambda: None)) == {}
+    assert families(RunCollector(lambda: None)) == {}
+    assert set(families(AgentCollector(lambda: None))) == {"flopledger_build_info"}
+    assert families(ThresholdCollector(lambda: None)) == {}
+    assert families(NotificationCollector(lambda: None)) == {}
+
+
+def test_threshold_and_notification_series() -> None:
+    get = registry_of(FlopledgerCollector(sample_snapshot, sample_thresholds,
+                                          sample_notify_status)).get_sample_value
+    model = {"subject_type": "model", "subject": "llama-70b",
+             "regime": "eu-art51-systemic-risk", "estimate": "central"}
+    run = {**model, "subject_type": "run", "subject": "llama-70b-pt"}
+    assert get("flopledger_threshold_fraction_ratio", model) == 0.42
+    assert get("flopledger_threshold_eta_seconds", model) == 86400.0 * 20
+    assert get("flopledger_threshold_eta_seconds", run) is None  # not moving: left out
+    assert get("flopledger_threshold_will_be_met", model) == 1.0
+    assert get("flopledger_threshold_will_be_met", run) == 0.0
+    assert get("flopledger_threshold_last_evaluation_timestamp_seconds") == 1.7e9 + 3000
+    assert get("flopledger_notifications_pending", {"channel": "webhook"}) == 1.0
+    assert get("flopledger_notifications_delivered", {"channel": "alertmanager"}) == 5.0
+    assert get("flopledger_notifications_failed_attempts", {"channel": "webhook"}) == 7.0
+    for name in ("gpu", "runs", "agent", "thresholds", "notifications"):
+        assert get("flopledger_collector_success", {"collector": name}) == 1.0, name
+        duration = get("flopledger_collector_duration_seconds", {"collector": name})
+        assert duration is not None
+        assert duration >= 0.0
+    # The labelled duration replaced the unlabelled one.
+    assert get("flopledger_collector_duration_seconds") is None
+
+
+class HalfThenRaise(Collector):
+    """Yields one family, then fails: nothing of it may reach the exposition."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("flopledger_half_built", "Never exported.", labels=["x"])
+        family.add_metric(["1"], 1.0)
+        yield family
+        raise RuntimeError("a bug in a collector")
+
+
+def test_a_failing_collector_drops_only_its_own_series(
+        caplog: pytest.LogCaptureFixture) -> None:
+    snap = sample_snapshot()
+    registry = registry_of(Exposition([("gpu", GpuCollector(lambda: snap)),
+                                       ("broken", HalfThenRaise()),
+                                       ("runs", RunCollector(lambda: snap))]))
+    for _ in range(3):
+        text = generate_latest(registry).decode()
+        get = registry.get_sample_value
+        assert get("flopledger_collector_success", {"collector": "broken"}) == 0.0
+        assert get("flopledger_collector_success", {"collector": "gpu"}) == 1.0
+        assert get("flopledger_collector_success", {"collector": "runs"}) == 1.0
+        assert get("flopledger_collector_duration_seconds", {"collector": "broken"}) is not None
+        gpu0 = {"gpu": "0", "uuid": "GPU-00000000-0000-0000-0000-000000000000"}
+        assert get("flopledger_gpu_flop_total", gpu0) == 1.0e19
+        assert get("flopledger_run_flop_total", {"run": "llama-70b-pt", "model": "llama-70b",
+                                                 "category": "pre-training"}) == 1.2e19
+        assert "flopledger_half_built" not in text
+    # Logged with its traceback once when it starts failing, not at every scrape.
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert "broken" in errors[0].getMessage()
+
+
+def test_a_failing_input_drops_only_that_collector() -> None:
+    def unreadable() -> ThresholdState:
+        raise OSError("state unreadable")
+
+    registry = registry_of(FlopledgerCollector(sample_snapshot, unreadable,
+                                               sample_notify_status))
+    get = registry.get_sample_value
+    assert get("flopledger_collector_success", {"collector": "thresholds"}) == 0.0
+    assert get("flopledger_collector_success", {"collector": "notifications"}) == 1.0
+    assert get("flopledger_gpu_flop_total",
+               {"gpu": "0", "uuid": "GPU-00000000-0000-0000-0000-000000000000"}) == 1.0e19
+    assert get("flopledger_threshold_last_evaluation_timestamp_seconds") is None
+    assert get("flopledger_notifications_pending", {"channel": "webhook"}) == 1.0
+
+
+def test_one_snapshot_per_scrape_for_gpus_runs_and_agent() -> None:
+    # The GPU and run totals of one scrape must come from the same snapshot, even if
+    # the sampler publishes a new one mid-scrape.
+    snaps = [sample_snapshot(), sample_snapshot()]
+    later = snaps[1]
+    snaps[1] = dataclasses.replace(later, ticks=later.ticks + 1, gpus=later.gpus[:1], runs=())
+    reads: list[Snapshot] = []
+
+    def latest() -> Snapshot:
+        reads.append(snaps[min(len(reads), 1)])
+        return reads[-1]
+
+    registry = registry_of(FlopledgerCollector(latest))
+    text = generate_latest(registry).decode()
+    assert len(reads) == 1
+    assert 'flopledger_gpu_flop_total{gpu="1"' in text  # both from the first snapshot
+    assert "flopledger_run_flop_total{" in text
+    assert "flopledger_sampler_ticks_total 3600.0" in text
+    generate_latest(registry)
+    assert len(reads) == 2  # and a fresh read at the next scrape
+
+
+
+def test_a_collector_that_recovers_is_served_again() -> None:
+    fail = [True]
+
+    class Flaky(Collector):
+        def collect(self) -> Iterator[Metric]:
+            if fail[0]:
+                raise OSError("not readable yet")
+            yield from GpuCollector(sample_snapshot).collect()
+
+    registry = registry_of(Exposition([("gpu", Flaky())]))
+    gpu0 = {"gpu": "0", "uuid": "GPU-00000000-0000-0000-0000-000000000000"}
+    assert registry.get_sample_value("flopledger_collector_success", {"collector": "gpu"}) == 0
+    assert registry.get_sample_value("flopledger_gpu_flop_total", gpu0) is None
+    fail[0] = False
+    assert registry.get_sample_value("flopledger_collector_success", {"collector": "gpu"}) == 1
+    assert registry.get_sample_value("flopledger_gpu_flop_total", gpu0) == 1.0e19

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.exporters.test_collector import exposition, sample_snapshot
+from tests.exposition import exported_names, metric_names
 from tests.paths import REPO
 
 RULES_DIR = REPO / "exporters" / "prometheus"
@@ -23,25 +22,9 @@ needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None,
     reason="promtool missing: `make test` installs Debian's prometheus package")
 RECORD_NAME = re.compile(r"^[a-z][a-z_]*:[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$")
-# Series the agent does not export but Prometheus makes itself.
-PROMETHEUS_SERIES = {"up", "scrape_duration_seconds"}
-
-
 def rules(path: Path) -> list[dict[str, Any]]:
     doc = yaml.safe_load(path.read_text())
     return [rule for group in doc["groups"] for rule in group["rules"]]
-
-
-def exported_names() -> set[str]:
-    """Every sample name the collector exports (for a snapshot with all parts)."""
-    names: set[str] = set()
-    for family in text_string_to_metric_families(exposition(sample_snapshot())):
-        names.update(s.name for s in family.samples)
-    return names
-
-
-def metric_names(expr: str) -> set[str]:
-    return set(re.findall(r"\bflopledger_[a-z_]+\b", expr))
 
 
 @needs_promtool

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from exporters.collector import FlopledgerCollector
 from exporters.textfile import TextfileWriter, textfile_path_problem, write_textfile
-from tests.exporters.test_collector import sample_snapshot
+from tests.exposition import sample_snapshot
 
 
 def registry() -> CollectorRegistry:

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.accounting.band import Band
+from agent.accounting.records import LedgerRecord
 from agent.ledger.bundle import export_bundle, verify_bundle
-from agent.ledger.records import LedgerRecord
 from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import Ledger, LedgerError
 from agent.ledger.verify import verify_ledger
@@ -30,11 +31,11 @@ def test_totals_resume_after_reopening(tmp_path: Path) -> None:
     ledger = Ledger(path, "node-1", load_or_create_key(tmp_path / "node.key"))
     assert ledger.size == 8
     run = ledger.totals["run"]["run-a"]
-    assert run.flop_central == 8 * 10**15
-    assert ledger.totals["gpu"]["GPU-00000001"].flop_central == 4 * 10**15
+    assert run.flop.central == 8 * 10**15
+    assert ledger.totals["gpu"]["GPU-00000001"].flop.central == 4 * 10**15
     assert ledger.gpu_states()["GPU-00000000"].last_end_ns == T0 + 20 * SECOND
     ledger.append([record(0, 20, 25)], T0 + 25 * SECOND)
-    assert ledger.totals["run"]["run-a"].flop_central == 9 * 10**15
+    assert ledger.totals["run"]["run-a"].flop.central == 9 * 10**15
     ledger.close()
     assert verify_ledger(path).ok
 
@@ -206,11 +207,11 @@ def test_totals_equal_the_sum_of_records_and_never_go_backwards(
         ledger.close()
         ledger = Ledger(path, "node-1", key)  # resume from disk every time
         for run, totals in ledger.totals["run"].items():
-            assert totals.flop_central >= seen.get(run, 0)
-            seen[run] = totals.flop_central
+            assert totals.flop.central >= seen.get(run, 0)
+            seen[run] = totals.flop.central
     records = list(ledger.records())
     for run, totals in ledger.totals["run"].items():
-        assert totals.flop_central == sum(r.flop_central for r in records if r.run == run)
-        assert totals.flop_high == sum(r.flop_high for r in records if r.run == run)
+        mine = [r for r in records if r.run == run]
+        assert totals.flop == sum((r.flop for r in mine), Band.exact(0))
     ledger.close()
     assert verify_ledger(path).ok

@@ -129,12 +129,12 @@ def chunked(cuts: Sequence[int]) -> Accountant:
 
 
 def gpu_totals(acc: Accountant) -> dict[str, tuple[int, ...]]:
-    return {u: (t.flop_low, t.flop_central, t.flop_high, t.energy_mj, t.covered_ns, t.gap_ns,
+    return {u: (*t.flop, t.energy_mj, t.covered_ns, t.gap_ns,
                 t.samples) for u, t in acc.gpu_totals.items()}
 
 
 def run_totals(acc: Accountant, skip: frozenset[str] = frozenset()) -> dict[str, tuple[int, ...]]:
-    return {r: (t.flop_low, t.flop_central, t.flop_high, t.energy_mj)
+    return {r: (*t.flop, t.energy_mj)
             for r, t in acc.run_totals.items() if r not in skip}
 
 
@@ -219,7 +219,7 @@ def test_one_attribution_per_gpu_and_missing_fields() -> None:
         closed, _ = acc.take_records()
         acc.commit(closed)
     assert gpu_totals(one) == gpu_totals(many)
-    assert all(t.flop_central > 0 for t in one.gpu_totals.values())
+    assert all(t.flop.central > 0 for t in one.gpu_totals.values())
     assert {r.estimator for r in closed} == {"utilization"}
 
 

@@ -184,11 +184,11 @@ def test_replay_uses_dcgm_tensor_activity_and_the_energy_counter(tmp_path: Path)
     assert summary.gpus[H100].spec == "h100_sxm"
     assert summary.gpus[A100].estimator == "utilization"
     assert summary.gpus[A100].spec == "a100_80gb"
-    assert summary.gpus[H100].band.energy_mj == 39 * 9_000_000
+    assert summary.gpus[H100].totals.energy_mj == 39 * 9_000_000
     assert summary.max_gap_s == 37.5  # 2.5 x the 15 s scrape interval
     assert set(summary.runs) == {"k8s-ml/train-0", "slurm-81234"}
-    h = summary.gpus[H100].band
-    assert 0 < h.flop_low < h.flop_central < h.flop_high
+    h = summary.gpus[H100].totals.flop
+    assert 0 < h.low < h.central < h.high
 
 
 _MUTATION = st.tuples(st.integers(0, 10**6), st.sampled_from(["flip", "cut", "insert"]),
@@ -226,10 +226,8 @@ def test_fuzz_bad_lines_change_nothing_but_themselves(mutations: list[tuple[int,
                                    if n not in bad and n < len(lines)))
         second = ReplayEngine(d / "b.sqlite", options).run([clean])
         assert second.bad_count == 0
-        assert {k: (g.band.flop_low, g.band.flop_central, g.band.flop_high, g.band.energy_mj)
-                for k, g in first.gpus.items()} == {
-            k: (g.band.flop_low, g.band.flop_central, g.band.flop_high, g.band.energy_mj)
-            for k, g in second.gpus.items()}
+        assert {k: (g.totals.flop, g.totals.energy_mj) for k, g in first.gpus.items()} == {
+            k: (g.totals.flop, g.totals.energy_mj) for k, g in second.gpus.items()}
 
 
 @settings(max_examples=100, deadline=None)

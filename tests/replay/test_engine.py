@@ -16,8 +16,8 @@ from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import Ledger
 from agent.ledger.verify import verify_ledger
 from agent.replay.engine import ReplayEngine, ReplayOptions, detect_format
-from agent.replay.readers.trace import record_trace
 from agent.replay.summary import Progress
+from agent.simrun import record_trace
 from agent.sources.scenarios import SCENARIOS
 from tests.replay.test_dcgm import recording as dcgm_recording
 
@@ -52,8 +52,7 @@ def cli(*argv: str) -> int:
 def totals(path: Path, node: str = "replay") -> dict[str, tuple[int, ...]]:
     ledger = Ledger(path, node, load_or_create_key(path.with_name(path.name + ".key")))
     try:
-        return {k: (t.flop_low, t.flop_central, t.flop_high, t.energy_mj, t.samples)
-                for k, t in ledger.totals["gpu"].items()}
+        return {k: (*t.flop, t.energy_mj, t.samples) for k, t in ledger.totals["gpu"].items()}
     finally:
         ledger.close()
 
@@ -124,7 +123,7 @@ def test_a_gpu_appearing_mid_file_is_accounted_from_its_first_sample(tmp_path: P
                                       if U1 in line))
     s = ReplayEngine(tmp_path / "a.sqlite", ReplayOptions(block_bytes=4096,
                                                           interval_hint_s=1.0)).run([log])
-    assert s.gpus[U1].band.samples == 100
+    assert s.gpus[U1].totals.samples == 100
     ReplayEngine(tmp_path / "b.sqlite", ReplayOptions(interval_hint_s=1.0)).run([alone])
     assert totals(tmp_path / "a.sqlite")[U1] == totals(tmp_path / "b.sqlite")[U1]
 
@@ -226,7 +225,7 @@ def test_gpu_model_for_unnamed_gpus_and_mig_instances(tmp_path: Path) -> None:
         f"2026/11/28 12:00:{t:02d}.000, 0, 90 %\n" for t in range(30)))
     s = ReplayEngine(tmp_path / "a.sqlite", ReplayOptions(gpu_model="a100_80gb")).run([log])
     assert s.gpus["index:0"].spec == "a100_80gb"
-    assert s.gpus["index:0"].band.flop_central > 0
+    assert s.gpus["index:0"].totals.flop.central > 0
     with pytest.raises(Exception, match="no GPU model 'z9'"):
         ReplayEngine(tmp_path / "b.sqlite", ReplayOptions(gpu_model="z9"))
     mig = tmp_path / "mig.prom"

@@ -376,8 +376,8 @@ def test_fuzz_arbitrary_bytes_never_crash(data: bytes) -> None:
 def replay_totals(path: Path, tmp: Path, name: str) -> dict[str, tuple[int, ...]]:
     engine = ReplayEngine(tmp / f"{name}.sqlite", ReplayOptions(interval_hint_s=1.0))
     summary = engine.run([path])
-    return {k: (g.band.flop_low, g.band.flop_central, g.band.flop_high, g.band.energy_mj,
-                g.band.samples) for k, g in summary.gpus.items()}
+    return {k: (*g.totals.flop, g.totals.energy_mj, g.totals.samples)
+            for k, g in summary.gpus.items()}
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

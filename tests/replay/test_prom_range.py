@@ -161,7 +161,7 @@ def test_replay_of_an_export(tmp_path: Path) -> None:
     assert summary.gpus[U0].estimator == "dcgm_tensor"
     assert summary.gpus[U1].estimator == "utilization"
     assert summary.max_gap_s == 37.5
-    assert summary.gpus[U0].band.gap_ns > 0  # the hole between the two windows
+    assert summary.gpus[U0].totals.gap_ns > 0  # the hole between the two windows
 
 
 _MUTATION = st.tuples(st.integers(0, 10**6), st.integers(0, 255))
@@ -196,7 +196,7 @@ def test_fuzz_damage_to_one_gpus_values_leaves_the_others_alone(
         a = ReplayEngine(d / "a.sqlite", ReplayOptions(interval_hint_s=15)).run([d / "clean.json"])
         b = ReplayEngine(d / "b.sqlite", ReplayOptions(interval_hint_s=15)).run([d / "dirty.json"])
     other = uuids[1 - victim]
-    assert b.gpus[other].band == a.gpus[other].band
+    assert b.gpus[other].totals == a.gpus[other].totals
 
 
 @settings(max_examples=100, deadline=None)

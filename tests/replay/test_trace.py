@@ -19,7 +19,8 @@ from agent.ledger.store import Ledger
 from agent.ledger.verify import verify_ledger
 from agent.replay.engine import ReplayEngine, ReplayOptions
 from agent.replay.readers.base import ColumnChunk, ReplayError
-from agent.replay.readers.trace import TraceReader, TraceWriter, record_trace
+from agent.replay.readers.trace import TraceReader, TraceWriter
+from agent.simrun import record_trace
 from agent.sources.base import FLOAT_FIELDS, DeviceInfo, SampleBatch
 from agent.sources.clock import VirtualClock
 from agent.sources.scenarios import SCENARIOS, SimJob
@@ -94,14 +95,11 @@ def test_replayed_trace_equals_live_accounting_bit_for_bit(
     assert set(got) == set(live.gpu_totals)
     for uuid, want in live.gpu_totals.items():
         g = got[uuid]
-        assert (g.flop_low, g.flop_central, g.flop_high, g.energy_mj, g.samples, g.covered_ns,
-                g.gap_ns) == (want.flop_low, want.flop_central, want.flop_high, want.energy_mj,
-                              want.samples, want.covered_ns, want.gap_ns)
+        assert (g.flop, g.energy_mj, g.samples, g.covered_ns, g.gap_ns) == (
+            want.flop, want.energy_mj, want.samples, want.covered_ns, want.gap_ns)
     runs = ledger.totals["run"]
     for run in ("run-a", "run-b", "slurm-77", "unattributed"):
-        assert (runs[run].flop_low, runs[run].flop_central, runs[run].flop_high) == (
-            live.run_totals[run].flop_low, live.run_totals[run].flop_central,
-            live.run_totals[run].flop_high)
+        assert runs[run].flop == live.run_totals[run].flop
     assert ledger.runs()["run-b"].category == "fine-tuning"
     ledger.close()
     assert verify_ledger(tmp_path / "r.sqlite").problems == []
@@ -112,8 +110,8 @@ def test_the_band_contains_the_simulators_truth(
     path, _, batches = recorded
     truth = float(batches[-1].sim_true_flop_total.sum())  # type: ignore[union-attr]
     total = ReplayEngine(tmp_path / "t.sqlite", ReplayOptions()).run([path]).total
-    assert total.flop_low <= truth <= total.flop_high
-    assert abs(total.flop_central / truth - 1) < 0.05
+    assert total.flop.low <= truth <= total.flop.high
+    assert abs(total.flop.central / truth - 1) < 0.05
 
 
 def test_trace_columns_round_trip(recorded: tuple[Path, Accountant, list[SampleBatch]]) -> None:

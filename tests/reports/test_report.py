@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from agent.compliance.thresholds import load_registry
-from agent.config import parse_config
 from agent.reports.report import build_report, render_csv, render_markdown
 from agent.sources.specs import load_spec_table
 from tests.sample_ledger import DAY, HOUR_NS, MODEL, RUN, T0, build
@@ -28,21 +27,20 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def report(ledger: Path, **kw: str):  # type: ignore[no-untyped-def]
-    config = parse_config({"agent": {"state_dir": str(ledger.parent)}})
-    return build_report(config, load_registry(), load_spec_table(), ledger,
+    return build_report({}, load_registry(), load_spec_table(), ledger,
                         now_ns=T0 + HOURS * HOUR_NS, **kw)
 
 
 def test_report_states_totals_regimes_method_and_verification(ledger: Path) -> None:
     rep = report(ledger, model=MODEL)
-    assert rep.flop["low"] < rep.flop["central"] < rep.flop["high"]
+    assert rep.flop.low < rep.flop.central < rep.flop.high
     regimes = {r["regime"]: r for r in rep.regimes}
     assert regimes["eu-gpai-indicative"]["met"]
     # A 60-day plan at this scale goes past 1e25: known now, so the EU clock runs.
     assert regimes["eu-art51-systemic-risk"]["will_be_met"]
     assert regimes["eu-art51-systemic-risk"]["deadline_if_known_now"]
     assert rep.method["U_measured"] == pytest.approx(
-        rep.flop["central"] / (rep.gpu_seconds * 989.4e12), rel=1e-9)
+        rep.flop.central / (rep.gpu_seconds * 989.4e12), rel=1e-9)
     assert rep.cross_check is not None
     text = render_markdown(rep)
     for needed in ("## Total", "## Thresholds", "C = N x L x H x U", "6 x P x D",
@@ -50,7 +48,7 @@ def test_report_states_totals_regimes_method_and_verification(ledger: Path) -> N
                    "**will be met**"):
         assert needed in text, needed
     doc = json.loads(rep.to_json())
-    assert doc["flop"]["central"] == rep.flop["central"]
+    assert doc["flop"]["central"] == rep.flop.central
 
 
 def test_csv_is_the_cumulative_timeline(ledger: Path) -> None:

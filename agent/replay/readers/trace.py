@@ -37,22 +37,17 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.accounting.attribution import AttributionSettings, Attributor
 from agent.accounting.runs import GpuAttribution, GpuShare, RunMeta
 from agent.replay.readers.base import BadRow, ColumnChunk, GpuKey, ReplayError, empty_chunk
 from agent.replay.readers.lines import open_binary
 from agent.sources.base import FLOAT_FIELDS, ActivityKind, DeviceInfo, SampleBatch
-from agent.sources.clock import VirtualClock
-from agent.sources.scenarios import SimJob, Workload
-from agent.sources.simulated import SimulatedSource
-from agent.sources.specs import SpecTable, load_spec_table
 
 MAGIC = b"FLOPTRC1"
 FORMAT = "flopledger-trace"
@@ -386,55 +381,3 @@ def _resync(f: Any, offset: int) -> bool:
             return True
         carry = window[-3:]
         offset += len(piece)
-
-
-@dataclass(frozen=True, slots=True)
-class Recording:
-    """What :func:`record_trace` wrote."""
-
-    path: Path
-    ticks: int
-    rows: int
-    devices: tuple[DeviceInfo, ...]
-
-
-def record_trace(
-    path: Path, workload: Workload, seconds: float, *, interval_s: float = 1.0,
-    gpu_model: str = "h100_sxm", n_gpus: int = 8, seed: int = 1,
-    jobs: tuple[SimJob, ...] | None = None, specs: SpecTable | None = None,
-    on_batch: Callable[[SampleBatch, list[GpuAttribution]], None] | None = None,
-    block_rows: int = 65536,
-) -> Recording:
-    """Run the simulator on a virtual clock for ``seconds`` of simulated time, sampling
-    every ``interval_s``, and write every batch with its processes' runs to a trace.
-
-    The clock and attribution are those of :func:`agent.simrun.simulate`; ``on_batch``
-    sees each batch and its attributions as they are written (to feed a live
-    accountant the very same samples).
-
-    Raises:
-        SourceError: for an unknown GPU model or a bad job.
-        OSError: if the trace cannot be written.
-    """
-    specs = specs or load_spec_table()
-    clock = VirtualClock(start_monotonic_ns=1_000_000_000, start_wall_ns=1_700_000_000 * 10**9)
-    source = SimulatedSource(specs, gpu_model, n_gpus, workload, seed=seed, clock=clock,
-                             jobs=jobs)
-    devices = tuple(source.devices())
-    attributor = Attributor(AttributionSettings(), source.process_inspector(),
-                            clock_ns=clock.monotonic_ns)
-    interval_ns = round(interval_s * 1e9)
-    end_ns = clock.monotonic_ns() + round(seconds * 1e9)
-    ticks = 0
-    meta = {"gpu_model": gpu_model, "seed": seed, "interval_s": interval_s,
-            "seconds": seconds}
-    with TraceWriter(path, devices, source.kind, meta, block_rows) as writer:
-        while clock.monotonic_ns() <= end_ns:
-            batch = source.read()
-            attributions = attributor.attribute(devices, batch)
-            writer.write(batch, attributions)
-            if on_batch is not None:
-                on_batch(batch, attributions)
-            ticks += 1
-            clock.advance_ns(interval_ns)
-    return Recording(path, ticks, writer.rows, devices)

@@ -12,7 +12,7 @@ import pytest
 import exporters.web.server as server_module
 from exporters.web.config import parse_web_config
 from exporters.web.server import ALLOWED_METHODS, MAX_CONCURRENT_HASH_CHECKS, BasicAuth
-from tests.exporters.web.test_config import fetch, registry
+from tests.pki import fetch, registry
 
 HASH = bcrypt.hashpw(b"correct horse", bcrypt.gensalt(rounds=4))
 

@@ -1,18 +1,15 @@
-"""Models, lineage and per-scope totals; the runs/show/models commands."""
+"""Models, lineage and per-scope totals; the model view of a ledger."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from agent.compliance.lineage import (
     Flop,
     Lineage,
     ModelInfo,
     RunFigures,
+    load_model_view,
     load_scopes,
     model_totals,
     parse_models,
@@ -79,10 +76,10 @@ def test_models_config_reports_every_problem() -> None:
                                    "colour": 1}}}, problems)
     keys = {k for k, _ in problems.items}
     assert keys == {"models.x.base_models", "models.x.declared_flop", "models.x.colour"}
+    assert dict(problems.items)["models.x.colour"].startswith("one of the known keys")
 
 
-@pytest.fixture
-def ledger_path(tmp_path: Path) -> Path:
+def test_the_model_view_merges_configured_and_declared_lineage(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path, "node-1", load_or_create_key(tmp_path / "node.key"))
     ledger.append([record(0, 0, 5, run="pt", model="base"),
@@ -90,40 +87,11 @@ def ledger_path(tmp_path: Path) -> Path:
                   {"pt": RunRow("pt", "base", "pre-training", {}),
                    "ft": RunRow("ft", "chat", "fine-tuning", {"base_models": ["base"]})})
     ledger.close()
-    return path
-
-
-def cli(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True,
-                            text=True, check=False, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def test_runs_show_and_models_commands(ledger_path: Path) -> None:
-    runs = cli("runs", "--ledger", str(ledger_path))
-    assert "pt" in runs
-    assert "ft" in runs
-    assert "1.0e+15" in runs
-    show = cli("show", "pt", "--ledger", str(ledger_path))
-    assert "FLOP      1.0e+15 [9.5e+14 .. 1.1e+15]" in show
-    assert "GPU-00000000" in show
-    models = cli("models", "--ledger", str(ledger_path))
-    # chat inherits base's compute through the base_models its run declared.
-    assert "chat: 1 run(s), inherits from base" in models
-    assert "cumulative         1.1e+15" in models
-
-
-@pytest.mark.parametrize(("value", "nearest", "down", "up"), [
-    (1.05e15, "1.0e+15", "1.0e+15", "1.1e+15"),
-    (99.9, "1.0e+02", "9.9e+01", "1.0e+02"),
-    (123456789012345678901234567, "1.2e+26", "1.2e+26", "1.3e+26"),
-    (6.6e23, "6.6e+23", "6.6e+23", "6.6e+23"),
-])
-def test_two_significant_figures_round_the_band_outwards(
-    value: float, nearest: str, down: str, up: str
-) -> None:
-    from agent import figures
-
-    rounded = (figures.flop(value), figures.flop(value, "down"), figures.flop(value, "up"))
-    assert rounded == (nearest, down, up)
+    external = ModelInfo("external", (), Flop(10**20, 10**20, 10**20))
+    view = load_model_view({"base": ModelInfo("base", ("external",)), "external": external},
+                           None, path)
+    assert view.model_names() == ["base", "chat", "external"]
+    # chat's base comes from its run's metadata, base's from the config.
+    assert view.lineage.ancestors("chat") == ["base", "external"]
+    assert view.totals("chat")["cumulative"].central == 10**14 + 10**15 + 10**20
+    assert view.totals("chat")["modification"].central == 10**14

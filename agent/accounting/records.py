@@ -4,7 +4,9 @@ A record is one stretch of one GPU's time charged to one run: FLOP (low, central
 high), energy, how many samples and how much of the stretch was a gap, and the method
 and assumptions behind the figures. Its canonical encoding (sorted-key, compact,
 ASCII JSON) is the Merkle leaf, so a verifier on another machine recomputes exactly
-the hashes the node signed.
+the hashes the node signed. :class:`Totals` are running sums over records (per GPU,
+per run, per replay). Both live with the accounting that produces them, below the
+ledger that stores them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from agent.accounting.band import Band
 
 RECORD_VERSION = 1
 KINDS = ("interval", "gap")
@@ -46,6 +50,11 @@ class LedgerRecord:
     estimator: str
     assumptions: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def flop(self) -> Band[int]:
+        """``flop_low``, ``flop_central``, ``flop_high`` as one band (whole FLOP)."""
+        return Band(self.flop_low, self.flop_central, self.flop_high)
+
     def encode(self) -> bytes:
         """Canonical bytes: the Merkle leaf."""
         doc = asdict(self)
@@ -68,3 +77,41 @@ class LedgerRecord:
         if record.encode() != body:
             raise ValueError("not in canonical form")
         return record
+
+
+NO_FLOP: Band[int] = Band(0, 0, 0)
+
+
+@dataclass(slots=True)
+class Totals:
+    """Running sums over records; FLOP (whole FLOP) and energy are exact integers."""
+
+    flop: Band[int] = NO_FLOP
+    energy_mj: int = 0
+    samples: int = 0
+    covered_ns: int = 0
+    gap_ns: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+
+    def add(self, r: LedgerRecord) -> None:
+        self.flop += r.flop
+        self.energy_mj += r.energy_mj
+        self.samples += r.samples
+        self.covered_ns += r.covered_ns
+        self.gap_ns += r.gap_ns
+        self.first_ns = r.start_ns if self.first_ns == 0 else min(self.first_ns, r.start_ns)
+        self.last_ns = max(self.last_ns, r.end_ns)
+
+    # The ledger's column names, for readers that take the bounds one at a time.
+    @property
+    def flop_low(self) -> int:
+        return self.flop.low
+
+    @property
+    def flop_central(self) -> int:
+        return self.flop.central
+
+    @property
+    def flop_high(self) -> int:
+        return self.flop.high

@@ -1,0 +1,119 @@
+"""The threshold commands: ``thresholds`` (the registry), ``status`` (where runs and
+models stand) and ``rules`` (Prometheus rules generated from the registry)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from agent import figures
+from agent.cli.common import add_ledger_args, config_of, ledger_path
+
+
+def cmd_thresholds(args: argparse.Namespace) -> int:
+    from agent.compliance.thresholds import load_registry
+
+    registry = load_registry(config_of(args).agent.thresholds_file)
+    print(f"{'regime':<26} {'threshold':<22} {'scope':<17} {'status':<9} {'on':<3} "
+          f"{'deadline':<9} title")
+    for r in registry.regimes.values():
+        parts = []
+        if r.threshold_flop:
+            parts.append(("> " if r.comparison == "gt" else ">= ") + figures.flop(r.threshold_flop))
+        if r.threshold_fraction_of_base:
+            parts.append(f"> 1/3 base (else {figures.flop(r.fallback_flop or 0)})")
+        if r.threshold_usd:
+            parts.append(f"and > ${r.threshold_usd / 1e6:g}M")
+        deadline = f"{r.deadline_days:g} days" if r.deadline_days is not None else "-"
+        print(f"{r.key:<26} {' '.join(parts):<22} {r.scope:<17} {r.status:<9} "
+              f"{'yes' if r.enabled else 'no':<3} {deadline:<9} {r.title}")
+        if args.sources:
+            for s in r.sources:
+                print(f"{'':<26} source: {s}")
+    print(f"\n{registry.path}; scopes: " + ", ".join(
+        f"{s.name} ({', '.join(sorted(s.categories))}{'; inherits' if s.inherit else ''})"
+        for s in registry.scopes.values()))
+    return 0
+
+
+def _bar(fraction: float, width: int = 20) -> str:
+    filled = min(width, round(max(0.0, fraction) * width))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.compliance.evaluate import Evaluation, evaluate
+    from agent.compliance.thresholds import load_registry
+
+    config = config_of(args)
+    registry = load_registry(config.agent.thresholds_file)
+    now = time.time_ns()
+    snap = evaluate(config.models, registry, ledger_path(args, config), now,
+                    estimate=args.estimate)
+    by_subject: dict[tuple[str, str], list[Evaluation]] = {}
+    for e in snap.evaluations:
+        a = e.assessment
+        active = a.subject.kind == "model" or a.subject.name in snap.active_runs
+        if not args.all and not active and max(a.fraction.values()) == 0:
+            continue
+        by_subject.setdefault((a.subject.kind, a.subject.name), []).append(e)
+    if not by_subject:
+        print("(nothing to show: no runs or models in the ledger yet)")
+        return 0
+    for (kind, name), evaluations in sorted(by_subject.items()):
+        rate = evaluations[0].projection.rate
+        state = "active" if (kind == "run" and name in snap.active_runs) or rate.high > 0 else (
+            "idle")
+        print(f"{kind} {name} ({state}; rate {figures.flop(rate.central)} FLOP/s "
+              f"[{figures.flop(rate.low, 'down')} .. {figures.flop(rate.high, 'up')}])")
+        for e in evaluations:
+            a = e.assessment
+            f = a.used_fraction
+            eta = e.projection.eta_s.get(a.estimate)
+            note = "MET" if a.met else ("will be met" if e.will_be_met else "")
+            when = "" if eta is None or a.met else f"ETA {figures.when(now + eta * 1e9)}"
+            deadline = ""
+            if (a.met or e.will_be_met) and a.regime.deadline_days is not None:
+                deadline = (f"deadline {figures.when(now + a.regime.deadline_days * 86400e9)}"
+                            " if first known now")
+            threshold = figures.flop(a.threshold_flop) if a.threshold_flop else "cost"
+            print(f"  {_bar(f)} {f:6.1%} of {threshold:<8} {a.regime.key:<26} "
+                  f"{note:<12} {when} {deadline}".rstrip())
+    print(f"\nfractions use the {args.estimate} estimate; ledger head "
+          f"{snap.tree_head.get('size', 0)} records")
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from agent.compliance.rulegen import generate
+    from agent.compliance.thresholds import load_registry
+
+    text = generate(load_registry(config_of(args).agent.thresholds_file), estimate=args.estimate)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``thresholds``, ``status`` and ``rules``."""
+    thresholds = sub.add_parser("thresholds", help="the threshold registry, with sources")
+    thresholds.add_argument("--config", help="TOML config file (for agent.thresholds_file)")
+    thresholds.add_argument("--sources", action="store_true", help="list each regime's sources")
+    thresholds.set_defaults(func=cmd_thresholds)
+
+    status = sub.add_parser("status", help="progress of runs and models toward each threshold")
+    add_ledger_args(status)
+    status.add_argument("--estimate", choices=["low", "central", "high"], default="high")
+    status.add_argument("--all", action="store_true", help="also idle subjects at zero")
+    status.set_defaults(func=cmd_status)
+
+    rules = sub.add_parser("rules", help="generate Prometheus threshold rules from the registry")
+    rules.add_argument("--config", help="TOML config file (for agent.thresholds_file)")
+    rules.add_argument("-o", "--output", help="file to write (default: standard output)")
+    rules.add_argument("--estimate", choices=["central", "high"], default="high")
+    rules.set_defaults(func=cmd_rules)

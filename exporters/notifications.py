@@ -1,0 +1,40 @@
+"""Notification series: the outbox's delivery counts per channel.
+
+Built from the dispatcher's latest published :class:`NotifyStatus` (an immutable
+value swapped by reference): a scrape never runs SQL and never takes the outbox's
+lock. Nothing is exported before the dispatcher's first read of the outbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agent.notify.status import NotifyStatus
+
+__all__ = ["NotificationCollector"]
+
+# (metric name suffix, ChannelStatus attribute)
+_COUNTS = (("pending", "pending"), ("delivered", "delivered"),
+           ("failed_attempts", "failed_attempts"))
+
+
+class NotificationCollector(Collector):
+    """Per-channel notification counts from the status ``get_status`` returns."""
+
+    def __init__(self, get_status: Callable[[], NotifyStatus | None]) -> None:
+        self._get_status = get_status
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._get_status()
+        if status is None:
+            return
+        for name, attr in _COUNTS:
+            family = GaugeMetricFamily(f"flopledger_notifications_{name}",
+                                       f"Notifications {name.replace('_', ' ')}, per channel.",
+                                       labels=["channel"])
+            for channel in sorted(status.channels):
+                family.add_metric([channel], float(getattr(status.channels[channel], attr)))
+            yield family

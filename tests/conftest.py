@@ -1,0 +1,20 @@
+"""Fixtures shared across the suite."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.sources.specs import SpecTable, load_spec_table
+from tests.pki import Pki, make_pki
+
+
+@pytest.fixture(scope="session")
+def spec_table() -> SpecTable:
+    """The checked-in spec table (configs/gpus.toml)."""
+    return load_spec_table()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA with server and client certificates, made once per session."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
