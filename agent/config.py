@@ -23,16 +23,40 @@ from agent.accounting.estimate import EstimatorSettings
 from agent.accounting.runs import CATEGORIES
 from agent.compliance.lineage import ModelInfo, parse_models
 from agent.compliance.thresholds import ThresholdSettings, parse_threshold_settings
-from agent.configfile import ConfigError, Problems, TableReader, check_keys, read_toml
+from agent.configfile import (
+    ConfigError,
+    Problems,
+    TableReader,
+    check_keys,
+    drop_bad_values,
+    is_number,
+    range_text,
+    read_toml,
+)
 from agent.notify.config import NotifySettings, parse_notify_config
 from agent.sources.scenarios import SCENARIOS, SimJob, Workload, parse_sim_jobs, workload_from_table
 from agent.sources.specs import MATMUL_PRECISIONS
 
-__all__ = ["CATEGORIES", "Config", "ConfigError", "load_config", "parse_config", "parse_listen"]
+__all__ = ["CATEGORIES", "AgentConfigError", "Config", "ConfigError", "interval_problem",
+           "load_config", "parse_config", "parse_listen"]
 
-MIN_INTERVAL_S = 0.1
 SOURCES = ("auto", "nvml", "simulated")
-
+# Ranges of the numbers: wide enough for every real deployment, narrow enough that a
+# typo (a missing decimal point, ms for s) or a value that would overflow a nanosecond
+# count is refused at start rather than at the first tick.
+MIN_INTERVAL_S = 0.1  # NVML GPM needs 100 ms between samples
+MAX_INTERVAL_S = 3600.0
+MAX_TICKS = 100_000
+MIN_CHECKPOINT_S = 0.5
+DAY_S = 86400.0
+YEAR_S = 366 * DAY_S
+MAX_EXIT_AFTER_S = 100 * YEAR_S
+MAX_SIM_GPUS = 64
+MAX_TIME_SCALE = 1e6
+LAST_EPOCH_UNIX_S = 4102444800.0  # 2100-01-01
+MAX_SEED = 2**63 - 1
+MAX_CLOCK_MHZ = 10000.0
+MAX_DECLARED_FLOP = 1e40
 
 @dataclass(frozen=True, slots=True)
 class SimSettings:
@@ -96,27 +120,55 @@ class Config:
     textfile: TextfileSettings = field(default_factory=TextfileSettings)
 
 
+class AgentConfigError(ConfigError):
+    """The agent config's problems, with what could be read of it (``partial``: bad
+    values replaced by defaults), so the files it names can be checked in the same
+    pass (see :func:`agent.preflight.with_other_files`)."""
+
+    def __init__(self, path: Path, problems: list[tuple[str, str]], partial: Config) -> None:
+        super().__init__(path, problems)
+        self.partial = partial
+
+
 def parse_listen(value: str) -> tuple[str, int] | None:
-    """``host:port`` or ``:port`` -> (host, port); None if malformed."""
+    """``host:port``, ``[v6]:port`` or ``:port`` -> (host, port); None if malformed.
+
+    Only the form is checked here; :mod:`agent.preflight` resolves and test-binds it.
+    """
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not sep or not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
         return None
-    return (host.strip("[]") or "0.0.0.0"), int(port_text)
+    port = int(port_text)
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if port > 65535 or any(c.isspace() or not c.isprintable() for c in host):
+        return None
+    return host or "0.0.0.0", port
+
+
+def interval_problem(interval_s: float, checkpoint_s: float, max_gap_s: float) -> str | None:
+    """What is wrong with a sampling interval given the other settings, or None.
+
+    An interval longer than ``estimator.max_gap_s`` makes every interval a gap (its
+    FLOP only in the high bound), and a checkpoint cannot come more often than a tick.
+    """
+    if interval_s > max_gap_s:
+        return (f"a number of seconds <= estimator.max_gap_s ({max_gap_s:g}); a longer "
+                f"interval would count every interval as a gap")
+    if interval_s > checkpoint_s:
+        return f"a number of seconds <= agent.checkpoint_s ({checkpoint_s:g})"
+    return None
 
 
 def _agent(problems: Problems, raw: dict[str, Any]) -> AgentSettings:
     known = {f.name for f in fields(AgentSettings)} - {"listen_host", "listen_port"} | {"listen"}
     r = TableReader.section(problems, raw, "agent", known)
     d = AgentSettings()
-    interval = r.get("interval_s", (int, float), d.interval_s,
-                     f"a number of seconds >= {MIN_INTERVAL_S}")
-    if interval < MIN_INTERVAL_S:
-        problems.add("agent.interval_s", f"a number of seconds >= {MIN_INTERVAL_S}")
-        interval = d.interval_s
-    every = r.get("integrate_every", int, d.integrate_every, "an integer number of ticks >= 1")
-    if every < 1:
-        problems.add("agent.integrate_every", "an integer number of ticks >= 1")
-        every = d.integrate_every
+    seconds = "a number of seconds"
+    interval = r.number("interval_s", d.interval_s, MIN_INTERVAL_S, MAX_INTERVAL_S, what=seconds)
+    every = r.number("integrate_every", d.integrate_every, 1, MAX_TICKS,
+                     what="an integer number of ticks", integer=True)
     source = r.get("source", str, d.source, f"one of {SOURCES}")
     if source not in SOURCES:
         problems.add("agent.source", f"one of {SOURCES}")
@@ -126,35 +178,31 @@ def _agent(problems: Problems, raw: dict[str, Any]) -> AgentSettings:
     if parsed is None:
         problems.add("agent.listen", "\"host:port\" with a port between 0 and 65535")
         parsed = (d.listen_host, d.listen_port)
-    state_dir = Path(r.get("state_dir", str, str(d.state_dir), "a directory path"))
+    state_dir = r.path("state_dir", "a directory path") or str(d.state_dir)
     node = r.get("node", str, d.node, "a node name")
-    if not node or any(c.isspace() or c == "/" for c in node):
-        problems.add("agent.node", "a non-empty node name without spaces or '/'")
+    if not node or len(node) > 253 or any(c.isspace() or c == "/" or not c.isprintable()
+                                          for c in node):
+        problems.add("agent.node", "a non-empty node name of at most 253 printable "
+                     "characters, without spaces or '/'")
         node = d.node
-    checkpoint = r.get("checkpoint_s", (int, float), d.checkpoint_s, "a number of seconds >= 0.5")
-    if checkpoint < 0.5:
-        problems.add("agent.checkpoint_s", "a number of seconds >= 0.5")
-        checkpoint = d.checkpoint_s
-    record_s = r.get("record_s", (int, float), d.record_s, "a number of seconds >= checkpoint_s")
+    checkpoint = r.number("checkpoint_s", d.checkpoint_s, MIN_CHECKPOINT_S, DAY_S, what=seconds)
+    record_s = r.number("record_s", d.record_s, MIN_CHECKPOINT_S, DAY_S, what=seconds)
     if record_s < checkpoint:
-        problems.add("agent.record_s", "a number of seconds >= agent.checkpoint_s")
+        problems.add("agent.record_s", f"a number of seconds >= agent.checkpoint_s "
+                     f"({checkpoint:g}): a record closes at a checkpoint")
         record_s = max(d.record_s, checkpoint)
-    export_for = r.get("export_runs_for_s", (int, float), d.export_runs_for_s,
-                       "a number of seconds >= 0")
-    spec_file = r.get("spec_file", str, None, "a path to a GPU spec table")
-    thresholds_file = r.get("thresholds_file", str, None, "a path to a thresholds table")
-    exit_after = r.get("exit_after_s", (int, float), None, "a number of seconds > 0")
-    if exit_after is not None and exit_after <= 0:
-        problems.add("agent.exit_after_s", "a number of seconds > 0")
-        exit_after = None
-    summary = r.get("summary_file", str, None, "a file path")
+    export_for = r.number("export_runs_for_s", d.export_runs_for_s, 0, YEAR_S, what=seconds)
+    spec_file = r.path("spec_file", "a path to a GPU spec table")
+    thresholds_file = r.path("thresholds_file", "a path to a thresholds table")
+    exit_after = r.number("exit_after_s", None, 0, MAX_EXIT_AFTER_S, what=seconds, above=True)
+    summary = r.path("summary_file", "a file path")
     return AgentSettings(
         interval_s=float(interval),
         integrate_every=every,
         source=source,
         listen_host=parsed[0],
         listen_port=parsed[1],
-        state_dir=state_dir,
+        state_dir=Path(state_dir),
         node=node,
         checkpoint_s=float(checkpoint),
         record_s=float(record_s),
@@ -177,16 +225,13 @@ def _estimator(problems: Problems, raw: dict[str, Any]) -> EstimatorSettings:
         default_precision = d.default_precision
     undeclared = r.get("undeclared_precisions", list, list(d.undeclared_precisions),
                        f"a non-empty list of {precisions}")
-    if not undeclared or any(p not in MATMUL_PRECISIONS for p in undeclared):
+    if not undeclared or any(not isinstance(p, str) or p not in MATMUL_PRECISIONS
+                             for p in undeclared):
         problems.add("estimator.undeclared_precisions", f"a non-empty list of {precisions}")
         undeclared = list(d.undeclared_precisions)
 
     def fraction(key: str, default: float) -> float:
-        value = r.get(key, (int, float), default, "a number between 0 and 1")
-        if not 0 <= value <= 1:
-            problems.add(f"estimator.{key}", "a number between 0 and 1")
-            return default
-        return float(value)
+        return float(r.number(key, default, 0, 1, what="a fraction"))
 
     unc = fraction("tensor_activity_uncertainty", d.tensor_activity_uncertainty)
     eff = fraction("utilization_efficiency", d.utilization_efficiency)
@@ -194,10 +239,8 @@ def _estimator(problems: Problems, raw: dict[str, Any]) -> EstimatorSettings:
     if eff_low > eff:
         problems.add("estimator.utilization_efficiency_low",
                      "a number not above estimator.utilization_efficiency")
-    max_gap = r.get("max_gap_s", (int, float), d.max_gap_s, "a number of seconds > 0")
-    if max_gap <= 0:
-        problems.add("estimator.max_gap_s", "a number of seconds > 0")
-        max_gap = d.max_gap_s
+    max_gap = r.number("max_gap_s", d.max_gap_s, 0, DAY_S, what="a number of seconds",
+                       above=True)
     return EstimatorSettings(
         default_precision=default_precision,
         undeclared_precisions=tuple(undeclared),
@@ -217,30 +260,27 @@ def _sim(problems: Problems, raw: dict[str, Any]) -> SimSettings:
     if scenario not in SCENARIOS:
         problems.add("sim.scenario", f"one of {sorted(SCENARIOS)}")
         scenario = d.scenario
-    gpus = r.get("gpus", int, d.gpus, "an integer between 1 and 64")
-    if not 1 <= gpus <= 64:
-        problems.add("sim.gpus", "an integer between 1 and 64")
-        gpus = d.gpus
+    gpus = r.number("gpus", d.gpus, 1, MAX_SIM_GPUS, what="an integer", integer=True)
     gpu_model = r.get("gpu_model", str, d.gpu_model, "a key of the GPU spec table")
-    seed = r.get("seed", int, d.seed, "an integer")
+    seed = r.number("seed", d.seed, 0, MAX_SEED, what="an integer", integer=True)
     virtual_time = r.get("virtual_time", bool, d.virtual_time, "true or false")
-    time_scale = r.get("time_scale", (int, float), d.time_scale,
-                       "a number >= 0 (0: as fast as possible)")
-    if time_scale < 0:
-        problems.add("sim.time_scale", "a number >= 0 (0: as fast as possible)")
-        time_scale = d.time_scale
-    elif time_scale != 1.0 and not virtual_time:
+    time_scale = r.number("time_scale", d.time_scale, 0, MAX_TIME_SCALE,
+                          what="a number (0: as fast as possible)")
+    if time_scale != 1.0 and not virtual_time:
         problems.add("sim.time_scale", "to be left at 1 unless sim.virtual_time = true")
     overrides = table.get("workload", {})
     if not isinstance(overrides, dict):
         problems.add("sim.workload", "a table of workload parameters")
         overrides = {}
     workload = workload_from_table(SCENARIOS[scenario], overrides, problems, "sim.workload")
-    epoch = r.get("epoch_unix_s", (int, float), None, "a wall-clock time in seconds since 1970")
+    _workload_ceilings(problems, workload, overrides)
+    epoch = r.number("epoch_unix_s", None, 0, LAST_EPOCH_UNIX_S,
+                     what="a wall-clock time in seconds since 1970")
     jobs = None
     if "jobs" in table:
         if isinstance(table["jobs"], list):
             jobs = parse_sim_jobs(table["jobs"], problems, "sim.jobs")
+            _job_ceilings(problems, table["jobs"], gpus)
         else:
             problems.add("sim.jobs", "an array of [[sim.jobs]] tables")
     return SimSettings(scenario=scenario, gpus=gpus, gpu_model=gpu_model, seed=seed,
@@ -249,13 +289,71 @@ def _sim(problems: Problems, raw: dict[str, Any]) -> SimSettings:
                        workload=workload, jobs=jobs)
 
 
+# The simulator's own checks (agent/sources/scenarios.py) cover types, signs and
+# fractions; these ceilings keep a simulated stretch from overflowing a nanosecond
+# count, and are checked here where the whole agent config is read.
+def _workload_ceilings(problems: Problems, workload: Workload, overrides: dict[str, Any]) -> None:
+    for f in fields(Workload):
+        if f.name not in overrides:
+            continue
+        value = getattr(workload, f.name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if f.name.endswith("_steps"):
+            low, high, what = 0.0, float(MAX_TICKS * 10), "an integer number of steps"
+        elif f.name.endswith("_s"):
+            low, high, what = 0.0, DAY_S, "a number of seconds"
+        elif f.name.endswith("_mhz"):
+            low, high, what = 0.0, MAX_CLOCK_MHZ, "a number of MHz"
+        elif f.name.endswith("_pct"):
+            low, high, what = 0.0, 100.0, "a percentage"
+        else:
+            low, high, what = 0.0, 1.0, "a fraction"
+        # Below ``low`` the simulator's own check has already said so.
+        if value > high or (isinstance(value, int) and value < low):
+            problems.add(f"sim.workload.{f.name}", range_text(what, low, high))
+
+
+def _job_ceilings(problems: Problems, jobs: list[Any], n_gpus: int) -> None:
+    for i, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            continue
+        for key in ("start_s", "end_s"):
+            value = job.get(key)
+            if is_number(value) and value > 10 * YEAR_S:
+                problems.add(f"sim.jobs[{i}].{key}",
+                             range_text("a number of seconds", 0, 10 * YEAR_S))
+        gpus = job.get("gpus")
+        if isinstance(gpus, list) and any(is_number(g) and g >= n_gpus for g in gpus):
+            problems.add(f"sim.jobs[{i}].gpus",
+                         f"GPU indices below sim.gpus ({n_gpus}: 0..{n_gpus - 1})")
+
+
+def _other_ceilings(problems: Problems, raw: dict[str, Any]) -> None:
+    """Ceilings on numbers whose parsers live in lower layers (which check type and
+    sign): above them a value overflows a nanosecond count or means nothing."""
+    attribution = raw.get("attribution")
+    if isinstance(attribution, dict):
+        refresh = attribution.get("refresh_s")
+        if is_number(refresh) and refresh > DAY_S:
+            problems.add("attribution.refresh_s",
+                         range_text("a number of seconds", 0, DAY_S, above=True))
+    models = raw.get("models")
+    for name, spec in (models.items() if isinstance(models, dict) else ()):
+        declared = spec.get("declared_flop") if isinstance(spec, dict) else None
+        values = declared.values() if isinstance(declared, dict) else [declared]
+        if any(is_number(v) and v > MAX_DECLARED_FLOP for v in values):
+            problems.add(f"models.{name}.declared_flop",
+                         range_text("a number of FLOP", 0, MAX_DECLARED_FLOP))
+
+
 def _relative(base: Path, value: str) -> Path:
     return Path(value) if Path(value).is_absolute() else base / value
 
 
 def _web(problems: Problems, raw: dict[str, Any], base: Path) -> WebSettings:
     r = TableReader.section(problems, raw, "web", {"config_file"})
-    value = r.get("config_file", str, None, "the path of a web-config YAML file")
+    value = r.path("config_file", "the path of a web-config YAML file")
     if value is None:
         return WebSettings()
     path = _relative(base, value)
@@ -269,11 +367,8 @@ def _textfile(problems: Problems, raw: dict[str, Any], base: Path) -> TextfileSe
 
     r = TableReader.section(problems, raw, "textfile", {"path", "every_s"})
     d = TextfileSettings()
-    value = r.get("path", str, None, "a file path ending in .prom")
-    every = r.get("every_s", (int, float), d.every_s, "a number of seconds > 0")
-    if every <= 0:
-        problems.add("textfile.every_s", "a number of seconds > 0")
-        every = d.every_s
+    value = r.path("path", "a file path ending in .prom")
+    every = r.number("every_s", d.every_s, 0, DAY_S, what="a number of seconds", above=True)
     if value is None:
         return TextfileSettings(every_s=float(every))
     path = _relative(base, value)
@@ -290,6 +385,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         ConfigError: naming the file and every bad key with what was expected.
     """
     problems = Problems(path or Path("<config>"))
+    raw = drop_bad_values(problems, raw)
     check_keys(problems, raw, {"agent", "estimator", "attribution", "models", "sim", "thresholds",
                                "notify", "web", "textfile"})
     base = path.parent if path else Path.cwd()
@@ -305,7 +401,14 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         web=_web(problems, raw, base),
         textfile=_textfile(problems, raw, base),
     )
-    problems.raise_if_any()
+    _other_ceilings(problems, raw)
+    a = config.agent
+    if not problems.has("agent.interval_s") and not problems.has("agent.checkpoint_s"):
+        wrong = interval_problem(a.interval_s, a.checkpoint_s, config.estimator.max_gap_s)
+        if wrong is not None:
+            problems.add("agent.interval_s", wrong)
+    if problems:
+        raise AgentConfigError(problems.path, problems.items, config)
     return config
 
 

@@ -7,9 +7,11 @@ snapshot reference.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -24,24 +26,25 @@ from agent.accounting.integrate import warm_up
 from agent.accounting.runs import RunMeta
 from agent.accounting.snapshot import Snapshot
 from agent.compliance.evaluate import Evaluation
-from agent.compliance.thresholds import load_registry
 from agent.compliance.watcher import Enqueue, ThresholdWatcher
 from agent.config import Config
+from agent.ledger import lock as state_lock
+from agent.ledger.integrity import check_ledger
 from agent.ledger.signing import load_or_create_key
-from agent.ledger.store import Ledger
-from agent.notify.config import build_channels
+from agent.ledger.store import Ledger, LedgerDamagedError, LedgerRefusedError
+from agent.ledger.verify import describe_discontinuity
 from agent.notify.dispatcher import Dispatcher
 from agent.notify.message import Notification
 from agent.notify.outbox import Outbox
+from agent.preflight import check_start
 from agent.sampler import Sampler, after_s
 from agent.sources.base import DeviceInfo, GpuSource, SourceError
 from agent.sources.clock import Clock, RealClock, VirtualClock
 from agent.sources.procinfo import ProcInspector
 from agent.sources.simulated import SimulatedSource
-from agent.sources.specs import GpuSpec, SpecTable, load_spec_table
+from agent.sources.specs import GpuSpec, SpecTable
 from exporters.collector import FlopledgerCollector
 from exporters.textfile import TextfileWriter
-from exporters.web.config import load_web_config
 from exporters.web.server import start_metrics_server
 
 log = logging.getLogger(__name__)
@@ -126,14 +129,39 @@ def write_summary(path: Path, snap: Snapshot) -> None:
 
 
 def open_ledger(config: Config) -> Ledger:
-    """The node's ledger in ``state_dir`` (created, with the node key, on first start).
+    """The node's ledger in ``state_dir`` (created, with the node key, on first start),
+    held by this process alone (``<state_dir>/agent.lock``) until it is closed.
+
+    Before anything is written the ledger is checked against its head file, its totals
+    against its records, its tables and column types (:func:`check_ledger`).
 
     Raises:
-        LedgerError: for a ledger of another node or key, or a damaged one.
+        LedgerRefusedError: another agent holds the state directory (its PID is named),
+            the ledger fails its checks, or its node key is missing: nothing written.
+        LedgerError: for a ledger of another node or key.
     """
     state = config.agent.state_dir
-    key = load_or_create_key(state / "node.key")
-    ledger = Ledger(state / "ledger.sqlite", config.agent.node, key)
+    path = state / "ledger.sqlite"
+    held = state_lock.acquire(state)
+    try:
+        check = check_ledger(path)
+        if not check.ok:
+            raise LedgerDamagedError(check)
+        key_path = state / "node.key"
+        if (check.exists or check.mirror is not None) and not key_path.exists():
+            raise LedgerRefusedError(
+                f"{path} exists but its node key {key_path} is missing: a new key could not "
+                "sign for it; put the node's key back (or move the ledger aside yourself)")
+        key = load_or_create_key(key_path)
+        ledger = Ledger(path, config.agent.node, key, check=check)
+    except BaseException:
+        held.release(undo=True)
+        raise
+    ledger.lock = held
+    for note in check.notes:
+        log.warning("%s", note)
+    for statement in check.discontinuities:
+        log.warning("%s", describe_discontinuity(statement))
     # Records a crash left open were durable up to their last checkpoint: seal them
     # before anything new is added, so the gap to this start begins where they end.
     sealed = ledger.seal_open(time.time_ns())
@@ -164,13 +192,37 @@ def known_runs(ledger: Ledger) -> dict[str, RunMeta]:
 
 
 def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
-    """Run the agent in the foreground until SIGTERM/SIGINT; returns the exit status."""
-    specs = load_spec_table(config.agent.spec_file)
-    registry_of_thresholds = load_registry(config.agent.thresholds_file)
-    web = load_web_config(config.web.config_file) if config.web.config_file else None
+    """Run the agent in the foreground until SIGTERM/SIGINT; returns the exit status.
+
+    Args:
+        listen: the address from the command line (None: ``agent.listen``).
+
+    Raises:
+        ConfigError: every problem of the config files and of the machine (state
+            directory, listen address), found before anything is created.
+        SourceError: if the source cannot start; nothing is created either.
+    """
+    if listen is not None:
+        config = dataclasses.replace(config, agent=dataclasses.replace(
+            config.agent, listen_host=listen[0], listen_port=listen[1]))
+    checked = check_start(config, "--listen" if listen is not None else "agent.listen")
+    specs = checked.specs
+    registry_of_thresholds = checked.registry
+    web = checked.web
     warm_up()
-    ledger = open_ledger(config)
+    # The source before the ledger: one that cannot start (exit 3) leaves no ledger
+    # or node key behind.
     source, clock = open_source(config, specs)
+    try:
+        ledger = open_ledger(config)
+    except LedgerRefusedError as e:
+        # A damaged ledger or a second agent: exit 2 (the state directory), one line.
+        source.close()
+        print(f"flopledger: refusing to start: {e}", file=sys.stderr)
+        return 2
+    except BaseException:
+        source.close()
+        raise
     devices = source.devices()
     started_wall_ns = clock.wall_ns()
     accountant = Accountant(
@@ -185,7 +237,7 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
                       until=after_s(config.agent.exit_after_s),
                       export_runs_for_s=config.agent.export_runs_for_s)
     outbox = Outbox(ledger.path, config.notify.channel_names)
-    dispatcher = Dispatcher(outbox, build_channels(config.notify), poll_s=config.notify.poll_s)
+    dispatcher = Dispatcher(outbox, checked.channels, poll_s=config.notify.poll_s)
     watcher = ThresholdWatcher(config.thresholds, config.models, registry_of_thresholds,
                                ledger.path, enqueue=make_enqueue(outbox, dispatcher),
                                wall_ns=clock.wall_ns)

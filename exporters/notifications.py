@@ -1,4 +1,4 @@
-"""Notification series: the outbox's delivery counts per channel.
+"""Notification series: the outbox's delivery counts per channel, dead letters included.
 
 Built from the dispatcher's latest published :class:`NotifyStatus` (an immutable
 value swapped by reference): a scrape never runs SQL and never takes the outbox's
@@ -16,9 +16,14 @@ from agent.notify.status import NotifyStatus
 
 __all__ = ["NotificationCollector"]
 
-# (metric name suffix, ChannelStatus attribute)
-_COUNTS = (("pending", "pending"), ("delivered", "delivered"),
-           ("failed_attempts", "failed_attempts"))
+# (metric name suffix, ChannelStatus attribute, help)
+_COUNTS = (
+    ("pending", "pending", "Notifications pending, per channel."),
+    ("delivered", "delivered", "Notifications delivered, per channel."),
+    ("failed_attempts", "failed_attempts", "Notifications failed attempts, per channel."),
+    ("dead", "dead", "Notifications that cannot be delivered as things stand (HTTP 4xx, "
+     "unencodable, not executable), kept as dead letters and not retried, per channel."),
+)
 
 
 class NotificationCollector(Collector):
@@ -31,9 +36,8 @@ class NotificationCollector(Collector):
         status = self._get_status()
         if status is None:
             return
-        for name, attr in _COUNTS:
-            family = GaugeMetricFamily(f"flopledger_notifications_{name}",
-                                       f"Notifications {name.replace('_', ' ')}, per channel.",
+        for name, attr, text in _COUNTS:
+            family = GaugeMetricFamily(f"flopledger_notifications_{name}", text,
                                        labels=["channel"])
             for channel in sorted(status.channels):
                 family.add_metric([channel], float(getattr(status.channels[channel], attr)))

@@ -54,7 +54,8 @@ def sample_thresholds() -> ThresholdState:
 
 def sample_notify_status() -> NotifyStatus:
     return NotifyStatus.of({
-        "webhook": ChannelStatus(pending=1, delivered=4, failed_attempts=7, retrying=1),
+        "webhook": ChannelStatus(pending=1, delivered=4, failed_attempts=7, retrying=1,
+                                 dead=1),
         "alertmanager": ChannelStatus(pending=0, active=1, delivered=5),
     }, read_wall_ns=1_700_003_000 * 10**9)
 

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from agent.notify.message import DeliveryError, Notification
-from agent.notify.webhook import verify
+from agent.notify.webhook import KEY_HEADER, key_from_header, verify
 from tests.agentproc import free_port
 
 SECOND = 1_000_000_000
@@ -105,7 +105,8 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                r = Received(self.headers.get("X-Flopledger-Key"), body,
+                raw_key = self.headers.get(KEY_HEADER)
+                r = Received(None if raw_key is None else key_from_header(raw_key), body,
                              dict(self.headers.items()),
                              verify(outer.secret, body, self.headers.get(
                                  "X-Flopledger-Signature")))
@@ -137,3 +138,15 @@ class Receiver:
     def delivered(self) -> list[Received]:
         with self.lock:
             return [r for r in self.requests if 200 <= r.status < 300]
+
+
+class Answering(Receiver):
+    """A webhook receiver that answers each request with the next of ``statuses``
+    (the last one from then on)."""
+
+    def __init__(self, *statuses: int) -> None:
+        super().__init__()
+        self.statuses = statuses
+
+    def decide(self, r: Received, index: int) -> int:
+        return self.statuses[min(index, len(self.statuses) - 1)]

@@ -12,6 +12,10 @@ runs by their average weights into the GPU's record window (:mod:`windows`).
 :meth:`take_records` hands the records to the ledger; only what the ledger committed
 (:meth:`commit`) reaches the exported totals (:mod:`committed`).
 
+A GPU that stops answering (``up=False``) keeps the runs it last had, and its high
+bound grows at its peak rate while it stays silent (:mod:`silence`), so neither a
+checkpoint nor the agent stopping leaves that time unbounded.
+
 It has no threads, sockets or files of its own: the live agent, replays and tests
 drive exactly the same code.
 """
@@ -39,6 +43,7 @@ from agent.accounting.estimate import (
 from agent.accounting.integrate import group_by_gpu, integrate_energy, integrate_flop
 from agent.accounting.records import LedgerRecord, Totals
 from agent.accounting.runs import UNATTRIBUTED, GpuAttribution, GpuShare, RunMeta
+from agent.accounting.silence import Silences
 from agent.accounting.snapshot import Snapshot
 from agent.accounting.windows import Charge, RecordWindows
 from agent.sources.base import (
@@ -136,6 +141,7 @@ class Accountant:
         self.sim_true_flop: FloatArray | None = None
         self._truth_integrated: FloatArray | None = None
         self._truth_taken: FloatArray | None = None
+        self._silences = Silences(n, self._max_gap_ns)
 
     @property
     def n_gpus(self) -> int:
@@ -189,9 +195,16 @@ class Accountant:
         bounded in the high estimate. The batch's arrays are read, not copied (a
         source hands over a new batch every tick).
         """
-        if attributions is not None:
-            self._set_attributions(attributions)
         up = batch.up
+        if attributions is not None:
+            if not up.all():
+                # A lost GPU lists no processes, which says nothing about who runs on
+                # it: the runs it last had keep it.
+                attributions = [a if up[i] else self._attributions[i]
+                                for i, a in enumerate(attributions)]
+            self._set_attributions(attributions)
+        if self._silences.active or not up.all():
+            self._charge_silences(batch)
         if up.all():
             gpu, groups = self._positions, self._every_gpu
             fields = {name: getattr(batch, name) for name in FLOAT_FIELDS}
@@ -217,6 +230,19 @@ class Accountant:
             self.errors[(position, field_name)] += 1
         self.ticks += 1
         self.last_batch = batch
+
+    def _charge_silences(self, batch: SampleBatch) -> None:
+        """Charge the GPUs silent in ``batch`` (see :mod:`silence`) to the runs they last
+        had, in their current windows."""
+        for c in self._silences.observe(batch, self.last_batch, self._last_flop_ts,
+                                        self.coeffs.gap_rate_flops):
+            a = self._attributions[c.gpu]
+            self._windows.saw(c.gpu, c.since_wall_ns, batch.wall_time_ns)
+            self._windows.charge(c.gpu, Charge(
+                weights={s.run.run_id: s.weight for s in a.shares}, ticks=1, samples=0,
+                flop_units=Band(0, 0, c.high_units), energy_mj=0, covered_ns=0,
+                gap_ns=c.gap_ns, estimators=Counter(), split=a.split, lost_ns=c.gap_ns,
+            ))
 
     def add_samples(
         self, gpu: IntArray, timestamp_ns: IntArray, wall_ns: IntArray,
@@ -385,6 +411,12 @@ class Accountant:
             samples = int(g.offsets[i + 1] - g.offsets[i])
             if samples == 0:
                 continue
+            if self._silences.active:
+                # The first sample after a silence ends an interval that is the whole
+                # silence: what its ticks charged for it is in already.
+                credit_units, credit_ns = self._silences.credit(i)
+                units.high[i] = max(0, units.high[i] - credit_units)
+                gap_ns[i] = max(0, gap_ns[i] - credit_ns)
             self._windows.charge(i, Charge(
                 weights=self._weights[i], ticks=int(self._ticks_buffered[i]),
                 samples=samples, flop_units=Band(units.low[i], units.central[i],

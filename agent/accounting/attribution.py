@@ -14,6 +14,12 @@ else the process is :data:`UNATTRIBUTED`, which is still accounted, never droppe
 Each run's metadata is read as :mod:`agent.accounting.runmeta` describes; a bad value
 is ignored with a warning logged once per run.
 
+A run id no run may claim (:mod:`agent.accounting.names`: the reserved
+``unattributed``, a control character, over 200 characters) and an empty
+``FLOPLEDGER_RUN_ID`` leave the process unattributed, with a warning logged once per
+id; later sources do not get a say, since the process did name itself. A static rule
+naming such an id is a configuration error.
+
 A GPU shared by several runs is split by each process's SM utilization where the driver
 reports it for every process, else evenly per run.
 """
@@ -29,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.accounting.names import MAX_NAME_CHARS, printable, run_id_problem
 from agent.accounting.runmeta import (
     DEFAULT_SLURM_JOB_DIR,
     ENV_PREFIX,
@@ -85,6 +92,8 @@ def _parse_rule(problems: Problems, table: dict[str, Any], where: str) -> Static
     if not isinstance(run_id, str) or not run_id.strip():
         problems.add(f"{where}.run", "a run id string")
         run_id = ""
+    elif (problem := run_id_problem(run_id.strip())) is not None:
+        problems.add(f"{where}.run", f"a run id that can be claimed (this one {problem})")
     plan_table = table.get("plan", {})
     if not isinstance(plan_table, dict):
         problems.add(f"{where}.plan", "a table of plan fields")
@@ -299,17 +308,26 @@ class Attributor:
     def _meta(self, run_id: str, via: str, env: Mapping[str, str] | None,
               job_file_meta: Mapping[str, str] | None = None, label: str = "") -> RunMeta:
         run, warnings = build_run_meta(run_id, via, env, job_file_meta, label)
-        if warnings and run_id not in self._warned:
-            self._warned.add(run_id)
-            log.warning("run %s: ignoring bad metadata: %s", run_id, "; ".join(warnings))
+        # Keyed by a prefix: a hostile id of a megabyte is not worth keeping whole.
+        key = run_id[:MAX_NAME_CHARS + 1]
+        if warnings and key not in self._warned:
+            self._warned.add(key)
+            if run is UNATTRIBUTED:
+                log.warning("a process names its run through %s, but the %s", via,
+                            warnings[0])
+            else:
+                log.warning("run %s: ignoring bad metadata: %s", printable(run_id),
+                            "; ".join(warnings))
         return run
 
     def _read_facts(self, pid: int) -> _Facts:
         env = self._inspector.environ(pid)
         facts = _Facts(env=env, primary=None, fallback=None, user=None, cmdline=None)
         if env is not None:
-            if run_id := env.get(f"{ENV_PREFIX}RUN_ID", "").strip():
-                facts.primary = self._meta(run_id, "env", env)
+            # Set but empty (a script's unset variable) is a process that named no run:
+            # unattributed, not whatever Slurm or torchrun would say.
+            if (run_id := env.get(f"{ENV_PREFIX}RUN_ID")) is not None:
+                facts.primary = self._meta(run_id.strip(), "env", env)
                 return facts
             if job := env.get("SLURM_JOB_ID", "").strip():
                 facts.primary = self._meta(f"slurm-{job}", "slurm", env)

@@ -18,7 +18,9 @@ from typing import Any
 from agent.accounting.band import Band
 
 RECORD_VERSION = 1
-KINDS = ("interval", "gap")
+# ``discontinuity``: written only by ``flopledger recover`` at the start of a new
+# ledger; it states what the previous ledger last held (see agent/ledger/recover.py).
+KINDS = ("interval", "gap", "discontinuity")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,15 @@ lines, the TOML file named by ``FLOPLEDGER_RUN_FILE``, then ``FLOPLEDGER_MODEL``
 ``_CATEGORY``, ``_PRECISION``, ``_RECOMPUTE``, ``_RECOMPUTE_FACTOR``, ``_BASE_MODELS``
 and ``FLOPLEDGER_PLAN_<KEY>``. A bad value is ignored with a warning: a typo in a job's
 environment must never stop the agent. The same validation serves the config's static
-rules (:mod:`agent.accounting.attribution`) and replay mappings.
+rules (:mod:`agent.accounting.attribution`) and replay mappings. Run ids and model names
+follow :mod:`agent.accounting.names`: a run id that breaks its rules (the reserved
+``unattributed``, a control character, over-long, empty) claims nothing, and the
+process's compute stays unattributed.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import tomllib
@@ -19,9 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.accounting.runs import CATEGORIES, RECOMPUTE_FACTORS, RECOMPUTE_MODES, RunMeta
+from agent.accounting.names import MAX_NAME_CHARS, name_problem, printable, run_id_problem
+from agent.accounting.runs import (
+    CATEGORIES,
+    RECOMPUTE_FACTORS,
+    RECOMPUTE_MODES,
+    UNATTRIBUTED,
+    RunMeta,
+)
 from agent.sources.base import DeviceInfo
 from agent.sources.specs import MATMUL_PRECISIONS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SLURM_JOB_DIR = Path("/run/flopledger/slurm")
 ENV_PREFIX = "FLOPLEDGER_"
@@ -38,6 +51,8 @@ _K8S_POD = re.compile(
     r"kubepods[^\n]*?[/-]pod([0-9a-fA-F]{8}[-_]?[0-9a-fA-F]{4}[-_]?[0-9a-fA-F]{4}"
     r"[-_]?[0-9a-fA-F]{4}[-_]?[0-9a-fA-F]{12})(?![0-9a-fA-F])"
 )
+
+_NAME_RULE = f"(at most {MAX_NAME_CHARS} characters, no control characters)"
 
 # (key, bad value, what was expected); the value is None when the key is missing.
 _Complain = Callable[[str, object, str], None]
@@ -77,10 +92,10 @@ def meta_fields(values: Mapping[str, _Entry], plan: Mapping[str, _Entry],
 
     if "model" in values:
         value, label = values["model"]
-        if isinstance(value, str):
+        if isinstance(value, str) and (not value.strip() or name_problem(value.strip()) is None):
             out["model"] = value.strip()
         else:
-            complain(label, value, "a model name")
+            complain(label, value, f"a model name {_NAME_RULE}")
     if (category := choice("category", CATEGORIES)) is not None:
         out["category"] = category
     if (precision := choice("precision", sorted(MATMUL_PRECISIONS))) is not None:
@@ -106,10 +121,13 @@ def meta_fields(values: Mapping[str, _Entry], plan: Mapping[str, _Entry],
     if "base_models" in values:
         value, label = values["base_models"]
         items = value.split(",") if isinstance(value, str) else value
-        if isinstance(items, list) and all(isinstance(m, str) for m in items):
+        if isinstance(items, list) and all(
+                isinstance(m, str) and (not m.strip() or name_problem(m.strip()) is None)
+                for m in items):
             out["base_models"] = tuple(m.strip() for m in items if m.strip())
         else:
-            complain(label, value, "a list of model names (or one comma-separated string)")
+            complain(label, value, "a list of model names (or one comma-separated string) "
+                     f"{_NAME_RULE}")
     parsed_plan: dict[str, float | str] = {}
     for key, (value, label) in plan.items():
         number = _finite(value)
@@ -155,19 +173,45 @@ def _read_run_file(path_text: str, values: dict[str, _Entry], plan: dict[str, _E
             complain(f"{path}: {key}", value, f"one of {sorted(META_KEYS | {'plan'})}")
 
 
+# Ids already warned about by claims_nothing(), a bounded number of them.
+_REFUSED_LOGGED: set[str] = set()
+_REFUSED_LOGGED_MAX = 1000
+
+
+def claims_nothing(run: RunMeta) -> bool:
+    """True if ``run`` names an id no run may claim (see :mod:`agent.accounting.names`),
+    for sources that build runs from ids alone (replayed labels): the caller then counts
+    the compute as unattributed. A warning is logged once per id."""
+    problem = run_id_problem(run.run_id)
+    if problem is None:
+        return False
+    key = run.run_id[:MAX_NAME_CHARS + 1]
+    if key not in _REFUSED_LOGGED and len(_REFUSED_LOGGED) < _REFUSED_LOGGED_MAX:
+        _REFUSED_LOGGED.add(key)
+        log.warning("run id '%s' %s: it claims nothing, and the compute stays unattributed",
+                    printable(run.run_id), problem)
+    return True
+
+
 def build_run_meta(run_id: str, via: str, env: Mapping[str, str] | None = None,
                    job_file_meta: Mapping[str, str] | None = None,
                    job_file_label: str = "") -> tuple[RunMeta, list[str]]:
     """The run's metadata from a Slurm job file, the run file and the environment.
 
     Returns:
-        the run, and one warning line per ignored value (empty when all was valid).
+        the run, and one warning line per ignored value (empty when all was valid). A
+        ``run_id`` that no run may claim (:func:`~agent.accounting.names.run_id_problem`)
+        gives :data:`UNATTRIBUTED` and one warning saying why, its metadata unread.
     """
     warnings: list[str] = []
+    problem = run_id_problem(run_id)
+    if problem is not None:
+        return UNATTRIBUTED, [f"run id '{printable(run_id)}' {problem}: it claims nothing, "
+                              "and the compute stays unattributed"]
 
     def complain(label: str, value: object, expected: str) -> None:
-        shown = "missing" if value is None else f"={value!r}"
-        warnings.append(f"{label}{shown}: expected {expected}; ignored")
+        shown = "missing" if value is None else f"={printable(repr(value))}"
+        warnings.append(f"{printable(label)}{shown}: expected {expected}; ignored")
 
     values: dict[str, _Entry] = {}
     plan: dict[str, _Entry] = {}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.accounting.names import UNATTRIBUTED_RUN_ID
+
 CATEGORIES: tuple[str, ...] = (
     "pre-training",
     "fine-tuning",
@@ -61,8 +63,18 @@ class RunMeta:
     base_models: tuple[str, ...] = ()
     via: str = "unattributed"
 
+    def __post_init__(self) -> None:
+        # The reserved id is compute nobody claimed: it declares nothing, whatever built
+        # it (a replayed trace, an old ledger's run table). A category claimed for it
+        # would take real unattributed compute out of every scope that category skips.
+        if self.run_id == UNATTRIBUTED_RUN_ID:
+            for name, value in (("model", ""), ("category", "unknown"), ("precision", None),
+                                ("recompute", "none"), ("recompute_factor", 1.0),
+                                ("plan", {}), ("base_models", ()), ("via", "unattributed")):
+                object.__setattr__(self, name, value)
 
-UNATTRIBUTED = RunMeta(run_id="unattributed", via="unattributed")
+
+UNATTRIBUTED = RunMeta(run_id=UNATTRIBUTED_RUN_ID, via="unattributed")
 
 
 @dataclass(frozen=True, slots=True)

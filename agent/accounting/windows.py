@@ -35,6 +35,7 @@ class Pending:
     weight_ns: float = 0.0  # the run's share summed over integrations, for the average
     estimators: Counter[str] = field(default_factory=Counter)
     splits: Counter[str] = field(default_factory=Counter)
+    lost_ns: int = 0  # time the GPU did not answer (part of gap_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class Charge:
         flop_units: FLOP in :data:`FLOP_UNIT` units.
         estimators: samples per estimator name.
         split: how the GPU's time was split among its runs (the attribution's word).
+        lost_ns: of ``gap_ns``, the time the GPU itself did not answer.
     """
 
     weights: Mapping[str, float]
@@ -59,6 +61,7 @@ class Charge:
     gap_ns: int
     estimators: Counter[str]
     split: str
+    lost_ns: int = 0
 
 
 def split_units(total: int, weights: Sequence[float]) -> list[int]:
@@ -118,7 +121,7 @@ class RecordWindows:
         run_ids = list(c.weights)
         w = [c.weights[r] for r in run_ids]
         totals = (c.flop_units.low, c.flop_units.central, c.flop_units.high, c.energy_mj,
-                  c.covered_ns, c.gap_ns)
+                  c.covered_ns, c.gap_ns, c.lost_ns)
         parts = ([[x] for x in totals] if len(w) == 1
                  else [split_units(x, w) for x in totals])
         ticks = max(1, c.ticks)
@@ -129,6 +132,7 @@ class RecordWindows:
             p.samples += c.samples
             p.covered_ns += parts[4][k]
             p.gap_ns += parts[5][k]
+            p.lost_ns += parts[6][k]
             p.weight_ns += w[k] / ticks
             p.estimators.update(c.estimators)
             p.splits[c.split] += 1
@@ -172,26 +176,31 @@ class RecordWindows:
             meta = self._runs.get(run_id, RunMeta(run_id))
             integrations = sum(p.splits.values())
             flop = p.flop_units.map(lambda units: units * FLOP_UNIT)
+            assumptions: dict[str, object] = {
+                "spec": a.spec.key if a.spec else None,
+                "precision": a.precision,
+                "undeclared_precisions": None if a.precision else list(
+                    s.undeclared_precisions),
+                "recompute_factor": a.recompute_factor,
+                "split": p.splits.most_common(1)[0][0],
+                "share": round(p.weight_ns / integrations, 6) if integrations else 1.0,
+                "estimators": dict(p.estimators),
+                "tensor_activity_uncertainty": s.tensor_activity_uncertainty,
+                "max_gap_s": s.max_gap_s,
+                "via": meta.via,
+            }
+            if p.lost_ns:
+                assumptions["gpu_lost_ns"] = p.lost_ns
             out.append(LedgerRecord(
                 seq=-1, kind="interval", node=self._node, run=run_id, model=meta.model,
                 category=meta.category, gpu_uuid=d.uuid, gpu_index=d.index,
                 start_ns=start, end_ns=max(end, start), flop_low=flop.low,
                 flop_central=flop.central, flop_high=flop.high,
                 energy_mj=p.energy_mj, samples=p.samples, covered_ns=p.covered_ns,
-                gap_ns=p.gap_ns, estimator=p.estimators.most_common(1)[0][0],
-                assumptions={
-                    "spec": a.spec.key if a.spec else None,
-                    "precision": a.precision,
-                    "undeclared_precisions": None if a.precision else list(
-                        s.undeclared_precisions),
-                    "recompute_factor": a.recompute_factor,
-                    "split": p.splits.most_common(1)[0][0],
-                    "share": round(p.weight_ns / integrations, 6) if integrations else 1.0,
-                    "estimators": dict(p.estimators),
-                    "tensor_activity_uncertainty": s.tensor_activity_uncertainty,
-                    "max_gap_s": s.max_gap_s,
-                    "via": meta.via,
-                },
+                gap_ns=p.gap_ns,
+                # A window the GPU spent lost has no sample, and so no estimator.
+                estimator=p.estimators.most_common(1)[0][0] if p.estimators else "none",
+                assumptions=assumptions,
             ))
         return out
 

@@ -1,13 +1,60 @@
-"""The ledger's commands: ``verify``, ``export``, ``runs``, ``show`` and ``models``."""
+"""The ledger's commands: ``verify``, ``export``, ``runs``, ``show``, ``models`` and
+``recover``.
+
+``runs``, ``show`` and ``models`` (and ``report``) check the ledger first: one that
+fails its consistency checks gets a WARNING line at the top, what can still be read
+below it, and exit status 1."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from agent import figures
+from agent.accounting.names import file_stem, printable
 from agent.cli.common import add_ledger_args, config_of, ledger_path
+
+
+def bundle_file_name(kind: str, name: str) -> str:
+    """The default file of ``export --run``/``--model``: in the current directory,
+    whatever the name holds (``/``, ``..``, a newline)."""
+    return f"flopledger-{kind}-{file_stem(name)}.json"
+
+
+def ledger_warnings(path: Path) -> tuple[list[str], bool]:
+    """WARNING lines for the top of a read command's output, and whether the ledger
+    fails its consistency checks. A recorded discontinuity is said, but is no failure:
+    the ledger after it is sound."""
+    from agent.ledger.integrity import check_ledger
+    from agent.ledger.mirror import head_file
+    from agent.ledger.verify import describe_discontinuity
+
+    if not path.is_file() and not head_file(path).is_file():
+        return [], False  # never a ledger here: the command itself says so
+    check = check_ledger(path)
+    lines = [f"WARNING: {describe_discontinuity(r)}" for r in check.discontinuities]
+    if not check.ok:
+        lines.insert(0, f"WARNING: {check.headline()}")
+    return [printable(line, 4000) for line in lines], not check.ok
+
+
+def _warn(path: Path) -> bool:
+    lines, damaged = ledger_warnings(path)
+    for line in lines:
+        print(line)
+    return damaged
+
+
+def _looks_like_bundle(path: Path) -> bool:
+    """A bundle is JSON; anything else given to ``verify`` is checked as a ledger (a
+    damaged one need not even start like a database)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(64).lstrip()[:1] == b"{"
+    except OSError:
+        return False
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -16,7 +63,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from agent.ledger.verify import verify_ledger
 
     path = Path(args.path) if args.path else ledger_path(args)
-    is_bundle = path.is_file() and path.read_bytes()[:16] != b"SQLite format 3\x00"
+    is_bundle = path.is_file() and _looks_like_bundle(path)
     if is_bundle:
         bundle = verify_bundle(path, args.key_fingerprint)
         what = ", ".join(f"{k} {v}" for k, v in bundle.selection.items())
@@ -31,8 +78,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"ledger {path}: {report.records} records, {report.heads} signed tree heads; "
               f"key {report.key_fingerprint or '?'}")
         problems = report.problems
+        for note in report.notes:
+            print(f"  NOTE {printable(note, 4000)}")
     for p in problems:
-        print(f"  FAIL {p}")
+        print(f"  FAIL {printable(p, 4000)}")
     print("OK: every check passed" if not problems else f"FAILED: {len(problems)} problem(s)")
     return 0 if not problems else 1
 
@@ -42,45 +91,49 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     path = ledger_path(args)
     name = args.run or args.model
-    out = Path(args.output or f"flopledger-{'run' if args.run else 'model'}-{name}.json")
+    out = Path(args.output or bundle_file_name("run" if args.run else "model", name))
     summary = export_bundle(path, out, run=args.run, model=args.model)
     t = summary["totals"]
-    print(f"wrote {out}: {t['records']} records, FLOP "
+    print(f"wrote {printable(str(out))}: {t['records']} records, FLOP "
           f"{figures.band(t['flop_low'], t['flop_central'], t['flop_high'])}")
-    print(f"check it anywhere with: flopledger verify {out}")
+    print(f"check it anywhere with: flopledger verify {printable(shlex.quote(str(out)))}")
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from agent.ledger.query import run_summaries
 
-    runs = run_summaries(ledger_path(args))
+    path = ledger_path(args)
+    damaged = _warn(path)
+    runs = run_summaries(path)
     header = (f"{'run':<28} {'model':<18} {'category':<16} {'GPUs':>4}  "
               f"{'FLOP central [low .. high]':<30} {'energy':>10}  {'first seen':<20} last seen")
     print(header)
     for r in sorted(runs.values(), key=lambda r: r.first_ns):
-        print(f"{r.run[:28]:<28} {r.model[:18]:<18} {r.category[:16]:<16} {len(r.gpus):>4}  "
+        print(f"{printable(r.run)[:28]:<28} {printable(r.model)[:18]:<18} "
+              f"{printable(r.category)[:16]:<16} {len(r.gpus):>4}  "
               f"{figures.band(r.flop_low, r.flop_central, r.flop_high):<30} "
               f"{figures.energy(r.energy_mj):>10}  {figures.when(r.first_ns):<20} "
               f"{figures.when(r.last_ns)}")
     if not runs:
         print("(no runs in the ledger yet)")
-    return 0
+    return 1 if damaged else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """0, or 1 if the run is not in the ledger."""
+    """0, or 1 if the run is not in the ledger or the ledger fails its checks."""
     from agent.ledger.query import gpu_breakdown, latest_head, run_summaries
 
     path = ledger_path(args)
+    damaged = _warn(path)
     runs = run_summaries(path, run=args.run)
     if args.run not in runs:
         print(f"flopledger: no run {args.run!r} in {path}", file=sys.stderr)
         return 1
     r = runs[args.run]
     span_s = (r.last_ns - r.first_ns) / 1e9
-    print(f"run       {r.run}")
-    print(f"model     {r.model or '-'}   category {r.category}")
+    print(f"run       {printable(r.run)}")
+    print(f"model     {printable(r.model) or '-'}   category {printable(r.category)}")
     band = figures.band(r.flop_low, r.flop_central, r.flop_high)
     print(f"FLOP      {band}  (central [low .. high])")
     print(f"energy    {figures.energy(r.energy_mj)}")
@@ -92,40 +145,77 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"method    {estimators} (samples per estimator); splits "
           + ", ".join(f"{k} {v}" for k, v in r.splits.most_common()))
     if r.meta:
-        print("declared  " + ", ".join(f"{k}={v}" for k, v in sorted(r.meta.items())))
+        print("declared  " + ", ".join(printable(f"{k}={v}") for k, v in sorted(r.meta.items())))
     print("per GPU:")
     for uuid, g in sorted(gpu_breakdown(path, args.run).items()):
-        print(f"  {uuid:<42} {figures.band(g.flop_low, g.flop_central, g.flop_high)}")
+        print(f"  {printable(uuid):<42} {figures.band(g.flop_low, g.flop_central, g.flop_high)}")
     head, key = latest_head(path)
     if head is not None:
         print(f"ledger    {head.size} records under signed head at "
               f"{figures.when(head.timestamp_ns)}, key {key}")
-        print(f"verify    flopledger export --run {args.run} && flopledger verify "
-              f"flopledger-run-{args.run}.json")
-    return 0
+        # Quoted for a shell, then escaped for the terminal: a run id may hold anything.
+        print(f"verify    flopledger export --run {printable(shlex.quote(args.run))} && "
+              f"flopledger verify {bundle_file_name('run', args.run)}")
+    return 1 if damaged else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     from agent.compliance.lineage import load_model_view
 
     config = config_of(args)
-    view = load_model_view(config.models, config.agent.thresholds_file,
-                           ledger_path(args, config))
+    path = ledger_path(args, config)
+    damaged = _warn(path)
+    view = load_model_view(config.models, config.agent.thresholds_file, path)
     names = view.model_names()
     if not names:
         print("(no models in the ledger or the config yet)")
-        return 0
+        return 1 if damaged else 0
     for name in names:
         bases = view.lineage.ancestors(name)
         own = sum(1 for r in view.runs if r.model == name)
-        print(f"{name}: {own} run(s)" + (f", inherits from {', '.join(bases)}" if bases else ""))
+        print(f"{printable(name)}: {own} run(s)"
+              + (f", inherits from {printable(', '.join(bases))}" if bases else ""))
         for scope, f in view.totals(name).items():
             print(f"  {scope:<18} {figures.band(f.low, f.central, f.high)}")
+    return 1 if damaged else 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """0 once a new ledger records the discontinuity; 1 if there is nothing to recover
+    or nothing can be; 2 if an agent holds the state directory."""
+    from agent.accounting.band import Band
+    from agent.ledger.lock import StateLockedError
+    from agent.ledger.recover import recover_ledger
+    from agent.ledger.signing import load_or_create_key
+
+    config = config_of(args)
+    path = ledger_path(args, config)
+    # The key the ledger was signed with sits beside it; never create one here.
+    key_path = path.parent / "node.key" if args.ledger else config.agent.state_dir / "node.key"
+    if not key_path.is_file():
+        print(f"flopledger: no node key at {key_path}: recover signs the new ledger with the "
+              "key of the old one", file=sys.stderr)
+        return 1
+    try:
+        done = recover_ledger(path, load_or_create_key(key_path), config.agent.node,
+                              reason=args.reason or "", accept_loss=args.accept_loss)
+    except StateLockedError as e:
+        print(f"flopledger: {e}", file=sys.stderr)
+        return 2
+    for src, dst in done.moved:
+        print(f"moved aside  {printable(src.name)} -> {printable(dst.name)} (kept, not deleted)")
+    # Each pair's sums count once per GPU and once per run: summed over pairs, once.
+    low, central, high = sum((p.totals.flop for p in done.carried.values()), Band.exact(0))
+    print(f"new ledger   {printable(str(path))}: record 0 states the discontinuity; records "
+          f"1..{len(done.carried)} carry the sums of {len(done.carried)} (GPU, run) pair(s) "
+          f"over, FLOP {figures.band(low, central, high)}")
+    print(f"carried from {printable(done.carried_from, 4000)}")
+    print("from now on `flopledger verify` reports this discontinuity; the agent can start")
     return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``verify``, ``export``, ``runs``, ``show`` and ``models``."""
+    """Register ``verify``, ``export``, ``runs``, ``show``, ``models`` and ``recover``."""
     verify = sub.add_parser("verify", help="check a ledger file or an audit bundle")
     verify.add_argument("path", nargs="?", help="ledger.sqlite or a bundle .json")
     verify.add_argument("--key-fingerprint", help="fail unless signed by this key")
@@ -152,3 +242,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     models = sub.add_parser("models", help="per-model totals per regulatory scope, with lineage")
     add_ledger_args(models)
     models.set_defaults(func=cmd_models)
+
+    recover = sub.add_parser(
+        "recover", help="set a damaged ledger aside and start a new one that records the "
+                        "discontinuity (the agent must be stopped)")
+    recover.add_argument("--reason", help="why, in the discontinuity record")
+    recover.add_argument("--accept-loss", action="store_true",
+                         help="recover even when nothing can be carried over (every total "
+                              "restarts from zero)")
+    add_ledger_args(recover)
+    recover.set_defaults(func=cmd_recover)

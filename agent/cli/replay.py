@@ -31,6 +31,19 @@ def _positive(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    """``0.05`` or ``5%`` to a share between 0 and 1."""
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1 (or 0% to 100%), "
+                                         f"got {text!r}")
+    return value
+
+
 def _utc_offset(text: str) -> float:
     """``+02:00``, ``-0530`` or ``+2`` to seconds east of UTC."""
     m = _OFFSET.fullmatch(text.strip())
@@ -41,14 +54,15 @@ def _utc_offset(text: str) -> float:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Run a replay; 0 if every file was read (bad rows are reported, not fatal), 1 if
-    a file could not be replayed at all."""
+    """Run a replay; 0 if it was written, 1 (and nothing written) if a file could not
+    be replayed at all, nothing in them was valid, or more than ``--max-bad-share`` of
+    the rows were bad."""
     settings = load_config(Path(args.config)).estimator if args.config else None
     options = ReplayOptions(
         node=args.node, format=args.format, mapping=Path(args.mapping) if args.mapping else None,
         spec_file=Path(args.spec_file) if args.spec_file else None, gpu_model=args.gpu_model,
         interval_hint_s=args.interval_hint, utc_offset_s=args.utc_offset,
-        record_s=args.record_s)
+        record_s=args.record_s, max_bad_share=args.max_bad_share)
     if settings is not None:
         options = dataclasses.replace(options, settings=settings)
     files = [Path(f) for f in args.files]
@@ -62,8 +76,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except sqlite3.DatabaseError as e:
         print(f"flopledger replay: {args.ledger}: not a usable ledger ({e})", file=sys.stderr)
         return 1
+    except OSError as e:
+        print(f"flopledger replay: {e.filename or args.ledger}: cannot write: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return 1
     print(summary.format())
-    return 1 if summary.errors else 0
+    if summary.failure is not None:
+        tail = "" if summary.written else f"; nothing written to {args.ledger}"
+        print(f"flopledger replay: {summary.failure}{tail}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def add_replay_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -72,7 +94,9 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "replay", help="account recorded telemetry (nvidia-smi, dcgm-exporter, Prometheus, "
                        "traces) into a ledger",
         description="Read recorded GPU telemetry and account it with the live agent's "
-                    "estimator into a signed ledger. Bad rows are skipped and reported.")
+                    "estimator into a signed ledger. Bad rows (unparsable or physically "
+                    "impossible) are skipped and reported with their line numbers; all or "
+                    "nothing is written.")
     p.add_argument("files", nargs="+", metavar="FILE", help="recordings, replayed in order")
     p.add_argument("--format", choices=FORMATS, default="auto",
                    help="format of the files (default: detected from the first bytes)")
@@ -90,6 +114,9 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                    help="UTC offset of nvidia-smi's local-time timestamps (default +00:00)")
     p.add_argument("--record-s", type=_positive, default=3600.0, metavar="SECONDS",
                    help="length of a ledger record in recorded time (default 3600)")
+    p.add_argument("--max-bad-share", type=_share, default=0.01, metavar="SHARE",
+                   help="fail, writing nothing, if more than this share of the rows are bad "
+                        "(default 0.01, i.e. 1%%)")
     p.add_argument("--config", metavar="FILE", help="agent config for [estimator] settings")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=cmd_replay)

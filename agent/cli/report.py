@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 from agent import figures
+from agent.accounting.names import file_stem, printable
 from agent.cli.common import add_ledger_args, config_of, ledger_path
+from agent.cli.ledger import ledger_warnings
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -19,18 +21,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     from agent.sources.specs import load_spec_table
 
     config = config_of(args)
+    path = ledger_path(args, config)
+    # A ledger failing its own checks still gets its report, under a WARNING (on stderr,
+    # and atop a Markdown report, which may be read far from this terminal); exit 1.
+    warnings, damaged = ledger_warnings(path)
+    for line in warnings:
+        print(line, file=sys.stderr)
     rep = build_report(config.models, load_registry(config.agent.thresholds_file),
-                       load_spec_table(config.agent.spec_file), ledger_path(args, config),
+                       load_spec_table(config.agent.spec_file), path,
                        run=args.run, model=args.model)
-    name = f"flopledger-{rep.subject_type}-{rep.subject}"
+    # In the current directory whatever the run or model is called ("../x", "a/b").
+    name = f"flopledger-{rep.subject_type}-{file_stem(rep.subject)}"
     out = Path(args.output) if args.output else None
     if args.format == "png":
         from agent.reports.chart import render_png
 
         target = out or Path(f"{name}.png")
         render_png(rep, target)
-        print(f"wrote {target}")
-        return 0
+        print(f"wrote {printable(str(target))}")
+        return 1 if damaged else 0
     if args.format == "md":
         chart = None
         if out is not None and args.chart:
@@ -39,7 +48,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             chart_path = out.with_suffix(".png")
             render_png(rep, chart_path)
             chart = chart_path.name
-        text = render_markdown(rep, chart)
+        text = "".join(f"> **{w}**\n\n" for w in warnings) + render_markdown(rep, chart)
     elif args.format == "json":
         text = rep.to_json()
     else:
@@ -49,7 +58,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         out.write_text(text)
         print(f"wrote {out}")
-    return 0
+    return 1 if damaged else 0
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:

@@ -50,8 +50,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = config_of(args)
     registry = load_registry(config.agent.thresholds_file)
     now = time.time_ns()
-    snap = evaluate(config.models, registry, ledger_path(args, config), now,
-                    estimate=args.estimate)
+    path = ledger_path(args, config)
+    from agent.cli.ledger import ledger_warnings
+
+    warnings, damaged = ledger_warnings(path)
+    for line in warnings:
+        print(line)
+    snap = evaluate(config.models, registry, path, now, estimate=args.estimate)
     by_subject: dict[tuple[str, str], list[Evaluation]] = {}
     for e in snap.evaluations:
         a = e.assessment
@@ -61,7 +66,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         by_subject.setdefault((a.subject.kind, a.subject.name), []).append(e)
     if not by_subject:
         print("(nothing to show: no runs or models in the ledger yet)")
-        return 0
+        _print_dead_letters(path)
+        return 1 if damaged else 0
     for (kind, name), evaluations in sorted(by_subject.items()):
         rate = evaluations[0].projection.rate
         state = "active" if (kind == "run" and name in snap.active_runs) or rate.high > 0 else (
@@ -83,7 +89,16 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{note:<12} {when} {deadline}".rstrip())
     print(f"\nfractions use the {args.estimate} estimate; ledger head "
           f"{snap.tree_head.get('size', 0)} records")
-    return 0
+    _print_dead_letters(path)
+    return 1 if damaged else 0
+
+
+def _print_dead_letters(path: Path) -> None:
+    from agent.notify.deadletter import status_lines
+
+    lines = status_lines(path)
+    if lines:
+        print("\n" + "\n".join(lines))
 
 
 def cmd_rules(args: argparse.Namespace) -> int:

@@ -105,10 +105,9 @@ def evaluate(models: Mapping[str, ModelInfo], registry: Registry, ledger_path: P
 
     def seconds_in(names: Iterable[str], scope: str) -> float:
         wanted = set(names)
-        cats = scopes[scope].categories
         return sum(_gpu_seconds(rows) for run, rows in by_run.items()
                    if run in summaries and summaries[run].model in wanted
-                   and summaries[run].category in cats)
+                   and scopes[scope].counts(run, summaries[run].category))
 
     # Models, with lineage.
     for name in view.model_names():
@@ -173,8 +172,8 @@ def _evaluate_subject(snap: Snapshot, subject: Subject, regimes: Sequence[Any],
                    usd_per_gpu_hour=registry.usd_per_gpu_hour)
         if a is None:
             continue
-        categories = registry.scopes[regime.scope].categories
-        in_scope = [f for f in runs if category_of.get(f.run, "unknown") in categories]
+        scope = registry.scopes[regime.scope]
+        in_scope = [f for f in runs if scope.counts(f.run, category_of.get(f.run, "unknown"))]
         current = subject.flop.get(regime.scope, Flop.exact(0))
         projection = project(current, in_scope, now_ns, a.threshold_flop, horizon_s)
         will = False

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from agent.accounting.band import Band
+from agent.accounting.names import UNATTRIBUTED_RUN_ID
 from agent.accounting.runs import CATEGORIES
 from agent.configfile import Problems, bundled_config, check_keys, read_toml
 from agent.ledger.query import RunSummary, run_summaries
@@ -30,6 +31,12 @@ class Scope:
     categories: frozenset[str]
     inherit: bool
     source: str = ""
+
+    def counts(self, run: str, category: str) -> bool:
+        """Whether a run's compute counts here: its category is in the scope, or it is
+        the unattributed compute, which counts in every scope whatever category its
+        records claim (an old ledger, a crafted trace)."""
+        return run == UNATTRIBUTED_RUN_ID or category in self.categories
 
 
 # A FLOP figure with its band, in whole FLOP: the one band type, named for its unit.
@@ -87,7 +94,8 @@ def parse_scopes(raw: Mapping[str, Any], problems: Problems,
             problems.add(where, "a table")
             continue
         cats = spec.get("categories")
-        if not isinstance(cats, list) or not cats or any(c not in known_categories for c in cats):
+        if not isinstance(cats, list) or not cats or any(
+                not isinstance(c, str) or c not in known_categories for c in cats):
             problems.add(f"{where}.categories", f"a non-empty list of {sorted(known_categories)}")
             cats = []
         inherit = spec.get("inherit")
@@ -188,7 +196,7 @@ def model_totals(model: str, runs: Iterable[RunFigures], lineage: Lineage,
     def own(name: str, scope: Scope) -> Flop:
         total = Flop.exact(0)
         for r in by_model.get(name, []):
-            if r.category in scope.categories:
+            if scope.counts(r.run, r.category):
                 total = total + r.flop
         if name not in by_model:
             declared = lineage.models.get(name, ModelInfo(name)).declared_flop

@@ -11,14 +11,21 @@ because the central estimate was optimistic.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.compliance.lineage import Flop, Scope, default_thresholds_path, parse_scopes
-from agent.configfile import Problems, TableReader, check_keys, read_toml
+from agent.configfile import (
+    Problems,
+    TableReader,
+    check_keys,
+    drop_bad_values,
+    in_range,
+    range_text,
+    read_toml,
+)
 
 STATUSES = ("in-force", "enacted", "guidance", "proposed", "revoked", "vetoed", "internal")
 COMPARISONS = ("gt", "ge")
@@ -26,6 +33,15 @@ SUBJECTS = ("model", "run")
 ROLES = ("provider", "modifier")
 ESTIMATES = ("low", "central", "high")
 DEFAULT_LEVELS = (0.5, 0.8, 0.9, 1.0)
+# Ranges of the numbers: far beyond any real threshold or schedule, tight enough that a
+# typo is refused and no value overflows a wait or a nanosecond count.
+MAX_FLOP = 1e40
+MAX_USD = 1e15
+MAX_USD_PER_GPU_HOUR = 1e4
+MAX_DAYS = 3660.0
+MAX_EVALUATE_EVERY_S = 86400.0
+MIN_EVALUATE_EVERY_S = 0.1
+MAX_WINDOW_S = 366 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,28 +101,26 @@ def parse_threshold_settings(raw: Mapping[str, Any], problems: Problems) -> Thre
     r = TableReader.section(problems, raw, "thresholds", ThresholdSettings.__dataclass_fields__)
     d = ThresholdSettings()
 
-    def positive(key: str, default: float) -> float:
-        value = r.get(key, (int, float), default, "a positive number")
-        if value <= 0:
-            r.add(key, "a positive number")
-            return default
-        return float(value)
+    def seconds_or_days(key: str, default: float, low: float, high: float, what: str) -> float:
+        return float(r.number(key, default, low, high, what=what, above=low == 0))
 
     estimate = r.get("estimate", str, d.estimate, f"one of {list(ESTIMATES)}")
     if estimate not in ESTIMATES:
         r.add("estimate", f"one of {list(ESTIMATES)}")
         estimate = d.estimate
     levels = r.get("levels", list, list(d.levels), "a list of fractions in (0, 1]")
-    if not levels or any(isinstance(x, bool) or not isinstance(x, int | float) or not 0 < x <= 1
-                         for x in levels):
+    if not levels or any(not in_range(x, 0, 1, above=True) for x in levels):
         r.add("levels", "a non-empty list of fractions in (0, 1]")
         levels = list(d.levels)
     return ThresholdSettings(
-        evaluate_every_s=positive("evaluate_every_s", d.evaluate_every_s),
+        evaluate_every_s=seconds_or_days("evaluate_every_s", d.evaluate_every_s,
+                                         MIN_EVALUATE_EVERY_S, MAX_EVALUATE_EVERY_S,
+                                         "a number of seconds"),
         estimate=estimate,
         levels=tuple(sorted(float(x) for x in levels)),
-        window_s=positive("window_s", d.window_s),
-        horizon_days=positive("horizon_days", d.horizon_days),
+        window_s=seconds_or_days("window_s", d.window_s, 1, MAX_WINDOW_S, "a number of seconds"),
+        horizon_days=seconds_or_days("horizon_days", d.horizon_days, 0, MAX_DAYS,
+                                     "a number of days"),
     )
 
 
@@ -121,12 +135,17 @@ def _parse_regime(problems: Problems, key: str, raw: Any, scopes: Mapping[str, S
                          (f for f in Regime.__dataclass_fields__ if f != "key"))
     get = reader.get
 
-    def positive(name: str) -> float | None:
+    def positive(name: str, high: float) -> float | None:
         value = get(name, (int, float), None, "a positive number")
-        if value is not None and not (value > 0 and math.isfinite(value)):
-            problems.add(f"{where}.{name}", "a positive number")
+        if value is not None and not in_range(value, 0, high, above=True):
+            problems.add(f"{where}.{name}", range_text("a positive number", 0, high,
+                                                       above=True))
             return None
         return float(value) if value is not None else None
+
+    def text(name: str) -> str:
+        value = get(name, str, "", "a string")
+        return value if isinstance(value, str) else ""
 
     title = get("title", str, key, "a title")
     scope = get("scope", str, "", f"one of the scopes {sorted(scopes)}")
@@ -146,10 +165,10 @@ def _parse_regime(problems: Problems, key: str, raw: Any, scopes: Mapping[str, S
         problems.add(f"{where}.status", f"one of {STATUSES}")
     enabled = get("enabled", bool, status in ("in-force", "enacted", "guidance", "internal"),
                   "true or false")
-    flop = positive("threshold_flop")
-    usd = positive("threshold_usd")
-    fraction = positive("threshold_fraction_of_base")
-    fallback = positive("fallback_flop")
+    flop = positive("threshold_flop", MAX_FLOP)
+    usd = positive("threshold_usd", MAX_USD)
+    fraction = positive("threshold_fraction_of_base", 1.0)
+    fallback = positive("fallback_flop", MAX_FLOP)
     base_scope = get("base_scope", str, None, f"one of the scopes {sorted(scopes)}")
     if base_scope is not None and base_scope not in scopes:
         problems.add(f"{where}.base_scope", f"one of the scopes {sorted(scopes)}")
@@ -160,6 +179,12 @@ def _parse_regime(problems: Problems, key: str, raw: Any, scopes: Mapping[str, S
     if usd is not None and not has_pricing:
         problems.add(f"{where}.threshold_usd", "[pricing] usd_per_gpu_hour to be set")
     deadline = get("deadline_days", (int, float), None, "a number of days >= 0")
+    if deadline is not None and not in_range(deadline, 0, MAX_DAYS):
+        problems.add(f"{where}.deadline_days", range_text("a number of days", 0, MAX_DAYS))
+        deadline = None
+    jurisdiction = text("jurisdiction")
+    obligation = text("obligation")
+    only_if_base_systemic = get("only_if_base_systemic", bool, False, "true or false")
     effective = get("effective", str, "", "a date YYYY-MM-DD")
     if effective:
         try:
@@ -167,15 +192,16 @@ def _parse_regime(problems: Problems, key: str, raw: Any, scopes: Mapping[str, S
         except ValueError:
             problems.add(f"{where}.effective", "a date YYYY-MM-DD")
     sources = get("sources", list, [], "a list of URLs")
+    if not all(isinstance(s, str) for s in sources):
+        problems.add(f"{where}.sources", "a list of URLs")
     if len(problems.items) > before:
         return None
     return Regime(
-        key=key, title=title, jurisdiction=str(raw.get("jurisdiction", "")), scope=scope,
+        key=key, title=title, jurisdiction=jurisdiction, scope=scope,
         comparison=comparison, subjects=tuple(subjects), applies_to=applies_to, status=status,
         enabled=enabled, threshold_flop=flop, threshold_usd=usd,
         threshold_fraction_of_base=fraction, base_scope=base_scope, fallback_flop=fallback,
-        only_if_base_systemic=bool(raw.get("only_if_base_systemic", False)),
-        obligation=str(raw.get("obligation", "")),
+        only_if_base_systemic=only_if_base_systemic, obligation=obligation,
         deadline_days=float(deadline) if deadline is not None else None,
         effective=effective, sources=tuple(str(s) for s in sources),
     )
@@ -190,16 +216,13 @@ def load_registry(path: Path | None = None) -> Registry:
     from agent.accounting.runs import CATEGORIES
 
     path = path or default_thresholds_path()
-    raw = read_toml(path)
     problems = Problems(path)
+    raw = drop_bad_values(problems, read_toml(path))
     check_keys(problems, raw, ("scopes", "regimes", "pricing"))
     scopes = parse_scopes(raw, problems, CATEGORIES)
-    pricing = raw.get("pricing", {})
-    price = pricing.get("usd_per_gpu_hour") if isinstance(pricing, dict) else None
-    if price is not None and (isinstance(price, bool) or not isinstance(price, int | float)
-                              or price <= 0):
-        problems.add("pricing.usd_per_gpu_hour", "a positive number of US dollars")
-        price = None
+    pricing = TableReader.section(problems, raw, "pricing", ("usd_per_gpu_hour",))
+    price = pricing.number("usd_per_gpu_hour", None, 0, MAX_USD_PER_GPU_HOUR,
+                           what="a positive number of US dollars", above=True)
     regimes: dict[str, Regime] = {}
     table = raw.get("regimes", {})
     if not isinstance(table, dict):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -19,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.accounting.records import LedgerRecord, Totals
+from agent.ledger.integrity import check_ledger
 from agent.ledger.merkle import Tree, leaf_hash, verify_consistency, verify_inclusion
+from agent.ledger.schema import connect_read_only
 from agent.ledger.signing import TreeHead, fingerprint, load_public
+from agent.ledger.store import LedgerDamagedError
 
 BUNDLE_FORMAT = "flopledger-audit-bundle-1"
 MAX_HEADS = 64
@@ -50,11 +52,19 @@ def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
     Raises:
         ValueError: if neither or both of ``run`` and ``model`` are given, or nothing
             in the ledger matches, or the ledger has no signed head yet.
+        LedgerDamagedError: if the ledger fails its consistency checks.
         sqlite3.Error: if the ledger cannot be read.
     """
     if (run is None) == (model is None):
         raise ValueError("give exactly one of run or model")
-    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    if not ledger_path.is_file():
+        raise ValueError(f"no ledger at {ledger_path}")
+    # A bundle vouches for what it carries: never build one from a ledger that fails
+    # its own checks.
+    check = check_ledger(ledger_path)
+    if not check.ok:
+        raise LedgerDamagedError(check)
+    db = connect_read_only(ledger_path)
     try:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         head_rows = db.execute(

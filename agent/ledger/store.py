@@ -6,9 +6,13 @@ running totals and a new signed tree head) and the still-open records of the cur
 windows (kept in ``open_records``, replaced at every checkpoint, sealed into the tree
 when their window closes or, after a crash, when the agent starts again). Committed
 with ``synchronous=FULL``, so a checkpoint that returned survives a crash or power loss;
-records stay minutes long while a crash loses at most one checkpoint interval. The
-latest head is mirrored to ``<file>.head`` (written atomically) so that a ledger file
-rolled back to an older copy no longer matches it.
+records stay minutes long while a crash loses at most one checkpoint interval. After
+every checkpoint the latest head and the sums per (GPU, run) are mirrored, signed, to
+``<file>.head`` (see :mod:`agent.ledger.mirror`), so that a ledger file rolled back to an
+older copy, or that lost its WAL, no longer matches it.
+
+Opening a ledger runs :func:`agent.ledger.integrity.check_ledger` first: a ledger that
+fails it is refused (:class:`LedgerDamagedError`) before anything is written.
 
 Totals are stored as decimal text: cluster-scale FLOP (1e26) and GPU-nanoseconds
 overflow SQLite's 64-bit integers.
@@ -19,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,66 +32,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.accounting.band import Band
 from agent.accounting.records import LedgerRecord, Totals
-from agent.ledger.merkle import Frontier, leaf_hash
+from agent.ledger.errors import LedgerError, LedgerRefusedError
+from agent.ledger.integrity import LedgerCheck, check_ledger
+from agent.ledger.lock import StateLock
+from agent.ledger.merkle import EMPTY_ROOT, Frontier, leaf_hash
+from agent.ledger.mirror import head_file, write_atomically, write_mirror
+from agent.ledger.schema import LEDGER_FORMAT, SCHEMA
 from agent.ledger.signing import TreeHead, fingerprint, public_raw
+from agent.ledger.sums import Pairs, add_records, copy_pairs
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY,
-    body BLOB NOT NULL,
-    leaf_hash BLOB NOT NULL,
-    run TEXT NOT NULL,
-    model TEXT NOT NULL,
-    gpu_uuid TEXT NOT NULL,
-    start_ns INTEGER NOT NULL,
-    end_ns INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_run ON records (run);
-CREATE INDEX IF NOT EXISTS records_model ON records (model);
-CREATE TABLE IF NOT EXISTS tree_heads (
-    size INTEGER PRIMARY KEY,
-    root BLOB NOT NULL,
-    timestamp_ns INTEGER NOT NULL,
-    signature BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS totals (
-    scope TEXT NOT NULL,
-    key TEXT NOT NULL,
-    flop_low TEXT NOT NULL,
-    flop_central TEXT NOT NULL,
-    flop_high TEXT NOT NULL,
-    energy_mj TEXT NOT NULL,
-    samples TEXT NOT NULL,
-    covered_ns TEXT NOT NULL,
-    gap_ns TEXT NOT NULL,
-    first_ns INTEGER NOT NULL,
-    last_ns INTEGER NOT NULL,
-    PRIMARY KEY (scope, key)
-);
-CREATE TABLE IF NOT EXISTS runs (
-    run TEXT PRIMARY KEY,
-    model TEXT NOT NULL,
-    category TEXT NOT NULL,
-    meta TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS open_records (
-    position INTEGER PRIMARY KEY,
-    body BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS gpu_state (
-    gpu_uuid TEXT PRIMARY KEY,
-    gpu_index INTEGER NOT NULL,
-    last_end_ns INTEGER NOT NULL,
-    last_runs TEXT NOT NULL
-);
-"""
+__all__ = ["GpuState", "Ledger", "LedgerDamagedError", "LedgerError", "LedgerRefusedError",
+           "RunRow", "head_file", "write_atomically"]
 
+class LedgerDamagedError(LedgerRefusedError):
+    """The ledger fails its consistency checks; ``check`` says how."""
 
-class LedgerError(Exception):
-    """The ledger file cannot be used (wrong node, wrong key, corrupt state)."""
+    def __init__(self, check: LedgerCheck) -> None:
+        super().__init__(check.headline())
+        self.check = check
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,25 +72,6 @@ class GpuState:
     last_runs: tuple[str, ...]
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the directory: the file is either old or new."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def head_file(db_path: Path) -> Path:
-    return db_path.with_name(db_path.name + ".head")
-
-
 class Ledger:
     """The writer's handle on a ledger file.
 
@@ -135,19 +79,32 @@ class Ledger:
         path: the SQLite file (created with its directory if missing).
         node: this node's name; recorded at creation and checked on every open.
         key: the node's signing key; its fingerprint is checked on every open.
+        check: the result of :func:`check_ledger` on ``path`` if the caller has just
+            run it (the agent, to refuse with its own message); else it is run here.
 
     Raises:
-        LedgerError: if the file belongs to another node or key, or its Merkle state
-            does not match its last signed head.
-        sqlite3.DatabaseError: if the file is not a readable SQLite database.
+        LedgerDamagedError: if the file fails its consistency checks (nothing written).
+        LedgerError: if the file belongs to another node or key.
+        sqlite3.Error: if the file cannot be opened for writing.
     """
 
-    def __init__(self, path: Path, node: str, key: Ed25519PrivateKey) -> None:
+    def __init__(self, path: Path, node: str, key: Ed25519PrivateKey, *,
+                 check: LedgerCheck | None = None) -> None:
         self.path = path
         self.node = node
         self._key = key
         self.public_key_raw = public_raw(key.public_key())
         self.origin = f"{node}/{fingerprint(self.public_key_raw)}"
+        # Held for the writer's lifetime by the agent (see agent.ledger.lock).
+        self.lock: StateLock | None = None
+        if check is None:
+            check = check_ledger(path)
+        if not check.ok:
+            raise LedgerDamagedError(check)
+        # Sums per (GPU, run) of the sealed and of the open records, for the head file.
+        self._sealed: Pairs = copy_pairs(check.sealed)
+        self._open: Pairs = {}
+        add_records(self._open, check.open_records)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -172,7 +129,7 @@ class Ledger:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [("format", "flopledger-ledger-1"), ("node", self.node),
+                [("format", LEDGER_FORMAT), ("node", self.node),
                  ("key_fingerprint", mine), ("public_key", self.public_key_raw.hex()),
                  ("origin", self.origin), ("frontier", "[]")],
             )
@@ -270,8 +227,8 @@ class Ledger:
         changed: dict[tuple[str, str], Totals] = {}
         rows = []
         gpu_rows: dict[str, tuple[int, int, list[str]]] = {}
+        sealed = copy_pairs(self._sealed)
         seq = self._next_seq
-        records = []
         for draft in drafts:
             record = _with_seq(draft, seq)
             seq += 1
@@ -286,14 +243,16 @@ class Ledger:
                 t.add(record)
                 totals[scope][key] = t
                 changed[(scope, key)] = t
+            add_records(sealed, [record])
+            if not record.gpu_uuid:
+                continue  # a discontinuity statement: no GPU time to resume from
             previous = gpu_rows.get(record.gpu_uuid)
             if previous is None or record.end_ns > previous[1]:
                 gpu_rows[record.gpu_uuid] = (record.gpu_index, record.end_ns, [record.run])
             elif record.end_ns == previous[1] and record.run not in previous[2]:
                 previous[2].append(record.run)
-            records.append(record)
         head = None
-        if records:
+        if drafts:
             head = TreeHead(self.origin, frontier.size, frontier.root(), timestamp_ns).signed(
                 self._key)
         db = self._db
@@ -337,12 +296,19 @@ class Ledger:
         self._frontier = frontier
         self._next_seq = seq
         self.totals = totals
-        if head is not None:
-            try:
-                write_atomically(head_file(self.path), json.dumps(head.to_json()).encode())
-            except OSError as e:
-                # The ledger itself is committed; the mirror only catches roll-backs.
-                log.warning("could not write %s: %s", head_file(self.path), e)
+        self._sealed = sealed
+        if still_open is not None:
+            self._open = {}
+            add_records(self._open, still_open)
+        latest = head or self.latest_head() or TreeHead(
+            self.origin, 0, EMPTY_ROOT, timestamp_ns).signed(self._key)
+        try:
+            write_mirror(self.path, latest, self._sealed, self._open, self._key, timestamp_ns)
+        except OSError as e:
+            # The ledger itself is committed. A stale head file only makes a later roll-back
+            # check and a recovery less precise, so the agent keeps counting; said loudly.
+            log.error("could not write %s (%s): the ledger is committed, but a recovery "
+                      "would resume from the previous head file", head_file(self.path), e)
         return head
 
     def records(
@@ -363,6 +329,9 @@ class Ledger:
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def _with_seq(record: LedgerRecord, seq: int) -> LedgerRecord:

@@ -3,12 +3,16 @@
 The argument vector is run as is, without a shell, so nothing in a notification can be
 interpreted as shell syntax. Exit status 0 is a delivery; anything else, a timeout or a
 program that cannot be started is a failure, with the end of its stderr as the error.
-The program runs in a session of its own so a timeout kills it and its children.
+A program that is missing or not executable, or a notification that cannot be passed
+to it (a NUL in the key), can never succeed: that failure is not retryable and the
+delivery becomes a dead letter. The program runs in a session of its own so a timeout
+kills it and its children.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -19,6 +23,10 @@ from agent.notify.message import DeliveryError, Notification
 __all__ = ["CommandChannel"]
 
 MAX_STDERR_CHARS = 1000
+# exec() failures that stay failures until someone changes the file system; anything
+# else (EAGAIN, ENOMEM, EMFILE from fork or pipes) is the machine being busy.
+_NOT_EXECUTABLE = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOEXEC,
+                             errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
 
 
 class CommandChannel:
@@ -58,7 +66,9 @@ class CommandChannel:
         """Run the command with the notification's JSON on stdin.
 
         Raises:
-            DeliveryError: if it could not be started, timed out or exited non-zero.
+            DeliveryError: if it could not be started, timed out or exited non-zero;
+                not retryable if the program is missing or not executable, or the
+                notification cannot be put in its environment.
         """
         env = {**os.environ, **self.env, "FLOPLEDGER_KEY": n.key, "FLOPLEDGER_KIND": n.kind,
                "FLOPLEDGER_SEVERITY": n.severity,
@@ -68,7 +78,10 @@ class CommandChannel:
                 self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, env=env, start_new_session=True, close_fds=True)
         except OSError as e:
-            raise DeliveryError(f"cannot run {self.argv[0]}: {e}") from e
+            raise DeliveryError(f"cannot run {self.argv[0]}: {e}",
+                                retryable=e.errno not in _NOT_EXECUTABLE) from e
+        except ValueError as e:  # "embedded null byte" in an argument or the environment
+            raise DeliveryError(f"cannot run {self.argv[0]}: {e}", retryable=False) from e
         try:
             _, stderr = proc.communicate(n.to_json().encode(), timeout=self.timeout_s)
         except subprocess.TimeoutExpired as e:

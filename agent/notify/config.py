@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.configfile import Problems, TableReader, check_keys
+from agent.configfile import Problems, TableReader, check_keys, in_range, range_text
 from agent.notify.alertmanager import AlertmanagerChannel
 from agent.notify.command import CommandChannel
 from agent.notify.message import Channel
@@ -50,6 +50,10 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NAME_EXPECT = "a unique channel name of letters, digits, '_', '.', '-' (at most 64)"
 MIN_POLL_S = 0.05
 MIN_RESEND_S = 1.0
+# Ceilings: beyond them a wait overflows, or a notification is never in time anyway.
+MAX_POLL_S = 3600.0
+MAX_RESEND_S = 86400.0
+MAX_TIMEOUT_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +120,11 @@ class _Entry(TableReader):
             return None
         return value
 
-    def seconds(self, key: str, default: float, minimum: float) -> float:
+    def seconds(self, key: str, default: float, minimum: float,
+                maximum: float = MAX_TIMEOUT_S) -> float:
         value = self.table.get(key, default)
-        if not _is_number(value) or value < minimum or value != value:
-            self.add(key, f"a number of seconds >= {minimum:g}")
+        if not in_range(value, minimum, maximum):
+            self.add(key, range_text("a number of seconds", minimum, maximum))
             return default
         return float(value)
 
@@ -138,7 +143,17 @@ class _Entry(TableReader):
         value = self.string(key, expected, required=required)
         if value is None:
             return None
-        parts = urlsplit(value)
+        if not value.isascii() or any(c.isspace() or not c.isprintable() for c in value):
+            # http.client cannot send such a URL: every delivery would fail forever.
+            self.add(key, expected + ", in printable ASCII without spaces "
+                     "(percent-encode anything else)")
+            return None
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # raises for a port outside 0-65535
+        except ValueError as e:  # a bracketed host that is no IPv6 address
+            self.add(key, f"{expected} ({e})")
+            return None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             self.add(key, expected)
             return None
@@ -220,7 +235,7 @@ def _alertmanager(problems: Problems, where: str, table: dict[str, Any], base: P
     if url is not None and urlsplit(url).path.rstrip("/").endswith("/api/v2/alerts"):
         e.add("url", "Alertmanager's base URL, without /api/v2/alerts")
         url = None
-    resend = e.seconds("resend_s", 60.0, MIN_RESEND_S)
+    resend = e.seconds("resend_s", 60.0, MIN_RESEND_S, MAX_RESEND_S)
     timeout = e.seconds("timeout_s", 10.0, 0.1)
     ca_file = e.ca_file(base, url)
     generator = e.url("generator_url", required=False)
@@ -273,8 +288,8 @@ def parse_notify_config(raw: dict[str, Any], problems: Problems, base: Path) -> 
         return NotifySettings()
     check_keys(problems, table, ("poll_s", "webhook", "alertmanager", "command"), "notify")
     poll = table.get("poll_s", 1.0)
-    if not _is_number(poll) or not poll >= MIN_POLL_S:
-        problems.add("notify.poll_s", f"a number of seconds >= {MIN_POLL_S:g}")
+    if not in_range(poll, MIN_POLL_S, MAX_POLL_S):
+        problems.add("notify.poll_s", range_text("a number of seconds", MIN_POLL_S, MAX_POLL_S))
         poll = 1.0
     seen: set[str] = set()
     webhooks, alertmanagers, commands = [], [], []

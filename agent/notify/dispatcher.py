@@ -5,6 +5,9 @@ hangs until its timeout never delays another. Within a channel notifications go 
 a time, the most overdue first; the first failure ends that channel's pass (the
 receiver is probably down: the rest are tried at the next pass, and each failed one
 backs off on its own schedule), so a dead receiver sees at most one attempt per poll.
+A failure the channel marks not retryable (an HTTP 4xx, a program that cannot be
+executed) instead makes that delivery a dead letter, logged once as an error, and the
+pass goes on: it says nothing about the next notification.
 
 Delivery is at-least-once: a delivery is marked only after the channel returned. A
 crash between the send and the mark sends the same key again after the restart.
@@ -25,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from agent.notify.deadletter import printable
 from agent.notify.message import Channel, DeliveryError
 from agent.notify.outbox import Outbox
 from agent.notify.status import NotifyStatus
@@ -45,6 +49,7 @@ class ChannelStats:
 
     sent: int = 0
     failed: int = 0
+    dead: int = 0
     last_success_ns: int | None = None
     last_failure_ns: int | None = None
     last_error: str | None = None
@@ -114,6 +119,15 @@ class Dispatcher:
         if self._status_failing:
             log.info("notification status readable again")
             self._status_failing = False
+        if self._status is None:
+            # Dead letters from before this start are never sent again, so no send logs
+            # them: say so once. Those made since were logged as they died.
+            for name, counts in sorted(channels.items()):
+                stats = self.stats.get(name)
+                inherited = counts.dead - (stats.dead if stats is not None else 0)
+                if inherited > 0:
+                    log.error("%s: %d dead letter(s) in the outbox, not retried (their "
+                              "reasons: `flopledger status`)", name, inherited)
         self._status = NotifyStatus.of(channels, self.clock_ns())
         return True
 
@@ -144,9 +158,13 @@ class Dispatcher:
                 stats.last_duration_s = time.monotonic() - started
                 error = str(e) if isinstance(e, DeliveryError) else f"{type(e).__name__}: {e}"
                 if not isinstance(e, DeliveryError):
-                    log.exception("channel %s raised on %s", name, n.key)
-                self._failed(name, n.key, attempts, error)
-                break
+                    log.exception("channel %s raised on %s", name, printable(n.key))
+                # A bug may be fixed by an upgrade: retried, not dead.
+                retryable = not isinstance(e, DeliveryError) or e.retryable
+                self._failed(name, n.key, attempts, error, retryable=retryable)
+                if retryable:
+                    break
+                continue
             stats.last_duration_s = time.monotonic() - started
             done_ns = self.clock_ns()
             stats.sent += 1
@@ -157,27 +175,43 @@ class Dispatcher:
                                            sent_resolved=n.resolved_ns is not None)
             except sqlite3.Error as e:
                 log.error("%s: delivered %s but could not record it (%s); it will be sent "
-                          "again", name, n.key, e)
+                          "again", name, printable(n.key), e)
             if attempts:
-                log.info("%s: delivered %s after %d failed attempt(s)", name, n.key, attempts)
+                log.info("%s: delivered %s after %d failed attempt(s)", name, printable(n.key),
+                         attempts)
         if due:
             self._status_due.set()
         return delivered
 
-    def _failed(self, name: str, key: str, attempts: int, error: str) -> None:
+    def _failed(self, name: str, key: str, attempts: int, error: str, *,
+                retryable: bool = True) -> None:
         stats = self.stats[name]
         now = self.clock_ns()
         stats.failed += 1
         stats.last_failure_ns = now
         stats.last_error = error
+        if not retryable:
+            try:
+                if self.outbox.mark_dead(key, name, now, error):
+                    stats.dead += 1
+            except sqlite3.Error as e:
+                # Not marked: it is simply tried (and found dead) again next poll.
+                log.error("%s: could not record %s as a dead letter (%s)", name,
+                          printable(key), e)
+                return
+            log.error("%s: %s cannot be delivered as things stand (attempt %d): %s; kept as "
+                      "a dead letter and not retried: fix the receiver or the channel's "
+                      "configuration", name, printable(key), attempts + 1, printable(error))
+            return
         try:
             retry_ns = self.outbox.mark_failed(key, name, now, error)
         except sqlite3.Error as e:
-            log.error("%s: could not record the failure of %s (%s)", name, key, e)
+            log.error("%s: could not record the failure of %s (%s)", name, printable(key), e)
             return
         # The backoff caps the rate of these lines: one per notification per retry.
         log.warning("%s: %s not delivered (attempt %d): %s; retrying in %.0f s",
-                    name, key, attempts + 1, error, max(retry_ns - now, 0) / 1e9)
+                    name, printable(key), attempts + 1, printable(error),
+                    max(retry_ns - now, 0) / 1e9)
 
     def run_once(self, now_ns: int | None = None) -> int:
         """One pass over every channel, in turn (tests; the threads use run_channel).

@@ -3,6 +3,11 @@
 Shared by the webhook and Alertmanager channels. Redirects are not followed: urllib
 would turn a redirected POST into a body-less GET (301/302/303), and a 2xx from that
 would count as a delivery that never happened.
+
+Failures that no retry can cure are marked ``retryable=False`` (the outbox then keeps
+the delivery as a dead letter): an HTTP 4xx other than 408 and 429, and a request that
+cannot be put on the wire at all (a header value that is not Latin-1 or holds a
+newline, a URL with characters HTTP cannot carry).
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ def post(url: str, body: bytes, headers: Mapping[str, str], timeout_s: float,
 
     Raises:
         DeliveryError: for a refused or timed-out connection, a TLS failure, a non-2xx
-            status (4xx other than 408/429 marked not retryable), or a redirect.
+            status, or a redirect; not retryable for a 4xx other than 408/429 and for a
+            request that cannot be encoded.
     """
     handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
     if urlsplit(url).scheme == "https":
@@ -68,6 +74,11 @@ def post(url: str, body: bytes, headers: Mapping[str, str], timeout_s: float,
                             retryable=retryable) from e
     except urllib.error.URLError as e:
         raise DeliveryError(f"cannot reach {url}: {e.reason}") from e
+    except (ValueError, http.client.InvalidURL) as e:
+        # http.client refuses a header or URL it cannot encode (UnicodeEncodeError is a
+        # ValueError) before anything is sent: the same request fails the same way forever.
+        raise DeliveryError(f"cannot send to {url}: the request cannot be encoded: {e}",
+                            retryable=False) from e
     except (OSError, http.client.HTTPException) as e:
         # Timeouts while reading, resets, a server that closed without answering.
         raise DeliveryError(f"{url}: {type(e).__name__}: {e}") from e

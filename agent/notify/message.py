@@ -35,12 +35,15 @@ HOLD_RESENDS = 4
 
 
 class DeliveryError(Exception):
-    """A channel could not deliver a notification; the outbox retries it later.
+    """A channel could not deliver a notification.
 
     Attributes:
-        retryable: False when trying again cannot help as things stand (the receiver
-            rejected the request as malformed); the outbox still retries, with backoff,
-            because the receiver's configuration may be fixed without restarting us.
+        retryable: True (the default) when it may succeed later (receiver down, HTTP
+            5xx, 408, 429, a timeout): the outbox retries it with backoff. False when no
+            number of tries can succeed as things stand (any other HTTP 4xx, a request
+            that cannot be encoded, a program that cannot be executed): the delivery
+            becomes a dead letter, kept in the outbox with this message as its reason
+            and counted, never retried in silence.
     """
 
     def __init__(self, message: str, *, retryable: bool = True) -> None:

@@ -11,8 +11,12 @@ does every delivery's state.
 - ``deliveries``: one row per (key, channel), created at enqueue for every configured
   channel. States: ``pending`` (a send is due at ``next_attempt_ns``), ``active``
   (delivered; an active channel re-sends it at ``next_attempt_ns`` until resolved),
-  ``done``. A failed send is retried with exponential backoff and jitter, forever: a
-  compliance notification is never dropped because its receiver was down for a day.
+  ``done``, ``dead``. A failed send is retried with exponential backoff and jitter,
+  forever: a compliance notification is never dropped because its receiver was down
+  for a day. A send that cannot succeed however often it is tried (the channel said
+  so: an HTTP 4xx, a program that cannot be executed) makes the delivery ``dead``: kept
+  with its reason and counted (see :mod:`agent.notify.deadletter`), not retried until
+  :meth:`Outbox.requeue_dead`.
 
 Delivery is at-least-once: a row is marked delivered only after the channel returned,
 so a crash between the send and the mark sends the same key again.
@@ -35,10 +39,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from agent.notify.deadletter import DEAD, DeadLetter, query_dead_letters
 from agent.notify.message import HOLD_RESENDS, Notification
 from agent.notify.status import ChannelStatus
 
-__all__ = ["BACKOFF_BASE_S", "BACKOFF_CAP_S", "ChannelStatus", "DeliveryState",
+__all__ = ["BACKOFF_BASE_S", "BACKOFF_CAP_S", "ChannelStatus", "DeadLetter", "DeliveryState",
            "HistoryEntry", "Outbox"]
 
 log = logging.getLogger(__name__)
@@ -279,6 +284,44 @@ class Outbox:
                 (streak, due, now_ns, error[-MAX_ERROR_CHARS:], key, channel))
         return due
 
+    def mark_dead(self, key: str, channel: str, now_ns: int, reason: str) -> bool:
+        """Record a send that failed in a way no retry can cure: the delivery is kept
+        as a dead letter with ``reason`` and is not due again until requeued.
+
+        Returns:
+            True if it became dead now; False if unknown, or dead already.
+
+        Raises:
+            sqlite3.Error: if the transaction could not be committed.
+        """
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1,"
+                " failures = failures + 1, streak = streak + 1, last_attempt_ns = ?,"
+                " last_error = ? WHERE key = ? AND channel = ? AND state != ?",
+                (DEAD, now_ns, reason[-MAX_ERROR_CHARS:], key, channel, DEAD))
+        if cursor.rowcount == 0:
+            log.warning("dead %r on %r, which the outbox does not hold (or dead already)",
+                        key, channel)
+        return cursor.rowcount > 0
+
+    def requeue_dead(self, channel: str | None = None, now_ns: int | None = None) -> int:
+        """Make dead letters (of ``channel``, or all) due again, once the receiver or
+        the channel's configuration is fixed; their reason stays as the last error.
+
+        Returns:
+            how many were requeued.
+
+        Raises:
+            sqlite3.Error: if the transaction could not be committed.
+        """
+        at = time.time_ns() if now_ns is None else now_ns
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE deliveries SET state = 'pending', next_attempt_ns = ?, streak = 0"
+                " WHERE state = ? AND (? IS NULL OR channel = ?)", (at, DEAD, channel, channel))
+        return cursor.rowcount
+
     def resolve(self, key: str, now_ns: int | None = None) -> bool:
         """Mark a notification resolved: active channels send it once more as ended and
         then stop re-sending it; one-shot channels are not affected.
@@ -314,7 +357,8 @@ class Outbox:
         rows = self._read(
             "SELECT n.key, n.body, n.resolved_ns, d.attempts FROM deliveries d"
             " JOIN notifications n ON n.key = d.key"
-            " WHERE d.channel = ? AND d.state != 'done' AND d.next_attempt_ns <= ?"
+            " WHERE d.channel = ? AND d.state IN ('pending', 'active')"
+            " AND d.next_attempt_ns <= ?"
             " ORDER BY d.next_attempt_ns, n.created_ns, n.key LIMIT ?",
             (channel, now_ns, limit))
         out = []
@@ -322,9 +366,10 @@ class Outbox:
             try:
                 n = Notification.from_json(str(body))
             except (ValueError, KeyError) as e:
-                # Only a damaged file gets here; park the row rather than retry it hot.
-                log.error("stored notification %r is unreadable: %s", key, e)
-                self.mark_failed(str(key), channel, now_ns, f"unreadable stored body: {e}")
+                # Only a damaged file gets here, and no retry can repair it.
+                log.error("stored notification %r is unreadable: %s; kept as a dead letter",
+                          key, e)
+                self.mark_dead(str(key), channel, now_ns, f"unreadable stored body: {e}")
                 continue
             if resolved_ns is not None:
                 n = n.resolved(int(resolved_ns))
@@ -356,7 +401,7 @@ class Outbox:
         """Counts per channel: every configured channel, plus any other with rows."""
         rows = self._read(
             "SELECT d.channel,"
-            " SUM(d.state = 'pending'), SUM(d.state = 'active'),"
+            " SUM(d.state = 'pending'), SUM(d.state = 'active'), SUM(d.state = 'dead'),"
             " SUM(d.first_delivered_ns IS NOT NULL), SUM(d.failures),"
             " SUM(d.state = 'pending' AND d.streak > 0),"
             " MIN(CASE WHEN d.state = 'pending' THEN n.enqueued_ns END)"
@@ -366,12 +411,18 @@ class Outbox:
             "SELECT channel, last_error, MAX(last_attempt_ns) FROM deliveries"
             " WHERE last_error IS NOT NULL GROUP BY channel")}
         out = {c: ChannelStatus() for c in self.channels}
-        for channel, pending, active, delivered, failed, retrying, oldest in rows:
+        for channel, pending, active, dead, delivered, failed, retrying, oldest in rows:
             out[str(channel)] = ChannelStatus(
-                pending=int(pending), active=int(active), delivered=int(delivered),
+                pending=int(pending), active=int(active), dead=int(dead),
+                delivered=int(delivered),
                 failed_attempts=int(failed), retrying=int(retrying),
                 oldest_pending_ns=_opt_int(oldest), last_error=errors.get(str(channel)))
         return out
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The ``limit`` most recent dead letters, newest first."""
+        with self._lock:
+            return query_dead_letters(self._db, limit)
 
     def history(self, limit: int = 50) -> list[HistoryEntry]:
         """The most recently enqueued notifications, newest first, with deliveries."""

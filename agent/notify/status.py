@@ -24,6 +24,8 @@ class ChannelStatus:
         delivered: delivered at least once.
         failed_attempts: failed sends in all (each retry counts).
         retrying: pending deliveries whose last attempt failed.
+        dead: dead letters: deliveries that failed in a way no retry can cure, kept
+            with their reason and not retried until requeued.
         oldest_pending_ns: enqueue time of the oldest pending notification, or None.
         last_error: the error of the most recent failed attempt, or None.
     """
@@ -33,6 +35,7 @@ class ChannelStatus:
     delivered: int = 0
     failed_attempts: int = 0
     retrying: int = 0
+    dead: int = 0
     oldest_pending_ns: int | None = None
     last_error: str | None = None
 

@@ -8,6 +8,8 @@ Readers (each streaming, flat in memory, reporting bad rows with their line numb
 * :mod:`agent.replay.readers.trace`: flopledger's own columnar traces (recorded by
   :func:`agent.simrun.record_trace`).
 
+Every sample passes :mod:`agent.replay.plausible` first: a physically impossible value
+or a time that cannot be true is a bad row, never part of a total.
 :mod:`agent.replay.engine` drives them through
 :meth:`agent.accounting.accountant.Accountant.add_samples` into a ledger; :mod:`agent.cli.replay`
 is the ``flopledger replay`` command.

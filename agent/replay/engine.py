@@ -20,8 +20,18 @@ Two judgements a replay makes that the live agent does not:
   the ledger are skipped (counted), so replaying a file twice, or a log and then its
   continuation, never counts a sample twice.
 
-The ledger's signing key is ``<ledger>.key`` (created on first use), not the node key
-of a live agent: a replayed ledger is attested by whoever replayed it.
+Every sample first passes :mod:`agent.replay.plausible` (physically impossible values,
+times that cannot be true): a bad one is reported with its line and never counts.
+
+All or nothing: records are appended at the end, and only if the replay succeeded:
+every file read, some sample valid, bad rows no more than ``max_bad_share`` of the
+rows. A failed replay writes nothing (a later, fixed replay would otherwise skip the
+samples the failed one left out, as already in the ledger). Only a replay too long to
+hold its records (more than :data:`_HELD_RECORDS`) appends some before its end.
+
+The ledger's signing key is ``<ledger>.key`` (created with the ledger, on the first
+append), not the node key of a live agent: a replayed ledger is attested by whoever
+replayed it.
 """
 
 from __future__ import annotations
@@ -43,22 +53,28 @@ from agent.accounting.estimate import EstimatorSettings
 from agent.accounting.integrate import group_by_gpu, warm_up
 from agent.accounting.records import LedgerRecord, Totals
 from agent.accounting.runs import UNATTRIBUTED, GpuAttribution, GpuShare
-from agent.ledger.signing import load_or_create_key
-from agent.ledger.store import GpuState, Ledger, RunRow
+from agent.ledger.store import GpuState, RunRow
+from agent.replay.formats import FORMATS, detect_format, open_reader
 from agent.replay.mapping import RunMapping
-from agent.replay.readers.base import ColumnChunk, GpuKey, Reader, ReplayError
-from agent.replay.readers.dcgm import DcgmReader
+from agent.replay.output import LazyLedger
+from agent.replay.plausible import Plausibility, clock_max_mhz
+from agent.replay.readers.base import (
+    BadRow,
+    ColumnChunk,
+    GpuKey,
+    ReplayError,
+    select,
+)
 from agent.replay.readers.lines import DEFAULT_BLOCK_BYTES, file_size
-from agent.replay.readers.nvidia_smi import NvidiaSmiReader
-from agent.replay.readers.prom_range import PromRangeReader
-from agent.replay.readers.trace import MAGIC, TraceReader
 from agent.replay.summary import GpuLine, Progress, ReplaySummary
-from agent.sources.base import BoolArray, DeviceInfo, FloatArray, IntArray
+from agent.sources.base import DeviceInfo, FloatArray, IntArray
 from agent.sources.specs import GpuSpec, SpecTable, load_spec_table
 
-FORMATS = ("auto", "nvidia-smi", "dcgm", "prom-range", "trace")
 _UNATTRIBUTED = GpuAttribution((GpuShare(UNATTRIBUTED, 1.0),), "none")
 _MIG_SLICES = re.compile(r"(\d+)g\.")
+_HELD_RECORDS = 20000
+__all__ = ["FORMATS", "ReplayEngine", "ReplayOptions", "detect_format", "open_reader",
+           "prefetch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +92,10 @@ class ReplayOptions:
         record_s: length of a sealed record window, in recorded time (s).
         settings: the estimator's settings.
         block_bytes: read size of the text readers.
-        flush_s: real seconds between ledger transactions.
+        max_bad_share: the replay fails (writing nothing) if more than this share of
+            the rows it judged (bad rows and samples) are bad.
+        now_ns: wall-clock time samples may not be later than (plus a margin); None
+            for the time the replay starts.
     """
 
     node: str = "replay"
@@ -89,53 +108,8 @@ class ReplayOptions:
     record_s: float = 3600.0
     settings: EstimatorSettings = field(default_factory=EstimatorSettings)
     block_bytes: int = DEFAULT_BLOCK_BYTES
-    flush_s: float = 2.0
-
-
-def detect_format(path: Path) -> str:
-    """The format of a recording from its first bytes.
-
-    Raises:
-        ReplayError: if the file cannot be read or matches no format.
-    """
-    try:
-        with path.open("rb") as f:
-            head = f.read(4096)
-    except OSError as e:
-        raise ReplayError(path, f"cannot open: {e.strerror or e}") from e
-    if head.startswith(MAGIC):
-        return "trace"
-    text = head.decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
-    if text.startswith(("{", "[")):
-        return "prom-range"
-    first = text.split("\n", 1)[0]
-    if first.startswith("#") or (re.match(r"[A-Za-z_:][A-Za-z0-9_:]*(\{|\s+\S)", first) and (
-            "," not in first.split("{", 1)[0])):
-        return "dcgm"
-    if re.match(r"\s*[a-z][a-z0-9_.]*( \[[^\]]*\])?\s*(,|$)", first):
-        return "nvidia-smi"
-    raise ReplayError(path, f"cannot tell the format from its first line {first[:60]!r}; "
-                            "pass --format")
-
-
-def open_reader(path: Path, fmt: str, options: ReplayOptions) -> Reader:
-    """A reader of ``path`` in format ``fmt`` (``auto`` detects it).
-
-    Raises:
-        ReplayError: if the format is unknown or cannot be detected.
-    """
-    if fmt == "auto":
-        fmt = detect_format(path)
-    if fmt == "nvidia-smi":
-        return NvidiaSmiReader(path, options.utc_offset_s, options.interval_hint_s,
-                               options.block_bytes)
-    if fmt == "dcgm":
-        return DcgmReader(path, options.interval_hint_s, options.block_bytes)
-    if fmt == "prom-range":
-        return PromRangeReader(path, options.block_bytes)
-    if fmt == "trace":
-        return TraceReader(path)
-    raise ReplayError(path, f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    max_bad_share: float = 0.01
+    now_ns: int | None = None
 
 
 @dataclass(slots=True)
@@ -162,12 +136,13 @@ class ReplayEngine:
         self.progress = progress
         self.specs: SpecTable = load_spec_table(options.spec_file)
         self.mapping = RunMapping(options.mapping) if options.mapping else None
-        key = load_or_create_key(ledger_path.with_name(ledger_path.name + ".key"))
-        self.ledger = Ledger(ledger_path, options.node, key)
-        self.summary = ReplaySummary(ledger=str(ledger_path))
         if options.gpu_model is not None and options.gpu_model not in self.specs:
             raise ReplayError(self.specs.path, f"no GPU model {options.gpu_model!r}; one of "
                                                f"{', '.join(sorted(self.specs.keys()))}")
+        self.ledger = LazyLedger(ledger_path, options.node)
+        self.summary = ReplaySummary(ledger=str(ledger_path))
+        self._check = Plausibility(options.now_ns or time.time_ns(),
+                                   round(options.settings.max_gap_s * 1e9))
         self._rows_prior = 0
         self._resume: dict[int, GpuState] = {}
         self._checkpoint_ns = max(1, round(options.record_s * 1e9 / 4))
@@ -188,15 +163,15 @@ class ReplayEngine:
                                                         else [])]
         self._settings: EstimatorSettings | None = None
         self._unsaved: list[LedgerRecord] = []
-        self._last_flush = time.monotonic()
-        self._states = self.ledger.gpu_states()
+        self._states = self.ledger.states
 
     def _attr(self, a: GpuAttribution) -> int:
         self._table.append(a)
         return len(self._table) - 1
 
     def run(self, files: Sequence[Path]) -> ReplaySummary:
-        """Replay every file in order; the summary of it all."""
+        """Replay every file in order; the summary of it all. If the replay failed
+        (``summary.failure``), nothing was written."""
         started = time.perf_counter()
         warm_up()
         total = sum(file_size(p) for p in files)
@@ -204,9 +179,11 @@ class ReplayEngine:
         try:
             for path in files:
                 self.summary.files.append(str(path))
+                labels: dict[int, int] = {}
                 try:
-                    reader = open_reader(path, self.options.format, self.options)
-                    labels: dict[int, int] = {}
+                    o = self.options
+                    reader = open_reader(path, o.format, o.utc_offset_s, o.interval_hint_s,
+                                         o.block_bytes)
                     local_ids: list[int] = []
                     for chunk in prefetch(reader.chunks()):
                         self._chunk(str(path), chunk, labels, local_ids)
@@ -215,9 +192,13 @@ class ReplayEngine:
                                                  done_before + chunk.bytes_done)
                 except ReplayError as e:
                     self.summary.errors.append(str(e))
+                self._judged(str(path), *self._check.finish(), labels)
                 done_before += file_size(path)
                 self._rows_prior = self.summary.rows
             self._finish()
+        except BaseException:
+            self.ledger.discard()
+            raise
         finally:
             self.ledger.close()
             if self.progress is not None:
@@ -238,10 +219,25 @@ class ReplayEngine:
         if chunk.rows == 0:
             return
         gid = np.asarray(local_ids, dtype=np.int64)[chunk.gpu]
+        if self._settings is None:
+            self._settings = self._infer_settings(chunk, gid)
+            s.max_gap_s = self._settings.max_gap_s
+            self._check.jump_ns = round(self._settings.max_gap_s * 1e9)
+        self._judged(path, *self._check.take(chunk, gid), labels)
+
+    def _judged(self, path: str, pieces: list[tuple[ColumnChunk, IntArray]],
+                bad: list[BadRow], labels: dict[int, int]) -> None:
+        self.summary.add_bad(path, bad)
+        for chunk, gid in pieces:
+            self._account(chunk, gid, labels)
+
+    def _account(self, chunk: ColumnChunk, gid: IntArray, labels: dict[int, int]) -> None:
+        """Account plausible samples, in file order."""
+        s = self.summary
         keep = chunk.wall_ns > self._resume_ns[gid]
         if not keep.all():
             s.skipped_in_ledger += int((~keep).sum())
-            chunk = _select(chunk, keep)
+            chunk = select(chunk, keep)
             gid = gid[keep]
             if chunk.rows == 0:
                 return
@@ -270,8 +266,6 @@ class ReplayEngine:
         s.first_ns = int(chunk.wall_ns.min()) if not s.first_ns else min(
             s.first_ns, int(chunk.wall_ns.min()))
         s.last_ns = max(s.last_ns, int(chunk.wall_ns.max()))
-        if self._unsaved and time.monotonic() - self._last_flush >= self.options.flush_s:
-            self._flush()
 
     def _feed_rows(self, chunk: ColumnChunk, gid: IntArray, run_index: IntArray, a: int,
                    b: int) -> None:
@@ -308,6 +302,8 @@ class ReplayEngine:
             max_sm_clock_mhz=key.max_sm_clock_mhz, activity_kind=key.activity_kind,
             source="replay"))
         self._specs_of.append(spec)
+        self._check.add_gpu(clock_max_mhz(spec.max_sm_clock_mhz if spec else None,
+                                          key.max_sm_clock_mhz))
         self._by_uuid[self._devices[gid].uuid] = self._devices[gid]
         self._group_of = np.append(self._group_of, -1)
         self._local_of = np.append(self._local_of, -1)
@@ -405,7 +401,8 @@ class ReplayEngine:
             closed, still_open = group.accountant.take_records(now_wall_ns, record_ns)
             group.accountant.commit(closed, still_open)
             self._unsaved.extend(closed)
-        if self._unsaved and (now_wall_ns is None or len(self._unsaved) >= 20000):
+            self._count(closed)
+        if len(self._unsaved) >= _HELD_RECORDS:
             self._flush()
 
     def _flush(self) -> None:
@@ -424,8 +421,6 @@ class ReplayEngine:
                     info.update({f"plan.{k}": v for k, v in meta.plan.items()})
                 runs[r.run] = RunRow(r.run, r.model, r.category, info)
         self.ledger.append(records, time.time_ns(), runs)
-        self._last_flush = time.monotonic()
-        self._count(records)
 
     def _count(self, records: list[LedgerRecord]) -> None:
         s = self.summary
@@ -439,9 +434,20 @@ class ReplayEngine:
 
     def _finish(self) -> None:
         self._take(None)
-        if self._unsaved:
-            self._flush()
-        self.summary.rejected = sum(g.accountant.rejected for g in self._groups)
+        s = self.summary
+        s.rejected = sum(g.accountant.rejected for g in self._groups)
+        s.failure = s.failure_reason(self.options.max_bad_share)
+        if s.failure is None:
+            if self._unsaved:
+                self._flush()
+        else:
+            self._unsaved = []
+            self.ledger.discard()
+            if self.ledger.appended:
+                s.failure += (f"; {self.ledger.appended:,} records of it were appended "
+                              f"before the end (a replay longer than {_HELD_RECORDS:,} "
+                              "records is not held back)")
+        s.written = self.ledger.appended
 
 
 def prefetch(chunks: Iterator[ColumnChunk], depth: int = 2) -> Iterator[ColumnChunk]:
@@ -483,12 +489,3 @@ def prefetch(chunks: Iterator[ColumnChunk], depth: int = 2) -> Iterator[ColumnCh
         stop.set()
         worker.join()
 
-
-def _select(chunk: ColumnChunk, keep: BoolArray) -> ColumnChunk:
-    """The chunk's samples where ``keep``."""
-    return dataclasses.replace(
-        chunk, gpu=chunk.gpu[keep], timestamp_ns=chunk.timestamp_ns[keep],
-        wall_ns=chunk.wall_ns[keep], fields={k: v[keep] for k, v in chunk.fields.items()},
-        throttle_reasons=None if chunk.throttle_reasons is None else chunk.throttle_reasons[keep],
-        attribution=None if chunk.attribution is None else chunk.attribution[keep],
-        sim_true_flop=None if chunk.sim_true_flop is None else chunk.sim_true_flop[keep])

@@ -92,6 +92,32 @@ class ReplaySummary:
     elapsed_s: float = 0.0
     max_gap_s: float = 0.0
     ledger: str = ""
+    failure: str | None = None  # why the replay failed (and wrote nothing), None if not
+    written: int = 0  # records appended to the ledger
+
+    @property
+    def judged(self) -> int:
+        """Rows judged good or bad: bad rows, samples used and those already in the
+        ledger (the share of bad rows is of these)."""
+        return self.bad_count + self.samples + self.skipped_in_ledger
+
+    def failure_reason(self, max_bad_share: float) -> str | None:
+        """Why this replay must not be written, as one line; None if it may."""
+        first = ""
+        if self.bad_first:
+            path, row = self.bad_first[0]
+            first = f" (first: {path}:{row.line}: {row.reason})"
+        if self.errors:
+            more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+            return f"{self.errors[0]}{more}"
+        if self.samples + self.skipped_in_ledger == 0:
+            return (f"no valid sample in {', '.join(self.files)}: nothing to account, "
+                    f"{self.bad_count:,} bad rows{first}")
+        if self.bad_count > max_bad_share * self.judged:
+            return (f"{self.bad_count:,} of {self.judged:,} rows bad "
+                    f"({self.bad_count / self.judged:.2%}), more than --max-bad-share "
+                    f"{max_bad_share:.2%}{first}")
+        return None
 
     def add_bad(self, path: str, rows: list[BadRow]) -> None:
         self.bad_count += len(rows)
@@ -140,5 +166,8 @@ class ReplaySummary:
                    f"energy {figures.energy(t.energy_mj)}  "
                    f"covered {figures.duration(t.covered_ns / 1e9)}"
                    f" GPU-time, gaps {figures.duration(t.gap_ns / 1e9)}")
-        out.append(f"  ledger records {self.records:,}")
+        if self.failure is None:
+            out.append(f"  ledger records {self.records:,}")
+        else:
+            out.append(f"  ledger records {self.records:,} NOT written: {self.failure}")
         return "\n".join(out)

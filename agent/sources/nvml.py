@@ -6,8 +6,13 @@ the energy counter in millijoules, power in milliwatts.
 
 Failures are isolated field by field, then GPU by GPU (STYLE.md points 4-6): every NVML
 call goes through :meth:`NvmlSource._call`, which turns "not supported" into an unknown
-value logged once, a lost GPU into ``up=False`` for the rest of the run, and any other
+value logged once, a lost GPU into ``up=False`` until it answers again, and any other
 failure into NaN for that field this tick plus an entry in ``SampleBatch.errors``.
+
+A lost GPU is looked for again every :data:`REACQUIRE_EVERY_NS` by its UUID: after a
+driver reset its old handle is stale and its index may name another GPU, so only the
+UUID finds it again, without restarting the agent. A GPU whose UUID was never read (lost
+at start) cannot be told from another and is left down until a restart.
 
 GPM (Hopper and newer) reports activity over the interval between two samples, so each
 GPM GPU keeps the sample of its previous read; the first read has no interval and leaves
@@ -57,6 +62,9 @@ T = TypeVar("T")
 # The NVML GPM docs ask for samples taken more than 100 ms apart; a shorter interval
 # gives noisy or zero metrics.
 GPM_MIN_INTERVAL_NS = 100_000_000
+# How often a lost GPU is looked for again: a handle lookup is cheap, but a driver in
+# the middle of a reset is better left alone than asked at every tick.
+REACQUIRE_EVERY_NS = 10_000_000_000
 
 # Batch field <- GPM metric, all percent 0-100 averaged over the sample interval.
 GPM_METRICS: tuple[tuple[str, int], ...] = (
@@ -113,14 +121,18 @@ class _Gpm:
 class _Gpu:
     """Per-GPU state: the NVML handle, whether it is still up, GPM and process cursors."""
 
-    __slots__ = ("gpm", "handle", "index", "pos", "proc_util_last_us", "up", "uuid")
+    __slots__ = ("gpm", "handle", "identified", "index", "losses", "pos", "proc_util_last_us",
+                 "retry_ns", "up", "uuid")
 
     def __init__(self, pos: int, index: int, handle: Any) -> None:
         self.pos = pos
         self.index = index
         self.handle = handle
         self.uuid = f"GPU-unknown-{index}"
+        self.identified = False  # uuid read from the GPU: it can be looked up again
         self.up = handle is not None
+        self.losses = 0
+        self.retry_ns: int | None = None  # when to look for it again, once lost
         self.gpm: _Gpm | None = None
         # CPU timestamp (µs) of the newest per-process sample seen; NVML returns only
         # samples newer than the timestamp it is given.
@@ -200,6 +212,7 @@ class NvmlSource:
                 name = str(self._call(gpu, "name", pynvml.nvmlDeviceGetName, handle) or name)
                 uuid = self._call(gpu, "uuid", pynvml.nvmlDeviceGetUUID, handle)
                 gpu.uuid = str(uuid or gpu.uuid)
+                gpu.identified = bool(uuid)
                 spec = specs.match_name(name)
                 spec_key = None if spec is None else spec.key
                 max_clock = self._call(
@@ -271,9 +284,41 @@ class NvmlSource:
 
     def _mark_lost(self, gpu: _Gpu, cause: BaseException) -> None:
         gpu.up = False
-        self._once.log(("lost", gpu.pos), logging.WARNING,
-                       "GPU %d (%s) is lost (%s): reported as down until the agent restarts",
-                       gpu.index, gpu.uuid, describe(cause))
+        gpu.retry_ns = None
+        self._once.log(("lost", gpu.pos, gpu.losses), logging.WARNING,
+                       "GPU %d (%s) is lost (%s): reported as down, and its high bound "
+                       "grows at its peak rate, until it answers again%s",
+                       gpu.index, gpu.uuid, describe(cause),
+                       "" if gpu.identified else " (its UUID is unknown: restart the agent)")
+
+    def _reacquire(self, gpu: _Gpu, now_ns: int) -> bool:
+        """Look a lost GPU up again by its UUID (at most every REACQUIRE_EVERY_NS); True
+        if it answers, with a fresh handle and its GPM interval started over."""
+        if not gpu.identified:
+            return False
+        if gpu.retry_ns is None:
+            gpu.retry_ns = now_ns + REACQUIRE_EVERY_NS
+        if now_ns < gpu.retry_ns:
+            return False
+        gpu.retry_ns = now_ns + REACQUIRE_EVERY_NS
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(gpu.uuid)
+            # A handle alone does not prove the GPU answers: ask it who it is.
+            answered = str(pynvml.nvmlDeviceGetUUID(handle))
+        except _NVML_EXCEPTIONS as e:
+            log.debug("GPU %d (%s) still lost: %s", gpu.index, gpu.uuid, describe(e))
+            return False
+        if answered != gpu.uuid:
+            log.debug("GPU %d: looking up %s found %s", gpu.index, gpu.uuid, answered)
+            return False
+        gpu.handle = handle
+        gpu.up = True
+        gpu.losses += 1
+        if gpu.gpm is not None:
+            # Its counters may have restarted with the driver: no interval across it.
+            gpu.gpm.prev_ns = None
+        log.warning("GPU %d (%s) answers again: re-acquired by its UUID", gpu.index, gpu.uuid)
+        return True
 
     # -- sampling ----------------------------------------------------------------------
 
@@ -297,7 +342,7 @@ class NvmlSource:
         for gpu in self._gpus:
             now_ns = self._clock.monotonic_ns()
             batch.timestamp_ns[gpu.pos] = now_ns
-            if not gpu.up:
+            if not gpu.up and not self._reacquire(gpu, now_ns):
                 batch.up[gpu.pos] = False
                 continue
             try:

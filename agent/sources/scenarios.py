@@ -3,7 +3,9 @@
 A workload is a small state machine that emits piecewise-constant segments of GPU
 activity: compute phases at a set tensor activity and precision, communication and
 data-loader stalls, checkpoint pauses, power-cap throttling and idle gaps. Because the
-segments are constant, the FLOP a simulated GPU executes is known exactly.
+segments are constant, the FLOP a simulated GPU executes is known exactly. Faults the
+agent must bound are part of a workload too: sampler stalls, and a GPU that stops
+answering for a while (``lost_gpu``).
 
 A :class:`SimJob` is a fake process population on top of that workload: who the GPU's
 compute processes are (environment, cgroup, user, command line) and when they run. It
@@ -47,6 +49,11 @@ class Workload:
 
     ``precision`` is what the matmuls really run in; ``declared_precision`` is what the
     run tells the agent (None: undeclared, so the estimator must widen its band).
+
+    ``lost_gpu`` (-1: none) stops answering ``lost_at_s`` seconds in, as a GPU fallen
+    off the bus does, and answers again ``lost_for_s`` later, as after a driver reset
+    (0: never). It keeps running its workload meanwhile: unseen work is the worst case
+    for the high bound.
     """
 
     precision: str = "bf16"
@@ -72,6 +79,14 @@ class Workload:
     sampler_stall_every_s: float = 0.0
     sampler_stall_s: float = 0.0
     activity_noise_pct: float = 0.3
+    lost_gpu: int = -1
+    lost_at_s: float = 0.0
+    lost_for_s: float = 0.0
+
+    def lost_at(self, gpu: int, t_s: float) -> bool:
+        """Whether GPU ``gpu`` does not answer ``t_s`` simulated seconds into the run."""
+        return gpu == self.lost_gpu and self.lost_at_s <= t_s and (
+            self.lost_for_s == 0 or t_s < self.lost_at_s + self.lost_for_s)
 
     def validate(self, problems: Problems, where: str) -> None:
         """Add a problem for every parameter outside its range."""
@@ -86,6 +101,8 @@ class Workload:
                 problems.add(f"{where}.{name}", "a fraction between 0 and 1")
         if self.compute_s <= 0:
             problems.add(f"{where}.compute_s", "a positive number of seconds")
+        if self.lost_gpu < -1:
+            problems.add(f"{where}.lost_gpu", "a GPU index, or -1 for none")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and value < 0:
@@ -121,6 +138,9 @@ SCENARIOS: dict[str, Workload] = {
     ),
     # The same pre-training, but the run does not say which precision it uses.
     "pretrain-undeclared": Workload(declared_precision=None),
+    # Pre-training where GPU 1 stops answering 5 minutes in and is back 10 minutes later
+    # (a driver reset); its work goes on unseen, which only the high bound may cover.
+    "gpu-lost": Workload(lost_gpu=1, lost_at_s=300.0, lost_for_s=600.0),
 }
 
 

@@ -147,6 +147,12 @@ class SimulatedGpu:
             out.append(min(100.0, max(0.0, pct)))
         return out[0], out[1], out[2]
 
+    def forget_interval(self) -> None:
+        """Drop the interval since the last read: the GPU was not read (it was lost), and
+        a re-acquired GPU's GPM starts over, so its next read has no interval either."""
+        self._last_read_ns = None
+        self._tensor_integral = self._fp32_integral = self._busy_integral = 0.0
+
     @property
     def sm_clock_mhz(self) -> float:
         return self._segment.sm_clock_mhz
@@ -211,8 +217,8 @@ class SimulatedSource:
             counts from the epoch. None: simulated time starts at the first read.
 
     Raises:
-        SourceError: for an unknown GPU model, a precision the GPU lacks, or a job on
-            a GPU index outside ``0..n_gpus-1``.
+        SourceError: for an unknown GPU model, a precision the GPU lacks, or a job or
+            the workload's ``lost_gpu`` on a GPU index outside ``0..n_gpus-1``.
     """
 
     def __init__(
@@ -247,6 +253,9 @@ class SimulatedSource:
                     continue
                 self._jobs_by_pid[pid] = job
                 self._gpu_jobs[g].append((pid, job))
+        if workload.lost_gpu >= n_gpus:
+            raise SourceError(f"the simulated workload loses GPU {workload.lost_gpu}, but "
+                              f"there are {n_gpus} GPUs (indices 0..{n_gpus - 1})")
         self.workload = workload
         self._spec = specs[gpu_model]
         self._clock: Clock = clock or RealClock()
@@ -310,6 +319,14 @@ class SimulatedSource:
         elapsed_s = elapsed_ns / 1e9
         for i, gpu in enumerate(self._gpus):
             gpu.advance(elapsed_ns)
+            truth[i] = gpu.true_flop
+            if self.workload.lost_at(i, elapsed_s):
+                # What NVML gives for a lost GPU: up=False, every field unknown, no
+                # processes.
+                batch.up[i] = False
+                gpu.forget_interval()
+                processes.append(())
+                continue
             batch.sm_clock_mhz[i] = gpu.sm_clock_mhz
             batch.gpu_util_pct[i] = gpu.utilization_pct()
             batch.energy_mj[i] = float(int(gpu.energy_mj))
@@ -330,7 +347,6 @@ class SimulatedSource:
                 batch.fp64_pct[i] = 0.0
                 batch.sm_util_pct[i] = busy_pct
                 batch.sm_occupancy_pct[i] = busy_pct * 0.5
-            truth[i] = gpu.true_flop
             util = float(batch.gpu_util_pct[i])
             processes.append(tuple(
                 GpuProcess(pid=pid, sm_util_pct=job.sm_share * util)

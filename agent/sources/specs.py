@@ -13,7 +13,15 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from agent.configfile import ConfigError, Problems, bundled_config, read_toml
+from agent.configfile import (
+    Problems,
+    bundled_config,
+    check_keys,
+    drop_bad_values,
+    in_range,
+    range_text,
+    read_toml,
+)
 
 # Every precision a FLOP-per-clock figure may be given for. Tensor-core precisions end
 # in ``_tensor``; the others are the SMs' ordinary FP pipes.
@@ -42,6 +50,16 @@ MATMUL_PRECISIONS: dict[str, str] = {
 }
 
 _UNITS: dict[str, float] = {"TFLOPS": 1e12, "TOPS": 1e12, "PFLOPS": 1e15, "GFLOPS": 1e9}
+
+# Ranges of the table's numbers: generous for any GPU to come, tight enough to catch a
+# figure in the wrong unit (Hz for MHz, a whole-GPU figure given per SM).
+MAX_SM_COUNT = 1024
+MAX_CLOCK_MHZ = 10000.0
+MAX_FLOP_PER_CLOCK_PER_SM = 1 << 20
+MAX_PRINTED_VALUE = Decimal(10**6)
+_ROW_KEYS = ("name", "match", "architecture", "sm_count", "max_sm_clock_mhz", "gpm",
+             "flop_per_clock_per_sm", "datasheet", "sources")
+_PEAK_KEYS = ("value", "unit", "clock_mhz", "sparse", "rel_tol")
 
 
 def default_spec_path() -> Path:
@@ -144,30 +162,40 @@ def _parse_peak(
     if not isinstance(raw, dict):
         problems.add(where, "a table { value, unit, clock_mhz }")
         return None
+    check_keys(problems, raw, _PEAK_KEYS, where)
     value_raw = raw.get("value")
     try:
         value = Decimal(str(value_raw)) if isinstance(value_raw, str) else None
     except InvalidOperation:
         value = None
-    if value is None:
-        problems.add(f"{where}.value", "the printed figure as a string, e.g. \"989.4\"")
+    # Decimal reads "NaN" and "Infinity" too.
+    if value is None or not value.is_finite() or not 0 < value <= MAX_PRINTED_VALUE:
+        problems.add(f"{where}.value", "the printed figure as a string, e.g. \"989.4\" "
+                     f"(> 0 and <= {MAX_PRINTED_VALUE})")
+        value = None
     unit = raw.get("unit")
-    if unit not in _UNITS:
+    if not isinstance(unit, str) or unit not in _UNITS:
         problems.add(f"{where}.unit", f"one of {sorted(_UNITS)}")
+        unit = None
     clock = raw.get("clock_mhz")
-    if not isinstance(clock, int | float) or clock <= 0:
-        problems.add(f"{where}.clock_mhz", "a positive number of MHz")
+    if not in_range(clock, 0, MAX_CLOCK_MHZ, above=True):
+        problems.add(f"{where}.clock_mhz", range_text("a number of MHz", 0, MAX_CLOCK_MHZ,
+                                                      above=True))
+        clock = None
     rel_tol = raw.get("rel_tol", 0.0)
-    if not isinstance(rel_tol, int | float) or not 0 <= rel_tol < 0.1:
+    if not in_range(rel_tol, 0, 0.1) or rel_tol == 0.1:
         problems.add(f"{where}.rel_tol", "a number in [0, 0.1)")
-    if value is None or unit not in _UNITS or not isinstance(clock, int | float):
+    sparse = raw.get("sparse", False)
+    if not isinstance(sparse, bool):
+        problems.add(f"{where}.sparse", "true or false")
+    if value is None or unit is None or not isinstance(clock, int | float):
         return None
     return DatasheetPeak(
         precision=precision,
         value=value,
         unit=str(unit),
         clock_mhz=float(clock),
-        sparse=bool(raw.get("sparse", False)),
+        sparse=sparse is True,
         rel_tol=float(rel_tol) if isinstance(rel_tol, int | float) else 0.0,
     )
 
@@ -175,6 +203,7 @@ def _parse_peak(
 def _parse_spec(problems: Problems, key: str, raw: Mapping[str, Any]) -> GpuSpec | None:
     where = f"gpu.{key}"
     ok = True
+    check_keys(problems, raw, _ROW_KEYS, where)
 
     def need(name: str, kind: type | tuple[type, ...], expect: str) -> Any:
         nonlocal ok
@@ -192,22 +221,34 @@ def _parse_spec(problems: Problems, key: str, raw: Mapping[str, Any]) -> GpuSpec
     max_clock = need("max_sm_clock_mhz", (int, float), "a positive number of MHz")
     gpm = need("gpm", bool, "true or false")
     per_clock_raw = need("flop_per_clock_per_sm", dict, "a table of precision = FLOP per clock")
+    sources = raw.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        problems.add(f"{where}.sources", "a list of URLs")
+        sources = []
+    datasheet = raw.get("datasheet", {})
+    if not isinstance(datasheet, dict):
+        problems.add(f"{where}.datasheet", "a table of precision = { value, unit, clock_mhz }")
+        datasheet = {}
     if not ok:
         return None
-    if sm_count <= 0:
-        problems.add(f"{where}.sm_count", "a positive integer")
-    if max_clock <= 0:
-        problems.add(f"{where}.max_sm_clock_mhz", "a positive number of MHz")
+    if not match or not all(isinstance(m, str) and m.strip() for m in match):
+        problems.add(f"{where}.match", "a non-empty list of device-name substrings")
+    if not in_range(sm_count, 1, MAX_SM_COUNT, integer=True):
+        problems.add(f"{where}.sm_count", range_text("a positive integer", 1, MAX_SM_COUNT))
+    if not in_range(max_clock, 0, MAX_CLOCK_MHZ, above=True):
+        problems.add(f"{where}.max_sm_clock_mhz",
+                     range_text("a positive number of MHz", 0, MAX_CLOCK_MHZ, above=True))
     per_clock: dict[str, int] = {}
     for precision, value in per_clock_raw.items():
         if precision not in PRECISIONS:
             problems.add(f"{where}.flop_per_clock_per_sm.{precision}", f"one of {PRECISIONS}")
-        elif not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            problems.add(f"{where}.flop_per_clock_per_sm.{precision}", "a positive integer")
+        elif not in_range(value, 1, MAX_FLOP_PER_CLOCK_PER_SM, integer=True):
+            problems.add(f"{where}.flop_per_clock_per_sm.{precision}",
+                         range_text("a positive integer", 1, MAX_FLOP_PER_CLOCK_PER_SM))
         else:
             per_clock[precision] = value
     peaks: list[DatasheetPeak] = []
-    for precision, peak_raw in dict(raw.get("datasheet", {})).items():
+    for precision, peak_raw in datasheet.items():
         if precision not in per_clock:
             problems.add(
                 f"{where}.datasheet.{precision}", "a precision listed in flop_per_clock_per_sm"
@@ -226,7 +267,7 @@ def _parse_spec(problems: Problems, key: str, raw: Mapping[str, Any]) -> GpuSpec
         gpm=gpm,
         flop_per_clock_per_sm=per_clock,
         datasheet=tuple(peaks),
-        sources=tuple(str(s) for s in raw.get("sources", [])),
+        sources=tuple(sources),
     )
 
 
@@ -238,10 +279,12 @@ def load_spec_table(path: Path | None = None) -> SpecTable:
     """
     path = path or default_spec_path()
     problems = Problems(path)
-    raw = read_toml(path, "the GPU spec table")
+    raw = drop_bad_values(problems, read_toml(path, "the GPU spec table"))
+    check_keys(problems, raw, ("gpu",))
     gpus = raw.get("gpu")
     if not isinstance(gpus, dict) or not gpus:
-        raise ConfigError(path, [("gpu", "one or more [gpu.<key>] tables")])
+        problems.add("gpu", "one or more [gpu.<key>] tables")
+        gpus = {}
     specs: dict[str, GpuSpec] = {}
     for key, spec_raw in gpus.items():
         if not isinstance(spec_raw, dict):

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from agent.configfile import ConfigError, Problems
+from agent.configfile import ConfigError, Problems, path_problem
 
 # exporter-toolkit's names (Go's tls.ClientAuthType) -> what Python's ssl can enforce.
 CLIENT_AUTH_TYPES: Mapping[str, ssl.VerifyMode] = MappingProxyType({
@@ -179,8 +179,9 @@ def _file(problems: Problems, table: Mapping[str, Any], key: str, where: str,
     if key not in table or table[key] in (None, ""):
         return None
     value = table[key]
-    if not isinstance(value, str):
-        problems.add(f"{where}.{key}", "a file path (relative paths: to the web-config file)")
+    if path_problem(value) is not None:
+        problems.add(f"{where}.{key}", "a file path (relative paths: to the web-config file)"
+                     + (f" ({path_problem(value)})" if isinstance(value, str) else ""))
         return None
     p = _resolve(base, value)
     if not p.is_file():
@@ -220,7 +221,10 @@ def _tls(problems: Problems, raw: Mapping[str, Any], base: Path) -> TlsServerSet
     ca = _file(problems, table, "client_ca_file", where, base)
 
     auth = table.get("client_auth_type") or "NoClientCert"
-    if auth in UNVERIFIED_CLIENT_AUTH_TYPES:
+    if not isinstance(auth, str):  # YAML may give a list or a mapping: not hashable
+        problems.add(f"{where}.client_auth_type", f"one of {list(CLIENT_AUTH_TYPES)}")
+        auth = "NoClientCert"
+    elif auth in UNVERIFIED_CLIENT_AUTH_TYPES:
         problems.add(f"{where}.client_auth_type",
                      f"one of {list(CLIENT_AUTH_TYPES)} ({auth} accepts unverified client "
                      f"certificates, which protects nothing and Python's ssl cannot do)")
@@ -251,7 +255,7 @@ def _tls(problems: Problems, raw: Mapping[str, Any], base: Path) -> TlsServerSet
     versions: dict[str, str] = {}
     for key, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
         value = table.get(key) or default
-        if value not in TLS_VERSIONS:
+        if not isinstance(value, str) or value not in TLS_VERSIONS:
             problems.add(f"{where}.{key}", f"one of {list(TLS_VERSIONS)}")
             value = default
         versions[key] = value

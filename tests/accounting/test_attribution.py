@@ -548,3 +548,62 @@ def test_environ_access_denied_is_logged_once(monkeypatch: pytest.MonkeyPatch,
     assert len(caplog.records) == 1
     assert "CAP_SYS_PTRACE" in caplog.records[0].getMessage()
 
+
+
+# --- names no run may claim -----------------------------------------------------------
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "agent.accounting.attribution" and "claims nothing" in r.getMessage()]
+
+
+@pytest.mark.parametrize("env", [
+    # The attack: real unattributed compute would go into "evaluation" with this job's.
+    {"FLOPLEDGER_RUN_ID": "unattributed", "FLOPLEDGER_CATEGORY": "evaluation"},
+    {"FLOPLEDGER_RUN_ID": " Unattributed ", "FLOPLEDGER_MODEL": "m"},
+    # Set but empty: a process that named no run, not one Slurm may name for it.
+    {"FLOPLEDGER_RUN_ID": "", "SLURM_JOB_ID": "77"},
+    {"FLOPLEDGER_RUN_ID": "  ", "TORCHELASTIC_RUN_ID": "t1"},
+    {"FLOPLEDGER_RUN_ID": "run\n2025-01-01 WARNING forged line"},
+    {"FLOPLEDGER_RUN_ID": "x" * 201},
+    {"SLURM_JOB_ID": "12\x1b[2J"},
+    {"TORCHELASTIC_RUN_ID": "t" * 300},
+], ids=["reserved", "reserved-any-case", "empty-beats-slurm", "blank-beats-torchrun",
+        "newline", "too-long", "slurm-control-char", "torchrun-too-long"])
+def test_a_process_claiming_a_forbidden_run_id_is_unattributed_with_one_warning(
+        specs: SpecTable, settings: AttributionSettings, caplog: pytest.LogCaptureFixture,
+        env: dict[str, str]) -> None:
+    sim = Sim(specs, settings, [SimJob(env=env, gpus=(0, 1))])
+    with caplog.at_level(logging.WARNING, logger="agent.accounting.attribution"):
+        for step in (0, 1, 20, 1):  # 20 s: past refresh_s, every pid is read again
+            out = sim.tick(step)
+            assert only_run(out[0]) is UNATTRIBUTED
+            assert only_run(out[1]) is UNATTRIBUTED
+    (message,) = _refusals(caplog)
+    assert "\n" not in message
+    assert "\x1b" not in message
+    assert len(message) < 600
+
+
+def test_an_over_long_job_id_in_a_slurm_job_file_is_refused(
+        specs: SpecTable, settings: AttributionSettings) -> None:
+    sim = Sim(specs, settings, [SimJob(env={}, gpus=(0,))])
+    settings.slurm_job_dir.mkdir()
+    (settings.slurm_job_dir / "0").write_text("9" * 300 + "\ncategory=evaluation\n")
+    assert only_run(sim.tick()[0]) is UNATTRIBUTED
+
+
+def test_a_static_rule_cannot_name_a_forbidden_run_id() -> None:
+    problems = Problems("agent.toml")
+    got = parse_attribution_config({"attribution": {"rules": [
+        {"run": "unattributed", "category": "evaluation", "gpus": [0]},
+        {"run": "a\nb", "gpus": [1]},
+        {"run": "ok", "gpus": [2], "model": "m\x07"},
+        {"run": "fine", "gpus": [3]},
+    ]}}, problems)
+    found = dict(problems.items)
+    assert "reserved" in found["attribution.rules[0].run"]
+    assert "control character" in found["attribution.rules[1].run"]
+    assert "attribution.rules[2].model" in found
+    assert [r.run.run_id for r in got.rules] == ["fine"]

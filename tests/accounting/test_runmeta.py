@@ -3,12 +3,18 @@ and its cgroup."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
-from agent.accounting.runmeta import build_run_meta, kubernetes_pod_uid, read_slurm_job_file
-from agent.accounting.runs import RunMeta
+from agent.accounting.runmeta import (
+    build_run_meta,
+    claims_nothing,
+    kubernetes_pod_uid,
+    read_slurm_job_file,
+)
+from agent.accounting.runs import UNATTRIBUTED, RunMeta
 from agent.sources.base import ActivityKind, DeviceInfo
 
 POD_UID = "0b8c1f6e-4a2d-4c1e-9f3a-1234567890ab"
@@ -107,3 +113,46 @@ def test_slurm_job_file_by_index_else_uuid(tmp_path: Path) -> None:
     assert by_index.job_id == "77"
     run, warnings = build_run_meta("slurm-4242", "slurm-file", {}, found.meta, str(found.path))
     assert (run.model, run.plan, warnings) == ("m", {"tokens": 1e12}, [])
+
+
+# -- names: what a run may call itself --------------------------------------------------
+
+
+@pytest.mark.parametrize("run_id", ["unattributed", "Unattributed", "", "a\nb", "x" * 201])
+def test_a_run_id_no_run_may_claim_gives_unattributed_with_one_warning(run_id: str) -> None:
+    run, warnings = build_run_meta(run_id, "env", {"FLOPLEDGER_CATEGORY": "evaluation",
+                                                   "FLOPLEDGER_MODEL": "m"})
+    assert run is UNATTRIBUTED
+    assert len(warnings) == 1
+    assert "claims nothing" in warnings[0]
+    assert "\n" not in warnings[0]
+
+
+def test_a_model_name_with_a_control_character_is_ignored() -> None:
+    run, warnings = build_run_meta("r", "env", {
+        "FLOPLEDGER_MODEL": "m\nWARNING forged", "FLOPLEDGER_BASE_MODELS": "ok,b\x1b[2J",
+        "FLOPLEDGER_CATEGORY": "rl"})
+    assert (run.model, run.base_models, run.category) == ("", (), "rl")
+    assert len(warnings) == 2
+    assert all("\n" not in w and "\x1b" not in w for w in warnings)
+    long_model, warnings = build_run_meta("r", "env", {"FLOPLEDGER_MODEL": "m" * 201})
+    assert long_model.model == ""
+    assert "200 characters" in warnings[0]
+
+
+def test_the_reserved_run_declares_nothing_whoever_builds_it() -> None:
+    claimed = RunMeta("unattributed", model="m", category="evaluation", precision="fp8",
+                      plan={"gpus": 8.0}, base_models=("b",), via="replay-labels")
+    assert claimed == UNATTRIBUTED
+    assert (claimed.category, claimed.model, claimed.via) == ("unknown", "", "unattributed")
+    # Any other id keeps what it declares.
+    assert RunMeta("evaluator", category="evaluation").category == "evaluation"
+
+
+def test_claims_nothing_warns_once_per_id(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="agent.accounting.runmeta"):
+        for _ in range(3):
+            assert claims_nothing(RunMeta("evil\nid-unique-to-this-test"))
+        assert not claims_nothing(RunMeta("fine-id"))
+    (record,) = caplog.records
+    assert "evil\\nid-unique-to-this-test" in record.getMessage()

@@ -16,7 +16,8 @@ def test_every_command_is_registered() -> None:
     commands = next(a for a in parser._actions if a.dest == "command").choices
     assert commands is not None
     assert list(commands) == ["run", "gpus", "verify", "export", "runs", "show", "models",
-                              "thresholds", "status", "rules", "replay", "report", "estimate"]
+                              "recover", "thresholds", "status", "rules", "replay", "report",
+                              "estimate", "notifications"]
 
 
 def test_gpus_lists_the_simulated_gpus_with_their_estimator(flopledger: Flopledger) -> None:

@@ -43,7 +43,7 @@ from tests.alertmanager import (
 )
 from tests.notify_worker import BATCHES, key_of
 from tests.paths import REPO
-from tests.receivers import SECRET, Received, Receiver
+from tests.receivers import SECRET, Answering, Received, Receiver
 
 RESEND_S = 2
 
@@ -278,3 +278,90 @@ resend_s = {RESEND_S}
     assert duplicates >= workers.killed
     assert status["hook"].failed_attempts > failed   # the refused connections count too
     assert status["am"].delivered == len(expected)
+
+
+def test_a_hostile_name_arrives_intact_and_a_gone_webhook_stays_dead_across_a_restart(
+        tmp_path: Path) -> None:
+    """A model name in Cyrillic and Greek with a newline reaches a real Alertmanager and
+    a webhook intact; a webhook answering 410 gets it once, and after the dispatcher is
+    killed and started again it is still a dead letter, never sent again."""
+    db = tmp_path / "ledger.sqlite"
+    (tmp_path / "webhook.secret").write_bytes(SECRET + b"\n")
+    name = "Модель-β\nzweite Zeile"
+    n = Notification(key=f"model:{name}|eu-systemic-risk|level:0.8", kind="level",
+                     subject_type="model", subject=name, regime="eu-systemic-risk",
+                     level=0.8, severity="warning", created_ns=time.time_ns(),
+                     payload={"threshold": "1e25 FLOP", "flop_2sf": "8.0e24"})
+    hook, gone, sink = Receiver(SECRET), Answering(410), AlertmanagerSink()
+    with contextlib.ExitStack() as stack:
+        stack.callback(sink.close)
+        stack.callback(hook.stop)
+        stack.callback(gone.stop)
+        hook.start()
+        gone.start()
+        am_url = stack.enter_context(alertmanager(tmp_path, sink.url))
+        config = tmp_path / "agent.toml"
+        config.write_text(f"""
+[notify]
+poll_s = 0.2
+
+[[notify.webhook]]
+name = "hook"
+url = "{hook.url}"
+secret_file = "webhook.secret"
+
+[[notify.webhook]]
+name = "gone"
+url = "{gone.url}"
+secret_file = "webhook.secret"
+
+[[notify.alertmanager]]
+name = "am"
+url = "{am_url}"
+resend_s = {RESEND_S}
+""")
+        with Outbox(db, ["hook", "gone", "am"]) as outbox:
+            assert outbox.enqueue(n)
+        workers = Dispatchers(tmp_path, db, config)
+        stack.callback(workers.stop)
+
+        def logs() -> str:
+            return "\n".join(f"--- dispatcher{i}\n{tail(tmp_path / f'dispatcher{i}.log')}"
+                             for i in range(1, workers.started + 1))
+
+        workers.start()
+        wait_until(lambda: [r.key for r in hook.delivered()] == [n.key], 15,
+                   f"the webhook delivery\n{logs()}")
+        alert = wait_until(lambda: am_alerts(am_url).get(n.key), 15,
+                           f"the alert in Alertmanager\n{logs()}")
+        with Outbox(db) as outbox:
+            wait_until(lambda: outbox.status()["gone"].dead == 1, 15,
+                       f"the dead letter\n{logs()}")
+        assert alert["labels"]["subject"] == name
+        assert alert["labels"] == alert_labels(n)
+        [arrived] = hook.delivered()
+        assert arrived.signature_ok
+        assert json.loads(arrived.body.decode("utf-8"))["subject"] == name
+        assert Notification.from_json(arrived.body) == n
+        assert [r.status for r in gone.requests] == [410]
+        wait_until(lambda: "kept as a dead letter" in tail(workers.log), 15,
+                   f"the dead letter's log line\n{logs()}")
+
+        # Killed and started again: the dead letter is still there, reported once at
+        # start, and not sent; the alert keeps being re-sent meanwhile.
+        workers.kill()
+        workers.start()
+        wait_until(lambda: "1 dead letter(s) in the outbox" in tail(workers.log), 15,
+                   f"the restarted dispatcher to report the dead letter\n{logs()}")
+        updated = when(am_alerts(am_url)[n.key]["updatedAt"])
+        wait_until(lambda: when(am_alerts(am_url)[n.key]["updatedAt"]) > updated, 15,
+                   f"a re-send from the restarted dispatcher\n{logs()}")
+        assert workers.stop() == 0, logs()
+        with Outbox(db) as outbox:
+            state = outbox.delivery(n.key, "gone")
+            assert state is not None
+            assert (state.state, state.attempts) == ("dead", 1)
+            assert "HTTP 410" in (state.last_error or "")
+            assert outbox.status()["hook"].delivered == 1
+        assert [r.status for r in gone.requests] == [410]
+        assert len(hook.requests) == 1

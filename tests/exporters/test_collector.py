@@ -118,7 +118,8 @@ def test_each_concern_has_its_own_collector() -> None:
     notifications = families(NotificationCollector(sample_notify_status))
     assert set(notifications) == {"flopledger_notifications_pending",
                                   "flopledger_notifications_delivered",
-                                  "flopledger_notifications_failed_attempts"}
+                                  "flopledger_notifications_failed_attempts",
+                                  "flopledger_notifications_dead"}
     names = [set(gpu), set(runs), set(agent), set(thresholds), set(notifications)]
     assert sum(len(n) for n in names) == len(set().union(*names)), "a family in two places"
 
@@ -146,6 +147,8 @@ def test_threshold_and_notification_series() -> None:
     assert get("flopledger_notifications_pending", {"channel": "webhook"}) == 1.0
     assert get("flopledger_notifications_delivered", {"channel": "alertmanager"}) == 5.0
     assert get("flopledger_notifications_failed_attempts", {"channel": "webhook"}) == 7.0
+    assert get("flopledger_notifications_dead", {"channel": "webhook"}) == 1.0
+    assert get("flopledger_notifications_dead", {"channel": "alertmanager"}) == 0.0
     for name in ("gpu", "runs", "agent", "thresholds", "notifications"):
         assert get("flopledger_collector_success", {"collector": name}) == 1.0, name
         duration = get("flopledger_collector_duration_seconds", {"collector": name})

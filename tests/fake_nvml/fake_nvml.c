@@ -49,7 +49,12 @@
  * Per-process utilization samples carry the timestamp reads*1e6 (microseconds), so a
  * caller that passes the newest timestamp it has seen gets NOT_FOUND until the next read.
  *
- * Test hooks (not NVML): fakeNvml_liveGpmSamples(), fakeNvml_gpmStats(), fakeNvml_refcount().
+ * A lost GPU stays lost until fakeNvml_resetGpu(<gpu>) (a driver reset) and a new handle
+ * is fetched for it (nvmlDeviceGetHandleByUUID or _ByIndex_v2): handles from before the
+ * reset keep answering GPU_IS_LOST until then, as stale handles do.
+ *
+ * Test hooks (not NVML): fakeNvml_liveGpmSamples(), fakeNvml_gpmStats(), fakeNvml_refcount(),
+ * fakeNvml_resetGpu(), fakeNvml_uuidLookups().
  */
 
 #include <ctype.h>
@@ -111,6 +116,8 @@ struct fake_device {
     nvmlReturn_t fail[F_COUNT];
     long long lost_after; /* -1: never */
     int lost;
+    int reset; /* reset since it was lost: the next handle fetch brings it back */
+    unsigned long long uuid_lookups; /* nvmlDeviceGetHandleByUUID calls, answered or not */
     unsigned long long reads; /* nvmlDeviceGetClockInfo calls */
     struct fake_process procs[MAX_PROCS];
     int nprocs;
@@ -398,11 +405,32 @@ nvmlReturn_t nvmlDeviceGetCount_v2(unsigned *count) {
     return NVML_SUCCESS;
 }
 
+/* A fresh handle for a device: one reset since it was lost makes it answer again. */
+static nvmlReturn_t fetch_handle(struct fake_device *d, nvmlDevice_t *device) {
+    if (d->lost && d->reset) {
+        d->lost = 0;
+        d->reset = 0;
+    }
+    *device = d;
+    return NVML_SUCCESS;
+}
+
 nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned index, nvmlDevice_t *device) {
     if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
     if (!device || index >= device_count) return NVML_ERROR_INVALID_ARGUMENT;
-    *device = &devices[index];
-    return NVML_SUCCESS;
+    return fetch_handle(&devices[index], device);
+}
+
+nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!uuid || !device) return NVML_ERROR_INVALID_ARGUMENT;
+    for (unsigned i = 0; i < device_count; i++) {
+        if (strcmp(devices[i].uuid, uuid) != 0) continue;
+        devices[i].uuid_lookups++;
+        if (devices[i].lost && !devices[i].reset) return NVML_ERROR_GPU_IS_LOST;
+        return fetch_handle(&devices[i], device);
+    }
+    return NVML_ERROR_NOT_FOUND;
 }
 
 /* The checks every device call makes: initialised, a real handle, not lost, the field's
@@ -626,6 +654,21 @@ nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *m) {
 int fakeNvml_liveGpmSamples(void) { return live_samples; }
 
 int fakeNvml_refcount(void) { return refcount; }
+
+/* A driver reset of GPU <index>: it answers again through a handle fetched after this,
+ * and is not lost again by its `lost` directive. Returns -1 for a bad index. */
+int fakeNvml_resetGpu(unsigned index) {
+    if (index >= device_count) return -1;
+    devices[index].reset = devices[index].lost;
+    devices[index].lost_after = -1;
+    return 0;
+}
+
+/* How many times GPU <index> was looked up by its UUID (-1 for a bad index). */
+long long fakeNvml_uuidLookups(unsigned index) {
+    if (index >= device_count) return -1;
+    return (long long)devices[index].uuid_lookups;
+}
 
 /* GPM counters of GPU <index>: samples taken, nvmlGpmMetricsGet calls, and the sample
  * numbers of the last interval. Returns -1 for a bad index. */

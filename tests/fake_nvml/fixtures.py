@@ -52,6 +52,20 @@ class FakeNvml:
         """How many nvmlInit calls are not yet matched by nvmlShutdown."""
         return int(self.lib.fakeNvml_refcount())
 
+    def reset_gpu(self, index: int) -> None:
+        """A driver reset of GPU ``index``: a lost GPU answers again through a handle
+        fetched after it (old handles stay lost)."""
+        if self.lib.fakeNvml_resetGpu(ctypes.c_uint(index)) != 0:
+            raise IndexError(f"the fake NVML has no GPU {index}")
+
+    def uuid_lookups(self, index: int) -> int:
+        """How many times GPU ``index`` was looked up by its UUID since NVML started."""
+        self.lib.fakeNvml_uuidLookups.restype = ctypes.c_longlong
+        count = int(self.lib.fakeNvml_uuidLookups(ctypes.c_uint(index)))
+        if count < 0:
+            raise IndexError(f"the fake NVML has no GPU {index}")
+        return count
+
     def gpm_stats(self, index: int) -> GpmStats:
         taken, calls, seq1, seq2 = (ctypes.c_ulonglong() for _ in range(4))
         rc = self.lib.fakeNvml_gpmStats(

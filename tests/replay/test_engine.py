@@ -32,11 +32,12 @@ def smi_log(seconds: int, start: int = 0, gpus: tuple[str, ...] = (U0, U1),
     """nvidia-smi -l 1 output: an H100 and an A100 (format of the fixtures in
     tests/replay/test_nvidia_smi.py)."""
     names = {U0: "NVIDIA H100 80GB HBM3", U1: "NVIDIA A100-SXM4-80GB"}
+    clock = {U0: 1700, U1: 1200}  # below each one's maximum (1980, 1410 MHz)
     out = [HEADER] if header else []
     for t in range(start, start + seconds):
         for i, u in enumerate(gpus):
             out.append(f"2026/11/28 {12 + t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}.{i:03d}, "
-                       f"{i}, {u}, {names[u]}, {80 + t % 20} %, {1700 + t % 200} MHz, "
+                       f"{i}, {u}, {names[u]}, {80 + t % 20} %, {clock[u] + t % 200} MHz, "
                        f"{400 + t % 100}.50 W, 0x0000000000000000\n")
     return "".join(out)
 
@@ -144,16 +145,22 @@ def test_formats_are_detected(tmp_path: Path) -> None:
     assert cli(str(junk), "--ledger", str(tmp_path / "l.sqlite"), "--quiet") == 1
 
 
-def test_a_file_that_cannot_be_replayed_does_not_stop_the_others(
+def test_a_file_that_cannot_be_replayed_fails_the_replay_and_writes_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.csv"
     good.write_text(smi_log(30))
     assert cli(str(tmp_path / "missing.csv"), str(good), "--ledger",
                str(tmp_path / "l.sqlite"), "--quiet") == 1
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "ERROR" in out
     assert "missing.csv" in out
-    assert totals(tmp_path / "l.sqlite")[U0][4] == 30
+    # The other files are still read (the summary shows them)...
+    assert "30 samples" in out
+    # ...but nothing is written: a later replay with the file found would otherwise
+    # skip its samples as already in the ledger.
+    assert "missing.csv: cannot open" in err
+    assert "nothing written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.csv"]
 
 
 MAPPING = f"""

@@ -249,6 +249,52 @@ def test_lost_gpu_is_down_from_then_on_while_the_others_go_on(
     assert lost_logs[0].levelno == logging.WARNING
 
 
+def test_a_lost_gpu_is_re_acquired_by_its_uuid_after_a_driver_reset(
+    node: NvmlSource, fake_nvml: FakeNvml, clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.sources.nvml")
+    old_handle = pynvml.nvmlDeviceGetHandleByIndex(3)
+    assert not tick(node, clock, 5)[-1].up[3]
+    # Still lost: looked for by UUID now and then, not at every tick.
+    before = fake_nvml.uuid_lookups(3)
+    assert not any(b.up[3] for b in tick(node, clock, 25))
+    assert 2 <= fake_nvml.uuid_lookups(3) - before <= 3
+    fake_nvml.reset_gpu(3)
+    # The handle from before the reset stays stale: only a fresh lookup brings it back.
+    with pytest.raises(pynvml.NVMLError) as stale:
+        pynvml.nvmlDeviceGetClockInfo(old_handle, pynvml.NVML_CLOCK_SM)
+    assert stale.value.value == pynvml.NVML_ERROR_GPU_IS_LOST
+    before = fake_nvml.uuid_lookups(3)
+    batches = tick(node, clock, 12)
+    back = next(k for k, b in enumerate(batches) if b.up[3])
+    assert fake_nvml.uuid_lookups(3) == before + 1
+    assert all(b.up[3] for b in batches[back:])
+    first, second = batches[back], batches[back + 1]
+    assert first.sm_clock_mhz[3] == 1977
+    assert math.isnan(first.tensor_any_pct[3])  # GPM starts over: no interval across it
+    assert second.tensor_any_pct[3] == 55.5
+    back_logs = [r for r in caplog.records if "re-acquired" in r.getMessage()]
+    assert len(back_logs) == 1
+    assert uuid_of(3) in back_logs[0].getMessage()
+
+
+def test_a_gpu_lost_before_its_uuid_was_read_is_not_looked_for(
+    fake_nvml: FakeNvml, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.sources.nvml")
+    fake_nvml.use(Scenario().gpu(uuid_of(0), name=H100).gpu(uuid_of(1), name=H100)
+                  .error(1, "uuid", pynvml.NVML_ERROR_GPU_IS_LOST))
+    source = NvmlSource(SPECS, clock=clock)
+    try:
+        assert source.devices()[1].uuid == "GPU-unknown-1"
+        assert [bool(b.up[1]) for b in tick(source, clock, 25)] == [False] * 25
+        assert fake_nvml.uuid_lookups(1) == 0
+    finally:
+        source.close()
+    assert any("restart the agent" in r.getMessage() for r in caplog.records)
+
+
 def test_unexpected_exception_downs_one_gpu_for_one_tick(
     node: NvmlSource, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,12 +14,14 @@ so memory stays flat however large the file is.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.accounting.integrate import group_by_gpu
 from agent.accounting.runs import GpuAttribution
@@ -95,6 +97,14 @@ class ColumnChunk:
             recording names no run; None if it never does.
         attribution_table: runs the recording names (labels, or a trace's attributions).
         sim_true_flop: per sample, the simulator's ground truth (traces of the simulator).
+        line: per sample, the 1-based line (row of a trace) it came from, for naming it
+            when it is bad; None where the reader cannot tell.
+        field_lines: per field, the line each value came from, where a sample gathers
+            fields from several lines (dcgm scrapes, Prometheus responses); a field
+            absent here came from ``line``.
+        wall_clock: False when the times are synthetic (``k x interval`` from zero, for
+            recordings without timestamps), so they cannot be judged against the
+            calendar.
     """
 
     gpu: IntArray
@@ -109,6 +119,9 @@ class ColumnChunk:
     attribution: IntArray | None = None
     attribution_table: tuple[GpuAttribution, ...] = ()
     sim_true_flop: FloatArray | None = None
+    line: IntArray | None = None
+    field_lines: dict[str, IntArray] = field(default_factory=dict)
+    wall_clock: bool = True
 
     @property
     def rows(self) -> int:
@@ -127,6 +140,19 @@ class Reader(Protocol):
             ReplayError: if the file as a whole cannot be read.
         """
         ...
+
+
+def select(chunk: ColumnChunk, keep: npt.NDArray[Any]) -> ColumnChunk:
+    """The chunk's samples where ``keep`` (a mask, or row indices in order)."""
+    def part(a: npt.NDArray[Any] | None) -> Any:
+        return None if a is None else a[keep]
+
+    return dataclasses.replace(
+        chunk, gpu=chunk.gpu[keep], timestamp_ns=chunk.timestamp_ns[keep],
+        wall_ns=chunk.wall_ns[keep], fields={k: v[keep] for k, v in chunk.fields.items()},
+        throttle_reasons=part(chunk.throttle_reasons), attribution=part(chunk.attribution),
+        sim_true_flop=part(chunk.sim_true_flop), line=part(chunk.line),
+        field_lines={k: v[keep] for k, v in chunk.field_lines.items()})
 
 
 def empty_chunk(gpus: tuple[GpuKey, ...], bad: list[BadRow], bytes_done: int,

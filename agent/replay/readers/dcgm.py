@@ -80,8 +80,11 @@ def _iso(text: str) -> int | None:
 @dataclass
 class _Row:
     fields: dict[str, float] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)  # the line of each field
     throttle: int = -1
     run: int = -1
+    line: int = 0  # the row's first line
+    synthetic: bool = False  # timed by --interval-hint, not by the calendar
 
 
 class DcgmReader:
@@ -192,12 +195,16 @@ class DcgmReader:
                                          "no sample timestamp: pass --interval-hint")
         row = self._pending.setdefault((key.key, ts), _Row())
         self._pending_keys.setdefault(key.key, key)
+        if not row.line:
+            row.line = line_no
+            row.synthetic = ts_text is None and self._marker_ns is None
         if row.run < 0:
             row.run = self._runs.index_of(run_of(labels))
         if throttle:
             row.throttle = -1 if math.isnan(raw) else int(raw)
         elif value is not None:
             row.fields[METRICS[metric][0]] = value
+            row.lines[METRICS[metric][0]] = line_no
         self.samples_seen += 1
         return None
 
@@ -228,9 +235,13 @@ class DcgmReader:
         ts = np.array([t for _, t, _ in rows], dtype=np.int64)
         runs = np.array([r.run for _, _, r in rows], dtype=np.int64)
         throttle = np.array([r.throttle for _, _, r in rows], dtype=np.int64)
+        line = np.array([r.line for _, _, r in rows], dtype=np.int64)
+        field_lines = {n: np.array([r.lines.get(n, r.line) for _, _, r in rows],
+                                   dtype=np.int64) for n in names}
         return ColumnChunk(
             gpu=np.array([g for g, _, _ in rows], dtype=np.int64), timestamp_ns=ts,
             wall_ns=ts, fields=fields, gpus=tuple(self._gpus), bad=bad,
             throttle_reasons=throttle if (throttle >= 0).any() else None,
             attribution=runs if (runs >= 0).any() else None,
-            attribution_table=tuple(self._runs.table))
+            attribution_table=tuple(self._runs.table), line=line, field_lines=field_lines,
+            wall_clock=not any(r.synthetic for _, _, r in rows))

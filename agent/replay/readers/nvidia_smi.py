@@ -271,6 +271,7 @@ class NvidiaSmiReader:
         out_ts = np.empty(cap, np.int64)
         out_gpu = np.empty(cap, np.int64)
         out_thr = np.empty(cap, np.int64)
+        out_line = np.empty(cap, np.int64)
         # NaN, not empty: rows under a header without some column leave it unwritten.
         out_vals = np.full((len(_SLOTS), cap), np.nan)
         small = [np.empty(64, np.int64) for _ in range(10)]
@@ -282,13 +283,13 @@ class NvidiaSmiReader:
             pos, line_no, stop = k.scan(
                 data, pos, n, line_no, cmap.kinds, cmap.slots, cmap.units, cmap.unit_start,
                 cmap.unit_len, cmap.key_mode, self._utc_offset_ns, *self._table, st,
-                out_ts, out_gpu, out_vals, out_thr, *small)
+                out_ts, out_gpu, out_vals, out_thr, out_line, *small)
             if stop == 0:
                 break
             if stop == 2:
                 if st[k.S_ROWS] >= cap:
-                    out_ts, out_gpu, out_thr = (np.resize(a, 2 * cap)
-                                                for a in (out_ts, out_gpu, out_thr))
+                    out_ts, out_gpu, out_thr, out_line = (
+                        np.resize(a, 2 * cap) for a in (out_ts, out_gpu, out_thr, out_line))
                     out_vals = np.concatenate([out_vals, np.full((len(_SLOTS), cap), np.nan)],
                                               axis=1)
                     cap *= 2
@@ -299,11 +300,12 @@ class NvidiaSmiReader:
             if reason is not None:
                 bad.append(BadRow(line_no, reason))
             pos, line_no = eol + 1, line_no + 1
-        return self._finish(data, bad, maps, out_ts, out_gpu, out_vals, out_thr, small), line_no
+        return self._finish(data, bad, maps, out_ts, out_gpu, out_vals, out_thr, out_line,
+                            small), line_no
 
     def _finish(self, data: ByteArray, bad: list[BadRow], maps: list[tuple[int, ColumnMap]],
                 out_ts: IntArray, out_gpu: IntArray, out_vals: FloatArray, out_thr: IntArray,
-                small: list[IntArray]) -> ColumnChunk:
+                out_line: IntArray, small: list[IntArray]) -> ColumnChunk:
         st = self._state
         rows, n_bad, n_new, n_slow = (int(st[i]) for i in (k.S_ROWS, k.S_BAD, k.S_NEW, k.S_SLOW))
         bad_line, bad_code, bad_aux, bad_off, new_gpu, new_off = small[:6]
@@ -340,8 +342,9 @@ class NvidiaSmiReader:
                 want=map_at(int(bad_off[i])).width, aux=aux, col=aux + 1)))
         bad.sort(key=lambda b: b.line)
         ts, gpu, vals, thr = out_ts[:rows], out_gpu[:rows], out_vals[:, :rows], out_thr[:rows]
+        line = out_line[:rows]
         if not keep.all():
-            ts, gpu, vals, thr = ts[keep], gpu[keep], vals[:, keep], thr[keep]
+            ts, gpu, vals, thr, line = ts[keep], gpu[keep], vals[:, keep], thr[keep], line[keep]
         if self._clock is not None:
             ts = self._clock.stamp(gpu, len(self._gpus))
         fields: dict[str, FloatArray] = {}
@@ -354,7 +357,8 @@ class NvidiaSmiReader:
             fields["power_mw"] = vals[2] * 1000.0
         return ColumnChunk(gpu=gpu, timestamp_ns=ts, wall_ns=ts, fields=fields,
                            gpus=tuple(self._gpus), bad=bad,
-                           throttle_reasons=thr.copy() if "throttle" in roles else None)
+                           throttle_reasons=thr.copy() if "throttle" in roles else None,
+                           line=line.copy(), wall_clock=self._clock is None)
 
     def _register(self, fields: list[str], cmap: ColumnMap) -> int:
         """The id of the (valid) identity on a line whose numbers Python parsed,

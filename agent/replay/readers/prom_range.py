@@ -56,7 +56,8 @@ _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 @dataclass
 class _Gpu:
     key: GpuKey
-    fields: dict[str, list[tuple[IntArray, FloatArray]]] = field(default_factory=dict)
+    # per field, every series' points and the line its response starts on
+    fields: dict[str, list[tuple[IntArray, FloatArray, int]]] = field(default_factory=dict)
     runs: list[tuple[IntArray, int]] = field(default_factory=list)
 
 
@@ -176,7 +177,7 @@ class PromRangeReader:
         if start is not None and start > self._group_end and self._group:
             self._emit()
         for metric, ts, values, labels in series:
-            self._add(metric, ts, values, labels)
+            self._add(metric, ts, values, labels, line)
 
     def _series(self, entry: Any, kind: str, i: int, line: int, bad: list[BadRow],
                 ) -> tuple[str, IntArray, FloatArray, dict[str, str]] | None:
@@ -199,6 +200,7 @@ class PromRangeReader:
             return None
         ts: list[int] = []
         values: list[float] = []
+        index: list[int] = []
         for j, point in enumerate(points):
             value = _point(point, metric)
             if value is None:
@@ -207,19 +209,29 @@ class PromRangeReader:
                 continue
             ts.append(value[0])
             values.append(value[1])
+            index.append(j)
         order = np.argsort(np.array(ts, dtype=np.int64), kind="stable")
-        return (metric, np.array(ts, dtype=np.int64)[order], np.array(values)[order],
+        times = np.array(ts, dtype=np.int64)[order]
+        # A series has one value per time; a second one (the first in the file stays)
+        # would silently replace it when the series are joined.
+        again = np.flatnonzero(np.diff(times) == 0) + 1
+        for k in again.tolist():
+            bad.append(BadRow(line, f"{where} ({metric}) point {index[int(order[k])]}: a "
+                                    f"second value at {times[k] / 1e9:.3f} s"))
+        keep = np.ones(times.shape[0], dtype=np.bool_)
+        keep[again] = False
+        return (metric, times[keep], np.array(values)[order][keep],
                 {str(k): v for k, v in labels.items()})
 
     def _add(self, metric: str, ts: IntArray, values: FloatArray,
-             labels: dict[str, str]) -> None:
+             labels: dict[str, str], line: int) -> None:
         key = gpu_key(labels)
         assert key is not None
         if metric == INFO_METRIC:
             self._info[key.key] = key
             return
         gpu = self._group.setdefault(key.key, _Gpu(key))
-        gpu.fields.setdefault(METRICS[metric][0], []).append((ts, values))
+        gpu.fields.setdefault(METRICS[metric][0], []).append((ts, values, line))
         run = self._runs.index_of(run_of(labels))
         if run >= 0:
             gpu.runs.append((ts, run))
@@ -228,7 +240,8 @@ class PromRangeReader:
 
     def _emit(self) -> None:
         """Join the group's series per GPU and timestamp into one chunk."""
-        parts: list[tuple[int, IntArray, dict[str, FloatArray], IntArray]] = []
+        parts: list[tuple[int, IntArray, dict[str, FloatArray], IntArray,
+                          dict[str, IntArray]]] = []
         for k, g in self._group.items():
             if k not in self._ids:
                 info = self._info.get(k)
@@ -240,31 +253,45 @@ class PromRangeReader:
                 self._ids[k] = len(self._gpus)
                 self._gpus.append(key)
             all_ts = np.unique(np.concatenate(
-                [t for series in g.fields.values() for t, _ in series] or [np.zeros(0, np.int64)]))
+                [t for series in g.fields.values() for t, _, _ in series]
+                or [np.zeros(0, np.int64)]))
             fields: dict[str, FloatArray] = {}
+            lines: dict[str, IntArray] = {}
             for name, series in g.fields.items():
                 column = np.full(all_ts.shape[0], np.nan)
-                for t, v in series:
-                    column[np.searchsorted(all_ts, t)] = v
+                # Lines are only for naming a bad value; a missing one names no line.
+                line_of = np.full(all_ts.shape[0], np.iinfo(np.int64).max)
+                for t, v, first_line in series:
+                    at = np.searchsorted(all_ts, t)
+                    column[at] = v
+                    line_of[at] = first_line
                 fields[name] = column
+                lines[name] = line_of
             runs = np.full(all_ts.shape[0], -1, dtype=np.int64)
             for t, r in g.runs:
                 runs[np.searchsorted(all_ts, t)] = r
-            parts.append((self._ids[k], all_ts, fields, runs))
+            parts.append((self._ids[k], all_ts, fields, runs, lines))
         self._group.clear()
         self._group_end = -1
         if not parts:
             return
-        names = sorted({n for _, _, f, _ in parts for n in f})
-        ts = np.concatenate([t for _, t, _, _ in parts])
+        names = sorted({n for _, _, f, _, _ in parts for n in f})
+        ts = np.concatenate([t for _, t, _, _, _ in parts])
         chunk_fields = {n: np.concatenate([f.get(n, np.full(t.shape[0], np.nan))
-                                           for _, t, f, _ in parts]) for n in names}
-        runs = np.concatenate([r for _, _, _, r in parts])
+                                           for _, t, f, _, _ in parts]) for n in names}
+        none = np.iinfo(np.int64).max
+        field_lines = {n: np.concatenate([ln.get(n, np.full(t.shape[0], none))
+                                          for _, t, _, _, ln in parts]) for n in names}
+        line = np.min(np.stack(list(field_lines.values())), axis=0) if names else \
+            np.zeros(ts.shape[0], np.int64)
+        for column in field_lines.values():
+            np.copyto(column, line, where=column == none)
+        runs = np.concatenate([r for _, _, _, r, _ in parts])
         self._ready.append(ColumnChunk(
-            gpu=np.concatenate([np.full(t.shape[0], g, np.int64) for g, t, _, _ in parts]),
+            gpu=np.concatenate([np.full(t.shape[0], g, np.int64) for g, t, _, _, _ in parts]),
             timestamp_ns=ts, wall_ns=ts, fields=chunk_fields, gpus=tuple(self._gpus),
             attribution=runs if (runs >= 0).any() else None,
-            attribution_table=tuple(self._runs.table)))
+            attribution_table=tuple(self._runs.table), line=line, field_lines=field_lines))
 
 
 def _point(point: Any, metric: str) -> tuple[int, float] | None:

@@ -39,6 +39,7 @@ import math
 import re
 from collections.abc import Mapping
 
+from agent.accounting.runmeta import claims_nothing
 from agent.accounting.runs import GpuAttribution, GpuShare, RunMeta
 from agent.replay.readers.base import GpuKey
 from agent.sources.base import ActivityKind
@@ -132,8 +133,8 @@ class RunTable:
         self._index: dict[str, int] = {}
 
     def index_of(self, run: RunMeta | None) -> int:
-        """The run's index in :attr:`table`, -1 for None."""
-        if run is None:
+        """The run's index in :attr:`table`, -1 for None or an id no run may claim."""
+        if run is None or (run.run_id not in self._index and claims_nothing(run)):
             return -1
         i = self._index.get(run.run_id)
         if i is None:

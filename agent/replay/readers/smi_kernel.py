@@ -317,14 +317,15 @@ def scan(
     buf: Any, pos: int, end: int, line_no: int, kinds: IntArray, slots: IntArray,
     units: Any, unit_start: IntArray, unit_len: IntArray, key_mode: int, utc_offset_ns: int,
     table: IntArray, key_text: Any, key_len: IntArray, state: IntArray,
-    out_ts: IntArray, out_gpu: IntArray, out_vals: Any, out_thr: IntArray,
+    out_ts: IntArray, out_gpu: IntArray, out_vals: Any, out_thr: IntArray, out_line: IntArray,
     bad_line: IntArray, bad_code: IntArray, bad_aux: IntArray, bad_off: IntArray,
     new_gpu: IntArray, new_off: IntArray,
     slow_row: IntArray, slow_col: IntArray, slow_off: IntArray, slow_line: IntArray,
 ) -> tuple[int, int, int]:
     """Scan whole lines of ``buf[pos:end]`` (the byte before ``end`` is a newline).
 
-    Good rows go to ``out_*`` at cursor ``state[S_ROWS]``; bad lines to ``bad_*`` at
+    Good rows go to ``out_*`` (``out_line``: their line numbers) at cursor
+    ``state[S_ROWS]``; bad lines to ``bad_*`` at
     ``state[S_BAD]``; a GPU seen for the first time to ``new_*`` at ``state[S_NEW]``
     (its id and the offset of its line); a number off the exact fast path to
     ``slow_*`` at ``state[S_SLOW]`` (its row keeps NaN there until the caller parses
@@ -445,6 +446,7 @@ def scan(
             out_ts[row] = ts - utc_offset_ns if ts >= 0 else -1
             out_gpu[row] = gpu
             out_thr[row] = thr
+            out_line[row] = line_no
             state[S_ROWS] += 1
         line_no += 1
     return pos, line_no, 0

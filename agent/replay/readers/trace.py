@@ -343,7 +343,8 @@ class TraceReader:
             throttle_reasons=columns["throttle_reasons"][up],
             attribution=attribution[up] if (attribution[up] >= 0).any() else None,
             attribution_table=tuple(table.get(i, _NO_RUN) for i in range(known.shape[0] - 1)),
-            sim_true_flop=columns["sim_true_flop"][up] if "sim_true_flop" in columns else None)
+            sim_true_flop=columns["sim_true_flop"][up] if "sim_true_flop" in columns else None,
+            line=first_row + 1 + np.flatnonzero(up))
 
 
 _NO_RUN = GpuAttribution((GpuShare(RunMeta("unattributed"), 1.0),), "none")
