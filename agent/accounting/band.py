@@ -61,3 +61,24 @@ class Band(Generic[T]):
         yield self.low
         yield self.central
         yield self.high
+
+
+class FlopColumns:
+    """``flop_low``, ``flop_central`` and ``flop_high`` read from a ``flop: Band[int]``
+    attribute: the ledger's column names, for readers that take the bounds one at a
+    time."""
+
+    __slots__ = ()
+    flop: Band[int]
+
+    @property
+    def flop_low(self) -> int:
+        return self.flop.low
+
+    @property
+    def flop_central(self) -> int:
+        return self.flop.central
+
+    @property
+    def flop_high(self) -> int:
+        return self.flop.high

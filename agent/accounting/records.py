@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agent.accounting.band import Band
+from agent.accounting.band import Band, FlopColumns
 
 RECORD_VERSION = 1
 # ``discontinuity``: written only by ``flopledger recover`` at the start of a new
@@ -85,7 +85,7 @@ NO_FLOP: Band[int] = Band(0, 0, 0)
 
 
 @dataclass(slots=True)
-class Totals:
+class Totals(FlopColumns):
     """Running sums over records; FLOP (whole FLOP) and energy are exact integers."""
 
     flop: Band[int] = NO_FLOP
@@ -105,15 +105,3 @@ class Totals:
         self.first_ns = r.start_ns if self.first_ns == 0 else min(self.first_ns, r.start_ns)
         self.last_ns = max(self.last_ns, r.end_ns)
 
-    # The ledger's column names, for readers that take the bounds one at a time.
-    @property
-    def flop_low(self) -> int:
-        return self.flop.low
-
-    @property
-    def flop_central(self) -> int:
-        return self.flop.central
-
-    @property
-    def flop_high(self) -> int:
-        return self.flop.high

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.accounting.band import Band
+from agent.accounting.band import Band, FlopColumns
 from agent.accounting.records import NO_FLOP, LedgerRecord
 from agent.ledger.rows import BadRowError, Skipped, parse_body
 from agent.ledger.schema import connect_read_only
@@ -52,7 +52,7 @@ def _say(path: Path, skipped: Skipped, what: str, text: Skipped | None = None) -
 
 
 @dataclass(slots=True)
-class RunSummary:
+class RunSummary(FlopColumns):
     """A run's sums over its records (or one GPU's share of it), and what it declared."""
 
     run: str
@@ -88,18 +88,6 @@ class RunSummary:
         self.estimators[r.estimator] += r.samples or 1
         self.splits[str(r.assumptions.get("split", ""))] += 1
 
-    # The ledger's column names, for readers that take the bounds one at a time.
-    @property
-    def flop_low(self) -> int:
-        return self.flop.low
-
-    @property
-    def flop_central(self) -> int:
-        return self.flop.central
-
-    @property
-    def flop_high(self) -> int:
-        return self.flop.high
 
 
 def connect(path: Path) -> sqlite3.Connection:
