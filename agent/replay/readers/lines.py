@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from agent.replay.readers.base import ReplayError
+from agent.replay.readers.base import BadRow, ReplayError
 
 DEFAULT_BLOCK_BYTES = 8 << 20
 ByteArray = npt.NDArray[np.uint8]
@@ -49,6 +49,11 @@ class Block:
     tail: bytes | None
     bytes_done: int
     eof: bool = False
+
+    def overlong_rows(self, first_line: int, reason: str) -> list[BadRow]:
+        """The skipped over-long lines as bad rows, numbered from ``first_line``; the
+        next line of ``data`` is ``first_line + overlong_before``."""
+        return [BadRow(first_line + i, reason) for i in range(self.overlong_before)]
 
 
 def open_binary(path: Path) -> io.FileIO:

@@ -212,11 +212,9 @@ class NvidiaSmiReader:
             line_no = 1
             try:
                 for block in line_blocks(f, self._block_bytes):
-                    bad: list[BadRow] = []
-                    for _ in range(block.overlong_before):
-                        bad.append(BadRow(line_no, f"line longer than {self._block_bytes} "
-                                                   "bytes (not text?)"))
-                        line_no += 1
+                    bad = block.overlong_rows(
+                        line_no, f"line longer than {self._block_bytes} bytes (not text?)")
+                    line_no += block.overlong_before
                     chunk, line_no = self._parse(block.data, line_no, bad)
                     if block.tail is not None and block.tail.strip(b" \t\r"):
                         bad.append(BadRow(line_no, "truncated last line (no newline at end "

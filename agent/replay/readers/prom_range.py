@@ -92,8 +92,7 @@ class PromRangeReader:
         with open_binary(self.path) as f:
             try:
                 for block in line_blocks(f, self._block_bytes):
-                    bad = [BadRow(line_no + i, "line longer than the read buffer")
-                           for i in range(block.overlong_before)]
+                    bad = block.overlong_rows(line_no, "line longer than the read buffer")
                     line_no += block.overlong_before
                     text = bytes(block.data).decode("utf-8", "replace")
                     lines = text.split("\n")[:-1]
