@@ -84,6 +84,9 @@ class GpuAssumptions:
         precision: declared matmul precision, None if undeclared.
         recompute_factor: hardware FLOP per model FLOP (1.0 without recomputation).
         max_sm_clock_mhz: the device's reported maximum, else the spec's.
+        peak_low_factor: multiplies the low bound's FLOP per clock (a derived or
+            ceiling spec is less certain than a table row; ResolvedSpec.low_factor).
+        peak_high_factor: the same for the high bound (ResolvedSpec.high_factor).
     """
 
     spec: GpuSpec | None
@@ -91,6 +94,8 @@ class GpuAssumptions:
     precision: str | None = None
     recompute_factor: float = 1.0
     max_sm_clock_mhz: float | None = None
+    peak_low_factor: float = 1.0
+    peak_high_factor: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,11 @@ class DeviceInfo:
         max_sm_clock_mhz: highest SM clock the GPU can run at, None if unreported.
         activity_kind: which tensor-activity counters this GPU provides.
         source: ``nvml``, ``simulated`` or ``replay``.
+        pci_device_id: the 16-bit PCI device ID (0x2330 for an H100 SXM5), None if
+            unknown; matches the spec table before the name does.
+        compute_capability: CUDA compute capability as "major.minor", None if unknown.
+        sm_count: multiprocessors as the driver reports them (a MIG instance's own).
+        mig_parent_uuid: the physical GPU's UUID when this device is a MIG instance.
     """
 
     index: int
@@ -60,6 +65,10 @@ class DeviceInfo:
     max_sm_clock_mhz: float | None
     activity_kind: ActivityKind
     source: str
+    pci_device_id: int | None = None
+    compute_capability: str | None = None
+    sm_count: int | None = None
+    mig_parent_uuid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

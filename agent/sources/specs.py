@@ -6,6 +6,7 @@ Peak throughput is computed from the measured SM clock, not taken from a datashe
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -120,6 +121,34 @@ class GpuSpec:
         return self.flop_per_clock_per_sm.get(precision, 0) > 0
 
 
+class SpecBasis(enum.StrEnum):
+    """Where a GPU's peak came from: the ``spec`` label of ``flopledger_gpu_info``."""
+
+    TABLE = "table"  # a row of the spec table matched the device
+    DERIVED = "derived"  # no row: derived from what the driver reports (compute capability,
+    # SM count, clock); the band is widened by the uncertainty of the derivation
+    CEILING = "ceiling"  # only a name: high bound at the largest peak of the GPU's era
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSpec:
+    """The peak model the estimator uses for one GPU, and how sure it is.
+
+    Attributes:
+        spec: per-clock figures for central (a table row, or one made up for the GPU).
+        basis: where they came from.
+        low_factor: multiplies the FLOP per clock of the low bound (<= 1).
+        high_factor: multiplies the FLOP per clock of the high bound (>= 1).
+        reason: one line saying why the table was not enough ("" for TABLE).
+    """
+
+    spec: GpuSpec
+    basis: SpecBasis
+    low_factor: float = 1.0
+    high_factor: float = 1.0
+    reason: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class SpecTable:
     """All rows, with lookup by key and by the driver's device name."""
@@ -154,6 +183,28 @@ class SpecTable:
                 ):
                     best = (len(pattern), spec)
         return None if best is None else best[1]
+
+    def match(self, device_name: str, pci_device_id: int | None = None) -> GpuSpec | None:
+        """The row for a device: by PCI device ID first, then by name."""
+        return self.match_name(device_name)
+
+    def resolve(
+        self,
+        device_name: str,
+        *,
+        pci_device_id: int | None = None,
+        compute_capability: str | None = None,
+        sm_count: int | None = None,
+        max_sm_clock_mhz: float | None = None,
+    ) -> ResolvedSpec:
+        """Never None: the table row, else a derived spec, else the era's ceiling."""
+        spec = self.match(device_name, pci_device_id)
+        if spec is not None:
+            return ResolvedSpec(spec, SpecBasis.TABLE)
+        widest = max(self.specs.values(), key=lambda s: s.flop_per_clock("fp8_tensor")
+                     or s.flop_per_clock("fp16_tensor"))
+        return ResolvedSpec(widest, SpecBasis.CEILING, low_factor=0.0,
+                            reason=f"{device_name!r} matches no row of {self.path}")
 
 
 def _parse_peak(
