@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/agent.example.toml
 ARGS ?=
 
-.PHONY: run test lint unit bench soak system-deps venv clean
+.PHONY: run test lint unit bench soak system-deps venv clean gpu-check
 SOAK_CRASHES ?= 300
 
 venv: $(VENV)/.installed
@@ -46,6 +46,21 @@ test: venv system-deps lint
 
 bench: venv
 	$(BIN)/python -m benchmarks.run $(ARGS)
+
+# The agent against exactly counted work on this machine's GPUs (PyTorch optional; see
+# benchmarks/gpu_check.py). With PYTHON given (PYTHON=python3 make gpu-check) it runs on
+# that interpreter as it is, without the venv: a GPU machine with the packages installed
+# system-wide and no registry to install from.
+ifeq ($(filter environment command,$(origin PYTHON)),)
+GPU_CHECK_NEEDS := venv
+GPU_CHECK_PYTHON := $(BIN)/python
+else
+GPU_CHECK_NEEDS :=
+GPU_CHECK_PYTHON := $(PYTHON)
+endif
+
+gpu-check: $(GPU_CHECK_NEEDS)
+	$(GPU_CHECK_PYTHON) -m benchmarks.gpu_check $(ARGS)
 
 # The crash loop of the test suite, many more times: kill -9 at random moments.
 soak: venv

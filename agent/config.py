@@ -241,6 +241,13 @@ def _estimator(problems: Problems, raw: dict[str, Any]) -> EstimatorSettings:
                      "a number not above estimator.utilization_efficiency")
     max_gap = r.number("max_gap_s", d.max_gap_s, 0, DAY_S, what="a number of seconds",
                        above=True)
+    # Kept well below 1: high divides by (1 - counter_error_low).
+    counter_low = float(r.number("counter_error_low", d.counter_error_low, 0, 0.5,
+                                 what="a fraction"))
+    counter_high = fraction("counter_error_high", d.counter_error_high)
+    recompute_max = float(r.number("undeclared_recompute_max", d.undeclared_recompute_max,
+                                   1, 4, what="hardware FLOP per model FLOP"))
+    non_model = fraction("non_model_share_max", d.non_model_share_max)
     return EstimatorSettings(
         default_precision=default_precision,
         undeclared_precisions=tuple(undeclared),
@@ -248,6 +255,10 @@ def _estimator(problems: Problems, raw: dict[str, Any]) -> EstimatorSettings:
         utilization_efficiency=eff,
         utilization_efficiency_low=eff_low,
         max_gap_s=float(max_gap),
+        counter_error_low=counter_low,
+        counter_error_high=counter_high,
+        undeclared_recompute_max=recompute_max,
+        non_model_share_max=non_model,
     )
 
 

@@ -282,11 +282,13 @@ class TableReader:
         return value
 
 
+# The data files the program reads (the GPU spec table, the threshold registry) live
+# inside the package, so a wheel carries them and they are found from any working
+# directory; ``pyproject.toml`` lists them as package data.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
 def bundled_config(name: str) -> Path:
-    """``configs/<name>`` of the checkout, or the copy installed with the package
-    (``agent/data/<name>``)."""
-    package = Path(__file__).resolve().parent
-    checkout = package.parent / "configs" / name
-    if checkout.is_file():
-        return checkout
-    return package / "data" / name
+    """The data file ``name`` shipped with the package, ``agent/data/<name>``. The path
+    may not exist (the caller's reader reports that, naming the path)."""
+    return DATA_DIR / name

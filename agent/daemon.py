@@ -42,7 +42,7 @@ from agent.sources.base import DeviceInfo, GpuSource, SourceError
 from agent.sources.clock import Clock, RealClock, VirtualClock
 from agent.sources.procinfo import ProcInspector
 from agent.sources.simulated import SimulatedSource
-from agent.sources.specs import GpuSpec, SpecTable
+from agent.sources.specs import ResolvedSpec, SpecBasis, SpecTable
 from exporters.collector import FlopledgerCollector
 from exporters.textfile import TextfileWriter
 from exporters.web.server import start_metrics_server
@@ -87,15 +87,26 @@ def open_source(config: Config, specs: SpecTable) -> tuple[GpuSource, Clock]:
     return source, clock
 
 
-def specs_for(devices: Sequence[DeviceInfo], specs: SpecTable) -> list[GpuSpec | None]:
-    """The spec-table row of each device (None, loudly, for a GPU the table lacks)."""
-    out: list[GpuSpec | None] = []
+def specs_for(devices: Sequence[DeviceInfo], specs: SpecTable) -> list[ResolvedSpec]:
+    """The peak model of each device, from what the driver says of it (name, PCI device
+    ID, compute capability, SM count, maximum clock). A device the table has no row for
+    is still accounted, on a derived or ceiling spec with a wider band, and said once
+    per GPU in the log."""
+    out: list[ResolvedSpec] = []
     for d in devices:
-        spec = specs[d.spec_key] if d.spec_key and d.spec_key in specs else None
-        if spec is None:
-            log.warning("GPU %d (%s) is not in the spec table %s: its FLOP cannot be "
-                        "estimated until a row matches it", d.index, d.name, specs.path)
-        out.append(spec)
+        resolved = specs.resolve(d.name, pci_device_id=d.pci_device_id,
+                                 compute_capability=d.compute_capability, sm_count=d.sm_count,
+                                 max_sm_clock_mhz=d.max_sm_clock_mhz)
+        if resolved.basis != SpecBasis.TABLE and d.spec_key and d.spec_key in specs:
+            # The source knew its row where the facts did not lead to one (the
+            # simulator names its GPUs after the row, not as a driver would).
+            resolved = ResolvedSpec(specs[d.spec_key], SpecBasis.TABLE)
+        if resolved.basis != SpecBasis.TABLE:
+            log.warning("GPU %d (%s) is not in the spec table %s: accounted on a %s spec "
+                        "(%s; low x%.3g, high x%.3g of its FLOP per clock), band widened: %s",
+                        d.index, d.name, specs.path, resolved.basis, resolved.spec.key,
+                        resolved.low_factor, resolved.high_factor, resolved.reason)
+        out.append(resolved)
     return out
 
 
@@ -111,7 +122,8 @@ def write_summary(path: Path, snap: Snapshot) -> None:
         "source": snap.source_kind,
         "ticks": snap.ticks,
         "gpus": [
-            {"index": g.index, "uuid": g.uuid, "flop_low": g.flop_low,
+            {"index": g.index, "uuid": g.uuid, "spec": g.spec_key, "spec_basis": g.spec_basis,
+             "flop_low": g.flop_low,
              "flop_central": g.flop_central, "flop_high": g.flop_high,
              "energy_joules": g.energy_joules, "gap_seconds": g.gap_seconds,
              "covered_seconds": g.covered_seconds, "sim_true_flop": g.sim_true_flop}

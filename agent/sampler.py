@@ -26,16 +26,21 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.accounting.accountant import Accountant
 from agent.accounting.attribution import Attributor
 from agent.accounting.records import LedgerRecord
 from agent.accounting.runs import GpuAttribution
 from agent.accounting.snapshot import Snapshot
-from agent.ledger.store import Ledger, RunRow
 from agent.sources.base import DeviceInfo, GpuSource, SampleBatch
 from agent.sources.clock import Clock, VirtualClock
 from exporters.textfile import TextfileWriter
+
+if TYPE_CHECKING:
+    # The ledger needs cryptography; a loop without a ledger (benchmarks.gpu_check on a
+    # machine with only the sampling dependencies) must not import it.
+    from agent.ledger.store import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +194,8 @@ class Sampler:
         close_all = final or self.record_ns is None
         closed, still_open = acc.take_records(None if close_all else now, self.record_ns or 0)
         if self.ledger is not None:
+            from agent.ledger.store import RunRow
+
             runs = {r.run: RunRow(r.run, r.model, r.category, _run_meta(acc, r.run))
                     for r in [*closed, *still_open]}
             try:

@@ -25,7 +25,7 @@ from agent.sources.base import DeviceInfo, SampleBatch
 from agent.sources.clock import VirtualClock
 from agent.sources.scenarios import SimJob, Workload
 from agent.sources.simulated import SimulatedSource
-from agent.sources.specs import SpecTable, load_spec_table
+from agent.sources.specs import ResolvedSpec, SpecBasis, SpecTable, load_spec_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,9 @@ def simulate(
     specs = specs or load_spec_table()
     settings = settings or EstimatorSettings()
     clock, source, attributor = _simulated(specs, gpu_model, n_gpus, workload, seed, jobs)
-    accountant = Accountant(source.devices(), [specs[gpu_model]] * n_gpus, settings,
+    # The simulator runs a table row by construction.
+    table_row = ResolvedSpec(specs[gpu_model], SpecBasis.TABLE)
+    accountant = Accountant(source.devices(), [table_row] * n_gpus, settings,
                             clock.wall_ns(), source.kind, node="sim")
     records: list[LedgerRecord] = []
     Sampler(source, accountant, clock, interval_s, integrate_every, attributor=attributor,

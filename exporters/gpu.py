@@ -109,14 +109,20 @@ def _state(snap: Snapshot) -> Iterator[Metric]:
         "flopledger_gpu_up", "1 if the GPU answered at the last sample, else 0.",
         labels=GPU_LABELS,
     )
+    # ``spec``: where the GPU's peak comes from (table, derived or ceiling: anything
+    # but table means no row of the spec table matched and the band is wider);
+    # ``spec_key``: the spec used.
     info = GaugeMetricFamily(
-        "flopledger_gpu_info", "Identity of the GPU; always 1.",
-        labels=[*GPU_LABELS, "name", "source", "spec", "estimator"],
+        "flopledger_gpu_info",
+        "Identity of the GPU and the basis of its peak (spec: table, derived or ceiling); "
+        "always 1.",
+        labels=[*GPU_LABELS, "name", "source", "spec", "spec_key", "estimator"],
     )
     for g in snap.gpus:
         rate.add_metric(gpu_labels(g), g.rate_flops)
         up.add_metric(gpu_labels(g), 1.0 if g.up else 0.0)
-        info.add_metric([*gpu_labels(g), g.name, g.source, g.spec_key, g.estimator], 1.0)
+        info.add_metric([*gpu_labels(g), g.name, g.source, g.spec_basis, g.spec_key,
+                         g.estimator], 1.0)
     yield rate
     yield up
     yield info

@@ -10,7 +10,7 @@ from tests.pki import Pki, make_pki
 
 @pytest.fixture(scope="session")
 def spec_table() -> SpecTable:
-    """The checked-in spec table (configs/gpus.toml)."""
+    """The checked-in spec table (agent/data/gpus.toml)."""
     return load_spec_table()
 
 

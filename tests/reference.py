@@ -137,19 +137,26 @@ def estimate_rates_reference(
 
     unc = settings.tensor_activity_uncertainty
     has_tensor = ~np.isnan(tensor_any_pct)
-    split = ~np.isnan(tensor_hmma_pct)
     any_ratio = _zero_nan(tensor_any_pct) * 0.01
+    split = ~(np.isnan(tensor_hmma_pct) & np.isnan(tensor_imma_pct)
+              & np.isnan(tensor_dmma_pct) & np.isnan(tensor_dfma_pct))
     float_ratio = np.where(split, _zero_nan(tensor_hmma_pct) * 0.01, any_ratio)
     int_ratio = np.where(split, _zero_nan(tensor_imma_pct) * 0.01, 0.0)
+    # DMMA and DFMA both name the FP64 tensor pipe: the larger, never the sum.
     f64_ratio = np.where(
         split, np.maximum(_zero_nan(tensor_dmma_pct), _zero_nan(tensor_dfma_pct)) * 0.01, 0.0
     )
+    # ANY sets the busy fraction; pipes above it are scaled down to it, and what no
+    # pipe claims is the rest, of undeclared precision.
+    claimed = float_ratio + int_ratio + f64_ratio
+    over = claimed > any_ratio
+    share = np.ones_like(any_ratio)
+    np.divide(any_ratio, claimed, out=share, where=over)
+    rest = np.where(claimed < any_ratio, any_ratio - claimed, 0.0)
     pipes = (
         (_zero_nan(fp16_pct) * 0.01, coeffs.fp16_fpc[g]),
         (_zero_nan(fp32_pct) * 0.01, coeffs.fp32_fpc[g]),
         (_zero_nan(fp64_pct) * 0.01, coeffs.fp64_fpc[g]),
-        (int_ratio, coeffs.int8_fpc[g]),
-        (f64_ratio, coeffs.fp64_tensor_fpc[g]),
     )
     other_central = np.zeros_like(any_ratio)
     other_low = np.zeros_like(any_ratio)
@@ -158,27 +165,39 @@ def estimate_rates_reference(
         other_central += ratio * fpc
         other_low += np.maximum(ratio - unc, 0.0) * fpc
         other_high += np.minimum(ratio + unc, 1.0) * fpc * (ratio > 0)
-    tensor_central = (float_ratio * coeffs.tensor_fpc_central[g] + other_central) * clock_central_hz
+    int8_fpc, f64t_fpc = coeffs.int8_fpc[g], coeffs.fp64_tensor_fpc[g]
+    at_precision = float_ratio * share + rest
+    tensor_central = (
+        at_precision * coeffs.tensor_fpc_central[g] + int_ratio * share * int8_fpc
+        + f64_ratio * share * f64t_fpc + other_central
+    ) * clock_central_hz
     tensor_low = (
-        np.maximum(float_ratio - unc, 0.0) * coeffs.tensor_fpc_low[g] + other_low
-    ) * clock_low_hz
-    # A reading of exactly zero means no tensor cycles at all: no uncertainty to add.
+        np.maximum(at_precision - unc, 0.0) * coeffs.tensor_fpc_low[g]
+        + np.maximum(int_ratio * share - unc, 0.0) * int8_fpc
+        + np.maximum(f64_ratio * share - unc, 0.0) * f64t_fpc
+        + other_low
+    ) * clock_low_hz * coeffs.tensor_low_factor[g]
+    # A reading of exactly zero means no cycles at all: no uncertainty to add.
     tensor_high = (
         np.minimum(float_ratio + unc, 1.0) * coeffs.tensor_fpc_high[g] * (float_ratio > 0)
+        + np.minimum(rest + unc, 1.0) * coeffs.tensor_fpc_fastest[g] * (rest > 0)
+        + np.minimum(int_ratio + unc, 1.0) * int8_fpc * (int_ratio > 0)
+        + np.minimum(f64_ratio + unc, 1.0) * f64t_fpc * (f64_ratio > 0)
         + other_high
-    ) * clock_high_hz
+    ) * clock_high_hz * coeffs.tensor_high_factor[g]
 
     util = _zero_nan(gpu_util_pct) * 0.01
     has_util = ~np.isnan(gpu_util_pct)
     util_central = util * settings.utilization_efficiency * coeffs.tensor_fpc_central[g] * (
         clock_central_hz
     )
-    util_low = util * settings.utilization_efficiency_low * coeffs.tensor_fpc_low[g] * clock_low_hz
-    util_high = util * coeffs.tensor_fpc_high[g] * clock_high_hz
+    util_low = (util * settings.utilization_efficiency_low * coeffs.tensor_fpc_low[g]
+                * clock_low_hz * coeffs.util_low_factor[g])
+    util_high = util * coeffs.tensor_fpc_high[g] * clock_high_hz * coeffs.util_high_factor[g]
 
     peak_high = coeffs.gap_rate_flops[g]
     hw_central = np.where(has_tensor, tensor_central, np.where(has_util, util_central, 0.0))
-    hw_low = np.where(has_tensor, tensor_low, np.where(has_util, util_low, 0.0))
+    low = np.where(has_tensor, tensor_low, np.where(has_util, util_low, 0.0))
     high = np.where(has_tensor, tensor_high, np.where(has_util, util_high, peak_high))
     dcgm = coeffs.activity_kind[g] == int(ActivityKind.DCGM)
     known = coeffs.tensor_fpc_central[g] > 0
@@ -187,9 +206,8 @@ def estimate_rates_reference(
         int(Estimator.NONE),
         np.where(
             has_tensor,
-        np.where(dcgm, int(Estimator.DCGM_TENSOR), int(Estimator.GPM_TENSOR)),
+            np.where(dcgm, int(Estimator.DCGM_TENSOR), int(Estimator.GPM_TENSOR)),
             np.where(has_util, int(Estimator.UTILIZATION), int(Estimator.NONE)),
         ),
     ).astype(np.int64)
-    factor = coeffs.recompute_factor[g]
-    return Rates(Band(hw_low / factor, hw_central / factor, high), estimator)
+    return Rates(Band(low, hw_central / coeffs.recompute_factor[g], high), estimator)

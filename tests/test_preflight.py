@@ -143,7 +143,7 @@ def test_a_bad_agent_config_brings_the_problems_of_the_files_it_names(tmp_path: 
     assert isinstance(combined, ConfigFilesError)
     assert [err.path.name for err in combined.errors] == ["agent.toml", "th.toml"]
     # Nothing to add: the same error back.
-    (tmp_path / "th.toml").write_text((REPO / "configs" / "thresholds.toml").read_text())
+    (tmp_path / "th.toml").write_text((REPO / "agent" / "data" / "thresholds.toml").read_text())
     with pytest.raises(ConfigError) as again:
         load_config(tmp_path / "agent.toml")
     assert with_other_files(again.value) is again.value

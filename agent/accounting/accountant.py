@@ -16,12 +16,19 @@ A GPU that stops answering (``up=False``) keeps the runs it last had, and its hi
 bound grows at its peak rate while it stays silent (:mod:`silence`), so neither a
 checkpoint nor the agent stopping leaves that time unbounded.
 
+Every GPU has a peak model (a :class:`ResolvedSpec`): a spec-table row, or one derived
+from the driver's facts, or its era's ceiling. The records of a GPU whose peak is not a
+table row say so in their assumptions (``spec_basis``, ``spec_reason``,
+``peak_factors``), so that every reader of the ledger can flag the figures resting on
+it; a table row's records carry no such keys.
+
 It has no threads, sockets or files of its own: the live agent, replays and tests
 drive exactly the same code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -54,7 +61,7 @@ from agent.sources.base import (
     IntArray,
     SampleBatch,
 )
-from agent.sources.specs import GpuSpec
+from agent.sources.specs import GpuSpec, ResolvedSpec, SpecBasis
 
 _UNATTRIBUTED_GPU = GpuAttribution((GpuShare(UNATTRIBUTED, 1.0),), "none")
 _ESTIMATOR_NAMES = tuple(e.name.lower() for e in sorted(Estimator))
@@ -72,7 +79,7 @@ class Accountant:
 
     Args:
         devices: the GPUs, in batch order.
-        specs: spec-table row per GPU (None: not in the table).
+        specs: the peak model of each GPU (a bare GpuSpec is a table row).
         settings: the estimator's settings.
         started_wall_ns: when this agent started (the GPU counters' ``_created``).
         source_kind: ``nvml``, ``simulated`` or ``replay``, for the snapshot.
@@ -85,7 +92,7 @@ class Accountant:
     def __init__(
         self,
         devices: Sequence[DeviceInfo],
-        specs: Sequence[GpuSpec | None],
+        specs: Sequence[ResolvedSpec | GpuSpec],
         settings: EstimatorSettings,
         started_wall_ns: int,
         source_kind: str,
@@ -97,7 +104,14 @@ class Accountant:
         if len(devices) != len(specs):
             raise ValueError("devices and specs must have one entry per GPU")
         self.devices = tuple(devices)
-        self._specs = tuple(specs)
+        self.specs: tuple[ResolvedSpec, ...] = tuple(
+            s if isinstance(s, ResolvedSpec) else ResolvedSpec(s, SpecBasis.TABLE) for s in specs)
+        # What a record of a GPU without a table row adds to its assumptions.
+        self._spec_notes: dict[str, dict[str, object]] = {
+            d.uuid: {"spec_basis": str(r.basis), "spec_reason": r.reason,
+                     "peak_factors": [r.low_factor, r.high_factor]}
+            for d, r in zip(self.devices, self.specs, strict=True)
+            if r.basis != SpecBasis.TABLE}
         self.settings = settings
         self.node = node
         n = len(devices)
@@ -148,6 +162,12 @@ class Accountant:
         return len(self.devices)
 
     @property
+    def assumptions(self) -> tuple[GpuAssumptions, ...]:
+        """What the estimator assumes for each GPU now (spec, peak factors, runs'
+        declarations)."""
+        return tuple(self._assumptions)
+
+    @property
     def gpu_totals(self) -> dict[str, Totals]:
         """Committed totals per GPU UUID (sealed records only)."""
         return self._committed.gpu
@@ -165,8 +185,10 @@ class Accountant:
         # the band then spans the candidates instead of trusting one of them.
         precision = precisions.pop() if len(precisions) == 1 else None
         d = self.devices[i]
-        return GpuAssumptions(self._specs[i], d.activity_kind, precision,
-                              dominant.recompute_factor, d.max_sm_clock_mhz)
+        r = self.specs[i]
+        return GpuAssumptions(r.spec, d.activity_kind, precision, dominant.recompute_factor,
+                              d.max_sm_clock_mhz, peak_low_factor=r.low_factor,
+                              peak_high_factor=r.high_factor)
 
     def _set_attributions(self, attributions: Sequence[GpuAttribution]) -> None:
         changed = [i for i, a in enumerate(attributions)
@@ -445,9 +467,20 @@ class Accountant:
         ledger; on failure they come back with :meth:`requeue`) and the still-open
         records of windows younger than ``record_ns`` (stored durably but unsealed,
         replaced at every checkpoint). Without ``now_wall_ns`` every window closes."""
-        taken = self._windows.take(now_wall_ns, record_ns, self._assumptions)
+        closed, still_open = self._windows.take(now_wall_ns, record_ns, self._assumptions)
         self._truth_taken = self._truth_integrated
-        return taken
+        if self._spec_notes:
+            closed, still_open = self._noted(closed), self._noted(still_open)
+        return closed, still_open
+
+    def _noted(self, records: list[LedgerRecord]) -> list[LedgerRecord]:
+        """The records, those of GPUs without a table row stating their peak's basis."""
+        out = []
+        for r in records:
+            note = self._spec_notes.get(r.gpu_uuid)
+            out.append(r if note is None else dataclasses.replace(
+                r, assumptions={**r.assumptions, **note}))
+        return out
 
     def requeue(self, records: Iterable[LedgerRecord]) -> None:
         """Records the ledger could not store: they go out again with the next take."""
@@ -470,7 +503,7 @@ class Accountant:
         """
         batch = self.last_batch
         gpus = tuple(
-            gpu_snapshot(i, d, self._committed.of_gpu(d.uuid), bool(self._up[i]),
+            gpu_snapshot(i, d, self.specs[i], self._committed.of_gpu(d.uuid), bool(self._up[i]),
                          float(self._rate_flops[i]) if self._up[i] else 0.0,
                          _ESTIMATOR_NAMES[int(self._estimator[i])], batch, self.sim_true_flop)
             for i, d in enumerate(self.devices)

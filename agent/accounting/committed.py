@@ -17,6 +17,7 @@ from agent.accounting.records import LedgerRecord, Totals
 from agent.accounting.runs import RunMeta
 from agent.accounting.snapshot import GpuSnapshot, RunSnapshot
 from agent.sources.base import DeviceInfo, FloatArray, SampleBatch
+from agent.sources.specs import ResolvedSpec
 
 
 class CommittedTotals:
@@ -81,11 +82,12 @@ class CommittedTotals:
         return out
 
 
-def gpu_snapshot(i: int, d: DeviceInfo, t: Totals, up: bool, rate_flops: float,
-                 estimator: str, batch: SampleBatch | None,
+def gpu_snapshot(i: int, d: DeviceInfo, spec: ResolvedSpec, t: Totals, up: bool,
+                 rate_flops: float, estimator: str, batch: SampleBatch | None,
                  sim_true_flop: FloatArray | None) -> GpuSnapshot:
-    """GPU ``i``'s row: its committed totals ``t`` in base units, its current rate and
-    estimator, and the latest readings of ``batch`` (None where unknown)."""
+    """GPU ``i``'s row: its peak model ``spec``, its committed totals ``t`` in base units,
+    its current rate and estimator, and the latest readings of ``batch`` (None where
+    unknown)."""
 
     def reading(arr: FloatArray | None, scale: float) -> float | None:
         if arr is None or np.isnan(arr[i]):
@@ -94,8 +96,9 @@ def gpu_snapshot(i: int, d: DeviceInfo, t: Totals, up: bool, rate_flops: float,
 
     low, central, high = t.flop.map(float)
     return GpuSnapshot(
-        index=d.index, uuid=d.uuid, name=d.name, spec_key=d.spec_key or "", source=d.source,
-        up=up, flop_low=low, flop_central=central, flop_high=high,
+        index=d.index, uuid=d.uuid, name=d.name, spec_key=spec.spec.key, source=d.source,
+        spec_basis=str(spec.basis), spec_reason=spec.reason, up=up, flop_low=low,
+        flop_central=central, flop_high=high,
         energy_joules=t.energy_mj / 1e3, covered_seconds=t.covered_ns / 1e9,
         gap_seconds=t.gap_ns / 1e9, rate_flops=rate_flops, estimator=estimator,
         sm_clock_hz=reading(batch.sm_clock_mhz if batch else None, 1e6),

@@ -4,9 +4,13 @@ The peak is physical: ``sm_count x flop_per_clock_per_sm[precision] x sm_clock_h
 at the clock measured over the interval, not a datasheet constant. Then:
 
 * **Tensor activity** (NVML GPM on Hopper and newer, or DCGM's PIPE_TENSOR_ACTIVE fed
-  in by replay): central = activity x peak of the run's matmul precision, plus the
-  non-tensor FP pipes where reported. Low and high move the activity by the counter's
-  uncertainty and the clock to the lower/higher of the interval's two ends.
+  in by replay): the ANY-tensor activity is the busy fraction; the per-pipe figures
+  (HMMA, IMMA, and FP64 tensor as DMMA/DFMA) only split it by precision. Busy cycles no
+  pipe claims are of undeclared precision: central counts them at the run's central
+  precision, low at the slowest candidate, high at the fastest tensor precision the GPU
+  has, so work NVIDIA buckets nowhere (FP8 on Hopper may be such) stays in the band.
+  Non-tensor FP pipes add their own share. Low and high move each activity by the
+  counter's uncertainty and the clock to the lower/higher of the interval's two ends.
 * **Utilization only** (``utilization.gpu``, which says only that *a* kernel was
   running): it bounds activity from above, never estimates it. Central = utilization x
   peak x an efficiency prior, low uses a lower prior, high assumes every busy cycle was
@@ -14,8 +18,25 @@ at the clock measured over the interval, not a datasheet constant. Then:
 * **Nothing usable**: low = central = 0, high = peak.
 
 Undeclared precision widens the band: low uses the slowest of the candidate
-precisions, high the fastest. A declared recompute mode turns hardware FLOP into model
-FLOP (what the EU counts) for low and central; high stays hardware FLOP.
+precisions, high the fastest. A spec derived from the driver or only a ceiling scales
+the low and high FLOP per clock by its factors (``GpuAssumptions.peak_*_factor``).
+
+The basis (EU Guidelines, Annex A.1: model FLOP, recomputed activations excluded).
+Activity x SMs x FLOP per clock x measured clock tracks the FLOP the GPU *executed*
+within -2.1% to +6.2% (six bf16 training configurations on an H100 PCIe, DCGM
+PIPE_TENSOR_ACTIVE against PyTorch's FLOP counter; nikosvil/flopcheck,
+analysis/H100_PROBE.md, 2026-09-16). So, on the tensor-activity estimator:
+
+* central = the executed estimate / the declared recompute factor;
+* high = executed, the counter's reading low covered: / (1 - counter_error_low);
+* low = model FLOP, the counter's reading high covered: / (1 + counter_error_high),
+  and / (recompute factor x (1 + non_model_share_max)), at least
+  / undeclared_recompute_max when the run does not say whether it recomputes
+  activations (full checkpointing executed 1.27-1.34x the model FLOP in the same
+  measurements; without it 1.03-1.07x).
+
+The utilization-only and nothing-usable cases keep their wide priors: low and central
+are divided by the declared recompute factor only, high stays hardware FLOP.
 
 Rates are float64 FLOP/s; the rate of a sample applies to the interval that ends at it.
 """
@@ -63,6 +84,21 @@ class EstimatorSettings:
             only ``utilization.gpu`` exists.
         utilization_efficiency_low: the low prior for the same case.
         max_gap_s: an interval longer than this is a gap (high bound only).
+        counter_error_low: how far tensor activity x peak may read *below* the FLOP
+            executed, as a fraction: high divides by (1 - this).
+        counter_error_high: how far it may read *above*: low divides by (1 + this).
+        undeclared_recompute_max: executed per model FLOP the low bound allows when a
+            run does not say whether it recomputes activations.
+        non_model_share_max: executed FLOP beyond the model FLOP of the declared
+            recomputation, as a fraction of the latter (evaluation passes, attention
+            counted past the causal convention): low divides by (1 + this) as well.
+
+    The last four come from one H100 PCIe, TinyLlama-1.1B bf16 training, six
+    configurations (nikosvil/flopcheck, analysis/H100_PROBE.md and
+    analysis/out/h100_probe_summary.csv, 2026-09-16): activity-based FLOP over executed
+    FLOP 0.979..1.062 (the text rounds it to -2%..+6%; the defaults round outward),
+    executed over model FLOP 1.025..1.069 without activation checkpointing and
+    1.271..1.343 with full checkpointing (the issue's "2-9%" and "27-34%").
     """
 
     default_precision: str = "bf16"
@@ -71,6 +107,10 @@ class EstimatorSettings:
     utilization_efficiency: float = 0.4
     utilization_efficiency_low: float = 0.1
     max_gap_s: float = 5.0
+    counter_error_low: float = 0.025
+    counter_error_high: float = 0.065
+    undeclared_recompute_max: float = 1.35
+    non_model_share_max: float = 0.10
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +123,8 @@ class GpuAssumptions:
         activity_kind: which tensor-activity counters it has.
         precision: declared matmul precision, None if undeclared.
         recompute_factor: hardware FLOP per model FLOP (1.0 without recomputation).
+        recompute_declared: whether the run said how it recomputes activations
+            (``none`` included); if not, low allows for full checkpointing.
         max_sm_clock_mhz: the device's reported maximum, else the spec's.
         peak_low_factor: multiplies the low bound's FLOP per clock (a derived or
             ceiling spec is less certain than a table row; ResolvedSpec.low_factor).
@@ -96,6 +138,7 @@ class GpuAssumptions:
     max_sm_clock_mhz: float | None = None
     peak_low_factor: float = 1.0
     peak_high_factor: float = 1.0
+    recompute_declared: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +148,19 @@ class Coefficients:
     tensor_fpc_low: FloatArray  # FLOP per SM clock, whole GPU, low precision
     tensor_fpc_central: FloatArray
     tensor_fpc_high: FloatArray
+    tensor_fpc_fastest: FloatArray  # the fastest tensor precision the GPU has
     int8_fpc: FloatArray
     fp64_tensor_fpc: FloatArray
     fp16_fpc: FloatArray
     fp32_fpc: FloatArray
     fp64_fpc: FloatArray
     max_clock_mhz: FloatArray
-    recompute_factor: FloatArray
+    recompute_factor: FloatArray  # central divides by it
+    # Multipliers of the low and high rates: peak factors, counter error and basis.
+    tensor_low_factor: FloatArray
+    tensor_high_factor: FloatArray
+    util_low_factor: FloatArray
+    util_high_factor: FloatArray
     activity_kind: IntArray
     gap_rate_flops: FloatArray  # the highest rate possible: the high bound of a gap
 
@@ -128,14 +177,25 @@ def build_coefficients(
     arrays = {
         name: np.zeros(n, dtype=np.float64)
         for name in (
-            "tensor_fpc_low", "tensor_fpc_central", "tensor_fpc_high", "int8_fpc",
-            "fp64_tensor_fpc", "fp16_fpc", "fp32_fpc", "fp64_fpc", "max_clock_mhz",
-            "recompute_factor", "gap_rate_flops",
+            "tensor_fpc_low", "tensor_fpc_central", "tensor_fpc_high", "tensor_fpc_fastest",
+            "int8_fpc", "fp64_tensor_fpc", "fp16_fpc", "fp32_fpc", "fp64_fpc",
+            "max_clock_mhz", "recompute_factor", "tensor_low_factor", "tensor_high_factor",
+            "util_low_factor", "util_high_factor", "gap_rate_flops",
         )
     }
     kinds = np.zeros(n, dtype=np.int64)
     for i, a in enumerate(assumptions):
         arrays["recompute_factor"][i] = a.recompute_factor
+        # Low is on the model basis: less the declared recomputation and a non-model
+        # share; a run silent on recomputation may be checkpointing fully.
+        model_basis = a.recompute_factor * (1.0 + settings.non_model_share_max)
+        if not a.recompute_declared:
+            model_basis = max(model_basis, settings.undeclared_recompute_max)
+        arrays["tensor_low_factor"][i] = a.peak_low_factor / (
+            (1.0 + settings.counter_error_high) * model_basis)
+        arrays["tensor_high_factor"][i] = a.peak_high_factor / (1.0 - settings.counter_error_low)
+        arrays["util_low_factor"][i] = a.peak_low_factor / a.recompute_factor
+        arrays["util_high_factor"][i] = a.peak_high_factor
         kinds[i] = int(a.activity_kind)
         spec = a.spec
         if spec is None:
@@ -160,6 +220,10 @@ def build_coefficients(
         arrays["tensor_fpc_central"][i] = spec.flop_per_clock(_tensor_key(central))
         arrays["tensor_fpc_low"][i] = min(min(per_clock.values()), arrays["tensor_fpc_central"][i])
         arrays["tensor_fpc_high"][i] = max(max(per_clock.values()), arrays["tensor_fpc_central"][i])
+        arrays["tensor_fpc_fastest"][i] = max(
+            max(spec.flop_per_clock(k) for k in MATMUL_PRECISIONS.values()),
+            arrays["tensor_fpc_high"][i],
+        )
         arrays["int8_fpc"][i] = spec.flop_per_clock("int8_tensor")
         arrays["fp64_tensor_fpc"][i] = spec.flop_per_clock("fp64_tensor")
         arrays["fp16_fpc"][i] = spec.flop_per_clock("fp16")
@@ -167,12 +231,9 @@ def build_coefficients(
         arrays["fp64_fpc"][i] = spec.flop_per_clock("fp64")
         max_clock = a.max_sm_clock_mhz or spec.max_sm_clock_mhz
         arrays["max_clock_mhz"][i] = max(max_clock, spec.max_sm_clock_mhz)
-        highest_tensor = max(
-            arrays["tensor_fpc_high"][i], arrays["int8_fpc"][i], arrays["fp64_tensor_fpc"][i]
-        )
         arrays["gap_rate_flops"][i] = (
-            highest_tensor + arrays["fp32_fpc"][i]
-        ) * arrays["max_clock_mhz"][i] * 1e6
+            arrays["tensor_fpc_fastest"][i] + arrays["fp32_fpc"][i]
+        ) * arrays["max_clock_mhz"][i] * 1e6 * a.peak_high_factor
     return Coefficients(activity_kind=kinds, **arrays)
 
 
@@ -225,9 +286,11 @@ def _estimate(
     gpu: IntArray, clock: FloatArray, clock_prev: FloatArray, util: FloatArray,
     util_prev: FloatArray, tensor_any: FloatArray, hmma: FloatArray, imma: FloatArray,
     dmma: FloatArray, dfma: FloatArray, fp16: FloatArray, fp32: FloatArray, fp64: FloatArray,
-    fpc_low: FloatArray, fpc_central: FloatArray, fpc_high: FloatArray, int8_fpc: FloatArray,
-    fp64_tensor_fpc: FloatArray, fp16_fpc: FloatArray, fp32_fpc: FloatArray,
-    fp64_fpc: FloatArray, max_clock: FloatArray, recompute: FloatArray, kind: IntArray,
+    fpc_low: FloatArray, fpc_central: FloatArray, fpc_high: FloatArray,
+    fpc_fastest: FloatArray, int8_fpc: FloatArray, fp64_tensor_fpc: FloatArray,
+    fp16_fpc: FloatArray, fp32_fpc: FloatArray, fp64_fpc: FloatArray, max_clock: FloatArray,
+    recompute: FloatArray, tensor_low_factor: FloatArray, tensor_high_factor: FloatArray,
+    util_low_factor: FloatArray, util_high_factor: FloatArray, kind: IntArray,
     gap_rate: FloatArray, unc: float, eff: float, eff_low: float,
 ) -> tuple[FloatArray, FloatArray, FloatArray, IntArray]:
     n = gpu.shape[0]
@@ -259,42 +322,61 @@ def _estimate(
         clock_low = busy_min * 1e6 if have_now else 0.0
 
         has_tensor = not np.isnan(tensor_any[i])
-        split = not np.isnan(hmma[i])
         any_ratio = (0.0 if np.isnan(tensor_any[i]) else tensor_any[i]) * 0.01
-        float_ratio = (0.0 if np.isnan(hmma[i]) else hmma[i]) * 0.01 if split else any_ratio
-        int_ratio = (0.0 if np.isnan(imma[i]) else imma[i]) * 0.01 if split else 0.0
-        f64_ratio = 0.0
+        split = not (np.isnan(hmma[i]) and np.isnan(imma[i]) and np.isnan(dmma[i])
+                     and np.isnan(dfma[i]))
         if split:
+            float_ratio = (0.0 if np.isnan(hmma[i]) else hmma[i]) * 0.01
+            int_ratio = (0.0 if np.isnan(imma[i]) else imma[i]) * 0.01
+            # Two GPM metrics name the FP64 tensor pipe (DFMA, and DMMA on newer
+            # drivers): the larger, so that one pipe is not counted twice.
             f64_ratio = max(0.0 if np.isnan(dmma[i]) else dmma[i],
                             0.0 if np.isnan(dfma[i]) else dfma[i]) * 0.01
+        else:
+            # ANY alone: all of it at the run's precision.
+            float_ratio = any_ratio
+            int_ratio = 0.0
+            f64_ratio = 0.0
+        # ANY is the busy fraction, the pipes only split it. Pipes above ANY (noise, or
+        # one ANY does not count) are scaled down to it for low and central; busy cycles
+        # no pipe claims are the rest, of undeclared precision.
+        claimed = float_ratio + int_ratio + f64_ratio
+        share = any_ratio / claimed if claimed > any_ratio else 1.0
+        rest = any_ratio - claimed if claimed < any_ratio else 0.0
         other_central = 0.0
         other_low = 0.0
         other_high = 0.0
-        for k in range(5):
+        for k in range(3):
             if k == 0:
                 ratio, fpc = (0.0 if np.isnan(fp16[i]) else fp16[i]) * 0.01, fp16_fpc[g]
             elif k == 1:
                 ratio, fpc = (0.0 if np.isnan(fp32[i]) else fp32[i]) * 0.01, fp32_fpc[g]
-            elif k == 2:
-                ratio, fpc = (0.0 if np.isnan(fp64[i]) else fp64[i]) * 0.01, fp64_fpc[g]
-            elif k == 3:
-                ratio, fpc = int_ratio, int8_fpc[g]
             else:
-                ratio, fpc = f64_ratio, fp64_tensor_fpc[g]
+                ratio, fpc = (0.0 if np.isnan(fp64[i]) else fp64[i]) * 0.01, fp64_fpc[g]
             other_central += ratio * fpc
             other_low += max(ratio - unc, 0.0) * fpc
             other_high += min(ratio + unc, 1.0) * fpc * (1.0 if ratio > 0 else 0.0)
-        # A reading of exactly zero means no tensor cycles at all: no uncertainty to add.
         if has_tensor:
-            hw_central = (float_ratio * fpc_central[g] + other_central) * clock_central
-            hw_low = (max(float_ratio - unc, 0.0) * fpc_low[g] + other_low) * clock_low
-            high = (min(float_ratio + unc, 1.0) * fpc_high[g]
-                    * (1.0 if float_ratio > 0 else 0.0) + other_high) * clock_high
+            at_precision = float_ratio * share + rest
+            hw_central = (at_precision * fpc_central[g] + int_ratio * share * int8_fpc[g]
+                          + f64_ratio * share * fp64_tensor_fpc[g] + other_central
+                          ) * clock_central
+            hw_low = (max(at_precision - unc, 0.0) * fpc_low[g]
+                      + max(int_ratio * share - unc, 0.0) * int8_fpc[g]
+                      + max(f64_ratio * share - unc, 0.0) * fp64_tensor_fpc[g]
+                      + other_low) * clock_low * tensor_low_factor[g]
+            # A reading of exactly zero means no cycles at all: no uncertainty to add.
+            high = (min(float_ratio + unc, 1.0) * fpc_high[g] * (1.0 if float_ratio > 0 else 0.0)
+                    + min(rest + unc, 1.0) * fpc_fastest[g] * (1.0 if rest > 0 else 0.0)
+                    + min(int_ratio + unc, 1.0) * int8_fpc[g] * (1.0 if int_ratio > 0 else 0.0)
+                    + min(f64_ratio + unc, 1.0) * fp64_tensor_fpc[g]
+                    * (1.0 if f64_ratio > 0 else 0.0)
+                    + other_high) * clock_high * tensor_high_factor[g]
         elif not np.isnan(util[i]):
             u = util[i] * 0.01
             hw_central = u * eff * fpc_central[g] * clock_central
-            hw_low = u * eff_low * fpc_low[g] * clock_low
-            high = u * fpc_high[g] * clock_high
+            hw_low = u * eff_low * fpc_low[g] * clock_low * util_low_factor[g]
+            high = u * fpc_high[g] * clock_high * util_high_factor[g]
         else:
             hw_central = 0.0
             hw_low = 0.0
@@ -307,7 +389,7 @@ def _estimate(
             code = ESTIMATOR_UTILIZATION
         else:
             code = ESTIMATOR_NONE
-        out_low[i] = hw_low / recompute[g]
+        out_low[i] = hw_low
         out_central[i] = hw_central / recompute[g]
         out_high[i] = high
         out_estimator[i] = code
@@ -327,9 +409,11 @@ def estimate_rates(readings: Readings, coeffs: Coefficients,
         r.gpu, r.sm_clock_mhz, r.sm_clock_prev_mhz, r.gpu_util_pct, r.gpu_util_prev_pct,
         r.tensor_any_pct, r.tensor_hmma_pct, r.tensor_imma_pct, r.tensor_dmma_pct,
         r.tensor_dfma_pct, r.fp16_pct, r.fp32_pct, r.fp64_pct, c.tensor_fpc_low,
-        c.tensor_fpc_central, c.tensor_fpc_high, c.int8_fpc, c.fp64_tensor_fpc, c.fp16_fpc,
-        c.fp32_fpc, c.fp64_fpc, c.max_clock_mhz, c.recompute_factor, c.activity_kind,
-        c.gap_rate_flops, settings.tensor_activity_uncertainty,
-        settings.utilization_efficiency, settings.utilization_efficiency_low,
+        c.tensor_fpc_central, c.tensor_fpc_high, c.tensor_fpc_fastest, c.int8_fpc,
+        c.fp64_tensor_fpc, c.fp16_fpc, c.fp32_fpc, c.fp64_fpc, c.max_clock_mhz,
+        c.recompute_factor, c.tensor_low_factor, c.tensor_high_factor, c.util_low_factor,
+        c.util_high_factor, c.activity_kind, c.gap_rate_flops,
+        settings.tensor_activity_uncertainty, settings.utilization_efficiency,
+        settings.utilization_efficiency_low,
     )
     return Rates(Band(low, central, high), estimator)

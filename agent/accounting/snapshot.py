@@ -12,7 +12,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class GpuSnapshot:
-    """One GPU's totals and latest readings."""
+    """One GPU's totals and latest readings.
+
+    ``spec_key`` is the key of the spec its peak comes from, ``spec_basis`` how that
+    spec was found (``table``, ``derived`` or ``ceiling``: a SpecBasis value) and
+    ``spec_reason`` why the table was not enough ("" for ``table``).
+    """
 
     index: int
     uuid: str
@@ -33,6 +38,8 @@ class GpuSnapshot:
     tensor_activity_ratio: float | None = None
     power_watts: float | None = None
     sim_true_flop: float | None = None
+    spec_basis: str = "table"
+    spec_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from agent.accounting.band import Band
+from agent.accounting.names import printable
 from agent.cli.common import config_of
 from agent.config import (
     MAX_EXIT_AFTER_S,
@@ -18,6 +22,11 @@ from agent.config import (
     parse_listen,
 )
 from agent.configfile import ConfigError, ErrorCollector, Problems, in_range, range_text
+from agent.sources.specs import ResolvedSpec, SpecBasis
+
+if TYPE_CHECKING:
+    from agent.accounting.estimate import EstimatorSettings
+    from agent.sources.base import ActivityKind
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -81,32 +90,98 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_agent(config, (a.listen_host, a.listen_port) if args.listen else None)
 
 
-def cmd_gpus(args: argparse.Namespace) -> int:
+def _pci_device_id(text: str) -> int:
+    """``0x2684`` (as ``lspci -nn`` and NVML print it) or a decimal number."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"expected a 16-bit PCI device ID such as 0x2330, "
+                                         f"got {text!r}")
+    return value
+
+
+def _peaks(resolved: Sequence[ResolvedSpec], kinds: Sequence[ActivityKind],
+           max_clocks: Sequence[float | None], settings: EstimatorSettings) -> list[Band[float]]:
+    """Per GPU, the tensor peak (FLOP/s at the maximum clock, undeclared precision) the
+    estimator would use: central, and the low and high bounds of its per-clock figures."""
     from agent.accounting.estimate import GpuAssumptions, build_coefficients
+
+    assumptions = [GpuAssumptions(r.spec, kind, None, 1.0, clock, peak_low_factor=r.low_factor,
+                                  peak_high_factor=r.high_factor)
+                   for r, kind, clock in zip(resolved, kinds, max_clocks, strict=True)]
+    c = build_coefficients(assumptions, settings)
+    hz = c.max_clock_mhz * 1e6
+    return [Band(float(lo), float(mid), float(hi)) for lo, mid, hi in
+            zip(c.tensor_fpc_low * hz, c.tensor_fpc_central * hz, c.tensor_fpc_high * hz,
+                strict=True)]
+
+
+def _tflops(peak: Band[float]) -> str:
+    return f"{peak.central / 1e12:.1f} TFLOP/s [{peak.low / 1e12:.1f} .. {peak.high / 1e12:.1f}]"
+
+
+def cmd_resolve(args: argparse.Namespace, config: Config) -> int:
+    """How each ``--resolve`` name (with the driver facts given) finds its peak."""
+    from agent.sources.base import ActivityKind
+    from agent.sources.specs import load_spec_table
+
+    specs = load_spec_table(config.agent.spec_file)
+    for name in args.resolve:
+        r = specs.resolve(name, pci_device_id=args.pci_device_id,
+                          compute_capability=args.compute_capability, sm_count=args.sm_count,
+                          max_sm_clock_mhz=args.max_sm_clock_mhz)
+        peak = _peaks([r], [ActivityKind.NONE], [args.max_sm_clock_mhz], config.estimator)[0]
+        print(f"name     {printable(name)}")
+        print(f"row      {r.spec.key} ({r.spec.name}, {r.spec.architecture}, "
+              f"{r.spec.sm_count} SMs, {r.spec.max_sm_clock_mhz:.0f} MHz)")
+        print(f"basis    {r.basis}" + ("" if r.basis == SpecBasis.TABLE
+                                       else "  (NOT IN THE SPEC TABLE: band widened)"))
+        print(f"factors  low x{r.low_factor:.3g}, high x{r.high_factor:.3g} of the row's "
+              "FLOP per clock")
+        print(f"peak     {_tflops(peak)} (tensor, undeclared precision, at the maximum clock)")
+        print(f"reason   {printable(r.reason) or '-'}")
+        print()
+    print(f"spec table: {specs.path}")
+    return 0
+
+
+def cmd_gpus(args: argparse.Namespace) -> int:
     from agent.daemon import open_source, specs_for
     from agent.sources.specs import load_spec_table
 
     config = _load(args)
+    if args.resolve:
+        return cmd_resolve(args, config)
     specs = load_spec_table(config.agent.spec_file)
     source, _clock = open_source(config, specs)
     devices = source.devices()
-    assumptions = [GpuAssumptions(spec, d.activity_kind, None, 1.0, d.max_sm_clock_mhz)
-                   for d, spec in zip(devices, specs_for(devices, specs), strict=True)]
-    coeffs = build_coefficients(assumptions, config.estimator)
-    header = f"{'idx':>3}  {'uuid':<40}  {'name':<36}  {'spec':<10}  {'max MHz':>7}  estimator"
+    resolved = specs_for(devices, specs)
+    peaks = _peaks(resolved, [d.activity_kind for d in devices],
+                   [d.max_sm_clock_mhz for d in devices], config.estimator)
+    header = (f"{'idx':>3}  {'uuid':<40}  {'name':<36}  {'spec':<10}  {'basis':<8}  "
+              f"{'max MHz':>7}  estimator")
     print(header)
-    for i, (d, a) in enumerate(zip(devices, assumptions, strict=True)):
-        if a.spec is None:
-            method = "none (GPU not in the spec table)"
-        elif d.activity_kind.name == "GPM":
+    for d, r, peak in zip(devices, resolved, peaks, strict=True):
+        if d.activity_kind.name == "GPM":
             method = "gpm-tensor (NVML GPM tensor activity x clock)"
         elif d.activity_kind.name == "DCGM":
             method = "dcgm-tensor (DCGM tensor-pipe activity x clock)"
         else:
             method = "utilization (utilization.gpu x prior; wide band)"
-        peak = coeffs.tensor_fpc_central[i] * coeffs.max_clock_mhz[i] * 1e6
-        print(f"{d.index:>3}  {d.uuid:<40}  {d.name[:36]:<36}  {d.spec_key or '-':<10}  "
-              f"{(d.max_sm_clock_mhz or 0):>7.0f}  {method}; peak {peak / 1e12:.1f} TFLOP/s")
+        if r.basis == SpecBasis.TABLE:
+            method += f"; peak {peak.central / 1e12:.1f} TFLOP/s"
+        else:
+            method += (f"; peak {_tflops(peak)}; NOT IN THE SPEC TABLE, {r.basis} spec: "
+                       f"{printable(r.reason)}")
+        print(f"{d.index:>3}  {d.uuid:<40}  {printable(d.name)[:36]:<36}  {r.spec.key:<10}  "
+              f"{r.basis:<8}  {(d.max_sm_clock_mhz or 0):>7.0f}  {method}")
+    off_table = sum(r.basis != SpecBasis.TABLE for r in resolved)
+    if off_table:
+        print(f"WARNING: {off_table} of {len(devices)} GPU(s) not in the spec table: their "
+              "FLOP rest on a derived or ceiling peak (`flopledger gpus --resolve NAME` "
+              "shows how a name resolves)")
     print(f"source: {source.kind}")
     source.close()
     return 0
@@ -124,7 +199,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     run.add_argument("--summary", help="write final totals as JSON to this file on exit")
     run.set_defaults(func=cmd_run)
 
-    gpus = sub.add_parser("gpus", help="list detected GPUs and the estimator each gets")
+    gpus = sub.add_parser(
+        "gpus", help="list detected GPUs, the spec and estimator each gets; or, with "
+                     "--resolve, how a device name finds its spec")
     gpus.add_argument("--config", help="TOML config file")
     gpus.add_argument("--source", choices=SOURCES, help="override agent.source")
+    gpus.add_argument("--resolve", action="append", metavar="NAME",
+                      help="show the spec row, basis, band factors and reason a device name "
+                           "(as nvidia-smi prints it) resolves to; repeatable; opens no source")
+    gpus.add_argument("--pci-device-id", type=_pci_device_id, metavar="ID",
+                      help="with --resolve: the PCI device ID (0x2684)")
+    gpus.add_argument("--compute-capability", metavar="X.Y",
+                      help="with --resolve: the CUDA compute capability (8.9)")
+    gpus.add_argument("--sm-count", type=int, metavar="N",
+                      help="with --resolve: the number of SMs the driver reports")
+    gpus.add_argument("--max-sm-clock-mhz", type=float, metavar="MHZ",
+                      help="with --resolve: the maximum SM clock the driver reports")
     gpus.set_defaults(func=cmd_gpus)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 
 from agent import figures
@@ -100,6 +101,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def spec_bases_text(bases: Counter[str]) -> str:
+    """``table``, or the share of samples on each basis, the table's last (``ceiling
+    40%, table 60%``)."""
+    total = sum(bases.values())
+    if set(bases) <= {"table"}:
+        return "table"
+    order = sorted(bases.items(), key=lambda kv: (kv[0] == "table", -kv[1], kv[0]))
+    return ", ".join(f"{basis} {n / total:.0%}" for basis, n in order)
+
+
+def _off_table(bases: Counter[str]) -> bool:
+    return bool(set(bases) - {"table"})
+
+
+_BASIS_TEXT = {
+    "derived": "derived: peak from the driver's compute capability, SM count and clock",
+    "ceiling": "ceiling: only a name, peak at the largest of the GPU's era",
+    "none": "none: no spec at all, counted as 0",
+}
+
+
+def _off_table_text(bases: Counter[str]) -> str:
+    """What the bases other than ``table`` mean, for a WARNING line."""
+    meaning = "; ".join(_BASIS_TEXT.get(b, b) for b in sorted(set(bases) - {"table"}))
+    return f"rest on GPUs without a row in the spec table ({meaning}); band widened"
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from agent.ledger.query import run_summaries
 
@@ -107,16 +135,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     damaged = _warn(path)
     runs = run_summaries(path)
     header = (f"{'run':<28} {'model':<18} {'category':<16} {'GPUs':>4}  "
-              f"{'FLOP central [low .. high]':<30} {'energy':>10}  {'first seen':<20} last seen")
+              f"{'FLOP central [low .. high]':<30} {'energy':>10}  {'first seen':<20} "
+              f"{'last seen':<20} spec")
     print(header)
     for r in sorted(runs.values(), key=lambda r: r.first_ns):
         print(f"{printable(r.run)[:28]:<28} {printable(r.model)[:18]:<18} "
               f"{printable(r.category)[:16]:<16} {len(r.gpus):>4}  "
               f"{figures.band(r.flop_low, r.flop_central, r.flop_high):<30} "
               f"{figures.energy(r.energy_mj):>10}  {figures.when(r.first_ns):<20} "
-              f"{figures.when(r.last_ns)}")
+              f"{figures.when(r.last_ns):<20} {spec_bases_text(r.spec_bases)}")
     if not runs:
         print("(no runs in the ledger yet)")
+    off = [r for r in runs.values() if _off_table(r.spec_bases)]
+    if off:
+        bases = sum((r.spec_bases for r in off), Counter[str]())
+        print(f"WARNING: the figures of {len(off)} run(s) {_off_table_text(bases)} (see "
+              "`flopledger show RUN`)")
     return 1 if damaged else 0
 
 
@@ -144,11 +178,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     estimators = ", ".join(f"{k} {v}" for k, v in r.estimators.most_common())
     print(f"method    {estimators} (samples per estimator); splits "
           + ", ".join(f"{k} {v}" for k, v in r.splits.most_common()))
+    print(f"spec      {spec_bases_text(r.spec_bases)} (samples per basis of the GPUs' peaks)")
+    if _off_table(r.spec_bases):
+        print(f"WARNING   these figures {_off_table_text(r.spec_bases)}")
     if r.meta:
         print("declared  " + ", ".join(printable(f"{k}={v}") for k, v in sorted(r.meta.items())))
     print("per GPU:")
     for uuid, g in sorted(gpu_breakdown(path, args.run).items()):
-        print(f"  {printable(uuid):<42} {figures.band(g.flop_low, g.flop_central, g.flop_high)}")
+        note = ""
+        if _off_table(g.spec_bases):
+            note = (f"  NOT IN THE SPEC TABLE: {spec_bases_text(g.spec_bases)}"
+                    + (f" ({printable(g.spec_reason, 400)})" if g.spec_reason else ""))
+        print(f"  {printable(uuid):<42} {figures.band(g.flop_low, g.flop_central, g.flop_high)}"
+              f"{note}")
     head, key = latest_head(path)
     if head is not None:
         print(f"ledger    {head.size} records under signed head at "

@@ -91,8 +91,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def add_replay_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``flopledger replay`` on the command's subparsers."""
     p = sub.add_parser(
-        "replay", help="account recorded telemetry (nvidia-smi, dcgm-exporter, Prometheus, "
-                       "traces) into a ledger",
+        "replay", help="account recorded telemetry (nvidia-smi, dcgm-exporter, dcgmi dmon, "
+                       "Prometheus, traces) into a ledger",
         description="Read recorded GPU telemetry and account it with the live agent's "
                     "estimator into a signed ledger. Bad rows (unparsable or physically "
                     "impossible) are skipped and reported with their line numbers; all or "

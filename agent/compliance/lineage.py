@@ -3,7 +3,7 @@
 A model is a name with runs (from the ledger) and possibly base models: a fine-tune
 or a merge inherits the compute of the weights it starts from. Which runs count toward
 which scope is decided by their category and the scope rules in
-``configs/thresholds.toml`` (``[scopes.*]``); whether a base model's compute is added
+``agent/data/thresholds.toml`` (``[scopes.*]``); whether a base model's compute is added
 is the scope's ``inherit`` flag. A base model trained elsewhere has no runs here: its
 compute is declared in the config (``[models.<name>] declared_flop``).
 """

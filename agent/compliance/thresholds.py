@@ -1,4 +1,4 @@
-"""The regulatory threshold registry (``configs/thresholds.toml``) and its evaluation.
+"""The regulatory threshold registry (``agent/data/thresholds.toml``) and its evaluation.
 
 Each regime says what it counts (a scope of run categories, with or without inherited
 compute), how it compares (most instruments: strictly greater; Korea: at or above),

@@ -41,6 +41,19 @@ def is_statement(r: LedgerRecord) -> bool:
     return r.kind == "discontinuity" and not r.run
 
 
+def spec_basis(r: LedgerRecord) -> str:
+    """How the peak behind a record's figures was found: ``table``, ``derived`` or
+    ``ceiling`` (the records of a GPU without a table row carry ``spec_basis``), or
+    ``none`` for an interval of a GPU that had no spec at all (ledgers written before
+    every GPU got one: its FLOP were counted as 0)."""
+    basis = r.assumptions.get("spec_basis")
+    if isinstance(basis, str) and basis:
+        return basis
+    if r.kind == "interval" and "spec" in r.assumptions and r.assumptions["spec"] is None:
+        return "none"
+    return "table"
+
+
 def _say(path: Path, skipped: Skipped, what: str, text: Skipped | None = None) -> None:
     if skipped.count:
         log.error("%s: %s of %s; the sums read from this ledger are INCOMPLETE (run "
@@ -71,6 +84,8 @@ class RunSummary(FlopColumns):
     splits: Counter[str] = field(default_factory=Counter)
     nodes: set[str] = field(default_factory=set)
     meta: dict[str, object] = field(default_factory=dict)
+    spec_bases: Counter[str] = field(default_factory=Counter)  # samples per spec_basis()
+    spec_reason: str = ""  # the last reason a record gave for not using a table row
 
     def add(self, r: LedgerRecord) -> None:
         self.model = r.model
@@ -87,6 +102,8 @@ class RunSummary(FlopColumns):
         self.last_ns = max(self.last_ns, r.end_ns)
         self.estimators[r.estimator] += r.samples or 1
         self.splits[str(r.assumptions.get("split", ""))] += 1
+        self.spec_bases[spec_basis(r)] += r.samples or 1
+        self.spec_reason = str(r.assumptions.get("spec_reason") or self.spec_reason)
 
 
 

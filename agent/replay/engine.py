@@ -68,7 +68,7 @@ from agent.replay.readers.base import (
 from agent.replay.readers.lines import DEFAULT_BLOCK_BYTES, file_size
 from agent.replay.summary import GpuLine, Progress, ReplaySummary
 from agent.sources.base import DeviceInfo, FloatArray, IntArray
-from agent.sources.specs import GpuSpec, SpecTable, load_spec_table
+from agent.sources.specs import ResolvedSpec, SpecBasis, SpecTable, load_spec_table
 
 _UNATTRIBUTED = GpuAttribution((GpuShare(UNATTRIBUTED, 1.0),), "none")
 _MIG_SLICES = re.compile(r"(\d+)g\.")
@@ -147,7 +147,7 @@ class ReplayEngine:
         self._resume: dict[int, GpuState] = {}
         self._checkpoint_ns = max(1, round(options.record_s * 1e9 / 4))
         self._mark = -1
-        self._specs_of: list[GpuSpec | None] = []
+        self._specs_of: list[ResolvedSpec] = []
         self._by_uuid: dict[str, DeviceInfo] = {}
         self._ids: dict[str, int] = {}
         self._keys: list[GpuKey] = []
@@ -295,14 +295,17 @@ class ReplayEngine:
         gid = len(self._devices)
         self._ids[key.key] = gid
         spec = self._spec_of(key)
+        table = spec.basis == SpecBasis.TABLE
         self._keys.append(key)
         self._devices.append(DeviceInfo(
             index=key.index if key.index is not None else gid, uuid=key.key,
-            name=key.name or "unknown", spec_key=spec.key if spec else None,
+            name=key.name or "unknown", spec_key=spec.spec.key if table else None,
             max_sm_clock_mhz=key.max_sm_clock_mhz, activity_kind=key.activity_kind,
-            source="replay"))
+            source="replay", pci_device_id=key.pci_device_id,
+            compute_capability=key.compute_capability, sm_count=key.sm_count))
         self._specs_of.append(spec)
-        self._check.add_gpu(clock_max_mhz(spec.max_sm_clock_mhz if spec else None,
+        # Only a table row's clock is the GPU's own: a ceiling's could reject a real one.
+        self._check.add_gpu(clock_max_mhz(spec.spec.max_sm_clock_mhz if table else None,
                                           key.max_sm_clock_mhz))
         self._by_uuid[self._devices[gid].uuid] = self._devices[gid]
         self._group_of = np.append(self._group_of, -1)
@@ -315,21 +318,28 @@ class ReplayEngine:
             self._applies[r].append(rule.matches(key))
         return gid
 
-    def _spec_of(self, key: GpuKey) -> GpuSpec | None:
-        spec = None
+    def _spec_of(self, key: GpuKey) -> ResolvedSpec:
+        """The peak model of a recorded GPU: the row the recording names, else the one
+        ``--gpu-model`` gives, else what its name and recorded facts resolve to (a table
+        row, a derived spec or its era's ceiling, never nothing)."""
         if key.spec_key and key.spec_key in self.specs:
-            spec = self.specs[key.spec_key]
+            resolved = ResolvedSpec(self.specs[key.spec_key], SpecBasis.TABLE)
         elif self.options.gpu_model:
-            spec = self.specs[self.options.gpu_model]
-        elif key.name:
-            spec = self.specs.match_name(key.name)
+            resolved = ResolvedSpec(self.specs[self.options.gpu_model], SpecBasis.TABLE)
+        else:
+            resolved = self.specs.resolve(
+                key.name or "", pci_device_id=key.pci_device_id,
+                compute_capability=key.compute_capability, sm_count=key.sm_count,
+                max_sm_clock_mhz=key.max_sm_clock_mhz)
         m = _MIG_SLICES.match(key.mig_profile or "")
-        if spec is not None and m is not None:
+        if m is not None:
             # A MIG instance has g of the GPU's 7 compute slices; an upper bound of its
             # SMs (a few SMs of the whole GPU belong to no slice).
-            spec = dataclasses.replace(spec, key=f"{spec.key}/{m.group(1)}g",
-                                       sm_count=-(-spec.sm_count * int(m.group(1)) // 7))
-        return spec
+            spec = resolved.spec
+            resolved = dataclasses.replace(resolved, spec=dataclasses.replace(
+                spec, key=f"{spec.key}/{m.group(1)}g",
+                sm_count=-(-spec.sm_count * int(m.group(1)) // 7)))
+        return resolved
 
     def _attributions(self, chunk: ColumnChunk, gid: IntArray,
                       labels: dict[int, int]) -> IntArray:
@@ -426,9 +436,13 @@ class ReplayEngine:
         s = self.summary
         for r in records:
             s.records += 1
-            d = self._by_uuid.get(r.gpu_uuid)
-            line = s.gpus.setdefault(r.gpu_uuid, GpuLine(
-                r.gpu_uuid, d.name if d else "", (d.spec_key or "") if d else "", r.estimator))
+            line = s.gpus.get(r.gpu_uuid)
+            if line is None:
+                d = self._by_uuid[r.gpu_uuid]
+                spec = self._specs_of[self._ids[r.gpu_uuid]]
+                line = s.gpus[r.gpu_uuid] = GpuLine(r.gpu_uuid, d.name, spec.spec.key,
+                                                    r.estimator, basis=str(spec.basis),
+                                                    reason=spec.reason)
             for totals in (line.totals, s.runs.setdefault(r.run, Totals()), s.total):
                 totals.add(r)
 

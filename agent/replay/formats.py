@@ -7,12 +7,19 @@ from pathlib import Path
 
 from agent.replay.readers.base import Reader, ReplayError
 from agent.replay.readers.dcgm import DcgmReader
+from agent.replay.readers.dcgmi_dmon import DcgmiDmonReader
 from agent.replay.readers.lines import DEFAULT_BLOCK_BYTES
 from agent.replay.readers.nvidia_smi import NvidiaSmiReader
 from agent.replay.readers.prom_range import PromRangeReader
 from agent.replay.readers.trace import MAGIC, TraceReader
 
-FORMATS = ("auto", "nvidia-smi", "dcgm", "prom-range", "trace")
+FORMATS = ("auto", "nvidia-smi", "dcgm", "dcgmi-dmon", "prom-range", "trace")
+# dmon's header (``#Entity`` since DCGM 3, ``# Entity`` before) is a comment line to
+# the Prometheus text format: it is told apart first.
+_DMON_HEADER = re.compile(r"#[ \t]*Entity(?:[ \t]|$)")
+# A dmon row (its header cut off): an entity, then N/A or a decimal number, which no
+# Prometheus sample named GPU would have.
+_DMON_ROW = re.compile(r"GPU(?:-C?I)?[ \t]+\d+[ \t]+(?:N/A|\d*\.\d+)(?:[ \t]|$)")
 
 
 def detect_format(path: Path) -> str:
@@ -32,6 +39,8 @@ def detect_format(path: Path) -> str:
     if text.startswith(("{", "[")):
         return "prom-range"
     first = text.split("\n", 1)[0]
+    if _DMON_HEADER.match(first) or _DMON_ROW.match(first):
+        return "dcgmi-dmon"
     if first.startswith("#") or (re.match(r"[A-Za-z_:][A-Za-z0-9_:]*(\{|\s+\S)", first) and (
             "," not in first.split("{", 1)[0])):
         return "dcgm"
@@ -55,6 +64,8 @@ def open_reader(path: Path, fmt: str, utc_offset_s: float = 0.0,
         return NvidiaSmiReader(path, utc_offset_s, interval_hint_s, block_bytes)
     if fmt == "dcgm":
         return DcgmReader(path, interval_hint_s, block_bytes)
+    if fmt == "dcgmi-dmon":
+        return DcgmiDmonReader(path, interval_hint_s, block_bytes)
     if fmt == "prom-range":
         return PromRangeReader(path, block_bytes)
     if fmt == "trace":

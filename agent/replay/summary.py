@@ -63,11 +63,17 @@ class Progress:
 
 @dataclass(slots=True)
 class GpuLine:
+    """One replayed GPU: its identity, the spec its peak comes from (``spec``, a key)
+    and how that spec was found (``basis``: ``table``, ``derived`` or ``ceiling``, with
+    ``reason`` saying why the table was not enough), its first estimator, its totals."""
+
     key: str
     name: str
     spec: str
     estimator: str
     totals: Totals = field(default_factory=Totals)
+    basis: str = "table"
+    reason: str = ""
 
 
 @dataclass(slots=True)
@@ -151,12 +157,23 @@ class ReplaySummary:
         out.append(f"  GPUs           {len(self.gpus)}")
         for g in self.gpus.values():
             b = g.totals
-            out.append(f"    {g.key[:44]:<44} {g.name[:24]:<24} {g.spec or '-':<10} "
-                       f"{g.estimator:<12} {b.samples:>10,} samples  "
+            out.append(f"    {g.key[:44]:<44} {g.name[:24]:<24} {g.spec or '-':<18} "
+                       f"{g.basis:<8} {g.estimator:<12} {b.samples:>10,} samples  "
                        f"FLOP {figures.band(*b.flop)}")
+            if g.basis != "table":
+                out.append(f"      NOT IN THE SPEC TABLE: peak from a {g.basis} spec, band "
+                           f"widened ({g.reason or 'no reason given'})")
             if b.samples <= 1:
                 out.append("      (a single sample: no interval to integrate; a corrupted "
                            "identity?)")
+        off_table = Counter(g.basis for g in self.gpus.values() if g.basis != "table")
+        if off_table:
+            out.append(f"  WARNING: {sum(off_table.values())} of {len(self.gpus)} GPU(s) "
+                       "have no row in the spec table ("
+                       + ", ".join(f"{n} {basis}" for basis, n in sorted(off_table.items()))
+                       + "): their FLOP rest on a derived or ceiling peak, with a wider "
+                         "band; a row in the spec table (--spec-file), or --gpu-model KEY "
+                         "when every GPU of the recording is that model, narrows it")
         out.append(f"  runs           {len(self.runs)}")
         for run, b in sorted(self.runs.items()):
             out.append(f"    {run[:44]:<44} FLOP {figures.band(*b.flop)}  "

@@ -28,7 +28,7 @@ from agent.compliance.forecast import DEFAULT_HORIZON_S, run_forecast
 from agent.compliance.lineage import ModelInfo
 from agent.compliance.planner import EU_MARGIN, cross_check
 from agent.compliance.thresholds import Registry
-from agent.ledger.query import iter_records, latest_head, open_records, summarize
+from agent.ledger.query import iter_records, latest_head, open_records, spec_basis, summarize
 from agent.sources.specs import MATMUL_PRECISIONS, SpecTable
 
 
@@ -75,6 +75,9 @@ class Report:
     runs: list[str]
     timeline: Timeline
     forecast: dict[str, Any] | None
+    # Per basis of the GPUs' peaks (table, derived, ceiling; none in old ledgers): GPU
+    # count, share of GPU time, and each GPU not on a table row with its reason.
+    spec_bases: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         doc = asdict(self)
@@ -84,26 +87,53 @@ class Report:
 def _peak_per_gpu(records: list[LedgerRecord], specs: SpecTable) -> tuple[float, str]:
     """H of the Annex: the dense peak of the declared precision, averaged over GPUs
     weighted by their time (mixed hardware)."""
-    weight: dict[tuple[str, str], float] = defaultdict(float)
+    weight: dict[tuple[str, str, str], float] = defaultdict(float)
     for r in records:
         spec_key = str(r.assumptions.get("spec") or "")
         precision = str(r.assumptions.get("precision") or "bf16")
-        weight[(spec_key, precision)] += r.covered_ns + r.gap_ns
+        weight[(spec_key, precision, spec_basis(r))] += r.covered_ns + r.gap_ns
     total = sum(weight.values())
     if not total:
         return 0.0, "unknown"
     h = 0.0
     parts = []
-    for (key, precision), w in weight.items():
+    unknown: dict[str, float] = defaultdict(float)
+    for (key, precision, basis), w in weight.items():
         spec = specs.specs.get(key)
         if spec is None:
+            unknown[basis] += w
             continue
         tensor = MATMUL_PRECISIONS.get(precision, "bf16_tensor")
         sheet = next((p for p in spec.datasheet if p.precision == tensor), None)
         peak = sheet.dense_flops if sheet else spec.peak_flops(tensor, spec.max_sm_clock_mhz)
         h += peak * w / total
-        parts.append(f"{spec.name} {precision} {peak / 1e12:.1f} TFLOP/s ({w / total:.0%})")
+        note = "" if basis == "table" else f", {basis} spec: not in the spec table"
+        parts.append(f"{spec.name} {precision} {peak / 1e12:.1f} TFLOP/s ({w / total:.0%}{note})")
+    # A derived or ceiling spec has no row here: its time counts in the average as 0.
+    parts += [f"no table peak for {w / total:.0%} of the GPU time ({basis} specs: not in the "
+              "spec table), counted as 0 in H" for basis, w in sorted(unknown.items())]
     return h, "; ".join(parts)
+
+
+def _spec_bases(records: list[LedgerRecord]) -> dict[str, dict[str, Any]]:
+    """Per basis of the GPUs' peaks: how many GPUs, their share of the GPU time, and
+    (for every basis but ``table``) each GPU with its spec and reason."""
+    time_ns: dict[str, float] = defaultdict(float)
+    gpus: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    for r in records:
+        basis = spec_basis(r)
+        time_ns[basis] += r.covered_ns + r.gap_ns
+        entry = gpus[basis].setdefault(r.gpu_uuid, {"gpu": r.gpu_uuid, "spec": "", "reason": ""})
+        entry["spec"] = str(r.assumptions.get("spec") or entry["spec"])
+        entry["reason"] = str(r.assumptions.get("spec_reason") or entry["reason"])
+    total = sum(time_ns.values())
+    out: dict[str, dict[str, Any]] = {}
+    for basis in sorted(gpus, key=lambda b: (b == "table", b)):
+        out[basis] = {"gpus": len(gpus[basis]),
+                      "gpu_time_share": time_ns[basis] / total if total else 0.0}
+        if basis != "table":
+            out[basis]["not_in_table"] = sorted(gpus[basis].values(), key=lambda g: g["gpu"])
+    return out
 
 
 def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: SpecTable,
@@ -220,7 +250,8 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
     return Report(kind, name, now, flop, sum(r.energy_mj for r in mine), first, last,
                   len(uuids), sorted({r.node for r in mine}), gpu_ns / 1e9, gap_ns / 1e9,
                   {k: v / total_samples for k, v in samples.most_common()}, un_share, method,
-                  cross, regimes, ledger, runs, timeline, forecast)
+                  cross, regimes, ledger, runs, timeline, forecast,
+                  spec_bases=_spec_bases(mine))
 
 
 def _regime_row(e: Evaluation, now_ns: int) -> dict[str, Any]:
@@ -318,13 +349,38 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
                f"{rep.unattributed_share:.2%}" if rep.unattributed_share is not None
                else "- unattributed compute: none"),
               f"- band width: high / low = {f.high / f.low:.3f}" if f.low else
-              "- band width: low bound is zero", "",
+              "- band width: low bound is zero",
+              *_spec_lines(rep.spec_bases), "",
               "## Verification", "",
               f"Ledger signed head: {rep.ledger.get('records', 0)} records, root "
               f"`{rep.ledger.get('root', '')[:16]}...`, signed {rep.ledger.get('signed_at', '-')}"
               f" by key `{rep.ledger['key_fingerprint']}` ({rep.ledger.get('origin', '')}).", "",
               f"`{rep.ledger['verify']}`", ""]
     return "\n".join(lines)
+
+
+_BASIS_TEXT = {
+    "derived": "peak derived from the driver's compute capability, SM count and clock",
+    "ceiling": "only a name: peak at the largest of the GPU's era, low bound widened",
+    "none": "no spec at all: its FLOP were counted as 0 (a ledger written before every "
+            "GPU got one)",
+}
+
+
+def _spec_lines(bases: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The data-quality lines on where the GPUs' peaks come from."""
+    if set(bases) <= {"table"}:
+        n = bases.get("table", {}).get("gpus", 0)
+        return [f"- GPU peaks: all {n} GPU(s) from rows of the spec table"]
+    lines = ["- **GPU peaks not all from the spec table** (the figures of these GPUs rest on "
+             "a less certain peak; their band is wider): " + ", ".join(
+                 f"{basis} {b['gpus']} GPU(s), {b['gpu_time_share']:.1%} of GPU time"
+                 for basis, b in bases.items())]
+    for basis, b in bases.items():
+        for g in b.get("not_in_table", []):
+            lines.append(f"  - `{g['gpu']}`: {basis} (spec `{g['spec'] or '-'}`; "
+                         f"{_BASIS_TEXT.get(basis, basis)}): {g['reason'] or 'no reason given'}")
+    return lines
 
 
 def render_csv(rep: Report) -> str:

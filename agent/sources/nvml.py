@@ -18,6 +18,16 @@ GPM (Hopper and newer) reports activity over the interval between two samples, s
 GPM GPU keeps the sample of its previous read; the first read has no interval and leaves
 the GPM fields NaN.
 
+Each device's PCI device ID, compute capability and SM count are read at start, for
+matching the spec table and for deriving a peak where no row matches; the per-device
+state lives in :mod:`agent.sources.nvml_device`.
+
+A GPU with MIG on is accounted per MIG device (:mod:`agent.sources.nvml_mig` says what
+they share with their GPU: clock, energy and power, GPM per GPU instance). Its MIG
+layout is read at start and looked at again every :data:`MIG_LAYOUT_CHECK_EVERY_NS`, as
+is the MIG mode of every GPU that has one: a change is logged as an error, because the
+new layout is accounted only after a restart.
+
 ``CUDA_VISIBLE_DEVICES`` is deliberately not applied: the agent accounts for the whole
 node, and CUDA's default device order (fastest first) differs from NVML's (PCI bus), so
 "honouring" it would need the CUDA runtime to get right.
@@ -42,17 +52,30 @@ from agent.sources.base import (
     SourceError,
 )
 from agent.sources.clock import Clock, RealClock
+from agent.sources.nvml_device import (
+    GPM_METRICS,
+    DeviceFacts,
+    Gate,
+    GpmBuffers,
+    GpuLostError,
+    NvmlDevice,
+    SharedReadings,
+    read_facts,
+)
 from agent.sources.nvml_errors import (
     NO_SAMPLES_CODES,
     NVML_ERROR_FUNCTION_NOT_FOUND,
+    UNSUPPORTED_CODES,
     Failure,
     OnceLog,
     classify,
     classify_code,
     describe,
     init_failure_reason,
+    none_for,
     nvml_code,
 )
+from agent.sources.nvml_mig import MIG_ENABLED, check_mig_layout, open_mig
 from agent.sources.specs import SpecTable
 
 log = logging.getLogger(__name__)
@@ -65,20 +88,9 @@ GPM_MIN_INTERVAL_NS = 100_000_000
 # How often a lost GPU is looked for again: a handle lookup is cheap, but a driver in
 # the middle of a reset is better left alone than asked at every tick.
 REACQUIRE_EVERY_NS = 10_000_000_000
-
-# Batch field <- GPM metric, all percent 0-100 averaged over the sample interval.
-GPM_METRICS: tuple[tuple[str, int], ...] = (
-    ("tensor_any_pct", pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL),
-    ("tensor_hmma_pct", pynvml.NVML_GPM_METRIC_HMMA_TENSOR_UTIL),
-    ("tensor_imma_pct", pynvml.NVML_GPM_METRIC_IMMA_TENSOR_UTIL),
-    ("tensor_dmma_pct", pynvml.NVML_GPM_METRIC_DMMA_TENSOR_UTIL),
-    ("tensor_dfma_pct", pynvml.NVML_GPM_METRIC_DFMA_TENSOR_UTIL),
-    ("fp16_pct", pynvml.NVML_GPM_METRIC_FP16_UTIL),
-    ("fp32_pct", pynvml.NVML_GPM_METRIC_FP32_UTIL),
-    ("fp64_pct", pynvml.NVML_GPM_METRIC_FP64_UTIL),
-    ("sm_util_pct", pynvml.NVML_GPM_METRIC_SM_UTIL),
-    ("sm_occupancy_pct", pynvml.NVML_GPM_METRIC_SM_OCCUPANCY),
-)
+# How often MIG modes and layouts are read again (about 2 + 5 per MIG device calls):
+# often enough that a reconfiguration is reported within seconds.
+MIG_LAYOUT_CHECK_EVERY_NS = 10_000_000_000
 
 # Exceptions pynvml raises for a failed call: NVMLError and its per-code subclasses, and
 # NVMLLibraryMismatchError, which its unversioned wrappers raise for FUNCTION_NOT_FOUND.
@@ -86,57 +98,6 @@ _NVML_EXCEPTIONS: tuple[type[BaseException], ...] = (
     pynvml.NVMLError,
     pynvml.NVMLLibraryMismatchError,
 )
-
-
-class _GpuLostError(Exception):
-    """Internal: an NVML call said the GPU is gone; carries the NVML exception."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(describe(cause))
-        self.cause = cause
-
-
-class _Gpm:
-    """A GPM GPU's two sample buffers and its reusable ``nvmlGpmMetricsGet`` request.
-
-    ``prev`` holds the sample of the last interval's end (taken at ``prev_ns``, clock
-    nanoseconds, None before the first sample); ``next`` is the buffer the next sample
-    goes into. They swap after every sample, so no buffer is allocated per tick.
-    """
-
-    __slots__ = ("next", "prev", "prev_ns", "request")
-
-    def __init__(self, prev: Any, nxt: Any) -> None:
-        self.prev = prev
-        self.next = nxt
-        self.prev_ns: int | None = None
-        request = pynvml.c_nvmlGpmMetricsGet_t()
-        request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
-        request.numMetrics = len(GPM_METRICS)
-        for i, (_field, metric_id) in enumerate(GPM_METRICS):
-            request.metrics[i].metricId = metric_id
-        self.request = request
-
-
-class _Gpu:
-    """Per-GPU state: the NVML handle, whether it is still up, GPM and process cursors."""
-
-    __slots__ = ("gpm", "handle", "identified", "index", "losses", "pos", "proc_util_last_us",
-                 "retry_ns", "up", "uuid")
-
-    def __init__(self, pos: int, index: int, handle: Any) -> None:
-        self.pos = pos
-        self.index = index
-        self.handle = handle
-        self.uuid = f"GPU-unknown-{index}"
-        self.identified = False  # uuid read from the GPU: it can be looked up again
-        self.up = handle is not None
-        self.losses = 0
-        self.retry_ns: int | None = None  # when to look for it again, once lost
-        self.gpm: _Gpm | None = None
-        # CPU timestamp (µs) of the newest per-process sample seen; NVML returns only
-        # samples newer than the timestamp it is given.
-        self.proc_util_last_us = 0
 
 
 class NvmlSource:
@@ -164,7 +125,7 @@ class NvmlSource:
         except _NVML_EXCEPTIONS as e:
             raise SourceError(f"cannot start NVML: {init_failure_reason(e)}") from e
         try:
-            self._gpus, self._devices = self._open_devices(specs)
+            self._physical, self._gpus, self._devices = self._open_devices(specs)
         except BaseException:
             with contextlib.suppress(*_NVML_EXCEPTIONS):
                 pynvml.nvmlShutdown()
@@ -175,67 +136,98 @@ class NvmlSource:
         return "nvml"
 
     def devices(self) -> Sequence[DeviceInfo]:
-        """The GPUs in NVML index order, the order of every batch's arrays."""
+        """The GPUs in NVML index order, the order of every batch's arrays; a GPU with
+        MIG on is replaced by its MIG devices, which keep its index."""
         return self._devices
 
     # -- start-up ----------------------------------------------------------------------
 
-    def _open_devices(self, specs: SpecTable) -> tuple[list[_Gpu], tuple[DeviceInfo, ...]]:
+    def _open_devices(
+        self, specs: SpecTable
+    ) -> tuple[list[NvmlDevice], list[NvmlDevice], tuple[DeviceInfo, ...]]:
+        """The physical GPUs, the devices in batch order, and the latter's facts."""
         try:
             count = int(pynvml.nvmlDeviceGetCount())
         except _NVML_EXCEPTIONS as e:
             raise SourceError(f"NVML cannot count the GPUs: {describe(e)}") from e
         if count == 0:
             raise SourceError("NVML reports no GPUs")
-        gpus: list[_Gpu] = []
+        physical: list[NvmlDevice] = []
+        rows: list[NvmlDevice] = []
         infos: list[DeviceInfo] = []
         for index in range(count):
-            gpu, info = self._open_device(len(gpus), index, specs)
-            gpus.append(gpu)
-            infos.append(info)
-        return gpus, tuple(infos)
+            gpu, gpu_infos = self._open_device(len(rows), index, specs)
+            physical.append(gpu)
+            rows.extend(gpu.children or [gpu])
+            infos.extend(gpu_infos)
+        return physical, rows, tuple(infos)
 
-    def _open_device(self, pos: int, index: int, specs: SpecTable) -> tuple[_Gpu, DeviceInfo]:
+    def _open_device(
+        self, pos: int, index: int, specs: SpecTable
+    ) -> tuple[NvmlDevice, list[DeviceInfo]]:
         try:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         except _NVML_EXCEPTIONS as e:
             # Kept as a down GPU rather than dropped, so the gap is visible as up=0.
             log.warning("GPU %d: no NVML handle (%s); reported as down", index, describe(e))
             handle = None
-        gpu = _Gpu(pos, index, handle)
+        gpu = NvmlDevice(pos, index, handle)
+        gpu.layout_check_ns = self._clock.monotonic_ns() + MIG_LAYOUT_CHECK_EVERY_NS
         name = "unknown"
         spec_key: str | None = None
         max_clock_mhz: float | None = None
         activity = ActivityKind.NONE
+        facts = DeviceFacts()
+        infos: list[DeviceInfo] = []
         if gpu.up:
             try:
                 name = str(self._call(gpu, "name", pynvml.nvmlDeviceGetName, handle) or name)
                 uuid = self._call(gpu, "uuid", pynvml.nvmlDeviceGetUUID, handle)
                 gpu.uuid = str(uuid or gpu.uuid)
                 gpu.identified = bool(uuid)
-                spec = specs.match_name(name)
+                facts = read_facts(self._gate(gpu), gpu)
+                spec = specs.match(name, facts.pci_device_id)
                 spec_key = None if spec is None else spec.key
                 max_clock = self._call(
                     gpu, "max_sm_clock_mhz", pynvml.nvmlDeviceGetMaxClockInfo, handle,
                     pynvml.NVML_CLOCK_SM,
                 )
                 max_clock_mhz = None if max_clock is None else float(max_clock)
-                gpu.gpm = self._open_gpm(gpu)
+                mode = self._call(gpu, "mig_mode",
+                                  none_for(UNSUPPORTED_CODES, pynvml.nvmlDeviceGetMigMode), handle)
+                gpu.mig_mode = None if mode is None else int(mode[0])
+                if gpu.mig_mode == MIG_ENABLED:
+                    infos = open_mig(gpu, self._gate(gpu), self._gpm_supported(gpu),
+                                     self._alloc_gpm, facts, max_clock_mhz, specs)
+                else:
+                    gpu.gpm = self._open_gpm(gpu)
                 if gpu.gpm is not None:
                     activity = ActivityKind.GPM
-            except _GpuLostError as lost:
+            except GpuLostError as lost:
                 self._mark_lost(gpu, lost.cause)
         self._errors.clear()  # start-up failures are logged, not carried into a batch
-        info = DeviceInfo(
-            index=index, uuid=gpu.uuid, name=name, spec_key=spec_key,
-            max_sm_clock_mhz=max_clock_mhz, activity_kind=activity, source="nvml",
-        )
-        return gpu, info
+        if not gpu.children:
+            infos = [DeviceInfo(
+                index=index, uuid=gpu.uuid, name=name, spec_key=spec_key,
+                max_sm_clock_mhz=max_clock_mhz, activity_kind=activity, source="nvml",
+                pci_device_id=facts.pci_device_id,
+                compute_capability=facts.compute_capability, sm_count=facts.sm_count,
+            )]
+        return gpu, infos
 
-    def _open_gpm(self, gpu: _Gpu) -> _Gpm | None:
+    def _gate(self, gpu: NvmlDevice) -> Gate:
+        def gate(field: str, fn: Callable[..., T], /, *args: Any) -> T | None:
+            return self._call(gpu, field, fn, *args)
+        return gate
+
+    def _gpm_supported(self, gpu: NvmlDevice) -> bool:
         support = self._call(gpu, "gpm", pynvml.nvmlGpmQueryDeviceSupport, gpu.handle)
-        if support is None or not support.isSupportedDevice:
-            return None
+        return support is not None and bool(support.isSupportedDevice)
+
+    def _open_gpm(self, gpu: NvmlDevice) -> GpmBuffers | None:
+        return self._alloc_gpm(gpu) if self._gpm_supported(gpu) else None
+
+    def _alloc_gpm(self, gpu: NvmlDevice) -> GpmBuffers | None:
         prev = self._call(gpu, "gpm", pynvml.nvmlGpmSampleAlloc)
         nxt = self._call(gpu, "gpm", pynvml.nvmlGpmSampleAlloc) if prev is not None else None
         if prev is None or nxt is None:
@@ -244,17 +236,17 @@ class NvmlSource:
             log.warning("GPU %d (%s): GPM sample buffers unavailable; no tensor activity",
                         gpu.index, gpu.uuid)
             return None
-        return _Gpm(prev, nxt)
+        return GpmBuffers(prev, nxt)
 
     # -- the one gate every NVML call goes through --------------------------------------
 
-    def _call(self, gpu: _Gpu, field: str, fn: Callable[..., T], *args: Any) -> T | None:
+    def _call(self, gpu: NvmlDevice, field: str, fn: Callable[..., T], *args: Any) -> T | None:
         """``fn(*args)``, or None when the value is unsupported or failed this tick.
 
         Raises:
-            _GpuLostError: the GPU is gone; the caller marks it down.
+            GpuLostError: the GPU is gone; the caller marks it down.
         """
-        if (gpu.pos, field) in self._unsupported:
+        if (gpu.key, field) in self._unsupported:
             return None
         try:
             return fn(*args)
@@ -262,36 +254,38 @@ class NvmlSource:
             self._failed(gpu, field, e)
             return None
 
-    def _failed(self, gpu: _Gpu, field: str, exc: BaseException) -> None:
+    def _failed(self, gpu: NvmlDevice, field: str, exc: BaseException) -> None:
         kind = classify(exc)
         if kind is Failure.LOST:
-            raise _GpuLostError(exc) from exc
+            raise GpuLostError(exc) from exc
         self._failed_code(gpu, field, kind, describe(exc))
 
-    def _failed_code(self, gpu: _Gpu, field: str, kind: Failure, why: str) -> None:
+    def _failed_code(self, gpu: NvmlDevice, field: str, kind: Failure, why: str) -> None:
         if kind is Failure.UNSUPPORTED:
             # Asked no more: a driver that does not support a value now will not later.
-            self._unsupported.add((gpu.pos, field))
-            self._once.log(("unsupported", gpu.pos, field), logging.INFO,
-                           "GPU %d (%s): %s not available (%s); reported as unknown",
-                           gpu.index, gpu.uuid, field, why)
+            self._unsupported.add((gpu.key, field))
+            self._once.log(("unsupported", gpu.key, field), logging.INFO,
+                           "%s (%s): %s not available (%s); reported as unknown",
+                           gpu.label, gpu.uuid, field, why)
             return
-        self._errors.append((gpu.pos, field))
-        if not self._once.log(("error", gpu.pos, field, why), logging.WARNING,
-                              "GPU %d (%s): reading %s failed: %s", gpu.index, gpu.uuid, field,
+        self._errors.extend((row, field) for row in gpu.rows)
+        if not self._once.log(("error", gpu.key, field, why), logging.WARNING,
+                              "%s (%s): reading %s failed: %s", gpu.label, gpu.uuid, field,
                               why):
-            log.debug("GPU %d: reading %s failed again: %s", gpu.index, field, why)
+            log.debug("%s (%s): reading %s failed again: %s", gpu.label, gpu.uuid, field, why)
 
-    def _mark_lost(self, gpu: _Gpu, cause: BaseException) -> None:
+    def _mark_lost(self, gpu: NvmlDevice, cause: BaseException | str) -> None:
         gpu.up = False
         gpu.retry_ns = None
-        self._once.log(("lost", gpu.pos, gpu.losses), logging.WARNING,
-                       "GPU %d (%s) is lost (%s): reported as down, and its high bound "
+        why = cause if isinstance(cause, str) else describe(cause)
+        mig = f" with its {len(gpu.children)} MIG devices" if gpu.children else ""
+        self._once.log(("lost", gpu.key, gpu.losses), logging.WARNING,
+                       "%s (%s) is lost (%s): reported as down%s, and its high bound "
                        "grows at its peak rate, until it answers again%s",
-                       gpu.index, gpu.uuid, describe(cause),
+                       gpu.label, gpu.uuid, why, mig,
                        "" if gpu.identified else " (its UUID is unknown: restart the agent)")
 
-    def _reacquire(self, gpu: _Gpu, now_ns: int) -> bool:
+    def _reacquire(self, gpu: NvmlDevice, now_ns: int) -> bool:
         """Look a lost GPU up again by its UUID (at most every REACQUIRE_EVERY_NS); True
         if it answers, with a fresh handle and its GPM interval started over."""
         if not gpu.identified:
@@ -314,11 +308,23 @@ class NvmlSource:
         gpu.handle = handle
         gpu.up = True
         gpu.losses += 1
-        if gpu.gpm is not None:
-            # Its counters may have restarted with the driver: no interval across it.
-            gpu.gpm.prev_ns = None
+        for device in gpu.children or [gpu]:
+            if device.gpm is not None:
+                # Its counters may have restarted with the driver: no interval across it.
+                device.gpm.prev_ns = None
+        # A reset is when a MIG mode change takes effect, and MIG handles are stale.
+        gpu.layout_check_ns = now_ns
         log.warning("GPU %d (%s) answers again: re-acquired by its UUID", gpu.index, gpu.uuid)
         return True
+
+    def _check_layout(self, gpu: NvmlDevice, now_ns: int) -> None:
+        """Read the MIG mode (and layout) of a GPU again (:func:`check_mig_layout`).
+
+        Raises:
+            GpuLostError: the GPU is gone.
+        """
+        gpu.layout_check_ns = now_ns + MIG_LAYOUT_CHECK_EVERY_NS
+        check_mig_layout(gpu, self._gate(gpu), self._once, self._mark_lost)
 
     # -- sampling ----------------------------------------------------------------------
 
@@ -339,26 +345,66 @@ class NvmlSource:
         n = len(self._gpus)
         batch = SampleBatch.empty(n, self._clock.monotonic_ns(), self._clock.wall_ns())
         processes: list[tuple[GpuProcess, ...]] = [() for _ in range(n)]
-        for gpu in self._gpus:
+        for gpu in self._physical:
             now_ns = self._clock.monotonic_ns()
+            if gpu.children:
+                self._read_mig_gpu(gpu, batch, processes, now_ns)
+                continue
             batch.timestamp_ns[gpu.pos] = now_ns
             if not gpu.up and not self._reacquire(gpu, now_ns):
                 batch.up[gpu.pos] = False
                 continue
             try:
                 processes[gpu.pos] = self._read_gpu(gpu, batch, now_ns)
-            except _GpuLostError as lost:
+                if gpu.mig_mode is not None and now_ns >= gpu.layout_check_ns:
+                    self._check_layout(gpu, now_ns)
+            except GpuLostError as lost:
                 self._mark_lost(gpu, lost.cause)
                 self._blank(batch, gpu.pos)
             except Exception as e:  # noqa: BLE001 - read() must not raise for one GPU
-                self._once.log(("unexpected", gpu.pos, type(e).__name__), logging.ERROR,
-                               "GPU %d (%s): unexpected failure while reading: %r",
-                               gpu.index, gpu.uuid, e)
-                self._blank(batch, gpu.pos)
-                self._errors.append((gpu.pos, "read"))
+                self._unexpected(gpu, batch, e)
         batch.processes = tuple(processes)
         batch.errors = tuple(self._errors)
         return batch
+
+    def _read_mig_gpu(self, gpu: NvmlDevice, batch: SampleBatch,
+                      processes: list[tuple[GpuProcess, ...]], now_ns: int) -> None:
+        """A GPU with MIG on: what its MIG devices share, then each of them."""
+        try:
+            if not gpu.up and not self._reacquire(gpu, now_ns):
+                shared = None
+            else:
+                if now_ns >= gpu.layout_check_ns:
+                    self._check_layout(gpu, now_ns)
+                shared = self._read_shared(gpu)
+        except GpuLostError as lost:
+            self._mark_lost(gpu, lost.cause)
+            shared = None
+        except Exception as e:  # noqa: BLE001 - read() must not raise for one GPU
+            for child in gpu.children:
+                batch.timestamp_ns[child.pos] = now_ns
+            self._unexpected(gpu, batch, e)
+            return
+        for child in gpu.children:
+            child_ns = self._clock.monotonic_ns()
+            batch.timestamp_ns[child.pos] = child_ns
+            if shared is None or not child.up:
+                self._blank(batch, child.pos)
+                continue
+            try:
+                processes[child.pos] = self._read_gpu(child, batch, child_ns, shared)
+            except GpuLostError as lost:
+                self._mark_lost(child, lost.cause)
+                self._blank(batch, child.pos)
+            except Exception as e:  # noqa: BLE001 - read() must not raise for one device
+                self._unexpected(child, batch, e)
+
+    def _unexpected(self, gpu: NvmlDevice, batch: SampleBatch, e: Exception) -> None:
+        self._once.log(("unexpected", gpu.key, type(e).__name__), logging.ERROR,
+                       "%s (%s): unexpected failure while reading: %r", gpu.label, gpu.uuid, e)
+        for row in gpu.rows:
+            self._blank(batch, row)
+            self._errors.append((row, "read"))
 
     def _blank(self, batch: SampleBatch, pos: int) -> None:
         batch.up[pos] = False
@@ -367,34 +413,46 @@ class NvmlSource:
         batch.throttle_reasons[pos] = -1
         self._errors = [e for e in self._errors if e[0] != pos]
 
-    def _read_gpu(self, gpu: _Gpu, batch: SampleBatch, now_ns: int) -> tuple[GpuProcess, ...]:
-        h, pos = gpu.handle, gpu.pos
+    def _read_gpu(self, gpu: NvmlDevice, batch: SampleBatch, now_ns: int,
+                  shared: SharedReadings | None = None) -> tuple[GpuProcess, ...]:
+        """One row: a whole GPU, or a MIG device given its GPU's ``shared`` values."""
+        pos = gpu.pos
         # GPM first: its interval ends at the sample, which should be as close to
         # timestamp_ns as possible.
         if gpu.gpm is not None:
             self._read_gpm(gpu, gpu.gpm, batch, now_ns)
-        clock_mhz = self._call(gpu, "sm_clock_mhz", pynvml.nvmlDeviceGetClockInfo, h,
-                               pynvml.NVML_CLOCK_SM)
-        if clock_mhz is not None:
-            batch.sm_clock_mhz[pos] = float(clock_mhz)
-        util = self._call(gpu, "gpu_util_pct", pynvml.nvmlDeviceGetUtilizationRates, h)
+        if shared is None:
+            shared = self._read_shared(gpu)
+        batch.sm_clock_mhz[pos] = shared.sm_clock_mhz
+        # Unsupported on MIG devices (nvml.h): asked once, then known as unsupported.
+        util = self._call(gpu, "gpu_util_pct", pynvml.nvmlDeviceGetUtilizationRates,
+                          gpu.handle)
         if util is not None:
             batch.gpu_util_pct[pos] = float(util.gpu)
-        energy_mj = self._call(gpu, "energy_mj", pynvml.nvmlDeviceGetTotalEnergyConsumption, h)
-        if energy_mj is not None:
-            batch.energy_mj[pos] = float(energy_mj)
-        power_mw = self._call(gpu, "power_mw", pynvml.nvmlDeviceGetPowerUsage, h)
-        if power_mw is not None:
-            batch.power_mw[pos] = float(power_mw)
-        reasons = self._read_clock_event_reasons(gpu)
-        if reasons is not None:
-            batch.throttle_reasons[pos] = int(reasons)
+        batch.energy_mj[pos] = shared.energy_mj * gpu.energy_share
+        batch.power_mw[pos] = shared.power_mw * gpu.energy_share
+        batch.throttle_reasons[pos] = shared.throttle_reasons
         return self._read_processes(gpu)
 
-    def _read_clock_event_reasons(self, gpu: _Gpu) -> int | None:
+    def _read_shared(self, gpu: NvmlDevice) -> SharedReadings:
+        """A physical GPU's clock, energy, power and clock-event reasons."""
+        h = gpu.handle
+        clock_mhz = self._call(gpu, "sm_clock_mhz", pynvml.nvmlDeviceGetClockInfo, h,
+                               pynvml.NVML_CLOCK_SM)
+        energy_mj = self._call(gpu, "energy_mj", pynvml.nvmlDeviceGetTotalEnergyConsumption, h)
+        power_mw = self._call(gpu, "power_mw", pynvml.nvmlDeviceGetPowerUsage, h)
+        reasons = self._read_clock_event_reasons(gpu)
+        return SharedReadings(
+            math.nan if clock_mhz is None else float(clock_mhz),
+            math.nan if energy_mj is None else float(energy_mj),
+            math.nan if power_mw is None else float(power_mw),
+            -1 if reasons is None else int(reasons),
+        )
+
+    def _read_clock_event_reasons(self, gpu: NvmlDevice) -> int | None:
         """The clock-event (throttle) bitmask, from whichever name the driver has."""
         field = "throttle_reasons"
-        if not self._use_throttle_name and (gpu.pos, field) not in self._unsupported:
+        if not self._use_throttle_name and (gpu.key, field) not in self._unsupported:
             try:
                 return int(pynvml.nvmlDeviceGetCurrentClocksEventReasons(gpu.handle))
             except _NVML_EXCEPTIONS as e:
@@ -405,19 +463,24 @@ class NvmlSource:
         return self._call(gpu, field, pynvml.nvmlDeviceGetCurrentClocksThrottleReasons,
                           gpu.handle)
 
-    def _read_gpm(self, gpu: _Gpu, gpm: _Gpm, batch: SampleBatch, now_ns: int) -> None:
+    def _read_gpm(self, gpu: NvmlDevice, gpm: GpmBuffers, batch: SampleBatch, now_ns: int) -> None:
         if gpm.prev_ns is not None and now_ns - gpm.prev_ns < GPM_MIN_INTERVAL_NS:
             # Too soon for a meaningful interval: no sample now, and the previous one is
             # kept so the next interval covers the whole span.
             return
-        if self._call(gpu, "gpm", pynvml.nvmlGpmSampleGet, gpu.handle, gpm.next) is None:
+        if gpu.parent is None:
+            taken = self._call(gpu, "gpm", pynvml.nvmlGpmSampleGet, gpu.handle, gpm.next)
+        else:
+            taken = self._call(gpu, "gpm", pynvml.nvmlGpmMigSampleGet, gpu.parent.handle,
+                               gpu.gi_id, gpm.next)
+        if taken is None:
             return  # the previous sample stays the interval's start
         if gpm.prev_ns is not None:
             self._fill_gpm(gpu, gpm, batch)
         gpm.prev, gpm.next = gpm.next, gpm.prev
         gpm.prev_ns = now_ns
 
-    def _fill_gpm(self, gpu: _Gpu, gpm: _Gpm, batch: SampleBatch) -> None:
+    def _fill_gpm(self, gpu: NvmlDevice, gpm: GpmBuffers, batch: SampleBatch) -> None:
         request = gpm.request
         request.sample1 = gpm.prev
         request.sample2 = gpm.next
@@ -431,13 +494,13 @@ class NvmlSource:
             code = int(metric.nvmlReturn)
             if code == 0:
                 getattr(batch, field)[gpu.pos] = float(metric.value)
-            elif (gpu.pos, field) not in self._unsupported:
+            elif (gpu.key, field) not in self._unsupported:
                 kind = classify_code(code)
                 if kind is Failure.LOST:
                     kind = Failure.ERROR  # the sample itself was taken; the GPU answered
                 self._failed_code(gpu, field, kind, f"GPM metric return code {code}")
 
-    def _read_processes(self, gpu: _Gpu) -> tuple[GpuProcess, ...]:
+    def _read_processes(self, gpu: NvmlDevice) -> tuple[GpuProcess, ...]:
         procs = self._call(gpu, "processes", pynvml.nvmlDeviceGetComputeRunningProcesses,
                            gpu.handle)
         if not procs:
@@ -451,10 +514,10 @@ class NvmlSource:
                                   sm_util_pct=sm_util.get(pid)))
         return tuple(out)
 
-    def _read_process_sm_util(self, gpu: _Gpu) -> dict[int, float]:
+    def _read_process_sm_util(self, gpu: NvmlDevice) -> dict[int, float]:
         """Per-process SM utilization (percent) from samples newer than the last read."""
         field = "process_sm_util"
-        if (gpu.pos, field) in self._unsupported:
+        if (gpu.key, field) in self._unsupported:
             return {}
         try:
             samples = pynvml.nvmlDeviceGetProcessUtilization(gpu.handle, gpu.proc_util_last_us)

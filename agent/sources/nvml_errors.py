@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from typing import ParamSpec, TypeVar
 
 import pynvml
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 NVML_SUCCESS = 0
 NVML_ERROR_NOT_SUPPORTED = 3
@@ -82,6 +86,23 @@ def classify_code(code: int | None) -> Failure:
     if code in LOST_CODES:
         return Failure.LOST
     return Failure.ERROR
+
+
+def none_for(codes: frozenset[int], fn: Callable[P, T]) -> Callable[P, T | None]:
+    """``fn``, answering None instead of raising for the NVML return ``codes``.
+
+    For calls whose failure NVML documents as the normal answer, so the gate does not
+    log them as unsupported: ``nvmlDeviceGetAttributes`` answers only for MIG devices,
+    ``nvmlDeviceGetMigMode`` only on GPUs that have MIG.
+    """
+    def call(*args: P.args, **kwargs: P.kwargs) -> T | None:
+        try:
+            return fn(*args, **kwargs)
+        except (pynvml.NVMLError, pynvml.NVMLLibraryMismatchError) as e:
+            if nvml_code(e) in codes:
+                return None
+            raise
+    return call
 
 
 def describe(exc: BaseException) -> str:

@@ -1,7 +1,15 @@
-"""The GPU spec table (``configs/gpus.toml``): SM counts and FLOP per clock per SM.
+"""The GPU spec table (``agent/data/gpus.toml``): SM counts and FLOP per clock per SM.
 
 Peak throughput is computed from the measured SM clock, not taken from a datasheet:
 ``peak_flops = sm_count x flop_per_clock_per_sm[precision] x sm_clock_hz``.
+
+Besides its figures, a row names what identifies the GPU: the 16-bit PCI device IDs
+(vendor 0x10DE) of its boards, its CUDA compute capability, the patterns of the names
+NVML gives it and the board codes of its vGPU profiles. ``[architecture.<name>]``
+tables list each architecture's compute capabilities, FP32 lanes per SM and the words
+and model letters that name its GPUs. How a device is resolved to a peak model, with or
+without a row (``SpecTable.match`` and ``SpecTable.resolve``), is described in
+:mod:`agent.sources.spec_resolve`.
 """
 
 from __future__ import annotations
@@ -59,12 +67,28 @@ MAX_CLOCK_MHZ = 10000.0
 MAX_FLOP_PER_CLOCK_PER_SM = 1 << 20
 MAX_PRINTED_VALUE = Decimal(10**6)
 _ROW_KEYS = ("name", "match", "architecture", "sm_count", "max_sm_clock_mhz", "gpm",
-             "flop_per_clock_per_sm", "datasheet", "sources")
+             "flop_per_clock_per_sm", "datasheet", "sources", "pci_device_ids",
+             "compute_capability", "vgpu", "peak_factors")
+_ARCH_KEYS = ("compute_capabilities", "fp32_lanes_per_sm", "first_year", "typical",
+              "typical_desktop", "name_words", "model_prefixes", "rtx_series", "sources")
+MAX_PCI_DEVICE_ID = 0xFFFF
+# A row's own uncertainty (peak_factors): at most this many times its figures.
+MAX_PEAK_FACTOR = 16.0
 _PEAK_KEYS = ("value", "unit", "clock_mhz", "sparse", "rel_tol")
+_CC = re.compile(r"(\d{1,2})\.(\d{1,2})")
+_CC_TEXT = 'a compute capability as "major.minor" (e.g. "9.0")'
+
+
+def parse_compute_capability(text: object) -> tuple[int, int] | None:
+    """``"9.0"`` -> ``(9, 0)``; None for anything else (a number, "9", "sm_90")."""
+    if not isinstance(text, str):
+        return None
+    m = _CC.fullmatch(text.strip())
+    return None if m is None else (int(m.group(1)), int(m.group(2)))
 
 
 def default_spec_path() -> Path:
-    """``configs/gpus.toml`` of the checkout, or the copy installed with the package."""
+    """The spec table shipped with the package (``agent/data/gpus.toml``)."""
     return bundled_config("gpus.toml")
 
 
@@ -108,6 +132,12 @@ class GpuSpec:
     flop_per_clock_per_sm: Mapping[str, int]
     datasheet: tuple[DatasheetPeak, ...] = ()
     sources: tuple[str, ...] = ()
+    pci_device_ids: tuple[int, ...] = ()
+    compute_capability: str | None = None
+    vgpu: tuple[str, ...] = ()
+    # Multipliers of the row's FLOP per clock for the low and high bound where the
+    # figures themselves are uncertain (a product whose tensor rate is not published).
+    peak_factors: tuple[float, float] = (1.0, 1.0)
 
     def flop_per_clock(self, precision: str) -> int:
         """Dense FLOP per SM clock cycle for the whole GPU; 0 if unsupported."""
@@ -119,6 +149,40 @@ class GpuSpec:
 
     def supports(self, precision: str) -> bool:
         return self.flop_per_clock_per_sm.get(precision, 0) > 0
+
+    def top_peak_flops(self) -> float:
+        """The fastest precision's dense peak at the maximum clock, FLOP/s."""
+        return max((self.peak_flops(p, self.max_sm_clock_mhz) for p in self.flop_per_clock_per_sm),
+                   default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Architecture:
+    """One ``[architecture.<name>]`` table: what the GPUs of an architecture share.
+
+    Attributes:
+        name: the table's key (``hopper``), which rows name as their ``architecture``.
+        compute_capabilities: the CUDA compute capabilities it spans, "major.minor".
+        fp32_lanes_per_sm: FP32 lanes (CUDA cores) per SM by compute capability; NVML's
+            core count divided by it is the SM count.
+        first_year: the year its first GPU shipped, None if not given.
+        typical: the row central falls back on when only a name places a GPU in it.
+        typical_desktop: the same for GeForce, RTX, Quadro and TITAN names.
+        name_words: words that name it in a device name ("Ada", "Blackwell").
+        model_prefixes: the letters its data-center model numbers begin with (H, GH).
+        rtx_series: the RTX/GTX series it sold as (40 for the RTX 40xx).
+    """
+
+    name: str
+    compute_capabilities: tuple[str, ...]
+    fp32_lanes_per_sm: Mapping[str, int]
+    first_year: int | None = None
+    typical: str | None = None
+    typical_desktop: str | None = None
+    name_words: tuple[str, ...] = ()
+    model_prefixes: tuple[str, ...] = ()
+    rtx_series: tuple[int, ...] = ()
+    sources: tuple[str, ...] = ()
 
 
 class SpecBasis(enum.StrEnum):
@@ -139,7 +203,9 @@ class ResolvedSpec:
         basis: where they came from.
         low_factor: multiplies the FLOP per clock of the low bound (<= 1).
         high_factor: multiplies the FLOP per clock of the high bound (>= 1).
-        reason: one line saying why the table was not enough ("" for TABLE).
+        reason: one line saying what was assumed ("" for a table row taken as it is;
+            for a row with the driver's SM count, or a row with uncertain figures, the
+            reason says so).
     """
 
     spec: GpuSpec
@@ -151,10 +217,11 @@ class ResolvedSpec:
 
 @dataclass(frozen=True, slots=True)
 class SpecTable:
-    """All rows, with lookup by key and by the driver's device name."""
+    """All rows, with lookup by key, by PCI device ID and by the driver's device name."""
 
     path: Path
     specs: Mapping[str, GpuSpec] = field(default_factory=dict)
+    architectures: Mapping[str, Architecture] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> GpuSpec:
         return self.specs[key]
@@ -169,24 +236,26 @@ class SpecTable:
         return self.specs.keys()
 
     def match_name(self, device_name: str) -> GpuSpec | None:
-        """The row whose longest ``match`` pattern occurs in the NVML device name.
+        """The row for an NVML device name: a vGPU profile's board code, else the row
+        whose longest ``match`` pattern occurs in the name.
 
-        A pattern must stand as whole words (case-insensitive): "A10" does not select
-        an "A100" or an "A10G", "B200" does not select a "GB200".
+        A pattern must stand as whole words (case-insensitive; spaces, hyphens and
+        underscores alike): "A10" does not select an "A100" or an "A10G", "B200" not a
+        "GB200", and "RTX 4090" not an "RTX 4090 D" (a variant suffix, "Ti", "SUPER" or
+        "D", makes another GPU).
         """
-        best: tuple[int, GpuSpec] | None = None
-        for spec in self.specs.values():
-            for pattern in spec.match:
-                words = re.escape(pattern.strip())
-                if re.search(rf"(?<![A-Za-z0-9]){words}(?![A-Za-z0-9])", device_name, re.I) and (
-                    best is None or len(pattern) > best[0]
-                ):
-                    best = (len(pattern), spec)
-        return None if best is None else best[1]
+        # The rules live in spec_resolve, which builds on this module's types.
+        from agent.sources import spec_resolve
+
+        return spec_resolve.match_name(self.specs.values(), device_name)
 
     def match(self, device_name: str, pci_device_id: int | None = None) -> GpuSpec | None:
-        """The row for a device: by PCI device ID first, then by name."""
-        return self.match_name(device_name)
+        """The row for a device: by PCI device ID first (stable across driver renames),
+        then by name. An ID several rows share (the A2 and A16 boards) is decided by the
+        name, else by the row with the larger peak."""
+        from agent.sources import spec_resolve
+
+        return spec_resolve.match(self.specs.values(), device_name, pci_device_id)
 
     def resolve(
         self,
@@ -197,14 +266,38 @@ class SpecTable:
         sm_count: int | None = None,
         max_sm_clock_mhz: float | None = None,
     ) -> ResolvedSpec:
-        """Never None: the table row, else a derived spec, else the era's ceiling."""
-        spec = self.match(device_name, pci_device_id)
-        if spec is not None:
-            return ResolvedSpec(spec, SpecBasis.TABLE)
-        widest = max(self.specs.values(), key=lambda s: s.flop_per_clock("fp8_tensor")
-                     or s.flop_per_clock("fp16_tensor"))
-        return ResolvedSpec(widest, SpecBasis.CEILING, low_factor=0.0,
-                            reason=f"{device_name!r} matches no row of {self.path}")
+        """Never None: the table row, else a derived spec, else a family's or an era's
+        ceiling (rules in :mod:`agent.sources.spec_resolve`). Never raises for what a
+        driver or a log may report: a fact it cannot use counts as unknown."""
+        from agent.sources import spec_resolve
+
+        return spec_resolve.resolve(self, device_name, pci_device_id=pci_device_id,
+                                    compute_capability=compute_capability,
+                                    sm_count=sm_count, max_sm_clock_mhz=max_sm_clock_mhz)
+
+    def architecture_of(self, compute_capability: str | None) -> Architecture | None:
+        """The architecture whose table lists this compute capability, None if none."""
+        cc = parse_compute_capability(compute_capability)
+        if cc is None:
+            return None
+        for arch in self.architectures.values():
+            if cc in map(parse_compute_capability, arch.compute_capabilities):
+                return arch
+        return None
+
+    def sm_count_from_cuda_cores(self, cuda_cores: int, compute_capability: str | None
+                                 ) -> int | None:
+        """SMs from NVML's ``nvmlDeviceGetNumGpuCores``: cores / FP32 lanes per SM of the
+        compute capability; None if the architecture is unknown or it does not divide."""
+        arch = self.architecture_of(compute_capability)
+        cc = parse_compute_capability(compute_capability)
+        if arch is None or cc is None or cuda_cores <= 0:
+            return None
+        lanes = next((n for text, n in arch.fp32_lanes_per_sm.items()
+                      if parse_compute_capability(text) == cc), None)
+        if lanes is None or cuda_cores % lanes:
+            return None
+        return cuda_cores // lanes
 
 
 def _parse_peak(
@@ -280,6 +373,15 @@ def _parse_spec(problems: Problems, key: str, raw: Mapping[str, Any]) -> GpuSpec
     if not isinstance(datasheet, dict):
         problems.add(f"{where}.datasheet", "a table of precision = { value, unit, clock_mhz }")
         datasheet = {}
+    pci_ids = _parse_pci_ids(problems, f"{where}.pci_device_ids", raw.get("pci_device_ids", []))
+    cc = raw.get("compute_capability")
+    if cc is not None and parse_compute_capability(cc) is None:
+        problems.add(f"{where}.compute_capability", _CC_TEXT)
+        cc = None
+    vgpu = _string_list(problems, f"{where}.vgpu", raw.get("vgpu", []),
+                        "a list of vGPU board codes without spaces (e.g. \"A100DX\")",
+                        words=True)
+    factors = _parse_peak_factors(problems, f"{where}.peak_factors", raw.get("peak_factors"))
     if not ok:
         return None
     if not match or not all(isinstance(m, str) and m.strip() for m in match):
@@ -319,7 +421,193 @@ def _parse_spec(problems: Problems, key: str, raw: Mapping[str, Any]) -> GpuSpec
         flop_per_clock_per_sm=per_clock,
         datasheet=tuple(peaks),
         sources=tuple(sources),
+        pci_device_ids=pci_ids,
+        compute_capability=None if cc is None else str(cc).strip(),
+        vgpu=vgpu,
+        peak_factors=factors,
     )
+
+
+def _string_list(problems: Problems, where: str, raw: object, expect: str, *,
+                 words: bool = False) -> tuple[str, ...]:
+    """A list of non-empty strings (single words if ``words``), else () and a problem."""
+    if not isinstance(raw, list) or not all(
+        isinstance(v, str) and v.strip() and not (words and len(v.split()) != 1) for v in raw
+    ):
+        problems.add(where, expect)
+        return ()
+    return tuple(v.strip() for v in raw)
+
+
+def _parse_pci_ids(problems: Problems, where: str, raw: object) -> tuple[int, ...]:
+    expect = ("a 16-bit PCI device ID: an integer from 0 to 0xFFFF (e.g. 0x2330, vendor "
+              "0x10DE implied)")
+    if not isinstance(raw, list):
+        problems.add(where, "a list of 16-bit PCI device IDs, e.g. [0x2330, 0x2331]")
+        return ()
+    ids: list[int] = []
+    for i, value in enumerate(raw):
+        if not in_range(value, 0, MAX_PCI_DEVICE_ID, integer=True):
+            problems.add(f"{where}[{i}]", expect)
+        elif value in ids:
+            problems.add(f"{where}[{i}]", f"each ID once (0x{value:04X} is listed twice)")
+        else:
+            ids.append(value)
+    return tuple(ids)
+
+
+def _parse_peak_factors(problems: Problems, where: str, raw: object) -> tuple[float, float]:
+    if raw is None:
+        return (1.0, 1.0)
+    expect = (f"{{ low = <a number in (0, 1]>, high = <a number in [1, "
+              f"{MAX_PEAK_FACTOR:g}]> }}: how far the row's figures may be off")
+    if not isinstance(raw, dict):
+        problems.add(where, expect)
+        return (1.0, 1.0)
+    check_keys(problems, raw, ("low", "high"), where)
+    low, high = raw.get("low", 1.0), raw.get("high", 1.0)
+    if not in_range(low, 0, 1, above=True):
+        problems.add(f"{where}.low", "a number > 0 and <= 1")
+        low = 1.0
+    if not in_range(high, 1, MAX_PEAK_FACTOR):
+        problems.add(f"{where}.high", range_text("a number", 1, MAX_PEAK_FACTOR))
+        high = 1.0
+    return (float(low), float(high))
+
+
+def _parse_architecture(problems: Problems, name: str, raw: object) -> Architecture | None:
+    where = f"architecture.{name}"
+    if not isinstance(raw, dict):
+        problems.add(where, "a table")
+        return None
+    check_keys(problems, raw, _ARCH_KEYS, where)
+    ccs = _string_list(problems, f"{where}.compute_capabilities",
+                       raw.get("compute_capabilities"),
+                       'a non-empty list of compute capabilities, e.g. ["8.0", "8.6"]')
+    for i, cc in enumerate(ccs):
+        if parse_compute_capability(cc) is None:
+            problems.add(f"{where}.compute_capabilities[{i}]", _CC_TEXT)
+    if raw.get("compute_capabilities") == []:
+        problems.add(f"{where}.compute_capabilities",
+                     'a non-empty list of compute capabilities, e.g. ["8.0", "8.6"]')
+    ccs = tuple(cc for cc in ccs if parse_compute_capability(cc) is not None)
+    lanes_raw = raw.get("fp32_lanes_per_sm")
+    lanes_expect = ("FP32 lanes per SM (64 or 128), or a table of compute capability = "
+                    'lanes, e.g. { "8.0" = 64, "8.6" = 128 }, covering every compute '
+                    "capability of the architecture")
+    lanes: dict[str, int] = {}
+    if isinstance(lanes_raw, dict):
+        for cc_text, n in lanes_raw.items():
+            if parse_compute_capability(cc_text) not in map(parse_compute_capability, ccs):
+                problems.add(f"{where}.fp32_lanes_per_sm.{cc_text}",
+                             f"a compute capability listed in compute_capabilities {list(ccs)}")
+            elif not in_range(n, 1, MAX_SM_COUNT, integer=True) or n % 32:
+                problems.add(f"{where}.fp32_lanes_per_sm.{cc_text}", "a multiple of 32")
+            else:
+                lanes[cc_text] = n
+        if set(map(parse_compute_capability, ccs)) - set(map(parse_compute_capability, lanes)):
+            problems.add(f"{where}.fp32_lanes_per_sm", lanes_expect)
+    elif isinstance(lanes_raw, int) and in_range(lanes_raw, 1, MAX_SM_COUNT, integer=True) \
+            and lanes_raw % 32 == 0:
+        lanes = dict.fromkeys(ccs, lanes_raw)
+    else:
+        problems.add(f"{where}.fp32_lanes_per_sm", lanes_expect)
+    year = raw.get("first_year")
+    if year is not None and not in_range(year, 1990, 2100, integer=True):
+        problems.add(f"{where}.first_year", "a year (an integer from 1990 to 2100)")
+        year = None
+    typical: dict[str, str | None] = {}
+    for key in ("typical", "typical_desktop"):
+        value = raw.get(key)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            problems.add(f"{where}.{key}", "the key of a [gpu.<key>] row of this architecture")
+            value = None
+        typical[key] = value
+    words = _string_list(problems, f"{where}.name_words", raw.get("name_words", []),
+                         'a list of words naming it in device names, e.g. ["Ada"]')
+    prefixes = _string_list(problems, f"{where}.model_prefixes", raw.get("model_prefixes", []),
+                            'a list of model-number letters, e.g. ["H", "GH"]', words=True)
+    for i, prefix in enumerate(prefixes):
+        if not prefix.isalpha() or len(prefix) > 2:
+            problems.add(f"{where}.model_prefixes[{i}]", "one or two letters")
+    series = raw.get("rtx_series", [])
+    if not isinstance(series, list) or not all(in_range(n, 1, 99, integer=True)
+                                                 for n in series):
+        problems.add(f"{where}.rtx_series", "a list of RTX/GTX series, e.g. [40] for RTX 40xx")
+        series = []
+    sources = _string_list(problems, f"{where}.sources", raw.get("sources", []),
+                           "a list of URLs")
+    return Architecture(
+        name=name, compute_capabilities=ccs, fp32_lanes_per_sm=lanes,
+        first_year=year, typical=typical["typical"], typical_desktop=typical["typical_desktop"],
+        name_words=words, model_prefixes=tuple(p.upper() for p in prefixes),
+        rtx_series=tuple(series), sources=sources,
+    )
+
+
+def _check_across(problems: Problems, specs: Mapping[str, GpuSpec],
+                  archs: Mapping[str, Architecture]) -> None:
+    """What no single table can check: rows against their architecture, and names,
+    letters and codes that must select one thing only."""
+    owner: dict[tuple[int, int] | None, str] = {}
+    prefix_owner: dict[str, str] = {}
+    series_owner: dict[int, str] = {}
+    for arch in archs.values():
+        where = f"architecture.{arch.name}"
+        for cc_text in arch.compute_capabilities:
+            cc_key = parse_compute_capability(cc_text)
+            if cc_key in owner:
+                problems.add(f"{where}.compute_capabilities",
+                             f"compute capabilities of this architecture only ({cc_text} is "
+                             f"also in architecture.{owner[cc_key]})")
+            owner[cc_key] = arch.name
+        for prefix in arch.model_prefixes:
+            if prefix in prefix_owner:
+                problems.add(f"{where}.model_prefixes",
+                             f"letters of this architecture only ({prefix} is also in "
+                             f"architecture.{prefix_owner[prefix]})")
+            prefix_owner[prefix] = arch.name
+        for n in arch.rtx_series:
+            if n in series_owner:
+                problems.add(f"{where}.rtx_series", f"series of this architecture only ({n} "
+                             f"is also in architecture.{series_owner[n]})")
+            series_owner[n] = arch.name
+        for field_name, row in (("typical", arch.typical),
+                                ("typical_desktop", arch.typical_desktop)):
+            if row is not None and (row not in specs or specs[row].architecture != arch.name):
+                problems.add(f"{where}.{field_name}", f"the key of a [gpu.<key>] row with "
+                             f'architecture = "{arch.name}"')
+    vgpu_owner: dict[str, str] = {}
+    for spec in specs.values():
+        where = f"gpu.{spec.key}"
+        for code in spec.vgpu:
+            if code.casefold() in vgpu_owner:
+                problems.add(f"{where}.vgpu", f"board codes of this row only ({code} is also "
+                             f"in gpu.{vgpu_owner[code.casefold()]}.vgpu)")
+            vgpu_owner[code.casefold()] = spec.key
+        if not archs:
+            # A table without [architecture.<name>] tables (one written by hand for a
+            # single GPU) names architectures freely; only resolution without a row
+            # loses its guidance.
+            continue
+        row_arch = archs.get(spec.architecture)
+        if row_arch is None:
+            problems.add(f"{where}.architecture",
+                         f"one of the [architecture.<name>] tables: {sorted(archs)}")
+            continue
+        if spec.compute_capability is None:
+            continue
+        row_cc = parse_compute_capability(spec.compute_capability)
+        lanes = next((n for text, n in row_arch.fp32_lanes_per_sm.items()
+                      if parse_compute_capability(text) == row_cc), None)
+        if lanes is None:
+            problems.add(f"{where}.compute_capability",
+                         f"one of architecture.{row_arch.name}.compute_capabilities "
+                         f"{list(row_arch.compute_capabilities)}")
+        elif spec.flop_per_clock_per_sm.get("fp32", 2 * lanes) != 2 * lanes:
+            problems.add(f"{where}.flop_per_clock_per_sm.fp32",
+                         f"2 x the {lanes} FP32 lanes per SM of architecture.{row_arch.name} "
+                         f"at compute capability {spec.compute_capability} (= {2 * lanes})")
 
 
 def load_spec_table(path: Path | None = None) -> SpecTable:
@@ -331,7 +619,13 @@ def load_spec_table(path: Path | None = None) -> SpecTable:
     path = path or default_spec_path()
     problems = Problems(path)
     raw = drop_bad_values(problems, read_toml(path, "the GPU spec table"))
-    check_keys(problems, raw, ("gpu",))
+    check_keys(problems, raw, ("gpu", "architecture"))
+    archs_raw = raw.get("architecture", {})
+    if not isinstance(archs_raw, dict):
+        problems.add("architecture", "[architecture.<name>] tables")
+        archs_raw = {}
+    archs = {name: arch for name, arch_raw in archs_raw.items()
+             if (arch := _parse_architecture(problems, name, arch_raw)) is not None}
     gpus = raw.get("gpu")
     if not isinstance(gpus, dict) or not gpus:
         problems.add("gpu", "one or more [gpu.<key>] tables")
@@ -344,5 +638,6 @@ def load_spec_table(path: Path | None = None) -> SpecTable:
         spec = _parse_spec(problems, key, spec_raw)
         if spec is not None:
             specs[key] = spec
+    _check_across(problems, specs, archs)
     problems.raise_if_any()
-    return SpecTable(path=path, specs=specs)
+    return SpecTable(path=path, specs=specs, architectures=archs)

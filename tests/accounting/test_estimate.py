@@ -22,6 +22,11 @@ H100 = SPECS["h100_sxm"]
 A100 = SPECS["a100_80gb"]
 NAN = float("nan")
 SETTINGS = EstimatorSettings()
+# The tensor estimator's low is model FLOP with the counter reading high covered (the run
+# does not say whether it recomputes activations); its high is executed FLOP with the
+# counter reading low covered.
+LOW_BASIS = 1 / ((1 + SETTINGS.counter_error_high) * SETTINGS.undeclared_recompute_max)
+HIGH_BASIS = 1 / (1 - SETTINGS.counter_error_low)
 
 
 def rates(
@@ -55,8 +60,8 @@ def test_tensor_activity_times_physical_peak() -> None:
     r = rates(GPM_BF16, tensor=50.0, clock=1980.0, prev_clock=1980.0, util=100)
     peak = 132 * 4096 * 1980e6
     assert r.flops.central[0] == pytest.approx(0.5 * peak, rel=1e-12)
-    assert r.flops.low[0] == pytest.approx(0.48 * peak, rel=1e-12)
-    assert r.flops.high[0] == pytest.approx(0.52 * peak, rel=1e-12)
+    assert r.flops.low[0] == pytest.approx(0.48 * peak * LOW_BASIS, rel=1e-12)
+    assert r.flops.high[0] == pytest.approx(0.52 * peak * HIGH_BASIS, rel=1e-12)
     assert r.estimator[0] == Estimator.GPM_TENSOR
 
 
@@ -64,8 +69,8 @@ def test_clock_change_inside_the_interval_uses_both_ends() -> None:
     r = rates(GPM_BF16, tensor=50.0, clock=1410.0, prev_clock=1980.0, util=100, prev_util=100)
     per_clock = 132 * 4096
     assert r.flops.central[0] == pytest.approx(0.5 * per_clock * (1410e6 + 1980e6) / 2)
-    assert r.flops.low[0] == pytest.approx(0.48 * per_clock * 1410e6)
-    assert r.flops.high[0] == pytest.approx(0.52 * per_clock * 1980e6)
+    assert r.flops.low[0] == pytest.approx(0.48 * per_clock * 1410e6 * LOW_BASIS)
+    assert r.flops.high[0] == pytest.approx(0.52 * per_clock * 1980e6 * HIGH_BASIS)
 
 
 def test_an_idle_end_of_the_interval_does_not_set_the_clock() -> None:
@@ -112,7 +117,7 @@ def test_nothing_usable_gives_zero_and_peak() -> None:
 def test_unknown_clock_has_no_lower_bound_and_max_clock_above() -> None:
     r = rates(GPM_BF16, tensor=50.0, clock=NAN)
     assert r.flops.low[0] == 0
-    assert r.flops.high[0] == pytest.approx(0.52 * 132 * 4096 * 1980e6)
+    assert r.flops.high[0] == pytest.approx(0.52 * 132 * 4096 * 1980e6 * HIGH_BASIS)
 
 
 def test_full_recompute_reports_model_flop_central_and_hardware_flop_high() -> None:
@@ -167,6 +172,10 @@ def test_kernel_matches_its_numpy_reference_bit_for_bit() -> None:
         GpuAssumptions(A100, ActivityKind.NONE, precision=None),
         GpuAssumptions(H100, ActivityKind.DCGM, precision="fp8", recompute_factor=4 / 3),
         GpuAssumptions(None, ActivityKind.GPM),
+        GpuAssumptions(SPECS["b200"], ActivityKind.GPM, precision="bf16", recompute_factor=1.2,
+                       recompute_declared=True, peak_low_factor=0.7, peak_high_factor=1.4),
+        GpuAssumptions(A100, ActivityKind.DCGM, precision="tf32", recompute_declared=True,
+                       peak_low_factor=0.0, peak_high_factor=2.0),
     ]
     coeffs = build_coefficients(assumptions, SETTINGS)
     gpu = rng.integers(0, len(assumptions), n).astype(np.int64)
@@ -178,6 +187,13 @@ def test_kernel_matches_its_numpy_reference_bit_for_bit() -> None:
         return x
 
     cols = [column(300, 2000), column(300, 2000)] + [column(0, 100) for _ in range(10)]
+    # Per-pipe figures: none at all (ANY alone), small enough to leave a rest of ANY
+    # unclaimed, or summing above ANY.
+    no_pipes = rng.random(n) < 0.3
+    small = rng.random(n) < 0.4
+    for col in cols[5:9]:
+        col[small] *= 0.1
+        col[no_pipes] = NAN
     readings = Readings(gpu, *cols)
     got = estimate_rates(readings, coeffs, SETTINGS)
     want = estimate_rates_reference(readings, coeffs, SETTINGS)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.cli.conftest import Flopledger
+from tests.replay.recordings import replayed_smi_ledger, smi_uuid
 
 
 def cli(*args: str) -> str:
@@ -29,6 +30,36 @@ def test_runs_show_and_models_commands(ledger_path: Path) -> None:
     # chat inherits base's compute through the base_models its run declared.
     assert "chat: 1 run(s), inherits from base" in models
     assert "cumulative         1.1e+15" in models
+
+
+def test_runs_and_show_flag_figures_resting_on_gpus_off_the_table(
+        ledger_path: Path, tmp_path: Path, flopledger: Flopledger) -> None:
+    # A replayed H100 (in the table) and a GPU no table has a row for.
+    (tmp_path / "replayed").mkdir()
+    ledger = replayed_smi_ledger(tmp_path / "replayed", [("NVIDIA H100 80GB HBM3", 1980),
+                                                         ("NVIDIA X999", 2000)])
+    status, out, _ = flopledger("runs", "--ledger", str(ledger))
+    assert status == 0
+    assert out.splitlines()[0].split()[-1] == "spec"
+    (row,) = [line for line in out.splitlines() if line.startswith("unattributed")]
+    assert row.endswith("ceiling 50%, table 50%")
+    assert "WARNING: the figures of 1 run(s) rest on GPUs without a row in the spec table" \
+        in out
+    status, out, _ = flopledger("show", "unattributed", "--ledger", str(ledger))
+    assert status == 0
+    assert "spec      ceiling 50%, table 50% (samples per basis" in out
+    assert "WARNING   these figures rest on GPUs without a row in the spec table" in out
+    per_gpu = {line.split()[0]: line for line in out.split("per GPU:\n")[1].splitlines()
+               if line.startswith("  GPU-")}
+    assert "NOT IN THE SPEC TABLE: ceiling 100% (" in per_gpu[smi_uuid(1)]
+    assert "NOT IN THE SPEC TABLE" not in per_gpu[smi_uuid(0)]
+    # A ledger of table GPUs only says so, and warns of nothing.
+    status, out, _ = flopledger("runs", "--ledger", str(ledger_path))
+    assert "WARNING" not in out
+    assert all(line.endswith(" table") for line in out.splitlines()[1:])
+    status, out, _ = flopledger("show", "pt", "--ledger", str(ledger_path))
+    assert "spec      table (samples per basis" in out
+    assert "NOT IN THE SPEC TABLE" not in out
 
 
 def test_models_include_the_lineage_of_the_config(ledger_path: Path, tmp_path: Path,

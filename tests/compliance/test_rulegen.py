@@ -19,7 +19,7 @@ promtool = pytest.mark.skipif(shutil.which("promtool") is None,
 def test_checked_in_threshold_rules_are_up_to_date() -> None:
     fresh = generate(load_registry())
     assert (RULES / "threshold_rules.yml").read_text() == fresh, (
-        "configs/thresholds.toml changed: run "
+        "agent/data/thresholds.toml changed: run "
         "`flopledger rules -o exporters/prometheus/threshold_rules.yml`")
 
 

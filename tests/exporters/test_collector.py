@@ -16,8 +16,12 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from agent.accounting.accountant import Accountant
+from agent.accounting.estimate import EstimatorSettings
 from agent.accounting.snapshot import Snapshot
 from agent.compliance.state import ThresholdState
+from agent.sources.base import ActivityKind, DeviceInfo
+from agent.sources.specs import ResolvedSpec, SpecBasis, SpecTable
 from exporters.agent_self import AgentCollector
 from exporters.collector import Exposition, FlopledgerCollector
 from exporters.gpu import GpuCollector
@@ -64,9 +68,29 @@ def test_contract_metric_names_and_labels() -> None:
     assert get("flopledger_sample_errors_total", {"gpu": "1", "field": "power_mw"}) == 3
     assert get("flopledger_last_sample_timestamp_seconds") == 1.7e9 + 3600
     assert get("flopledger_gpu_info", {**gpu0, "name": "NVIDIA H100 80GB HBM3",
-                                        "source": "nvml", "spec": "h100_sxm",
+                                        "source": "nvml", "spec": "table",
+                                        "spec_key": "h100_sxm",
                                         "estimator": "gpm_tensor"}) == 1.0
     assert get("flopledger_build_info", {"version": __import__("agent").__version__}) == 1.0
+
+
+def test_gpu_info_says_the_basis_of_each_peak(spec_table: SpecTable) -> None:
+    # Through the accountant's snapshot, as the agent exports it: a GPU the table has
+    # no row for is exported with spec="ceiling" or "derived", never as a table GPU.
+    names = ("NVIDIA H100 80GB HBM3", "NVIDIA X999", "NVIDIA Z1")
+    devices = [DeviceInfo(index=i, uuid=f"GPU-{i}", name=n, spec_key=None, max_sm_clock_mhz=None,
+                          activity_kind=ActivityKind.NONE, source="nvml")
+               for i, n in enumerate(names)]
+    derived = ResolvedSpec(spec_table["h100_sxm"], SpecBasis.DERIVED, 0.8, 1.25,
+                           "'NVIDIA Z1' matches no row: derived from compute capability 9.0")
+    resolved = [spec_table.resolve(names[0]), spec_table.resolve(names[1]), derived]
+    snap = Accountant(devices, resolved, EstimatorSettings(), 0, "nvml").snapshot()
+    get = registry_of(GpuCollector(lambda: snap)).get_sample_value
+    for i, (name, spec) in enumerate(zip(names, ("table", "ceiling", "derived"), strict=True)):
+        labels = {"gpu": str(i), "uuid": f"GPU-{i}", "name": name, "source": "nvml",
+                  "spec": spec, "spec_key": resolved[i].spec.key, "estimator": "none"}
+        assert get("flopledger_gpu_info", labels) == 1.0, (name, spec)
+    assert resolved[0].spec.key == "h100_sxm"
 
 
 def test_unknown_readings_are_left_out_never_nan() -> None:

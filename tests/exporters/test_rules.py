@@ -53,6 +53,7 @@ def test_alerts_have_severity_summary_description_and_for() -> None:
     assert {a["alert"] for a in alerts} == {
         "FlopledgerSamplerStalled", "FlopledgerGpuDown",
         "FlopledgerTensorActivityZeroWhileBusy", "FlopledgerSampleErrors",
+        "FlopledgerGpuSpecNotInTable",
         "FlopledgerNotificationDead", "FlopledgerScrapeMissing"}
     for alert in alerts:
         assert alert["labels"]["severity"] in ("critical", "warning"), alert["alert"]

@@ -22,8 +22,17 @@ LIB_NAME = "libnvidia-ml.so.1"
 FIELDS = (
     "name", "uuid", "max_clock", "clock", "util", "energy", "power", "event_reasons",
     "throttle_reasons", "processes", "process_util", "gpm_support", "gpm_sample",
-    "gpm_metrics",
+    "gpm_metrics", "pci", "cc", "attributes", "mig_mode", "mig_devices", "instance_ids",
 )
+
+# A device a directive names: a GPU by its position, or "<gpu>/<m>" for MIG device m of
+# that GPU (see mig_of).
+Target = int | str
+
+
+def mig_of(gpu: int, mig: int) -> str:
+    """The scenario's name of MIG device ``mig`` (order of its ``mig`` lines) of ``gpu``."""
+    return f"{gpu}/{mig}"
 
 
 class FakeNvmlUnavailableError(RuntimeError):
@@ -75,7 +84,8 @@ def _value(v: object) -> str:
 class Scenario:
     """A scenario file, built up directive by directive (format: ``fake_nvml.c``).
 
-    GPUs are numbered by the order of their :meth:`gpu` calls, from 0.
+    GPUs are numbered by the order of their :meth:`gpu` calls, from 0; the MIG devices
+    of a GPU by the order of its :meth:`mig` calls, from 0 (name one with :func:`mig_of`).
     """
 
     lines: list[str] = field(default_factory=list)
@@ -90,21 +100,28 @@ class Scenario:
         self.lines.append(" ".join(parts))
         return self
 
-    def unsupported(self, gpu: int, field_name: str) -> Scenario:
-        """``field_name`` of GPU ``gpu`` answers NOT_SUPPORTED."""
+    def mig(self, gpu: int, uuid: str, **keys: object) -> Scenario:
+        """A MIG device of GPU ``gpu``, e.g. ``mig(0, "MIG-1", profile="3g.20gb", gi=1,
+        sm_count=42, any_tensor=40)``; its GPU needs ``mig=1`` to show it."""
+        parts = ["mig", str(gpu), uuid, *(f"{k}={_value(v)}" for k, v in keys.items())]
+        self.lines.append(" ".join(parts))
+        return self
+
+    def unsupported(self, gpu: Target, field_name: str) -> Scenario:
+        """``field_name`` of device ``gpu`` answers NOT_SUPPORTED."""
         return self._field_line("unsupported", gpu, field_name)
 
-    def error(self, gpu: int, field_name: str, code: int) -> Scenario:
-        """``field_name`` of GPU ``gpu`` answers the nvmlReturn_t ``code``."""
+    def error(self, gpu: Target, field_name: str, code: int) -> Scenario:
+        """``field_name`` of device ``gpu`` answers the nvmlReturn_t ``code``."""
         return self._field_line("error", gpu, field_name, str(code))
 
-    def lost(self, gpu: int, after_reads: int) -> Scenario:
-        """GPU ``gpu`` answers GPU_IS_LOST once it has been read ``after_reads`` times."""
+    def lost(self, gpu: Target, after_reads: int) -> Scenario:
+        """Device ``gpu`` answers GPU_IS_LOST once it has been read ``after_reads`` times."""
         self.lines.append(f"lost {gpu} after_reads={after_reads}")
         return self
 
     def process(
-        self, gpu: int, pid: int, mem_bytes: int | None, sm_util: int | None
+        self, gpu: Target, pid: int, mem_bytes: int | None, sm_util: int | None
     ) -> Scenario:
         """A compute process; None memory is N/A, None util means no utilization sample."""
         mem = "-" if mem_bytes is None else str(mem_bytes)
@@ -112,8 +129,8 @@ class Scenario:
         self.lines.append(f"process {gpu} {pid} {mem} {util}")
         return self
 
-    def metric(self, gpu: int, metric_id: int, value: float, ret: int = 0) -> Scenario:
-        """GPM metric ``metric_id`` of GPU ``gpu``, failing with ``ret`` if non-zero."""
+    def metric(self, gpu: Target, metric_id: int, value: float, ret: int = 0) -> Scenario:
+        """GPM metric ``metric_id`` of device ``gpu``, failing with ``ret`` if non-zero."""
         self.lines.append(f"metric {gpu} {metric_id} {value}" + (f" ret={ret}" if ret else ""))
         return self
 
@@ -129,7 +146,8 @@ class Scenario:
         path.write_text(self.text())
         return path
 
-    def _field_line(self, directive: str, gpu: int, field_name: str, *rest: str) -> Scenario:
+    def _field_line(self, directive: str, gpu: Target, field_name: str, *rest: str
+                    ) -> Scenario:
         if field_name not in FIELDS:
             raise ValueError(f"unknown fake NVML field {field_name!r}; one of {FIELDS}")
         self.lines.append(" ".join([directive, str(gpu), field_name, *rest]))

@@ -28,23 +28,57 @@
  *       gpm=0|1                        GPM supported [0]
  *       any_tensor= hmma= imma= dmma= dfma= fp16= fp32= fp64= sm_util= sm_occupancy=
  *                                      GPM metric values (percent) [0]
- *   metric <gpu> <metric_id> <value> [ret=<code>]
+ *       pci_device_id=<16-bit id>      PCI device ID; pciDeviceId reads (id << 16) |
+ *                                      0x10DE [unset: NOT_SUPPORTED]
+ *       cc=<major>.<minor>             CUDA compute capability [unset: NOT_SUPPORTED]
+ *       sm_count=<n>                   nvmlDeviceGetAttributes_v2 multiprocessorCount
+ *                                      [unset: NOT_SUPPORTED, as NVML answers for
+ *                                      anything but a MIG device]
+ *       mig=0|1 mig_pending=0|1        current and pending MIG mode [unset:
+ *                                      NOT_SUPPORTED; pending defaults to current]
+ *       mig_max=<n>                    nvmlDeviceGetMaxMigDeviceCount when MIG is on [7]
+ *   mig <gpu> <uuid> [key=value ...]   a MIG device (compute instance) of GPU <gpu>,
+ *                                      numbered <gpu>/<m> by the order of its GPU's
+ *                                      `mig` lines; keys:
+ *       profile=3g.20gb                its name is "<GPU name> MIG <profile>" ["1g.5gb"]
+ *       name="..."                     its name, instead of the one made from profile
+ *       gi=<id> ci=<id>                GPU and compute instance IDs [gi=<m+1>, ci=0]
+ *       sm_count=<n>                   multiprocessorCount [14]
+ *       present=0|1                    exists now [1]; see fakeNvml_setMigPresent()
+ *       any_tensor= ... sm_occupancy=  GPM values of its GPU instance, as for a GPU;
+ *                                      when several MIG devices share a GPU instance,
+ *                                      the first one's values are the instance's
+ *   metric <dev> <metric_id> <value> [ret=<code>]
  *                                      any GPM metric by id, optionally failing with
  *                                      its own nvmlReturn code
- *   unsupported <gpu> <field>          <field> returns NOT_SUPPORTED (3)
- *   error <gpu> <field> <code>         <field> returns <code>
+ *   unsupported <dev> <field>          <field> returns NOT_SUPPORTED (3)
+ *   error <dev> <field> <code>         <field> returns <code>
  *       fields: name uuid max_clock clock util energy power event_reasons
  *               throttle_reasons processes process_util gpm_support gpm_sample
- *               gpm_metrics
- *   lost <gpu> after_reads=<n>         the GPU is lost once read n times: its
- *                                      (n+1)-th nvmlDeviceGetClockInfo call and every
- *                                      call after it return GPU_IS_LOST (15)
- *   process <gpu> <pid> <mem_bytes|-> <sm_util|->
+ *               gpm_metrics pci cc attributes mig_mode mig_devices instance_ids
+ *   lost <dev> after_reads=<n>         the device is lost once read n times: its
+ *                                      (n+1)-th read and every call after it return
+ *                                      GPU_IS_LOST (15). A GPU's reads are its
+ *                                      nvmlDeviceGetClockInfo calls, a MIG device's its
+ *                                      nvmlDeviceGetComputeRunningProcesses_v3 sizing
+ *                                      calls. A lost GPU takes its MIG devices with it.
+ *   process <dev> <pid> <mem_bytes|-> <sm_util|->
  *                                      a compute process; '-' memory is
  *                                      NVML_VALUE_NOT_AVAILABLE, '-' util means no
  *                                      per-process utilization sample
  *   count_error <code>                 nvmlDeviceGetCount_v2 fails with <code>
  *   init_error <code>                  nvmlInitWithFlags fails with <code>
+ *
+ * <gpu> is a GPU's position; <dev> is a GPU's position or <gpu>/<m>, MIG device m of it.
+ *
+ * MIG as NVML has it (nvml.h, and what nvidia-smi shows on MIG GPUs): a MIG device
+ * handle answers NOT_SUPPORTED for clocks, utilization, energy, power, clock-event
+ * reasons, per-process utilization and its own MIG mode; a GPU with MIG on answers
+ * NOT_SUPPORTED for utilization and per-process utilization. GPM of a GPU instance is
+ * read with nvmlGpmMigSampleGet(<parent handle>, <GPU instance ID>, ...).
+ * nvmlDeviceGetMigDeviceHandleByIndex numbers the MIG devices present now, so indices
+ * move when one goes away. The handle of a MIG device that is no longer present
+ * answers INVALID_ARGUMENT, as a handle that must be requested again.
  *
  * Per-process utilization samples carry the timestamp reads*1e6 (microseconds), so a
  * caller that passes the newest timestamp it has seen gets NOT_FOUND until the next read.
@@ -54,7 +88,8 @@
  * reset keep answering GPU_IS_LOST until then, as stale handles do.
  *
  * Test hooks (not NVML): fakeNvml_liveGpmSamples(), fakeNvml_gpmStats(), fakeNvml_refcount(),
- * fakeNvml_resetGpu(), fakeNvml_uuidLookups().
+ * fakeNvml_resetGpu(), fakeNvml_uuidLookups(), fakeNvml_setMigPresent(),
+ * fakeNvml_setMigMode(), fakeNvml_resetMig(), fakeNvml_migGpmStats().
  */
 
 #include <ctype.h>
@@ -79,6 +114,7 @@ enum {
 };
 
 #define MAX_GPUS 64
+#define MAX_MIG 64
 #define MAX_PROCS 64
 #define GPM_METRIC_MAX 477 /* NVML_GPM_METRIC_MAX in pynvml 13.x */
 #define NAME_LEN 96        /* NVML_DEVICE_NAME_V2_BUFFER_SIZE / UUID_V2 */
@@ -88,13 +124,14 @@ enum {
 enum field {
     F_NAME, F_UUID, F_MAX_CLOCK, F_CLOCK, F_UTIL, F_ENERGY, F_POWER, F_EVENT_REASONS,
     F_THROTTLE_REASONS, F_PROCESSES, F_PROCESS_UTIL, F_GPM_SUPPORT, F_GPM_SAMPLE,
-    F_GPM_METRICS, F_COUNT
+    F_GPM_METRICS, F_PCI, F_CC, F_ATTRIBUTES, F_MIG_MODE, F_MIG_DEVICES, F_INSTANCE_IDS,
+    F_COUNT
 };
 
 static const char *const field_names[F_COUNT] = {
     "name", "uuid", "max_clock", "clock", "util", "energy", "power", "event_reasons",
     "throttle_reasons", "processes", "process_util", "gpm_support", "gpm_sample",
-    "gpm_metrics",
+    "gpm_metrics", "pci", "cc", "attributes", "mig_mode", "mig_devices", "instance_ids",
 };
 
 struct fake_process {
@@ -122,6 +159,16 @@ struct fake_device {
     struct fake_process procs[MAX_PROCS];
     int nprocs;
     unsigned long long gpm_seq, gpm_metrics_calls, last_seq1, last_seq2;
+    unsigned pci_device;       /* 16-bit PCI device ID, 0: unset */
+    int cc_major, cc_minor;    /* -1: unset */
+    unsigned sm_count;         /* 0: unset */
+    int mig_mode, mig_pending; /* -1: unset (no MIG support) */
+    unsigned mig_max;
+    /* A MIG device: */
+    int is_mig;
+    struct fake_device *parent;
+    int present;
+    unsigned gi, ci, slices;
 };
 
 /* What an nvmlGpmSample_t points at: opaque to callers. */
@@ -147,6 +194,17 @@ typedef struct {
 } nvmlProcessUtilizationSample_t;
 typedef struct { unsigned version, isSupportedDevice; } nvmlGpmSupport_t;
 typedef struct {
+    char busIdLegacy[16];
+    unsigned domain, bus, device, pciDeviceId, pciSubSystemId;
+    char busId[32];
+} nvmlPciInfo_t;
+typedef struct {
+    unsigned multiprocessorCount, sharedCopyEngineCount, sharedDecoderCount,
+        sharedEncoderCount, sharedJpegCount, sharedOfaCount, gpuInstanceSliceCount,
+        computeInstanceSliceCount;
+    unsigned long long memorySizeMB;
+} nvmlDeviceAttributes_t;
+typedef struct {
     unsigned metricId;
     nvmlReturn_t nvmlReturn;
     double value;
@@ -160,6 +218,8 @@ typedef struct {
 
 static struct fake_device devices[MAX_GPUS];
 static unsigned device_count;
+static struct fake_device mig_devices[MAX_MIG]; /* in scenario order */
+static unsigned mig_count;
 static int refcount;
 static nvmlReturn_t count_error;
 static int live_samples;
@@ -206,6 +266,31 @@ static int parse_gpu_index(const char *s, unsigned *out) {
     return 1;
 }
 
+/* "<gpu>" or "<gpu>/<m>": a GPU, or the m-th `mig` line of that GPU. */
+static int parse_device(const char *s, struct fake_device **out) {
+    char head[32];
+    const char *slash = strchr(s, '/');
+    unsigned g;
+    if (!slash) {
+        if (!parse_gpu_index(s, &g)) return 0;
+        *out = &devices[g];
+        return 1;
+    }
+    if ((size_t)(slash - s) >= sizeof head) return 0;
+    memcpy(head, s, (size_t)(slash - s));
+    head[slash - s] = '\0';
+    unsigned long long m;
+    if (!parse_gpu_index(head, &g) || !parse_ull(slash + 1, &m)) return 0;
+    for (unsigned i = 0; i < mig_count; i++) {
+        if (mig_devices[i].parent != &devices[g]) continue;
+        if (m-- == 0) {
+            *out = &mig_devices[i];
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int field_index(const char *s) {
     for (int i = 0; i < F_COUNT; i++)
         if (strcmp(s, field_names[i]) == 0) return i;
@@ -217,8 +302,9 @@ static const struct { const char *key; unsigned id; } metric_keys[] = {
     {"dmma", 8},    {"imma", 9},         {"fp64", 11},      {"fp32", 12}, {"fp16", 13},
 };
 
-static int set_gpu_key(struct fake_device *d, const char *key, const char *value) {
-    unsigned long long u;
+/* Keys a GPU and a MIG device both take: name and GPM metric values. 1 if taken, 0 if
+ * bad, -1 if not one of them. */
+static int set_common_key(struct fake_device *d, const char *key, const char *value) {
     double f;
     if (strcmp(key, "name") == 0) {
         if (strlen(value) >= NAME_LEN) return 0;
@@ -232,6 +318,24 @@ static int set_gpu_key(struct fake_device *d, const char *key, const char *value
             return 1;
         }
     }
+    return -1;
+}
+
+static int set_gpu_key(struct fake_device *d, const char *key, const char *value) {
+    unsigned long long u;
+    int common = set_common_key(d, key, value);
+    if (common >= 0) return common;
+    if (strcmp(key, "cc") == 0) {
+        char *end;
+        long major = strtol(value, &end, 10);
+        if (end == value || *end != '.') return 0;
+        const char *minor_text = end + 1;
+        long minor = strtol(minor_text, &end, 10);
+        if (end == minor_text || *end || major < 0 || minor < 0) return 0;
+        d->cc_major = (int)major;
+        d->cc_minor = (int)minor;
+        return 1;
+    }
     if (!parse_ull(value, &u)) return 0;
     if (strcmp(key, "sm_clock") == 0) d->sm_clock = (unsigned)u;
     else if (strcmp(key, "max_sm_clock") == 0) d->max_sm_clock = (unsigned)u;
@@ -242,23 +346,59 @@ static int set_gpu_key(struct fake_device *d, const char *key, const char *value
     else if (strcmp(key, "power_mw") == 0) d->power_mw = (unsigned)u;
     else if (strcmp(key, "event_reasons") == 0) d->event_reasons = u;
     else if (strcmp(key, "gpm") == 0) d->gpm = u != 0;
+    else if (strcmp(key, "pci_device_id") == 0 && u > 0 && u <= 0xFFFF) d->pci_device = (unsigned)u;
+    else if (strcmp(key, "sm_count") == 0) d->sm_count = (unsigned)u;
+    else if (strcmp(key, "mig") == 0 && u <= 1) d->mig_mode = (int)u;
+    else if (strcmp(key, "mig_pending") == 0 && u <= 1) d->mig_pending = (int)u;
+    else if (strcmp(key, "mig_max") == 0) d->mig_max = (unsigned)u;
     else return 0;
     return 1;
+}
+
+static int set_mig_key(struct fake_device *d, const char *key, const char *value) {
+    unsigned long long u;
+    int common = set_common_key(d, key, value);
+    if (common >= 0) return common;
+    if (strcmp(key, "profile") == 0) {
+        /* "<g>g.<memory>": g compute slices */
+        if (!isdigit((unsigned char)value[0])) return 0;
+        d->slices = (unsigned)strtoul(value, NULL, 10);
+        if (strlen(d->parent->name) + strlen(value) + 6 >= NAME_LEN) return 0;
+        strcpy(d->name, d->parent->name);
+        strcat(d->name, " MIG ");
+        strcat(d->name, value);
+        return 1;
+    }
+    if (!parse_ull(value, &u)) return 0;
+    if (strcmp(key, "gi") == 0) d->gi = (unsigned)u;
+    else if (strcmp(key, "ci") == 0) d->ci = (unsigned)u;
+    else if (strcmp(key, "sm_count") == 0) d->sm_count = (unsigned)u;
+    else if (strcmp(key, "present") == 0 && u <= 1) d->present = (int)u;
+    else return 0;
+    return 1;
+}
+
+static void init_device(struct fake_device *d, const char *uuid) {
+    memset(d, 0, sizeof *d);
+    d->magic = DEVICE_MAGIC;
+    strcpy(d->uuid, uuid);
+    strcpy(d->name, "Fake GPU");
+    d->sm_clock = 1000;
+    d->lost_after = -1;
+    d->cc_major = d->cc_minor = -1;
+    d->mig_mode = d->mig_pending = -1;
+    d->mig_max = 7;
 }
 
 static int parse_line(char **t, int n) {
     unsigned g;
     unsigned long long u;
     double f;
+    struct fake_device *dev;
     if (strcmp(t[0], "gpu") == 0 && n >= 2) {
         if (device_count == MAX_GPUS || strlen(t[1]) >= NAME_LEN) return 0;
         struct fake_device *d = &devices[device_count];
-        memset(d, 0, sizeof *d);
-        d->magic = DEVICE_MAGIC;
-        strcpy(d->uuid, t[1]);
-        strcpy(d->name, "Fake GPU");
-        d->sm_clock = 1000;
-        d->lost_after = -1;
+        init_device(d, t[1]);
         int max_clock_set = 0;
         for (int i = 2; i < n; i++) {
             char *eq = strchr(t[i], '=');
@@ -268,30 +408,55 @@ static int parse_line(char **t, int n) {
             max_clock_set |= strcmp(t[i], "max_sm_clock") == 0;
         }
         if (!max_clock_set) d->max_sm_clock = d->sm_clock;
+        if (d->mig_pending < 0) d->mig_pending = d->mig_mode;
         device_count++;
         return 1;
     }
-    if (strcmp(t[0], "unsupported") == 0 && n == 3 && parse_gpu_index(t[1], &g)) {
-        int fi = field_index(t[2]);
-        if (fi < 0) return 0;
-        devices[g].fail[fi] = NVML_ERROR_NOT_SUPPORTED;
+    if (strcmp(t[0], "mig") == 0 && n >= 3 && parse_gpu_index(t[1], &g)) {
+        if (mig_count == MAX_MIG || strlen(t[2]) >= NAME_LEN) return 0;
+        unsigned siblings = 0;
+        for (unsigned i = 0; i < mig_count; i++) siblings += mig_devices[i].parent == &devices[g];
+        struct fake_device *d = &mig_devices[mig_count];
+        init_device(d, t[2]);
+        d->is_mig = 1;
+        d->parent = &devices[g];
+        d->present = 1;
+        d->gi = siblings + 1;
+        d->sm_count = 14;
+        if (!set_mig_key(d, "profile", "1g.5gb")) return 0;
+        const char *name = NULL; /* an explicit name wins over the profile's, in any order */
+        for (int i = 3; i < n; i++) {
+            char *eq = strchr(t[i], '=');
+            if (!eq) return 0;
+            *eq = '\0';
+            if (strcmp(t[i], "name") == 0) name = eq + 1;
+            else if (!set_mig_key(d, t[i], eq + 1)) return 0;
+        }
+        if (name && !set_mig_key(d, "name", name)) return 0;
+        mig_count++;
         return 1;
     }
-    if (strcmp(t[0], "error") == 0 && n == 4 && parse_gpu_index(t[1], &g) &&
+    if (strcmp(t[0], "unsupported") == 0 && n == 3 && parse_device(t[1], &dev)) {
+        int fi = field_index(t[2]);
+        if (fi < 0) return 0;
+        dev->fail[fi] = NVML_ERROR_NOT_SUPPORTED;
+        return 1;
+    }
+    if (strcmp(t[0], "error") == 0 && n == 4 && parse_device(t[1], &dev) &&
         parse_ull(t[3], &u)) {
         int fi = field_index(t[2]);
         if (fi < 0) return 0;
-        devices[g].fail[fi] = (nvmlReturn_t)u;
+        dev->fail[fi] = (nvmlReturn_t)u;
         return 1;
     }
-    if (strcmp(t[0], "lost") == 0 && n == 3 && parse_gpu_index(t[1], &g) &&
+    if (strcmp(t[0], "lost") == 0 && n == 3 && parse_device(t[1], &dev) &&
         strncmp(t[2], "after_reads=", 12) == 0 && parse_ull(t[2] + 12, &u)) {
-        devices[g].lost_after = (long long)u;
+        dev->lost_after = (long long)u;
         return 1;
     }
-    if (strcmp(t[0], "process") == 0 && n == 5 && parse_gpu_index(t[1], &g) &&
+    if (strcmp(t[0], "process") == 0 && n == 5 && parse_device(t[1], &dev) &&
         parse_ull(t[2], &u)) {
-        struct fake_device *d = &devices[g];
+        struct fake_device *d = dev;
         if (d->nprocs == MAX_PROCS) return 0;
         struct fake_process *p = &d->procs[d->nprocs];
         p->pid = (unsigned)u;
@@ -303,13 +468,13 @@ static int parse_line(char **t, int n) {
         d->nprocs++;
         return 1;
     }
-    if (strcmp(t[0], "metric") == 0 && (n == 4 || n == 5) && parse_gpu_index(t[1], &g) &&
+    if (strcmp(t[0], "metric") == 0 && (n == 4 || n == 5) && parse_device(t[1], &dev) &&
         parse_ull(t[2], &u) && u < GPM_METRIC_MAX && parse_double(t[3], &f)) {
-        devices[g].metric_value[u] = f;
+        dev->metric_value[u] = f;
         if (n == 5) {
             unsigned long long code;
             if (strncmp(t[4], "ret=", 4) != 0 || !parse_ull(t[4] + 4, &code)) return 0;
-            devices[g].metric_ret[u] = (int)code;
+            dev->metric_ret[u] = (int)code;
         }
         return 1;
     }
@@ -323,6 +488,7 @@ static int parse_line(char **t, int n) {
 /* Loads the scenario; returns the code nvmlInit* should return. */
 static nvmlReturn_t load_scenario(void) {
     device_count = 0;
+    mig_count = 0;
     count_error = NVML_SUCCESS;
     const char *path = getenv("FAKE_NVML_SCENARIO");
     if (!path || !*path) return NVML_SUCCESS;
@@ -355,7 +521,7 @@ static nvmlReturn_t load_scenario(void) {
         }
     }
     fclose(f);
-    if (ret != NVML_SUCCESS) device_count = 0;
+    if (ret != NVML_SUCCESS) device_count = mig_count = 0;
     return ret;
 }
 
@@ -405,6 +571,8 @@ nvmlReturn_t nvmlDeviceGetCount_v2(unsigned *count) {
     return NVML_SUCCESS;
 }
 
+#define NVML_VENDOR_NVIDIA 0x10DEu
+
 /* A fresh handle for a device: one reset since it was lost makes it answer again. */
 static nvmlReturn_t fetch_handle(struct fake_device *d, nvmlDevice_t *device) {
     if (d->lost && d->reset) {
@@ -433,13 +601,41 @@ nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
     return NVML_ERROR_NOT_FOUND;
 }
 
-/* The checks every device call makes: initialised, a real handle, not lost, the field's
- * scripted failure. */
+/* Fields a MIG device handle does not answer, and those a GPU with MIG on does not. */
+static int mig_device_unsupported(enum field f) {
+    switch (f) {
+    case F_MAX_CLOCK: case F_CLOCK: case F_UTIL: case F_ENERGY: case F_POWER:
+    case F_EVENT_REASONS: case F_THROTTLE_REASONS: case F_PROCESS_UTIL: case F_MIG_MODE:
+    case F_MIG_DEVICES: case F_GPM_SUPPORT:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* The checks every device call makes: initialised, a real handle (a MIG device that is
+ * still there), not lost (nor its GPU), the field's scripted failure, then what NVML
+ * does not answer for MIG. */
 static nvmlReturn_t gate(nvmlDevice_t d, enum field f) {
     if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
     if (!d || d->magic != DEVICE_MAGIC) return NVML_ERROR_INVALID_ARGUMENT;
-    if (d->lost) return NVML_ERROR_GPU_IS_LOST;
-    return d->fail[f];
+    if (d->is_mig && !d->present) return NVML_ERROR_INVALID_ARGUMENT;
+    if (d->lost || (d->is_mig && d->parent->lost)) return NVML_ERROR_GPU_IS_LOST;
+    if (d->fail[f]) return d->fail[f];
+    if (d->is_mig && mig_device_unsupported(f)) return NVML_ERROR_NOT_SUPPORTED;
+    if (!d->is_mig && d->mig_mode == 1 && (f == F_UTIL || f == F_PROCESS_UTIL))
+        return NVML_ERROR_NOT_SUPPORTED;
+    return NVML_SUCCESS;
+}
+
+/* One read of a device (see `lost`): lost once it has been read lost_after times. */
+static nvmlReturn_t count_read(struct fake_device *d) {
+    if (d->lost_after >= 0 && d->reads >= (unsigned long long)d->lost_after) {
+        d->lost = 1;
+        return NVML_ERROR_GPU_IS_LOST;
+    }
+    d->reads++;
+    return NVML_SUCCESS;
 }
 
 static nvmlReturn_t copy_string(const char *s, char *out, unsigned length) {
@@ -474,11 +670,8 @@ nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, unsigned type, unsigned *clo
     if (r == NVML_ERROR_GPU_IS_LOST || r == NVML_ERROR_UNINITIALIZED ||
         r == NVML_ERROR_INVALID_ARGUMENT)
         return r;
-    if (d->lost_after >= 0 && d->reads >= (unsigned long long)d->lost_after) {
-        d->lost = 1;
-        return NVML_ERROR_GPU_IS_LOST;
-    }
-    d->reads++; /* counted even when the clock itself is scripted to fail */
+    if (!d->is_mig && count_read(d)) return NVML_ERROR_GPU_IS_LOST;
+    /* counted even when the clock itself is scripted to fail */
     if (r) return r;
     if (!clock || type > 3) return NVML_ERROR_INVALID_ARGUMENT;
     if (type > 1) return NVML_ERROR_NOT_SUPPORTED;
@@ -536,6 +729,7 @@ nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t d,
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned *count,
                                                      nvmlProcessInfo_t *infos) {
     nvmlReturn_t r = gate(d, F_PROCESSES);
+    if (r == NVML_SUCCESS && d->is_mig && !infos && count_read(d)) r = NVML_ERROR_GPU_IS_LOST;
     if (r) return r;
     if (!count) return NVML_ERROR_INVALID_ARGUMENT;
     unsigned n = (unsigned)d->nprocs;
@@ -546,8 +740,9 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned *c
     for (unsigned i = 0; i < n; i++) {
         infos[i].pid = d->procs[i].pid;
         infos[i].usedGpuMemory = d->procs[i].mem_bytes;
-        infos[i].gpuInstanceId = 0xFFFFFFFFu; /* not a MIG device */
-        infos[i].computeInstanceId = 0xFFFFFFFFu;
+        /* 0xFFFFFFFF: not a MIG device */
+        infos[i].gpuInstanceId = d->is_mig ? d->gi : 0xFFFFFFFFu;
+        infos[i].computeInstanceId = d->is_mig ? d->ci : 0xFFFFFFFFu;
     }
     *count = n;
     return NVML_SUCCESS;
@@ -578,6 +773,100 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d,
         k++;
     }
     *count = n;
+    return NVML_SUCCESS;
+}
+
+/* ---- identity: PCI, compute capability, attributes ---------------------------------- */
+
+nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvmlPciInfo_t *pci) {
+    nvmlReturn_t r = gate(d, F_PCI);
+    if (r) return r;
+    if (!pci) return NVML_ERROR_INVALID_ARGUMENT;
+    struct fake_device *g = d->is_mig ? d->parent : d; /* a MIG device is on its GPU's bus */
+    if (!g->pci_device) return NVML_ERROR_NOT_SUPPORTED;
+    memset(pci, 0, sizeof *pci);
+    unsigned bus = (unsigned)(g - devices) + 1;
+    pci->bus = bus;
+    pci->pciDeviceId = (g->pci_device << 16) | NVML_VENDOR_NVIDIA;
+    pci->pciSubSystemId = 0x145110DEu;
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "0000:%02X:00.0", bus & 0xFFu);
+    snprintf(pci->busId, sizeof pci->busId, "00000000:%02X:00.0", bus & 0xFFu);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t d, int *major, int *minor) {
+    nvmlReturn_t r = gate(d, F_CC);
+    if (r) return r;
+    if (!major || !minor) return NVML_ERROR_INVALID_ARGUMENT;
+    struct fake_device *g = d->is_mig ? d->parent : d;
+    if (g->cc_major < 0) return NVML_ERROR_NOT_SUPPORTED;
+    *major = g->cc_major;
+    *minor = g->cc_minor;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetAttributes_v2(nvmlDevice_t d, nvmlDeviceAttributes_t *a) {
+    nvmlReturn_t r = gate(d, F_ATTRIBUTES);
+    if (r) return r;
+    if (!a) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!d->sm_count) return NVML_ERROR_NOT_SUPPORTED;
+    memset(a, 0, sizeof *a);
+    a->multiprocessorCount = d->sm_count;
+    a->gpuInstanceSliceCount = a->computeInstanceSliceCount = d->is_mig ? d->slices : 0;
+    return NVML_SUCCESS;
+}
+
+/* ---- MIG -------------------------------------------------------------------------- */
+
+nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned *current, unsigned *pending) {
+    nvmlReturn_t r = gate(d, F_MIG_MODE);
+    if (r) return r;
+    if (!current || !pending) return NVML_ERROR_INVALID_ARGUMENT;
+    if (d->mig_mode < 0) return NVML_ERROR_NOT_SUPPORTED;
+    *current = (unsigned)d->mig_mode;
+    *pending = (unsigned)d->mig_pending;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t d, unsigned *count) {
+    nvmlReturn_t r = gate(d, F_MIG_DEVICES);
+    if (r) return r;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    *count = d->mig_mode == 1 ? d->mig_max : 0; /* zero if MIG is not supported or on */
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t d, unsigned index,
+                                                 nvmlDevice_t *mig) {
+    nvmlReturn_t r = gate(d, F_MIG_DEVICES);
+    if (r) return r;
+    if (!mig) return NVML_ERROR_INVALID_ARGUMENT;
+    if (d->mig_mode != 1) return NVML_ERROR_NOT_SUPPORTED;
+    if (index >= d->mig_max) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned k = 0;
+    for (unsigned i = 0; i < mig_count; i++) {
+        struct fake_device *m = &mig_devices[i];
+        if (m->parent != d || !m->present) continue;
+        if (k++ == index) return fetch_handle(m, mig);
+    }
+    return NVML_ERROR_NOT_FOUND;
+}
+
+nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t d, unsigned *id) {
+    nvmlReturn_t r = gate(d, F_INSTANCE_IDS);
+    if (r) return r;
+    if (!id) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!d->is_mig) return NVML_ERROR_NOT_SUPPORTED;
+    *id = d->gi;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t d, unsigned *id) {
+    nvmlReturn_t r = gate(d, F_INSTANCE_IDS);
+    if (r) return r;
+    if (!id) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!d->is_mig) return NVML_ERROR_NOT_SUPPORTED;
+    *id = d->ci;
     return NVML_SUCCESS;
 }
 
@@ -615,10 +904,28 @@ nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t d, nvmlGpmSample_t s) {
     nvmlReturn_t r = gate(d, F_GPM_SAMPLE);
     if (r) return r;
     if (!s || s->magic != SAMPLE_MAGIC) return NVML_ERROR_INVALID_ARGUMENT;
-    if (!d->gpm) return NVML_ERROR_NOT_SUPPORTED;
+    if (!d->gpm || d->is_mig) return NVML_ERROR_NOT_SUPPORTED;
     s->device = d;
     s->seq = ++d->gpm_seq;
     return NVML_SUCCESS;
+}
+
+/* A GPU instance's sample, kept on its first present MIG device. */
+nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t d, unsigned gpu_instance_id, nvmlGpmSample_t s) {
+    nvmlReturn_t r = gate(d, F_GPM_SAMPLE);
+    if (r) return r;
+    if (!s || s->magic != SAMPLE_MAGIC || d->is_mig) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!d->gpm || d->mig_mode != 1) return NVML_ERROR_NOT_SUPPORTED;
+    for (unsigned i = 0; i < mig_count; i++) {
+        struct fake_device *m = &mig_devices[i];
+        if (m->parent != d || !m->present || m->gi != gpu_instance_id) continue;
+        r = gate(m, F_GPM_SAMPLE);
+        if (r) return r;
+        s->device = m;
+        s->seq = ++m->gpm_seq;
+        return NVML_SUCCESS;
+    }
+    return NVML_ERROR_NOT_FOUND;
 }
 
 nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *m) {
@@ -664,10 +971,58 @@ int fakeNvml_resetGpu(unsigned index) {
     return 0;
 }
 
+/* MIG device <mig> of GPU <gpu> in scenario order, NULL if there is none. */
+static struct fake_device *mig_of(unsigned gpu, unsigned mig) {
+    if (gpu >= device_count) return NULL;
+    for (unsigned i = 0; i < mig_count; i++) {
+        if (mig_devices[i].parent != &devices[gpu]) continue;
+        if (mig-- == 0) return &mig_devices[i];
+    }
+    return NULL;
+}
+
+/* MIG device <mig> of GPU <gpu> is created (1) or destroyed (0). Returns -1 if none. */
+int fakeNvml_setMigPresent(unsigned gpu, unsigned mig, int present) {
+    struct fake_device *m = mig_of(gpu, mig);
+    if (!m) return -1;
+    m->present = present != 0;
+    return 0;
+}
+
+/* The current (and pending) MIG mode of GPU <gpu> becomes <mode>. Returns -1 if none. */
+int fakeNvml_setMigMode(unsigned gpu, int mode) {
+    if (gpu >= device_count) return -1;
+    devices[gpu].mig_mode = devices[gpu].mig_pending = mode;
+    return 0;
+}
+
+/* As fakeNvml_resetGpu, for MIG device <mig> of GPU <gpu>. Returns -1 if none. */
+int fakeNvml_resetMig(unsigned gpu, unsigned mig) {
+    struct fake_device *m = mig_of(gpu, mig);
+    if (!m) return -1;
+    m->reset = m->lost;
+    m->lost_after = -1;
+    return 0;
+}
+
 /* How many times GPU <index> was looked up by its UUID (-1 for a bad index). */
 long long fakeNvml_uuidLookups(unsigned index) {
     if (index >= device_count) return -1;
     return (long long)devices[index].uuid_lookups;
+}
+
+/* As fakeNvml_gpmStats, for the GPU instance whose sample MIG device <mig> of GPU <gpu>
+ * keeps (the first of the instance's MIG devices). Returns -1 if there is none. */
+int fakeNvml_migGpmStats(unsigned gpu, unsigned mig, unsigned long long *samples_taken,
+                         unsigned long long *metrics_calls, unsigned long long *last_seq1,
+                         unsigned long long *last_seq2) {
+    struct fake_device *m = mig_of(gpu, mig);
+    if (!m) return -1;
+    *samples_taken = m->gpm_seq;
+    *metrics_calls = m->gpm_metrics_calls;
+    *last_seq1 = m->last_seq1;
+    *last_seq2 = m->last_seq2;
+    return 0;
 }
 
 /* GPM counters of GPU <index>: samples taken, nvmlGpmMetricsGet calls, and the sample

@@ -76,6 +76,33 @@ class FakeNvml:
             raise IndexError(f"the fake NVML has no GPU {index}")
         return GpmStats(int(taken.value), int(calls.value), (int(seq1.value), int(seq2.value)))
 
+    def mig_gpm_stats(self, gpu: int, mig: int) -> GpmStats:
+        """GPM use of the GPU instance whose samples MIG device ``mig`` of ``gpu`` keeps."""
+        taken, calls, seq1, seq2 = (ctypes.c_ulonglong() for _ in range(4))
+        rc = self.lib.fakeNvml_migGpmStats(
+            ctypes.c_uint(gpu), ctypes.c_uint(mig), ctypes.byref(taken), ctypes.byref(calls),
+            ctypes.byref(seq1), ctypes.byref(seq2),
+        )
+        if rc != 0:
+            raise IndexError(f"the fake NVML has no MIG device {gpu}/{mig}")
+        return GpmStats(int(taken.value), int(calls.value), (int(seq1.value), int(seq2.value)))
+
+    def set_mig_present(self, gpu: int, mig: int, present: bool) -> None:
+        """MIG device ``mig`` of GPU ``gpu`` is created (True) or destroyed (False)."""
+        if self.lib.fakeNvml_setMigPresent(ctypes.c_uint(gpu), ctypes.c_uint(mig),
+                                           ctypes.c_int(int(present))) != 0:
+            raise IndexError(f"the fake NVML has no MIG device {gpu}/{mig}")
+
+    def set_mig_mode(self, gpu: int, enabled: bool) -> None:
+        """The MIG mode of GPU ``gpu`` becomes ``enabled`` (current and pending)."""
+        if self.lib.fakeNvml_setMigMode(ctypes.c_uint(gpu), ctypes.c_int(int(enabled))) != 0:
+            raise IndexError(f"the fake NVML has no GPU {gpu}")
+
+    def reset_mig(self, gpu: int, mig: int) -> None:
+        """As :meth:`reset_gpu`, for MIG device ``mig`` of GPU ``gpu``."""
+        if self.lib.fakeNvml_resetMig(ctypes.c_uint(gpu), ctypes.c_uint(mig)) != 0:
+            raise IndexError(f"the fake NVML has no MIG device {gpu}/{mig}")
+
 
 def _install(
     legacy: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -154,3 +154,68 @@ CASES += [
                                  "{dir}/gpu.csv/ledger.sqlite", "--quiet"), 1,
          "cannot write", files={"gpu.csv": _smi(TICKS, {})}),
 ]
+
+
+# -- dcgmi dmon logs: no time, no GPU name, columns by position ------------------------
+
+_DMON_TAGS = (("#Entity", 16), ("SMACT", 13), ("TENSO", 13), ("SMCLK", 13), ("POWER", 18),
+              ("GPUTL", 18))
+
+
+def _dmon_line(values: tuple[str, ...]) -> str:
+    return "".join(v.ljust(w) for v, (_, w) in zip(values, _DMON_TAGS, strict=True)) + "\n"
+
+
+def _dmon(rounds: int, edits: dict[tuple[int, str], str] | None = None,
+          units: str = " W") -> tuple[str, dict[int, int]]:
+    """A dmon log of GPU 0 as DCGM 3+ prints it (header and units line every 14 rounds)
+    with a field of some rounds replaced; and the line of each round."""
+    head = _dmon_line(tuple(t for t, _ in _DMON_TAGS)) + _dmon_line(
+        ("ID", "", "", "", units, ""))
+    out, lines, n = [], {}, 0
+    for k in range(rounds):
+        if k % 14 == 0:
+            out.append(head)
+            n += 2
+        values = {"SMACT": "0.945", "TENSO": f"0.{590 + k % 7}", "SMCLK": f"{1200 + k % 5 * 15}",
+                  "POWER": "346.125", "GPUTL": "100"}
+        values.update({f: v for (r, f), v in (edits or {}).items() if r == k})
+        out.append(_dmon_line(("GPU 0", *(values[t] for t, _ in _DMON_TAGS[1:]))))
+        n += 1
+        lines[k] = n
+    return "".join(out), lines
+
+
+def _dmon_argv(*extra: str) -> tuple[str, ...]:
+    return _argv("dmon.log", "--gpu-model", "h100_pcie", *extra)
+
+
+_DMON_BAD = {(70, "TENSO"): "1.500", (90, "SMCLK"): "-5", (110, "POWER"): "99999.000"}
+_DMON_TYPO = {(40, "TENSO"): "0.5x9"}
+CASES += [
+    Case("dmon-without-interval-hint", _dmon_argv(), 1,
+         "dmon.log: line 3: dcgmi dmon prints no time: pass --interval-hint",
+         files={"dmon.log": _dmon(TICKS)[0]}),
+    Case("dmon-impossible-values-named-by-line",
+         _dmon_argv("--interval-hint", "0.1", "--max-bad-share", "0.05"), 0,
+         f"dmon.log:{_dmon(TICKS, _DMON_BAD)[1][70]}: tensor activity outside 0-100%: 150%",
+         files={"dmon.log": _dmon(TICKS, _DMON_BAD)[0]}, may_change=("out",), ledger=LEDGER),
+    Case("dmon-negative-clock-named-by-line",
+         _dmon_argv("--interval-hint", "0.1", "--max-bad-share", "0.05"), 0,
+         f"dmon.log:{_dmon(TICKS, _DMON_BAD)[1][90]}: negative SM clock: -5 MHz",
+         files={"dmon.log": _dmon(TICKS, _DMON_BAD)[0]}, may_change=("out",), ledger=LEDGER),
+    Case("dmon-unparsable-value-named-by-line", _dmon_argv("--interval-hint", "0.1"), 0,
+         f"dmon.log:{_dmon(TICKS, _DMON_TYPO)[1][40]}: bad number '0.5x9' in column TENSO",
+         files={"dmon.log": _dmon(TICKS, _DMON_TYPO)[0]}, may_change=("out",), ledger=LEDGER),
+    Case("dmon-header-cut-off", _dmon_argv("--interval-hint", "0.1"), 1,
+         "no dcgmi dmon header line",
+         files={"dmon.log": "".join(line for line in _dmon(TICKS)[0].splitlines(True)
+                                    if line.startswith("GPU"))}),
+    Case("dmon-header-without-a-used-field", _dmon_argv("--interval-hint", "0.1"), 1,
+         "line 1: the dmon header names no field the replay reads",
+         files={"dmon.log": "#Entity         DRAMA        PCITX\nGPU 0           0.120"
+                            "        1024\n"}),
+    Case("dmon-power-in-milliwatts", _dmon_argv("--interval-hint", "0.1"), 1,
+         "line 2: column POWER in 'mW', expected 'W'",
+         files={"dmon.log": _dmon(TICKS, units=" mW")[0]}),
+]

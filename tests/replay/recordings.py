@@ -22,7 +22,7 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +183,40 @@ def write(directory: Path, fmt: str, ticks: int, edits: Edits = {},  # noqa: B00
     else:
         path.write_bytes(content)
     return path, lines
+
+
+# nvidia-smi's own columns, as ``--query-gpu=timestamp,index,uuid,name,utilization.gpu,
+# clocks.sm,clocks.max.sm,power.draw --format=csv`` prints them.
+BUSY_SMI_HEADER = ("timestamp, index, uuid, name, utilization.gpu [%], "
+                   "clocks.current.sm [MHz], clocks.max.sm [MHz], power.draw [W]")
+
+
+def busy_smi_log(gpus: Sequence[tuple[str, float]], seconds: int) -> str:
+    """An nvidia-smi log of busy GPUs (80 to 100% utilized) from 2025-06-01 12:00:00
+    UTC, one line per GPU per second; ``gpus``: (name as nvidia-smi prints it, SM clock
+    in MHz at or under the GPU's rated boost), GPU ``i`` with UUID ``smi_uuid(i)``."""
+    lines = [BUSY_SMI_HEADER]
+    for t in range(seconds):
+        stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.gmtime(T0 + t))
+        for i, (name, clock_mhz) in enumerate(gpus):
+            lines.append(f"{stamp}.{i:03d}, {i}, {smi_uuid(i)}, {name}, {80 + (t + i) % 21} %, "
+                         f"{clock_mhz - (t % 3) * 15:.0f} MHz, {clock_mhz:.0f} MHz, "
+                         f"{250 + (t + i) % 50}.25 W")
+    return "\n".join(lines) + "\n"
+
+
+def smi_uuid(i: int) -> str:
+    return f"GPU-{i:08x}-5b4e-4340-839d-{i:012x}"
+
+
+def replayed_smi_ledger(directory: Path, gpus: Sequence[tuple[str, float]],
+                        seconds: int = 60) -> Path:
+    """A ledger replayed from :func:`busy_smi_log` (the run ``unattributed``)."""
+    from agent.replay.engine import ReplayEngine, ReplayOptions
+
+    log = directory / "nvidia-smi.csv"
+    log.write_text(busy_smi_log(gpus, seconds))
+    ledger = directory / "ledger.sqlite"
+    summary = ReplayEngine(ledger, ReplayOptions(interval_hint_s=1.0)).run([log])
+    assert summary.failure is None, summary.failure
+    return ledger

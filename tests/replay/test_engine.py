@@ -19,6 +19,7 @@ from agent.replay.engine import ReplayEngine, ReplayOptions, detect_format
 from agent.replay.summary import Progress
 from agent.simrun import record_trace
 from agent.sources.scenarios import SCENARIOS
+from tests.replay.recordings import busy_smi_log, smi_uuid
 from tests.replay.test_dcgm import recording as dcgm_recording
 
 U0 = "GPU-5b4e07f6-3a86-4340-039d-25f2a83cdc43"
@@ -84,6 +85,23 @@ def test_cli_replays_into_a_verifiable_ledger(tmp_path: Path, capsys: pytest.Cap
         windows = list(group)
         assert len(windows) == 5
         assert all(a.end_ns == b.start_ns for a, b in itertools.pairwise(windows))
+
+
+def test_cli_says_which_gpus_are_not_in_the_spec_table(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "gpu.csv"
+    log.write_text(busy_smi_log([("NVIDIA H100 80GB HBM3", 1980), ("NVIDIA X999", 2000)], 60))
+    assert cli(str(log), "--ledger", str(tmp_path / "l.sqlite"), "--quiet") == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("    GPU-")}
+    known, unknown = rows[smi_uuid(0)], rows[smi_uuid(1)]
+    assert " h100_sxm " in known
+    assert " table " in known
+    assert " ceiling " in unknown
+    high = unknown.split("..")[-1].strip(" ]")
+    assert float(high) > 0
+    assert "WARNING: 1 of 2 GPU(s) have no row in the spec table (1 ceiling)" in out
+    assert out.count("NOT IN THE SPEC TABLE: peak from a ceiling spec, band widened (") == 1
 
 
 def test_replaying_again_or_a_continuation_never_double_counts(tmp_path: Path) -> None:

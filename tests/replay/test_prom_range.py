@@ -19,12 +19,14 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.replay.engine import ReplayEngine, ReplayOptions, detect_format
 from agent.replay.readers.base import ColumnChunk
 from agent.replay.readers.prom_range import PromRangeReader
+from agent.replay.readers.promseries import gpu_key
 from agent.sources.base import ActivityKind
 
 U0 = "GPU-8f2c1d90-5e0b-4c1a-9b7e-3d2f1a0c9e44"
@@ -127,6 +129,23 @@ def test_pretty_printed_responses_and_flopledger_series(tmp_path: Path) -> None:
     assert col(chunks, "sm_clock_mhz").tolist() == [1980.0] * 3
     assert col(chunks, "gpu_util_pct").tolist() == [50.0] * 3
     assert chunks[-1].attribution_table[0].shares[0].run.run_id == "r7"
+
+
+@pytest.mark.parametrize(("spec_labels", "spec_key"), [
+    ({"spec": "table", "spec_key": "h100_sxm"}, "h100_sxm"),
+    # The agent found no row: the replay resolves the name again, never takes the
+    # stand-in spec as a table row.
+    ({"spec": "ceiling", "spec_key": "ceiling/a100_40gb"}, None),
+    ({"spec": "derived", "spec_key": "derived/cc9.0"}, None),
+    ({"spec": "h100_sxm"}, "h100_sxm"),  # agents that exported the row as spec
+])
+def test_the_spec_row_named_by_flopledger_gpu_info(spec_labels: dict[str, str],
+                                                   spec_key: str | None) -> None:
+    labels = {"__name__": "flopledger_gpu_info", "gpu": "0", "uuid": U0,
+              "name": "NVIDIA H100 80GB HBM3", **spec_labels}
+    key = gpu_key(labels)
+    assert key is not None
+    assert key.spec_key == spec_key
 
 
 def test_bad_entries_are_reported(tmp_path: Path) -> None:

@@ -3,8 +3,12 @@ damaged trace loses exactly its damaged blocks, never a row more, never a wrong 
 
 from __future__ import annotations
 
+import json
 import tempfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,9 +23,9 @@ from agent.ledger.store import Ledger
 from agent.ledger.verify import verify_ledger
 from agent.replay.engine import ReplayEngine, ReplayOptions
 from agent.replay.readers.base import ColumnChunk, ReplayError
-from agent.replay.readers.trace import TraceReader, TraceWriter
+from agent.replay.readers.trace import _FRAME, MAGIC, TraceReader, TraceWriter
 from agent.simrun import record_trace
-from agent.sources.base import FLOAT_FIELDS, DeviceInfo, SampleBatch
+from agent.sources.base import FLOAT_FIELDS, ActivityKind, DeviceInfo, SampleBatch
 from agent.sources.clock import VirtualClock
 from agent.sources.scenarios import SCENARIOS, SimJob
 from agent.sources.simulated import SimulatedSource
@@ -207,3 +211,90 @@ def test_fuzz_arbitrary_bytes(data: bytes) -> None:
         assert not message or str(path) in message
         for c in chunks:
             assert c.gpu.shape == c.timestamp_ns.shape
+
+
+# -- what the driver said of each GPU ---------------------------------------------------
+
+FACT_DEVICES = (
+    DeviceInfo(index=0, uuid="GPU-aaaaaaaa-0000-4000-8000-000000000000",
+               name="NVIDIA H100 80GB HBM3", spec_key="h100_sxm", max_sm_clock_mhz=1980.0,
+               activity_kind=ActivityKind.NONE, source="nvml", pci_device_id=0x2330,
+               compute_capability="9.0", sm_count=132),
+    DeviceInfo(index=1, uuid="GPU-bbbbbbbb-0000-4000-8000-000000000000", name="NVIDIA X999",
+               spec_key=None, max_sm_clock_mhz=2000.0, activity_kind=ActivityKind.NONE,
+               source="nvml", pci_device_id=0x9999, compute_capability="13.0", sm_count=200,
+               mig_parent_uuid=None),
+)
+T_WALL = 1_748_779_200 * 10**9  # 2025-06-01 12:00:00 UTC
+
+
+def fact_trace(path: Path, seconds: int = 30) -> None:
+    """Both GPUs busy (90%, utilization only) for ``seconds``."""
+    writer = TraceWriter(path, FACT_DEVICES, "nvml", block_rows=16)
+    for t in range(seconds):
+        batch = SampleBatch.empty(2, t * 10**9, T_WALL + t * 10**9)
+        batch.gpu_util_pct[:] = 90.0
+        batch.sm_clock_mhz[:] = (1900.0, 1950.0)
+        batch.power_mw[:] = 400_000.0
+        writer.write(batch)
+    writer.close()
+
+
+def rewrite_header(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """The trace with its header JSON edited (and its checksum made right again)."""
+    data = path.read_bytes()
+    start = len(MAGIC)
+    tag, size, _ = _FRAME.unpack_from(data, start)
+    body = start + _FRAME.size
+    doc = json.loads(data[body:body + size])
+    edit(doc)
+    new = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    path.write_bytes(data[:start] + _FRAME.pack(tag, len(new), zlib.crc32(new)) + new
+                     + data[body + size:])
+
+
+def test_the_drivers_facts_round_trip_and_reach_the_spec_resolution(tmp_path: Path) -> None:
+    path = tmp_path / "facts.trace"
+    fact_trace(path)
+    reader = TraceReader(path)
+    keys = next(iter(reader.chunks())).gpus
+    assert reader.devices == FACT_DEVICES
+    assert [(k.pci_device_id, k.compute_capability, k.sm_count) for k in keys] == [
+        (0x2330, "9.0", 132), (0x9999, "13.0", 200)]
+    summary = ReplayEngine(tmp_path / "f.sqlite", ReplayOptions()).run([path])
+    h100, unknown = (summary.gpus[d.uuid] for d in FACT_DEVICES)
+    assert (h100.spec, h100.basis) == ("h100_sxm", "table")
+    assert unknown.basis in ("derived", "ceiling")
+    assert unknown.reason
+    assert unknown.totals.flop.high > 0
+    assert unknown.totals.flop.central > 0
+
+
+def test_a_trace_without_the_drivers_facts_is_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "old.trace"
+    fact_trace(path)
+
+    def drop_facts(doc: dict[str, Any]) -> None:
+        for d in doc["devices"]:
+            for name in ("pci_device_id", "compute_capability", "sm_count", "mig_parent_uuid"):
+                del d[name]
+
+    rewrite_header(path, drop_facts)
+    reader = TraceReader(path)
+    assert sum(c.rows for c in reader.chunks()) == 60
+    assert [(d.pci_device_id, d.compute_capability, d.sm_count) for d in reader.devices] == [
+        (None, None, None)] * 2
+    assert [d.name for d in reader.devices] == [d.name for d in FACT_DEVICES]
+
+
+def test_a_bad_fact_in_a_trace_header_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.trace"
+    fact_trace(path, seconds=2)
+
+    def bad_sm_count(doc: dict[str, Any]) -> None:
+        doc["devices"][1]["sm_count"] = "many"
+
+    rewrite_header(path, bad_sm_count)
+    with pytest.raises(ReplayError, match="unreadable trace header: bad sm_count 'many' in "
+                                          "device entry 1"):
+        list(TraceReader(path).chunks())

@@ -14,6 +14,7 @@ import pytest
 from agent.compliance.thresholds import load_registry
 from agent.reports.report import build_report, render_csv, render_markdown
 from agent.sources.specs import load_spec_table
+from tests.replay.recordings import replayed_smi_ledger, smi_uuid
 from tests.sample_ledger import DAY, HOUR_NS, MODEL, RUN, T0, build
 
 HOURS = 6 * DAY
@@ -49,6 +50,35 @@ def test_report_states_totals_regimes_method_and_verification(ledger: Path) -> N
         assert needed in text, needed
     doc = json.loads(rep.to_json())
     assert doc["flop"]["central"] == rep.flop.central
+
+
+def test_data_quality_lists_the_gpus_by_the_basis_of_their_peak(ledger: Path,
+                                                                tmp_path: Path) -> None:
+    table_only = report(ledger, model=MODEL)
+    assert set(table_only.spec_bases) == {"table"}
+    assert f"- GPU peaks: all {table_only.gpus} GPU(s) from rows of the spec table" in \
+        render_markdown(table_only)
+    # A replayed H100 (in the table) and a GPU no table has a row for.
+    mixed = replayed_smi_ledger(tmp_path, [("NVIDIA H100 80GB HBM3", 1980),
+                                           ("NVIDIA X999", 2000)])
+    rep = build_report({}, load_registry(), load_spec_table(), mixed, run="unattributed")
+    assert list(rep.spec_bases) == ["ceiling", "table"]
+    ceiling = rep.spec_bases["ceiling"]
+    assert ceiling["gpus"] == rep.spec_bases["table"]["gpus"] == 1
+    assert ceiling["gpu_time_share"] == pytest.approx(0.5)
+    (gpu,) = ceiling["not_in_table"]
+    assert gpu["gpu"] == smi_uuid(1)
+    assert gpu["reason"]
+    assert "not_in_table" not in rep.spec_bases["table"]
+    text = render_markdown(rep)
+    quality = text.split("## Data quality")[1].split("## Verification")[0]
+    assert "**GPU peaks not all from the spec table**" in quality
+    assert f"  - `{smi_uuid(1)}`: ceiling (spec `{gpu['spec']}`; only a name" in quality
+    assert smi_uuid(0) not in quality
+    assert "no table peak for 50% of the GPU time (ceiling specs: not in the spec table)" \
+        in rep.method["H_source"]
+    assert json.loads(rep.to_json())["spec_bases"]["ceiling"]["not_in_table"][0]["gpu"] == \
+        smi_uuid(1)
 
 
 def test_csv_is_the_cumulative_timeline(ledger: Path) -> None:

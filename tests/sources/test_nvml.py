@@ -23,7 +23,8 @@ import pytest
 
 from agent.sources.base import FLOAT_FIELDS, ActivityKind, SampleBatch, SourceError
 from agent.sources.clock import VirtualClock
-from agent.sources.nvml import GPM_METRICS, NvmlSource, nvml_unavailable_reason
+from agent.sources.nvml import NvmlSource, nvml_unavailable_reason
+from agent.sources.nvml_device import GPM_METRICS
 from agent.sources.specs import SpecTable, load_spec_table
 from tests.fake_nvml import Scenario
 from tests.fake_nvml import fixtures as fake_fixtures
@@ -119,6 +120,36 @@ def test_devices_have_names_uuids_spec_keys_and_activity_kinds(node: NvmlSource)
     assert [d.activity_kind for d in devices] == [ActivityKind.GPM] * 4 + [ActivityKind.NONE] * 4
     assert [d.max_sm_clock_mhz for d in devices] == [1980.0] * 4 + [1410.0] * 4
     assert {d.source for d in devices} == {"nvml"}
+
+
+def test_devices_carry_pci_id_compute_capability_and_sm_count(
+    fake_nvml: FakeNvml, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.sources.nvml")
+    fake_nvml.use(Scenario()
+                  .gpu(uuid_of(0), name="NVIDIA Graphics Device", pci_device_id=0x2330, cc="9.0")
+                  .gpu(uuid_of(1), name=A100, pci_device_id=0x20B2, cc="8.0", sm_count=108)
+                  .gpu(uuid_of(2), name=H100, cc="9.0", pci_device_id=0x2330)
+                  .unsupported(2, "pci").error(2, "cc", NVML_ERROR_UNKNOWN))
+    source = NvmlSource(SPECS)
+    try:
+        first, second, third = source.devices()
+    finally:
+        source.close()
+    # the 16-bit device ID above NVIDIA's vendor ID; it finds the row the name cannot
+    assert (first.pci_device_id, first.compute_capability, first.spec_key) == (
+        0x2330, "9.0", "h100_sxm")
+    # NVML gives the SM count of MIG devices only: None for a whole GPU, unless it answers
+    assert first.sm_count is None
+    assert (second.pci_device_id, second.compute_capability, second.sm_count) == (
+        0x20B2, "8.0", 108)
+    # unsupported or failing: unknown, and the device is still matched by its name
+    assert (third.pci_device_id, third.compute_capability, third.spec_key) == (
+        None, None, "h100_sxm")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "sm_count" in m or "mig_mode" in m]
+    assert sum("pci_device_id not available" in m for m in messages) == 1
+    assert sum("reading compute_capability failed" in m for m in messages) == 1
 
 
 # -- values and units ----------------------------------------------------------------------

@@ -55,6 +55,8 @@ class GpuKey:
         activity_kind: which tensor-activity counter the recording carries for it.
         mig_profile: ``GPU_I_PROFILE`` of a MIG instance (``1g.10gb``), else None.
         host: the host name the recording gives, "" if none.
+        pci_device_id, compute_capability, sm_count: what the driver said of the GPU
+            (as in DeviceInfo; traces), None where the recording does not say.
     """
 
     key: str
@@ -66,6 +68,9 @@ class GpuKey:
     activity_kind: ActivityKind = ActivityKind.NONE
     mig_profile: str | None = None
     host: str = ""
+    pci_device_id: int | None = None
+    compute_capability: str | None = None
+    sm_count: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

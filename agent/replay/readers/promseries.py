@@ -43,6 +43,7 @@ from agent.accounting.runmeta import claims_nothing
 from agent.accounting.runs import GpuAttribution, GpuShare, RunMeta
 from agent.replay.readers.base import GpuKey
 from agent.sources.base import ActivityKind
+from agent.sources.specs import SpecBasis
 
 # series -> (field, factor to vendor units)
 METRICS: dict[str, tuple[str, float]] = {
@@ -103,9 +104,22 @@ def gpu_key(labels: Mapping[str, str], host_default: str = "") -> GpuKey | None:
     return GpuKey(
         key=key, uuid=uuid, index=int(index_text) if index_text.isdigit() else None,
         name=labels.get("modelName") or labels.get("name") or None,
-        spec_key=labels.get("spec") or None,
+        spec_key=_spec_key(labels),
         activity_kind=_ESTIMATOR_KIND.get(labels.get("estimator", ""), ActivityKind.NONE),
         mig_profile=labels.get("GPU_I_PROFILE") or None, host=host)
+
+
+def _spec_key(labels: Mapping[str, str]) -> str | None:
+    """The spec-table row a ``flopledger_gpu_info`` series names: ``spec_key`` where
+    ``spec`` is ``table``; none for a GPU the agent found no row for (``derived``,
+    ``ceiling``: its name is resolved again); in scrapes of agents that exported no
+    ``spec_key``, the ``spec`` label held the row."""
+    spec = labels.get("spec", "")
+    if spec == SpecBasis.TABLE:
+        return labels.get("spec_key") or None
+    if spec in (SpecBasis.DERIVED, SpecBasis.CEILING):
+        return None
+    return spec or None
 
 
 def run_of(labels: Mapping[str, str]) -> RunMeta | None:

@@ -60,6 +60,11 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     *((name, "<f8") for name in FLOAT_FIELDS),
     ("throttle_reasons", "<i8"), ("attribution", "<i4"),
 )
+# DeviceInfo's optional facts and their JSON types.
+_FACTS: tuple[tuple[str, type], ...] = (
+    ("pci_device_id", int), ("compute_capability", str), ("sm_count", int),
+    ("mig_parent_uuid", str),
+)
 
 
 def _device_json(d: DeviceInfo) -> dict[str, Any]:
@@ -69,15 +74,24 @@ def _device_json(d: DeviceInfo) -> dict[str, Any]:
 
 
 def _device(d: Any) -> DeviceInfo:
-    """Raises: ValueError, TypeError, KeyError for a malformed device entry."""
+    """Raises: ValueError, TypeError, KeyError for a malformed device entry.
+
+    ``pci_device_id``, ``compute_capability``, ``sm_count`` and ``mig_parent_uuid`` are
+    optional: traces written before the agent recorded them lack them."""
     clock = d["max_sm_clock_mhz"]
     if not isinstance(d["index"], int) or not isinstance(d["uuid"], str) or not isinstance(
             d["name"], str) or not isinstance(d["spec_key"], str | None) or not (
             clock is None or isinstance(clock, int | float)):
         raise ValueError(f"bad device entry {str(d)[:80]}")
+    facts = {name: d.get(name) for name, _ in _FACTS}
+    for name, kind in _FACTS:
+        value = facts[name]
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ValueError(f"bad {name} {str(value)[:40]!r} in device entry {d['index']}")
     return DeviceInfo(index=d["index"], uuid=d["uuid"], name=d["name"], spec_key=d["spec_key"],
                       max_sm_clock_mhz=None if clock is None else float(clock),
-                      activity_kind=ActivityKind[d["activity_kind"]], source=str(d["source"]))
+                      activity_kind=ActivityKind[d["activity_kind"]], source=str(d["source"]),
+                      **facts)
 
 
 def _attribution_json(a: GpuAttribution) -> dict[str, Any]:
@@ -246,7 +260,9 @@ class TraceReader:
             dict(doc.get("meta") or {})
         return tuple(GpuKey(key=d.uuid, uuid=d.uuid, index=d.index, name=d.name,
                             spec_key=d.spec_key, max_sm_clock_mhz=d.max_sm_clock_mhz,
-                            activity_kind=d.activity_kind) for d in devices)
+                            activity_kind=d.activity_kind, pci_device_id=d.pci_device_id,
+                            compute_capability=d.compute_capability, sm_count=d.sm_count)
+                     for d in devices)
 
     def _read(self, f: Any) -> Iterator[ColumnChunk]:
         gpus = self._header(f)
