@@ -234,3 +234,19 @@ def test_cli_reports_every_file_in_one_pass(tmp_path: Path) -> None:
     assert "--interval: expected a number of seconds >= 0.1" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.toml", "gpus.toml", "th.toml"]
+
+
+def test_the_band_allowances_are_read_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text("[estimator]\ncounter_error_low = 0.03\ncounter_error_high = 0.08\n"
+                    "undeclared_recompute_max = 1.5\nnon_model_share_max = 0.2\n")
+    e = load_config(path).estimator
+    assert (e.counter_error_low, e.counter_error_high) == (0.03, 0.08)
+    assert (e.undeclared_recompute_max, e.non_model_share_max) == (1.5, 0.2)
+    path.write_text("[estimator]\ncounter_error_low = 0.9\ncounter_error_high = -1\n"
+                    "undeclared_recompute_max = 0.5\nnon_model_share_max = 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert {key for key, _ in err.value.problems} == {
+        "estimator.counter_error_low", "estimator.counter_error_high",
+        "estimator.undeclared_recompute_max", "estimator.non_model_share_max"}

@@ -68,10 +68,10 @@ _ESTIMATOR_NAMES = tuple(e.name.lower() for e in sorted(Estimator))
 _KINDS = len(_ESTIMATOR_NAMES)
 
 
-def _run_key(a: GpuAttribution) -> tuple[tuple[str, str | None, float], ...]:
+def _run_key(a: GpuAttribution) -> tuple[tuple[str, str | None, float, bool], ...]:
     """What decides a GPU's records and assumptions: its runs and what they declare."""
-    return tuple(sorted((s.run.run_id, s.run.precision, s.run.recompute_factor)
-                        for s in a.shares))
+    return tuple(sorted((s.run.run_id, s.run.precision, s.run.recompute_factor,
+                         s.run.recompute_declared) for s in a.shares))
 
 
 class Accountant:
@@ -188,7 +188,10 @@ class Accountant:
         r = self.specs[i]
         return GpuAssumptions(r.spec, d.activity_kind, precision, dominant.recompute_factor,
                               d.max_sm_clock_mhz, peak_low_factor=r.low_factor,
-                              peak_high_factor=r.high_factor)
+                              peak_high_factor=r.high_factor,
+                              # Low may drop the undeclared-recomputation allowance only
+                              # when every run on the GPU said how it recomputes.
+                              recompute_declared=all(run.recompute_declared for run in runs))
 
     def _set_attributions(self, attributions: Sequence[GpuAttribution]) -> None:
         changed = [i for i, a in enumerate(attributions)

@@ -79,6 +79,8 @@ class EstimatorSettings:
     Attributes:
         default_precision: matmul precision assumed for central when a run declares none.
         undeclared_precisions: candidates spanning the band when a run declares none.
+            TF32 is one: tensor counters do not tell it from BF16, and it runs at half
+            the rate, so without it low would exclude an undeclared TF32 run.
         tensor_activity_uncertainty: absolute uncertainty of an activity ratio (0-1).
         utilization_efficiency: central prior of achieved/peak per busy second when
             only ``utilization.gpu`` exists.
@@ -102,7 +104,7 @@ class EstimatorSettings:
     """
 
     default_precision: str = "bf16"
-    undeclared_precisions: tuple[str, ...] = ("bf16", "fp8")
+    undeclared_precisions: tuple[str, ...] = ("tf32", "bf16", "fp8")
     tensor_activity_uncertainty: float = 0.02
     utilization_efficiency: float = 0.4
     utilization_efficiency_low: float = 0.1

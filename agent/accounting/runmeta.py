@@ -100,7 +100,9 @@ def meta_fields(values: Mapping[str, _Entry], plan: Mapping[str, _Entry],
         out["category"] = category
     if (precision := choice("precision", sorted(MATMUL_PRECISIONS))) is not None:
         out["precision"] = precision
-    mode = choice("recompute", RECOMPUTE_MODES) or "none"
+    declared_mode = choice("recompute", RECOMPUTE_MODES)
+    mode = declared_mode or "none"
+    out["recompute_declared"] = declared_mode is not None
     factor_entry = values.get("recompute_factor")
     if mode == "selective":
         # Selective recomputation's overhead depends on which layers are recomputed;

@@ -47,6 +47,8 @@ class RunMeta:
             undeclared.
         recompute: ``none``, ``full`` or ``selective`` activation recomputation.
         recompute_factor: hardware FLOP per model FLOP: 1.0, 4/3, or as declared.
+        recompute_declared: whether the run said how it recomputes activations; when
+            it did not, the low bound allows for full recomputation.
         plan: free-form plan fields (``gpus``, ``duration_s``, ``end_time``, ``params``,
             ``tokens``...): floats where the value parses as a finite number, else text.
         base_models: models this one is derived from (lineage).
@@ -59,6 +61,7 @@ class RunMeta:
     precision: str | None = None
     recompute: str = "none"
     recompute_factor: float = 1.0
+    recompute_declared: bool = False
     plan: dict[str, float | str] = field(default_factory=dict, hash=False)
     base_models: tuple[str, ...] = ()
     via: str = "unattributed"
@@ -70,6 +73,7 @@ class RunMeta:
         if self.run_id == UNATTRIBUTED_RUN_ID:
             for name, value in (("model", ""), ("category", "unknown"), ("precision", None),
                                 ("recompute", "none"), ("recompute_factor", 1.0),
+                                ("recompute_declared", False),
                                 ("plan", {}), ("base_models", ()), ("via", "unattributed")):
                 object.__setattr__(self, name, value)
 

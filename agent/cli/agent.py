@@ -106,16 +106,21 @@ def _peaks(resolved: Sequence[ResolvedSpec], kinds: Sequence[ActivityKind],
            max_clocks: Sequence[float | None], settings: EstimatorSettings) -> list[Band[float]]:
     """Per GPU, the tensor peak (FLOP/s at the maximum clock, undeclared precision) the
     estimator would use: central, and the low and high bounds of its per-clock figures."""
+    import numpy as np
+
     from agent.accounting.estimate import GpuAssumptions, build_coefficients
 
-    assumptions = [GpuAssumptions(r.spec, kind, None, 1.0, clock, peak_low_factor=r.low_factor,
-                                  peak_high_factor=r.high_factor)
+    assumptions = [GpuAssumptions(r.spec, kind, None, 1.0, clock)
                    for r, kind, clock in zip(resolved, kinds, max_clocks, strict=True)]
     c = build_coefficients(assumptions, settings)
     hz = c.max_clock_mhz * 1e6
+    # The peak's own uncertainty only (a derived or ceiling spec); the counter and
+    # recomputation allowances of the estimate are not part of a peak.
+    low_factor = np.array([r.low_factor for r in resolved])
+    high_factor = np.array([r.high_factor for r in resolved])
     return [Band(float(lo), float(mid), float(hi)) for lo, mid, hi in
-            zip(c.tensor_fpc_low * hz, c.tensor_fpc_central * hz, c.tensor_fpc_high * hz,
-                strict=True)]
+            zip(c.tensor_fpc_low * hz * low_factor, c.tensor_fpc_central * hz,
+                c.tensor_fpc_high * hz * high_factor, strict=True)]
 
 
 def _tflops(peak: Band[float]) -> str:

@@ -72,6 +72,13 @@ from agent.sources.specs import ResolvedSpec, SpecBasis, SpecTable, load_spec_ta
 
 _UNATTRIBUTED = GpuAttribution((GpuShare(UNATTRIBUTED, 1.0),), "none")
 _MIG_SLICES = re.compile(r"(\d+)g\.")
+_MIG_IN_NAME = re.compile(r"\bMIG (\d+)g\.", re.IGNORECASE)
+# A MIG instance of g slices has about g/7 of the GPU's SMs, but not exactly: NVIDIA's
+# published counts (nvidia-smi mig -lgip) run from 0.84x that share (A100 3g.20gb: 42
+# SMs, not 46) to 1.7x it (RTX PRO 6000 1g.24gb on a 4-slice GPU: 46 SMs, not 27;
+# H100 1g.20gb: 26, not 19). The replay knows only the profile, so its band spans that.
+MIG_SHARE_LOW = 0.84
+MIG_SHARE_HIGH = 1.75
 _HELD_RECORDS = 20000
 __all__ = ["FORMATS", "ReplayEngine", "ReplayOptions", "detect_format", "open_reader",
            "prefetch"]
@@ -119,6 +126,23 @@ class _Group:
     accountant: Accountant
     gids: list[int]
     truth: FloatArray | None = None
+
+
+def _mig_share(resolved: ResolvedSpec, slices: int) -> ResolvedSpec:
+    """The peak model of a MIG instance known only by its profile ("3g.40gb"): central
+    at ``slices``/7 of the GPU's SMs, the band over the spread NVIDIA's real counts show,
+    never above the whole GPU."""
+    spec = resolved.spec
+    sm_central = max(1, round(spec.sm_count * min(slices, 7) / 7))
+    high = min(MIG_SHARE_HIGH, spec.sm_count / sm_central)
+    reason = (f"MIG {slices}g instance: {sm_central} of the GPU's {spec.sm_count} SMs assumed, "
+              f"band x{MIG_SHARE_LOW}..x{high:.2f} (the replay has no SM count)")
+    return dataclasses.replace(
+        resolved, spec=dataclasses.replace(spec, key=f"{spec.key}/{slices}g",
+                                           sm_count=sm_central),
+        low_factor=resolved.low_factor * MIG_SHARE_LOW,
+        high_factor=resolved.high_factor * high,
+        reason="; ".join(r for r in (resolved.reason, reason) if r))
 
 
 class ReplayEngine:
@@ -331,14 +355,9 @@ class ReplayEngine:
                 key.name or "", pci_device_id=key.pci_device_id,
                 compute_capability=key.compute_capability, sm_count=key.sm_count,
                 max_sm_clock_mhz=key.max_sm_clock_mhz)
-        m = _MIG_SLICES.match(key.mig_profile or "")
-        if m is not None:
-            # A MIG instance has g of the GPU's 7 compute slices; an upper bound of its
-            # SMs (a few SMs of the whole GPU belong to no slice).
-            spec = resolved.spec
-            resolved = dataclasses.replace(resolved, spec=dataclasses.replace(
-                spec, key=f"{spec.key}/{m.group(1)}g",
-                sm_count=-(-spec.sm_count * int(m.group(1)) // 7)))
+        m = _MIG_SLICES.match(key.mig_profile or "") or _MIG_IN_NAME.search(key.name or "")
+        if m is not None and key.sm_count is None:
+            resolved = _mig_share(resolved, int(m.group(1)))
         return resolved
 
     def _attributions(self, chunk: ColumnChunk, gid: IntArray,

@@ -81,7 +81,17 @@ class Report:
 
     def to_json(self) -> str:
         doc = asdict(self)
+        doc["flop_basis"] = FLOP_BASIS
         return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+# What each figure of the band counts (EU Guidelines, Annex A.1: model FLOP, recomputed
+# activations excluded); every figure the report prints says which.
+FLOP_BASIS = {
+    "low": "model FLOP (also allowing for undeclared recomputation and non-model work)",
+    "central": "model FLOP (executed FLOP less the declared recomputation)",
+    "high": "executed FLOP (hardware, incl. recomputation and the counter's error)",
+}
 
 
 def _peak_per_gpu(records: list[LedgerRecord], specs: SpecTable) -> tuple[float, str]:
@@ -285,10 +295,9 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
         "",
         "## Total",
         "",
-        f"**{figures.flop(f.central)} FLOP** (central estimate), band "
-        f"**{figures.flop(f.low, 'down')} .. {figures.flop(f.high, 'up')} FLOP**; "
-        "two significant "
-        "figures, the band rounded outwards.",
+        f"**{figures.flop(f.central)} FLOP** (central estimate, model FLOP), band "
+        f"**{figures.flop(f.low, 'down')} (model FLOP) .. {figures.flop(f.high, 'up')} "
+        "(executed FLOP)**; two significant figures, the band rounded outwards.",
         "",
         "| | |",
         "|---|---|",
@@ -305,7 +314,8 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
         lines += [f"![cumulative compute]({chart})", ""]
     lines += ["## Thresholds", ""]
     if rep.regimes:
-        lines += ["| regime | status | threshold | reached (high) | state | ETA (high) | "
+        lines += ["| regime | status | threshold | reached (high, executed FLOP) | state | "
+                  "ETA (high) | "
                   "deadline if known now |", "|---|---|---|---|---|---|---|"]
         for r in rep.regimes:
             state = "**met**" if r["met"] else ("**will be met**" if r["will_be_met"] else "-")
@@ -325,10 +335,14 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
               f"({m['H_source']})",
               (f"- U = {m['U_measured']:.3f}, {m['U_how']}" if m["U_measured"] is not None
                else "- U: not defined (no known peak)"),
-              "", "The estimate counts model FLOP (activation recomputation excluded when a run "
-              "declared it) at the declared precision; the high bound counts hardware FLOP, "
-              "the fastest candidate precision when none was declared, and the highest "
-              "possible rate over sampling gaps.", ""]
+              "", "Basis (Annex A.1: model FLOP, recomputed activations excluded): central is "
+              "model FLOP, the executed FLOP measured from tensor activity less the "
+              "recomputation the run declared; low is model FLOP allowing for the counter "
+              "reading up to 6.5% high, 10% non-model work and, where a run did not declare "
+              "its recomputation, full activation checkpointing (executed / 1.35); high is "
+              "executed FLOP allowing for the counter reading up to 2.5% low, the fastest "
+              "candidate precision when none was declared, and the highest possible rate "
+              "over sampling gaps.", ""]
     if rep.cross_check:
         c = rep.cross_check
         flag = (f"**beyond the EU's {EU_MARGIN:.0%} margin: check the declared parameters, "

@@ -90,6 +90,9 @@ _RTX_TOKEN = re.compile(r"(?<![A-Za-z0-9])(?:RTX|GTX)[\s_-]+(?:PRO[\s_-]+)?(\d{2
 _DESKTOP = re.compile(r"(?<![A-Za-z0-9])(?:GeForce|RTX|Quadro|TITAN)(?![A-Za-z0-9])", re.I)
 
 
+_FLOAT_TENSOR = ("tf32_tensor", "fp16_tensor", "bf16_tensor", "fp8_tensor", "fp4_tensor")
+
+
 @functools.lru_cache(maxsize=4096)
 def _words(text: str) -> re.Pattern[str]:
     """``text`` as whole words, any separator, not followed by a variant suffix."""
@@ -329,21 +332,44 @@ def _ceiling(table: SpecTable, rows: Sequence[GpuSpec], name: str, unknown: str
     else:
         group, central, what = rows, _lower_median(rows), "no family or era in the name"
     per_sm = dict(central.flop_per_clock_per_sm)
+    # A float tensor precision the central row lacks runs emulated at its fastest float
+    # tensor rate (as the estimator counts it); other missing ones at the group's least.
+    fastest_float = max((per_sm.get(p, 0) for p in _FLOAT_TENSOR), default=0)
     for p in PRECISIONS:
         others = [r.flop_per_clock_per_sm[p] for r in group if r.flop_per_clock_per_sm.get(p)]
-        if p not in per_sm and others:
+        if p not in per_sm and p in _FLOAT_TENSOR and fastest_float:
+            per_sm[p] = fastest_float
+        elif p not in per_sm and others:
             per_sm[p] = min(others)
     spec = dataclasses.replace(central, key=f"ceiling/{central.key}",
                                name=name.strip() or "unnamed GPU", match=(), datasheet=(),
                                pci_device_ids=(), vgpu=(), peak_factors=(1.0, 1.0),
                                flop_per_clock_per_sm=per_sm)
-    high, top, top_precision = 1.0, central, ""
-    for r in group:
-        clock_ratio = max(1.0, r.max_sm_clock_mhz / spec.max_sm_clock_mhz)
-        for p, value in r.flop_per_clock_per_sm.items():
-            ratio = r.sm_count * value * r.peak_factors[1] / spec.flop_per_clock(p) * clock_ratio
-            if ratio > high:
-                high, top, top_precision = ratio, r, p
+
+    def ratios(precisions: Sequence[str]) -> tuple[float, GpuSpec, str]:
+        best, top, top_precision = 1.0, central, ""
+        for r in group:
+            clock_ratio = max(1.0, r.max_sm_clock_mhz / spec.max_sm_clock_mhz)
+            for p, value in r.flop_per_clock_per_sm.items():
+                if p in precisions and spec.flop_per_clock(p) > 0:
+                    ratio = (r.sm_count * value * r.peak_factors[1] / spec.flop_per_clock(p)
+                             * clock_ratio)
+                    if ratio > best:
+                        best, top, top_precision = ratio, r, p
+        return best, top, top_precision
+
+    # One factor scales every pipe's high bound: the era's largest float tensor peak
+    # over central's, where training runs. A non-tensor pipe whose own ratio is larger
+    # (FP64 at 1/64 rate on GeForce parts) gets its central figure raised until the
+    # factor covers it, rather than every tensor bound inflated by that gap.
+    high, top, top_precision = ratios(_FLOAT_TENSOR)
+    if not top_precision:
+        high, top, top_precision = ratios(PRECISIONS)
+    for p in PRECISIONS:
+        need, _, _ = ratios((p,))
+        if p not in _FLOAT_TENSOR and need > high * (1 + 1e-12):
+            per_sm[p] = math.ceil(per_sm[p] * need / high)
+    spec = dataclasses.replace(spec, flop_per_clock_per_sm=per_sm)
     at = f"{top.key}'s {top_precision} peak" if top_precision else f"{top.key}'s peaks"
     reason = (f"{unknown}: no row matches {name!r}; {what}: central on {central.key}, high at "
               f"{at} (x{high:.3g} of central's), low 0")

@@ -8,7 +8,9 @@ import pytest
 
 from agent.accounting.accountant import Accountant
 from agent.accounting.estimate import EstimatorSettings
+from agent.simrun import simulate
 from agent.sources.base import ActivityKind, DeviceInfo
+from agent.sources.scenarios import SCENARIOS, SimJob
 from agent.sources.specs import ResolvedSpec, SpecBasis, SpecTable
 
 NAMES = ("NVIDIA H100 80GB HBM3", "NVIDIA X999", "NVIDIA Z1")
@@ -92,3 +94,21 @@ def test_a_bare_table_row_is_a_table_basis(spec_table: SpecTable) -> None:
     acc = Accountant(devices()[:1], [spec_table["h100_sxm"]], EstimatorSettings(), T0, "nvml")
     assert acc.specs == (ResolvedSpec(spec_table["h100_sxm"], SpecBasis.TABLE),)
     assert acc.snapshot().gpus[0].spec_basis == "table"
+
+
+def test_a_run_that_declares_its_recomputation_narrows_the_low_bound() -> None:
+    """Low allows for full activation checkpointing (executed / 1.35) only while a run is
+    silent about it; a run that says "none" keeps the counter and non-model allowances."""
+    def low_share(env: dict[str, str]) -> tuple[float, float]:
+        job = SimJob(env={"FLOPLEDGER_RUN_ID": "r", "FLOPLEDGER_PRECISION": "bf16", **env},
+                     gpus=(0,))
+        result = simulate(SCENARIOS["pretrain-bf16"], 300, n_gpus=1, jobs=(job,))
+        return result.low / result.central, result.low / result.true_flop
+
+    silent, silent_truth = low_share({})
+    declared, declared_truth = low_share({"FLOPLEDGER_RECOMPUTE": "none"})
+    settings = EstimatorSettings()
+    assert silent < declared
+    assert declared / silent == pytest.approx(
+        settings.undeclared_recompute_max / (1 + settings.non_model_share_max), rel=0.02)
+    assert silent_truth < declared_truth < 1.0

@@ -343,7 +343,7 @@ def test_bad_metadata_is_ignored_with_one_warning_per_run(
         for step in (0, 1, 20, 1):  # 20 s: past refresh_s, every pid is read again
             run = only_run(sim.tick(step)[0])
     assert run == RunMeta(run_id="sloppy", model="m", recompute="full",
-                          recompute_factor=4 / 3, via="env")
+                          recompute_factor=4 / 3, recompute_declared=True, via="env")
     records = [r for r in caplog.records if r.name == "agent.accounting.attribution"]
     assert len(records) == 1, records
     message = records[0].getMessage()
@@ -372,7 +372,7 @@ def test_parse_attribution_config() -> None:
                                    precision="bf16", plan={"gpus": 2.0}, via="static"),
                        gpus=(6, 7)),
             StaticRule(run=RunMeta(run_id="bots", recompute="selective", recompute_factor=1.1,
-                                   base_models=("b",), via="static"),
+                                   recompute_declared=True, base_models=("b",), via="static"),
                        user="evalbot", cmdline_regex=r"eval\.py"),
         ))
     assert parse_attribution_config({}, problems) == AttributionSettings()

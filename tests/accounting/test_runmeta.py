@@ -65,7 +65,8 @@ def test_metadata_from_the_environment() -> None:
     assert warnings == []
     assert run == RunMeta(
         run_id="r", model="llama-x", category="fine-tuning", precision="fp8",
-        recompute="selective", recompute_factor=1.2, base_models=("base-a", "base-b"),
+        recompute="selective", recompute_factor=1.2, recompute_declared=True,
+        base_models=("base-a", "base-b"),
         plan={"gpus": 1024.0, "tokens": 1.5e12, "end_time": "2025-06-30T00:00:00Z"},
         via="env")
     full, _ = build_run_meta("r", "env", {"FLOPLEDGER_RECOMPUTE": "full"})
@@ -84,8 +85,18 @@ def test_metadata_from_a_run_file_with_the_environment_on_top(tmp_path: Path) ->
     assert warnings == []
     assert run == RunMeta(
         run_id="r", model="from-env", category="rl", precision="bf16", recompute="full",
-        recompute_factor=4 / 3, base_models=("b1",),
+        recompute_factor=4 / 3, recompute_declared=True, base_models=("b1",),
         plan={"gpus": 128.0, "duration_s": 86400.5, "owner": "team-x"}, via="env")
+
+
+def test_recompute_is_declared_only_when_the_run_says_it() -> None:
+    silent, _ = build_run_meta("r", "env", {"FLOPLEDGER_MODEL": "m"})
+    said_none, _ = build_run_meta("r", "env", {"FLOPLEDGER_RECOMPUTE": "none"})
+    garbled, warnings = build_run_meta("r", "env", {"FLOPLEDGER_RECOMPUTE": "sometimes"})
+    assert (silent.recompute, silent.recompute_declared) == ("none", False)
+    assert (said_none.recompute, said_none.recompute_declared) == ("none", True)
+    # A value that is not a mode declares nothing: the band keeps its allowance.
+    assert (garbled.recompute_declared, len(warnings)) == (False, 1)
 
 
 def test_selective_without_a_factor_falls_back_to_one() -> None:

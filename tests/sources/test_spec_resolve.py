@@ -269,11 +269,11 @@ def test_ceiling_from_the_era_picks_the_typical_row() -> None:
 def test_ceiling_without_any_clue_is_the_largest_peak_of_the_table() -> None:
     r = SMALL.resolve("Mystery accelerator")
     # Lower median of the five rows by peak: a_geforce. It lacks fp8, which is added at
-    # the smallest figure any row has (8192). High: b_big's bf16, 200 x 4096 against
-    # 80 x 512, at 2000 against 1500 MHz.
+    # its own fastest float tensor figure (512: fp8 work runs emulated at bf16 rate).
+    # High: b_big's fp8, 200 x 8192 against 80 x 512, at 2000 against 1500 MHz.
     assert r.spec.key == "ceiling/a_geforce"
-    assert r.spec.flop_per_clock_per_sm["fp8_tensor"] == 8192
-    assert (r.low_factor, r.high_factor) == pytest.approx((0.0, 20 * 2000 / 1500))
+    assert r.spec.flop_per_clock_per_sm["fp8_tensor"] == 512
+    assert (r.low_factor, r.high_factor) == pytest.approx((0.0, 40 * 2000 / 1500))
     assert "no family or era" in r.reason
 
 
