@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +24,7 @@ from agent.config import (
     parse_listen,
 )
 from agent.configfile import ConfigError, ErrorCollector, Problems, in_range, range_text
-from agent.sources.specs import ResolvedSpec, SpecBasis
+from agent.sources.specs import MAX_CLOCK_MHZ, MAX_SM_COUNT, ResolvedSpec, SpecBasis
 
 if TYPE_CHECKING:
     from agent.accounting.estimate import EstimatorSettings
@@ -99,6 +101,35 @@ def _pci_device_id(text: str) -> int:
     if not 0 <= value <= 0xFFFF:
         raise argparse.ArgumentTypeError(f"expected a 16-bit PCI device ID such as 0x2330, "
                                          f"got {text!r}")
+    return value
+
+
+def _compute_capability(text: str) -> str:
+    if re.fullmatch(r"\d{1,2}\.\d{1,2}", text.strip()) is None:
+        raise argparse.ArgumentTypeError(f"expected a compute capability such as 9.0, "
+                                         f"got {text!r}")
+    return text.strip()
+
+
+def _sm_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_SM_COUNT:
+        raise argparse.ArgumentTypeError(f"expected a number of SMs from 1 to {MAX_SM_COUNT}, "
+                                         f"got {text!r}")
+    return value
+
+
+def _clock_mhz(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_CLOCK_MHZ:
+        raise argparse.ArgumentTypeError(f"expected a clock in MHz above 0 and at most "
+                                         f"{MAX_CLOCK_MHZ:g}, got {text!r}")
     return value
 
 
@@ -214,10 +245,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                            "(as nvidia-smi prints it) resolves to; repeatable; opens no source")
     gpus.add_argument("--pci-device-id", type=_pci_device_id, metavar="ID",
                       help="with --resolve: the PCI device ID (0x2684)")
-    gpus.add_argument("--compute-capability", metavar="X.Y",
+    gpus.add_argument("--compute-capability", type=_compute_capability, metavar="X.Y",
                       help="with --resolve: the CUDA compute capability (8.9)")
-    gpus.add_argument("--sm-count", type=int, metavar="N",
+    gpus.add_argument("--sm-count", type=_sm_count, metavar="N",
                       help="with --resolve: the number of SMs the driver reports")
-    gpus.add_argument("--max-sm-clock-mhz", type=float, metavar="MHZ",
+    gpus.add_argument("--max-sm-clock-mhz", type=_clock_mhz, metavar="MHZ",
                       help="with --resolve: the maximum SM clock the driver reports")
     gpus.set_defaults(func=cmd_gpus)

@@ -209,9 +209,15 @@ def _table_row(spec: GpuSpec, sm: int | None) -> ResolvedSpec:
 
 def _spread(group: Sequence[GpuSpec]) -> tuple[dict[str, int], float, float]:
     """Central per-SM figures (the most common, ties to the larger) and the smallest and
-    largest ratio of any row's figure, its own peak_factors applied, to central."""
+    largest ratio of any row's figure, its own peak_factors applied, to central.
+
+    The ratios are taken over the float tensor precisions, where training runs. A pipe
+    whose rows spread wider (FP64 cut to 1/64 on the H800 and H20) has its central
+    figure moved, down or up, until the factors cover it, rather than every tensor
+    bound widened by that gap.
+    """
     central: dict[str, int] = {}
-    low_ratio = high_ratio = 1.0
+    spread: dict[str, tuple[float, float]] = {}
     for p in PRECISIONS:
         have = [r for r in group if r.flop_per_clock_per_sm.get(p, 0) > 0]
         if not have:
@@ -219,10 +225,16 @@ def _spread(group: Sequence[GpuSpec]) -> tuple[dict[str, int], float, float]:
         counts = Counter(r.flop_per_clock_per_sm[p] for r in have)
         value = max(counts, key=lambda v: (counts[v], v))
         central[p] = value
-        low_ratio = min(low_ratio, *(r.flop_per_clock_per_sm[p] * r.peak_factors[0] / value
-                                     for r in have))
-        high_ratio = max(high_ratio, *(r.flop_per_clock_per_sm[p] * r.peak_factors[1] / value
-                                       for r in have))
+        spread[p] = (min(r.flop_per_clock_per_sm[p] * r.peak_factors[0] / value for r in have),
+                     max(r.flop_per_clock_per_sm[p] * r.peak_factors[1] / value for r in have))
+    tensor = [spread[p] for p in _FLOAT_TENSOR if p in spread] or list(spread.values())
+    low_ratio = min([1.0, *(lo for lo, _ in tensor)])
+    high_ratio = max([1.0, *(hi for _, hi in tensor)])
+    for p, (lo, hi) in spread.items():
+        if lo < low_ratio:
+            central[p] = max(1, math.floor(central[p] * lo / low_ratio))
+        elif hi > high_ratio:
+            central[p] = math.ceil(central[p] * hi / high_ratio)
     return central, low_ratio, high_ratio
 
 
