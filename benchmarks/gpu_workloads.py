@@ -123,21 +123,15 @@ class Workloads:
         torch.cuda.set_device(dev)
         major, minor = (int(x) for x in torch.cuda.get_device_capability(dev))
         keep: tuple[object, ...]
-        if phase == "bf16":
-            a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-            b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-            c = torch.empty(n, n, device=dev, dtype=torch.bfloat16)
-            keep, flop, nbytes = (a, b, c), 2 * n**3, 0
-
-            def op() -> object:
-                return torch.mm(a, b, out=c)
-        elif phase == "tf32":
-            if (major, minor) < (8, 0):
+        if phase in ("bf16", "tf32"):
+            if phase == "tf32" and (major, minor) < (8, 0):
                 return f"no TF32 tensor cores on compute capability {major}.{minor}"
-            torch.backends.cuda.matmul.allow_tf32 = True
-            a = torch.randn(n, n, device=dev, dtype=torch.float32)
-            b = torch.randn(n, n, device=dev, dtype=torch.float32)
-            c = torch.empty(n, n, device=dev, dtype=torch.float32)
+            # TF32 is float32 storage with the tensor cores allowed to round to TF32.
+            torch.backends.cuda.matmul.allow_tf32 = phase == "tf32"
+            dtype = torch.bfloat16 if phase == "bf16" else torch.float32
+            a = torch.randn(n, n, device=dev, dtype=dtype)
+            b = torch.randn(n, n, device=dev, dtype=dtype)
+            c = torch.empty(n, n, device=dev, dtype=dtype)
             keep, flop, nbytes = (a, b, c), 2 * n**3, 0
 
             def op() -> object:

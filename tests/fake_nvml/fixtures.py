@@ -18,7 +18,12 @@ from pathlib import Path
 import pynvml
 import pytest
 
+from agent.sources.base import SampleBatch
+from agent.sources.clock import VirtualClock
+from agent.sources.nvml import NvmlSource
 from tests.fake_nvml import FakeNvmlUnavailableError, Scenario, build_fake_nvml
+
+SECOND_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -141,3 +146,17 @@ def fake_nvml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeN
 def fake_nvml_legacy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNvml]:
     """As ``fake_nvml``, for a driver without ``nvmlDeviceGetCurrentClocksEventReasons``."""
     yield from _install(True, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock(start_monotonic_ns=5 * SECOND_NS, start_wall_ns=1_700_000_000 * SECOND_NS)
+
+
+def tick(source: NvmlSource, clock: VirtualClock, n: int = 1) -> list[SampleBatch]:
+    """``n`` reads one second apart; the batches, in order."""
+    batches: list[SampleBatch] = []
+    for _ in range(n):
+        clock.advance_ns(SECOND_NS)
+        batches.append(source.read())
+    return batches

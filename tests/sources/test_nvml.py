@@ -21,7 +21,7 @@ import numpy as np
 import pynvml
 import pytest
 
-from agent.sources.base import FLOAT_FIELDS, ActivityKind, SampleBatch, SourceError
+from agent.sources.base import FLOAT_FIELDS, ActivityKind, SourceError
 from agent.sources.clock import VirtualClock
 from agent.sources.nvml import NvmlSource, nvml_unavailable_reason
 from agent.sources.nvml_device import GPM_METRICS
@@ -34,6 +34,8 @@ from tests.paths import REPO
 # Bound by assignment, not import, so test parameters of the same name are not flagged
 # as redefinitions.
 fake_nvml = fake_fixtures.fake_nvml
+clock = fake_fixtures.clock
+tick = fake_fixtures.tick
 fake_nvml_legacy = fake_fixtures.fake_nvml_legacy
 
 SPECS = load_spec_table()
@@ -85,10 +87,6 @@ def node_scenario() -> Scenario:
     return s
 
 
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock(start_monotonic_ns=5 * SECOND_NS, start_wall_ns=1_700_000_000 * SECOND_NS)
-
 
 @pytest.fixture
 def node(fake_nvml: FakeNvml, clock: VirtualClock) -> Iterator[NvmlSource]:
@@ -97,14 +95,6 @@ def node(fake_nvml: FakeNvml, clock: VirtualClock) -> Iterator[NvmlSource]:
     yield source
     source.close()
 
-
-def tick(source: NvmlSource, clock: VirtualClock, n: int = 1) -> list[SampleBatch]:
-    """``n`` reads one second apart; the batches, in order."""
-    batches: list[SampleBatch] = []
-    for _ in range(n):
-        clock.advance_ns(SECOND_NS)
-        batches.append(source.read())
-    return batches
 
 
 # -- devices -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 from agent.daemon import specs_for
 from agent.replay.engine import ReplayEngine, ReplayOptions
 from agent.replay.readers.base import GpuKey
-from agent.sources.base import ActivityKind, SampleBatch
+from agent.sources.base import ActivityKind
 from agent.sources.clock import VirtualClock
 from agent.sources.nvml import MIG_LAYOUT_CHECK_EVERY_NS, NvmlSource
 from agent.sources.specs import ResolvedSpec, load_spec_table
@@ -28,6 +28,8 @@ from tests.fake_nvml import fixtures as fake_fixtures
 from tests.fake_nvml.fixtures import FakeNvml
 
 fake_nvml = fake_fixtures.fake_nvml
+clock = fake_fixtures.clock
+tick = fake_fixtures.tick
 
 SPECS = load_spec_table()
 A100 = "NVIDIA A100-SXM4-40GB"
@@ -74,10 +76,6 @@ def node_scenario(a100_gpm: bool = False) -> Scenario:
     return s
 
 
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock(start_monotonic_ns=5 * SECOND_NS, start_wall_ns=1_700_000_000 * SECOND_NS)
-
 
 @pytest.fixture
 def node(fake_nvml: FakeNvml, clock: VirtualClock) -> Iterator[NvmlSource]:
@@ -86,13 +84,6 @@ def node(fake_nvml: FakeNvml, clock: VirtualClock) -> Iterator[NvmlSource]:
     yield source
     source.close()
 
-
-def tick(source: NvmlSource, clock: VirtualClock, n: int = 1) -> list[SampleBatch]:
-    batches: list[SampleBatch] = []
-    for _ in range(n):
-        clock.advance_ns(SECOND_NS)
-        batches.append(source.read())
-    return batches
 
 
 def open_source(fake: FakeNvml, scenario: Scenario, clock: VirtualClock) -> NvmlSource:

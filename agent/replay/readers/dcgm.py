@@ -118,19 +118,7 @@ class DcgmReader:
         with open_binary(self.path) as f:
             try:
                 for block in line_blocks(f, self._block_bytes):
-                    bad = block.overlong_rows(line_no, "line longer than the read buffer")
-                    line_no += block.overlong_before
-                    lines = bytes(block.data).decode("utf-8", "replace").split("\n")[:-1]
-                    for text in lines:
-                        reason = self._line(text, line_no)
-                        if reason is not None:
-                            bad.append(BadRow(line_no, reason))
-                        line_no += 1
-                    if block.tail is not None:
-                        if block.tail.strip(b" \t\r"):
-                            bad.append(BadRow(line_no, "truncated last line (no newline "
-                                                       "at end of file)"))
-                        line_no += 1
+                    bad, line_no = block.take_lines(line_no, self._line)
                     if block.eof:
                         self._flush()
                     chunk = self._chunk(bad)

@@ -247,18 +247,7 @@ class DcgmiDmonReader:
         with open_binary(self.path) as f:
             try:
                 for block in line_blocks(f, self._block_bytes):
-                    bad = block.overlong_rows(line_no, "line longer than the read buffer")
-                    line_no += block.overlong_before
-                    for text in bytes(block.data).decode("utf-8", "replace").split("\n")[:-1]:
-                        reason = self._line(text, line_no)
-                        if reason is not None:
-                            bad.append(BadRow(line_no, reason))
-                        line_no += 1
-                    if block.tail is not None:
-                        if block.tail.strip(b" \t\r"):
-                            bad.append(BadRow(line_no, "truncated last line (no newline "
-                                                       "at end of file)"))
-                        line_no += 1
+                    bad, line_no = block.take_lines(line_no, self._line)
                     chunk = self._chunk(bad)
                     chunk.bytes_done, chunk.rows_done = block.bytes_done, line_no - 1
                     yield chunk

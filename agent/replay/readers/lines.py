@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +54,24 @@ class Block:
         """The skipped over-long lines as bad rows, numbered from ``first_line``; the
         next line of ``data`` is ``first_line + overlong_before``."""
         return [BadRow(first_line + i, reason) for i in range(self.overlong_before)]
+
+    def take_lines(self, first_line: int, take: Callable[[str, int], str | None]
+                   ) -> tuple[list[BadRow], int]:
+        """Hand each text line to ``take(text, line_no)``, which returns why a line is
+        bad or None; the bad rows (the over-long lines and a truncated last line among
+        them) and the number of the next line."""
+        bad = self.overlong_rows(first_line, "line longer than the read buffer")
+        line_no = first_line + self.overlong_before
+        for text in bytes(self.data).decode("utf-8", "replace").split("\n")[:-1]:
+            reason = take(text, line_no)
+            if reason is not None:
+                bad.append(BadRow(line_no, reason))
+            line_no += 1
+        if self.tail is not None:
+            if self.tail.strip(b" \t\r"):
+                bad.append(BadRow(line_no, "truncated last line (no newline at end of file)"))
+            line_no += 1
+        return bad, line_no
 
 
 def open_binary(path: Path) -> io.FileIO:
