@@ -1,10 +1,11 @@
 """What ``flopledger run`` checks before it creates anything.
 
 Every configuration file in one pass (the agent config, the GPU spec table, the
-thresholds file, the web config, the notification channels), then the machine: the
-state directory can be created and written, the summary file can be written, the
-listen address resolves and is free. Only then does the daemon open the source and
-create the ledger and the node key, so a bad start leaves nothing behind (issue 10).
+thresholds file, the web config, the notification channels and their secrets), then the
+machine: the state directory can be created and written, the summary file can be
+written, the listen address resolves and is free. Only then does the daemon open the
+source and create the ledger and the node key, so a bad start leaves nothing behind
+(issue 10).
 """
 
 from __future__ import annotations
@@ -156,8 +157,15 @@ def _machine(config: Config, specs: SpecTable | None, listen_key: str) -> None:
 
 
 def _channels(config: Config) -> dict[str, Channel]:
+    """The notification channels, with their secrets: read here and not when the
+    config is loaded, so commands that send nothing never need them.
+
+    Raises:
+        ConfigError: a secret that cannot be read (naming its key), or a channel that
+            cannot be set up.
+    """
     try:
-        return build_channels(config.notify)
+        return build_channels(config.notify, config.path)
     except (OSError, ssl.SSLError, ValueError) as e:
         # A ca_file that exists (checked with the config) but does not load.
         raise ConfigError(config.path or Path("<config>"),

@@ -40,15 +40,18 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any
 
 
 class AlertmanagerSink:
-    """Alertmanager's webhook receiver: (status, alert labels) of every alert sent."""
+    """Alertmanager's webhook receiver: (status, alert labels) of every alert sent, and
+    each alert as sent (``docs``: with startsAt, endsAt, annotations)."""
 
     def __init__(self) -> None:
         self.alerts: list[tuple[str, dict[str, str]]] = []
+        self.docs: list[dict[str, Any]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.docs.extend(doc["alerts"])
                 outer.alerts.extend((a["status"], a["labels"]) for a in doc["alerts"])
                 self.send_response(200)
                 self.send_header("Content-Length", "0")

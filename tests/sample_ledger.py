@@ -80,7 +80,8 @@ def build(path: Path, hours: int,
 def main(out_dir: Path) -> None:
     import tempfile
 
-    from agent.compliance.thresholds import load_registry
+    from agent.compliance.thresholds import ThresholdSettings, load_registry
+    from agent.compliance.watcher import ThresholdWatcher
     from agent.reports.chart import render_png
     from agent.reports.report import build_report, render_markdown
 
@@ -88,6 +89,10 @@ def main(out_dir: Path) -> None:
         path = Path(tmp) / "ledger.sqlite"
         hours = 40 * DAY
         build(path, hours)
+        # The agent's watcher stores when a threshold became known to be met; the
+        # report's deadlines count from that stored day.
+        ThresholdWatcher(ThresholdSettings(), {}, load_registry(), path,
+                         wall_ns=lambda: T0 + hours * HOUR_NS).run_once()
         rep = build_report({}, load_registry(), load_spec_table(), path, model=MODEL,
                            now_ns=T0 + hours * HOUR_NS)
         out_dir.mkdir(parents=True, exist_ok=True)

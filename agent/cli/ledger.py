@@ -59,7 +59,8 @@ def _looks_like_bundle(path: Path) -> bool:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """0 if every check of the ledger or audit bundle passed, else 1."""
+    """0 if every check of the ledger or audit bundle passed, else 1 (energy
+    plausibility WARNINGs leave it unchanged)."""
     from agent.ledger.bundle import verify_bundle
     from agent.ledger.verify import verify_ledger
 
@@ -75,12 +76,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"  FLOP {figures.band(t['flop_low'], t['flop_central'], t['flop_high'])}")
         problems = bundle.problems
     else:
-        report = verify_ledger(path, args.key_fingerprint)
+        from agent.sources.specs import load_spec_table
+
+        # The figures are held to the physical maximum of the GPUs in the spec table the
+        # agent used (``--config``'s, else the bundled one); implausible is a WARNING.
+        spec_file = config_of(args).agent.spec_file if args.config else None
+        report = verify_ledger(path, args.key_fingerprint,
+                               specs=load_spec_table(spec_file).specs)
         print(f"ledger {path}: {report.records} records, {report.heads} signed tree heads; "
               f"key {report.key_fingerprint or '?'}")
         problems = report.problems
         for note in report.notes:
             print(f"  NOTE {printable(note, 4000)}")
+        for warning in report.warnings:
+            print(f"  WARNING {printable(warning, 4000)}")
     for p in problems:
         print(f"  FAIL {printable(p, 4000)}")
     print("OK: every check passed" if not problems else f"FAILED: {len(problems)} problem(s)")

@@ -7,7 +7,8 @@ Each command group registers its own subcommands: :mod:`agent.cli.agent` (run, g
 
 Exit codes: 0 success; 1 a failed check, a missing ledger or run, or a bad value on
 the command line; 2 a configuration error (the config files, the state directory, the
-listen address); 3 no usable GPU source; 130 interrupted; 141 the output's reader went
+listen address), a usage error, or a plan ``estimate`` refuses (like a usage error, it
+names the flag); 3 no usable GPU source; 130 interrupted; 141 the output's reader went
 away (``| head``), quietly.
 """
 

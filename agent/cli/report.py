@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import time
 from pathlib import Path
@@ -62,15 +61,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    """Raises: ValueError for a missing or malformed plan."""
+    """Exit 2, with one line naming the flag, for a plan that cannot be what was meant
+    (:class:`agent.compliance.planner.PlanError`), before anything is printed."""
     from agent.compliance.lineage import Flop
     from agent.compliance.planner import (
         EU_MARGIN,
-        ArchitecturePlan,
+        PlanError,
         cross_check,
-        hardware_plan,
-        parse_span,
         planned_crossings,
+        read_plan,
     )
     from agent.compliance.thresholds import load_registry
     from agent.sources.specs import load_spec_table
@@ -78,59 +77,54 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     config = config_of(args)
     specs = load_spec_table(config.agent.spec_file)
     registry = load_registry(config.agent.thresholds_file)
+    try:
+        plan = read_plan(
+            specs, gpu=args.gpu, gpus=args.gpus, duration=args.duration,
+            gpu_hours=args.gpu_hours, utilization=args.utilization, precision=args.precision,
+            peak_tflops=args.peak_tflops, params=args.params, active_params=args.active_params,
+            tokens=args.tokens, layers=args.layers, d_model=args.d_model, context=args.context,
+            start=args.start)
+    except PlanError as e:
+        # A usage error, as argparse's own (exit 2), but on one line.
+        print(f"flopledger: estimate: {e}", file=sys.stderr)
+        return 2
     results: list[Flop] = []
-    duration = None
-    if args.gpu_hours or args.gpus or args.duration:
-        gpus = parse_span(args.gpus, "--gpus") if args.gpus else None
-        duration = parse_span(args.duration, "--duration", "duration") if args.duration else None
-        plan = hardware_plan(
-            specs, gpu=args.gpu, gpus=gpus, duration_s=duration,
-            gpu_hours=parse_span(args.gpu_hours, "--gpu-hours") if args.gpu_hours else None,
-            utilization=parse_span(args.utilization, "--utilization"),
-            precision=args.precision,
-            peak_tflops=parse_span(args.peak_tflops, "--peak-tflops") if args.peak_tflops
-            else None)
-        flop = plan.compute()
+    if plan.hardware is not None:
+        hw = plan.hardware
+        flop = hw.compute()
         results.append(flop)
-        u = plan.utilization
+        u = hw.utilization
         print("hardware-based (EU Guidelines Annex A.2.1): C = N x L x H x U")
-        print(f"  N x L = {plan.gpus.central * plan.seconds.central / 3600:,.0f} GPU-hours"
-              + (f" ({plan.gpus.low * plan.seconds.low / 3600:,.0f} .. "
-                 f"{plan.gpus.high * plan.seconds.high / 3600:,.0f})"
-                 if plan.gpus.low != plan.gpus.high or plan.seconds.low != plan.seconds.high
+        print(f"  N x L = {hw.gpus.central * hw.seconds.central / 3600:,.0f} GPU-hours"
+              + (f" ({hw.gpus.low * hw.seconds.low / 3600:,.0f} .. "
+                 f"{hw.gpus.high * hw.seconds.high / 3600:,.0f})"
+                 if hw.gpus.low != hw.gpus.high or hw.seconds.low != hw.seconds.high
                  else ""))
-        print(f"  H = {plan.peak_flops.central / 1e12:,.1f} TFLOP/s ({plan.source_of_peak})")
+        print(f"  H = {hw.peak_flops.central / 1e12:,.1f} TFLOP/s ({hw.source_of_peak})")
         print(f"  U = {u.central:g}" + (f" ({u.low:g} .. {u.high:g})" if u.low != u.high else "")
               + "  (MFU: model FLOP/s over this peak; not utilization.gpu)")
         print(f"  C = {figures.band(flop.low, flop.central, flop.high)} FLOP")
-    if args.params or args.tokens:
-        if not (args.params and args.tokens):
-            raise ValueError("give both --params and --tokens")
-        active = args.active_params or args.params
-        arch = ArchitecturePlan(
-            parse_span(active, "--active-params"), parse_span(args.tokens, "--tokens"),
-            parse_span(args.layers, "--layers") if args.layers else None,
-            parse_span(args.d_model, "--d-model") if args.d_model else None,
-            parse_span(args.context, "--context") if args.context else None)
+    if plan.architecture is not None:
+        arch = plan.architecture
         per_token, formula = arch.flop_per_token()
         flop = arch.compute()
         results.append(flop)
         print("architecture-based (EU Guidelines Annex A.2.2): C = (" + formula + ") x D")
-        print(f"  {'active ' if args.active_params else ''}P = {arch.params.central:.3g}, "
+        print(f"  {'active ' if plan.active_params else ''}P = {arch.params.central:.3g}, "
               f"D = {arch.tokens.central:.3g} tokens, {per_token.central:.3g} FLOP per token")
         print(f"  C = {figures.band(flop.low, flop.central, flop.high)} FLOP")
-    if not results:
-        raise ValueError("give a hardware plan (--gpu with --gpus and --duration, or "
-                         "--gpu-hours) or an architecture (--params and --tokens)")
     if len(results) == 2:
         difference, beyond = cross_check(results[1].central, results[0].central)
         print(f"cross-check: architecture-based is {difference:+.0%} from hardware-based, "
               f"{'beyond' if beyond else 'within'} the EU's {EU_MARGIN:.0%} margin")
-    start = (dt.datetime.fromisoformat(args.start).replace(tzinfo=dt.UTC).timestamp() * 1e9
-             if args.start else float(time.time_ns()))
+    now = float(time.time_ns())
+    start = now if plan.start_ns is None else plan.start_ns
+    if start < now:
+        print(f"\nthe planned start, {figures.when(start)}, is past: the plan was known by "
+              f"then at the latest, and deadlines count from it")
     flop = max(results, key=lambda f: f.high)
     print("\nthresholds (the plan counted as the model's own pre-training compute):")
-    for c in planned_crossings(registry.enabled(), flop, duration, start):
+    for c in planned_crossings(registry.enabled(), flop, plan.duration_s, start, now_ns=now):
         regime = c.regime
         if not c.crossed:
             print(f"  not crossed  {figures.flop(c.threshold_flop):<8} {regime.title}")
@@ -138,12 +132,23 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         state = "crossed" if c.crossed == "central" else "crossed by the high bound"
         line = f"  {state:<12} {figures.flop(c.threshold_flop):<8} {regime.title}"
         if c.at_ns is not None:
-            line += f"; reached around {figures.when(c.at_ns)}"
+            line += (f"; reached around {figures.when(c.at_ns)}" if c.at_ns >= now
+                     else f"; by the plan reached around {figures.when(c.at_ns)}, already past")
         print(line)
-        if regime.deadline_days is not None:
-            due = time.time_ns() + regime.deadline_days * 86400e9
-            print(f"               it is known now that it will be met: notify by "
-                  f"{figures.when(due)} ({regime.deadline_days:g} days; {regime.obligation})")
+        if regime.deadline_days is None:
+            continue
+        terms = f"{regime.deadline_days:g} days; {regime.obligation}"
+        if c.due_ns is None:
+            print(f"               only the high bound crosses: it may be met, not known to "
+                  f"be; no deadline yet ({terms}, once it is known that it will be met)")
+        elif c.due_passed:
+            print(f"               the deadline has passed: notice was due by "
+                  f"{figures.when(c.due_ns)} ({terms}); notify without delay")
+        else:
+            known = ("it is known now" if start >= now
+                     else f"it has been known since the start, {figures.when(start)},")
+            print(f"               {known} that it will be met: notify by "
+                  f"{figures.when(c.due_ns)} ({terms})")
     return 0
 
 
@@ -166,15 +171,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     estimate.add_argument("--gpus", help="number of GPUs, or a range LOW-HIGH")
     estimate.add_argument("--duration", help="e.g. 90d, 2160h, 7776000 (or a range)")
     estimate.add_argument("--gpu-hours", help="instead of --gpus and --duration")
-    estimate.add_argument("--utilization", default="0.3-0.5",
-                          help="average MFU (default 0.3-0.5)")
-    estimate.add_argument("--precision", default="bf16")
-    estimate.add_argument("--peak-tflops", help="override H, dense TFLOP/s per GPU")
+    estimate.add_argument("--utilization",
+                          help="average MFU in (0, 1]: 0.4, 40%%, or a range 0.3-0.5 or "
+                               "30%%-50%% (default 0.3-0.5)")
+    estimate.add_argument("--precision", help="tensor precision of H (default bf16)")
+    estimate.add_argument("--peak-tflops", help="override H, dense TFLOP/s per GPU (for a "
+                          "GPU the spec table has no row for)")
     estimate.add_argument("--params", help="parameters P (dense), e.g. 70e9 or 65e9-75e9")
     estimate.add_argument("--active-params", help="active parameters per token (MoE)")
     estimate.add_argument("--tokens", help="training tokens D")
     estimate.add_argument("--layers", help="for the attention term")
     estimate.add_argument("--d-model", help="for the attention term")
     estimate.add_argument("--context", help="context length, for the attention term")
-    estimate.add_argument("--start", help="planned start date, YYYY-MM-DD (default: now)")
+    estimate.add_argument("--start", help="planned start, YYYY-MM-DD or an ISO time, UTC "
+                          "unless it says otherwise (default: now); deadlines count from "
+                          "it when it is past")
     estimate.set_defaults(func=cmd_estimate)

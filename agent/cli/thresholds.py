@@ -7,9 +7,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import figures
 from agent.cli.common import add_ledger_args, config_of, ledger_path
+
+if TYPE_CHECKING:
+    from agent.compliance.evaluate import Evaluation
 
 
 def cmd_thresholds(args: argparse.Namespace) -> int:
@@ -44,7 +48,7 @@ def _bar(fraction: float, width: int = 20) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from agent.compliance.evaluate import Evaluation, evaluate
+    from agent.compliance.evaluate import evaluate
     from agent.compliance.thresholds import load_registry
 
     config = config_of(args)
@@ -56,7 +60,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     warnings, damaged = ledger_warnings(path)
     for line in warnings:
         print(line)
-    snap = evaluate(config.models, registry, path, now, estimate=args.estimate)
+    t = config.thresholds
+    snap = evaluate(config.models, registry, path, now, estimate=args.estimate,
+                    levels=t.levels, window_s=t.window_s, horizon_s=t.horizon_days * 86400,
+                    min_observation_s=t.min_observation_s,
+                    min_observation_fraction=t.min_observation_fraction)
     by_subject: dict[tuple[str, str], list[Evaluation]] = {}
     for e in snap.evaluations:
         a = e.assessment
@@ -77,20 +85,39 @@ def cmd_status(args: argparse.Namespace) -> int:
         for e in evaluations:
             a = e.assessment
             f = a.used_fraction
-            eta = e.projection.eta_s.get(a.estimate)
-            note = "MET" if a.met else ("will be met" if e.will_be_met else "")
-            when = "" if eta is None or a.met else f"ETA {figures.when(now + eta * 1e9)}"
-            deadline = ""
-            if (a.met or e.will_be_met) and a.regime.deadline_days is not None:
-                deadline = (f"deadline {figures.when(now + a.regime.deadline_days * 86400e9)}"
-                            " if first known now")
             threshold = figures.flop(a.threshold_flop) if a.threshold_flop else "cost"
             print(f"  {_bar(f)} {f:6.1%} of {threshold:<8} {a.regime.key:<26} "
-                  f"{note:<12} {when} {deadline}".rstrip())
+                  f"{_outlook_text(e, now)}".rstrip())
     print(f"\nfractions use the {args.estimate} estimate; ledger head "
           f"{snap.tree_head.get('size', 0)} records")
     _print_dead_letters(path)
     return 1 if damaged else 0
+
+
+def _outlook_text(e: Evaluation, now_ns: int) -> str:
+    """MET / will be met / may be met, with the stored day and the deadline counted from
+    it (identical in every call), or the ETA at the current rate."""
+    from agent.compliance.evaluate import deadline_text
+
+    a = e.assessment
+    parts = []
+    if a.met:
+        parts.append("MET" + (f" on {figures.when(e.met_at_ns)}" if e.met_at_ns else ""))
+    elif e.active and e.known_at_ns is not None:
+        parts.append(f"will be met (known on {figures.when(e.known_at_ns)}; {e.plan})")
+    elif e.outlook == "will be met":
+        parts.append(f"will be met ({e.plan}; not yet recorded by the agent)")
+    elif e.outlook == "may be met":
+        parts.append(f"may be met ({e.note})")
+    eta = e.projection.eta_s.get(a.estimate)
+    if eta is not None and not a.met:
+        parts.append(f"ETA {figures.when(now_ns + eta * 1e9)} at the current rate")
+    deadline = deadline_text(e.deadline_ns, now_ns)
+    if deadline:
+        parts.append(deadline)
+    elif (a.met or e.outlook == "will be met") and a.regime.deadline_days is not None:
+        parts.append("deadline not fixed: the agent stores the day it is first met or known")
+    return "; ".join(parts)
 
 
 def _print_dead_letters(path: Path) -> None:

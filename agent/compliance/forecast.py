@@ -5,7 +5,10 @@ run's age, if younger): a stall of a few minutes moves it by a few percent, not 
 zero. A run's projection goes to its planned end, from whichever the run declared
 (``FLOPLEDGER_PLAN_*``): an end time, a duration, a GPU count (the measured rate per
 GPU times the planned GPUs), or parameters and tokens (6 x P x D as the planned total).
-Without a plan, the projection looks ``horizon_s`` ahead.
+Without a plan, the projection looks ``horizon_s`` ahead; such a projection is shown
+as an ETA "at the current rate" and never makes a threshold "known to be met"
+(:attr:`RunForecast.planned`). Planned GPUs alone scale the rate but fix no end, so
+they do not make a run planned.
 """
 
 from __future__ import annotations
@@ -35,6 +38,16 @@ class RunForecast:
     end_ns: int | None  # planned end, None if no plan says
     plan: str  # how the end or total was planned
     planned_total: Flop | None  # from 6 x P x D, when declared
+
+    @property
+    def planned(self) -> bool:
+        """The run declared where it ends: an end time, a duration, or its size (6PD)."""
+        return self.end_ns is not None or self.planned_total is not None
+
+    @property
+    def observed_s(self) -> float:
+        """How long the ledger has seen the run, first record to last."""
+        return max(0.0, (self.last_ns - self.first_ns) / 1e9)
 
     def remaining_s(self, now_ns: int, horizon_s: float) -> float:
         if self.end_ns is None:
@@ -144,3 +157,23 @@ def project(current: Flop, forecasts: Iterable[RunForecast], now_ns: int,
         else:
             eta[name] = (threshold - value) / r if r > 0 else None
     return Projection(current, rate, projected, eta)
+
+
+def planned_projection(current: Flop, forecasts: Iterable[RunForecast], now_ns: int) -> Flop:
+    """Current total plus what the planned runs add until their declared ends, at their
+    measured rates. A declared size (6PD) is a second estimate of where a run ends: it
+    ends a run that declared no end there, and reaches further when it says more. Runs
+    without a plan add nothing: an open-ended run is no evidence of where it stops."""
+    added = {"low": 0.0, "central": 0.0, "high": 0.0}
+    for f in forecasts:
+        if not f.planned:
+            continue
+        for name in added:
+            run = (float(getattr(f.rate, name)) * f.remaining_s(now_ns, 0.0)
+                   if f.end_ns is not None else 0.0)
+            if f.planned_total is not None:
+                left = float(f.planned_total.central - getattr(f.current, name))
+                run = max(run, left)
+            added[name] += max(0.0, run)
+    return Flop(current.low + int(added["low"]), current.central + int(added["central"]),
+                current.high + int(added["high"]))

@@ -22,7 +22,11 @@ class ThresholdRow:
         eta_seconds: seconds until the threshold is reached at the current rate, or
             None if the subject is not moving toward it.
         met: the threshold is reached.
-        will_be_met: the projection to the run's planned end crosses the threshold.
+        will_be_met: a "will be met" is known (from a declared plan, at the central
+            rate) and not resolved, and the threshold is not met yet.
+        deadline_wall_seconds: the legal deadline (seconds since the epoch), counted
+            from the stored day the threshold was met or first known to be met; None
+            if none applies.
     """
 
     subject_type: str
@@ -33,6 +37,7 @@ class ThresholdRow:
     eta_seconds: float | None
     met: bool
     will_be_met: bool
+    deadline_wall_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

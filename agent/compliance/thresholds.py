@@ -93,6 +93,15 @@ class ThresholdSettings:
     levels: tuple[float, ...] = DEFAULT_LEVELS
     window_s: float = 3600.0
     horizon_days: float = 14.0
+    # "Will be met" needs a declared plan and this much evidence: the planned runs
+    # observed for min_observation_s and holding min_observation_fraction of the
+    # threshold, whichever comes later.
+    min_observation_s: float = 3600.0
+    min_observation_fraction: float = 0.01
+    # A "will be met" is resolved once the projection (central) stays below
+    # (1 - resolve_margin) x threshold for resolve_after evaluations in a row.
+    resolve_margin: float = 0.05
+    resolve_after: int = 3
 
 
 def parse_threshold_settings(raw: Mapping[str, Any], problems: Problems) -> ThresholdSettings:
@@ -121,6 +130,15 @@ def parse_threshold_settings(raw: Mapping[str, Any], problems: Problems) -> Thre
         window_s=seconds_or_days("window_s", d.window_s, 1, MAX_WINDOW_S, "a number of seconds"),
         horizon_days=seconds_or_days("horizon_days", d.horizon_days, 0, MAX_DAYS,
                                      "a number of days"),
+        min_observation_s=float(r.number("min_observation_s", d.min_observation_s, 0,
+                                         MAX_WINDOW_S, what="a number of seconds")),
+        min_observation_fraction=float(r.number(
+            "min_observation_fraction", d.min_observation_fraction, 0, 1,
+            what="a fraction of the threshold")),
+        resolve_margin=float(r.number("resolve_margin", d.resolve_margin, 0, 0.5,
+                                      what="a fraction of the threshold")),
+        resolve_after=int(r.number("resolve_after", d.resolve_after, 1, 1000,
+                                   what="a whole number of evaluations", integer=True)),
     )
 
 

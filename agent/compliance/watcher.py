@@ -1,5 +1,15 @@
 """The agent's threshold watcher: evaluates the regimes against the ledger every minute
-and enqueues notifications for new warning levels and "will be met" projections.
+and enqueues notifications for warning levels, "will be met" projections and their
+resolutions.
+
+Before it notifies, it stores what starts a legal deadline (``agent.compliance.
+milestones``): when a threshold was met and when a "will be met" was first known, so
+every later ``status``, ``report``, notification and metric counts from the same day.
+A "will be met" is resolved (and the resolution notified) once the projection to the
+planned ends stays below (1 - ``resolve_margin``) x threshold for ``resolve_after``
+evaluations in a row: a rate that wobbles around the threshold does not flap, a plan
+cut short resolves within a few evaluations. The count of evaluations below is kept in
+memory; after a restart it starts again from zero, which only delays a resolution.
 
 It reads the ledger through its own read-only connection in its own thread, so a slow
 evaluation never delays sampling. What it finds is also published for /metrics.
@@ -9,14 +19,23 @@ this node's share, and across the cluster by the generated Prometheus rules.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from agent.compliance.evaluate import Evaluation, evaluate, notifications, payload, severity
+from agent.compliance.evaluate import (
+    Evaluation,
+    Snapshot,
+    evaluate,
+    notifications,
+    payload,
+    severity,
+)
 from agent.compliance.lineage import ModelInfo
+from agent.compliance.milestones import MilestoneStore, episode_key, resolved_key
 from agent.compliance.state import ThresholdRow, ThresholdState
 from agent.compliance.thresholds import Registry, ThresholdSettings
 from agent.ledger.query import LedgerNotFoundError
@@ -47,8 +66,11 @@ class ThresholdWatcher:
         self.enqueue = enqueue
         self.wall_ns = wall_ns
         self.state: ThresholdState | None = None
+        self.snapshot: Snapshot | None = None  # the last evaluation, milestones applied
         self._evaluations = 0
         self._enqueued = 0
+        self.store = MilestoneStore(ledger_path)
+        self._below: dict[str, int] = {}  # key prefix -> evaluations below in a row
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -59,26 +81,65 @@ class ThresholdWatcher:
         try:
             snap = evaluate(self.models, self.registry, self.ledger_path, now,
                             estimate=t.estimate, levels=t.levels, window_s=t.window_s,
-                            horizon_s=t.horizon_days * 86400)
+                            horizon_s=t.horizon_days * 86400,
+                            min_observation_s=t.min_observation_s,
+                            min_observation_fraction=t.min_observation_fraction)
         except LedgerNotFoundError:
             return None
+        self._track(snap)
+        self.snapshot = snap
         if self.enqueue is not None:
-            for key, kind, level, e in notifications(snap):
-                doc = payload(e, kind, level, snap, now)
-                if self.enqueue(key, kind, level, severity(kind, level), e, doc):
+            for ev in notifications(snap):
+                doc = payload(ev, snap)
+                if self.enqueue(ev.key, ev.kind, ev.level, severity(ev.kind, ev.level),
+                                ev.evaluation, doc):
                     self._enqueued += 1
-                    log.warning("notification: %s", key)
+                    log.warning("notification: %s", ev.key)
         self._evaluations += 1
         rows = tuple(
             ThresholdRow(e.assessment.subject.kind, e.assessment.subject.name,
                          e.assessment.regime.key, e.assessment.estimate,
                          e.assessment.used_fraction,
                          e.projection.eta_s.get(e.assessment.estimate), e.assessment.met,
-                         e.will_be_met)
+                         e.active and not e.assessment.met,
+                         e.deadline_ns / 1e9 if e.deadline_ns is not None else None)
             for e in snap.evaluations
         )
         self.state = ThresholdState(now / 1e9, self._evaluations, rows, self._enqueued)
         return self.state
+
+    def _track(self, snap: Snapshot) -> None:
+        """Store new milestones (met, "will be met" known, resolved) and update the
+        evaluations to match, before anything is notified."""
+        t = self.settings
+        now = snap.now_ns
+        new: dict[str, int] = {}
+        for i, e in enumerate(snap.evaluations):
+            a = e.assessment
+            prefix = e.key_prefix
+            met_key = f"{prefix}|met"
+            if a.met and met_key not in snap.milestones:
+                # Where the ledger crossed it; now, if compute declared elsewhere did.
+                at = e.met_at_ns if e.met_at_ns is not None else now
+                new[met_key] = at
+                e = dataclasses.replace(e, met_at_ns=at)
+            if not a.met and e.active and a.threshold_flop is not None:
+                projected = e.planned_projected
+                below = projected is None or float(projected.central) < (
+                    (1 - t.resolve_margin) * a.threshold_flop)
+                self._below[prefix] = self._below.get(prefix, 0) + 1 if below else 0
+                if self._below[prefix] >= t.resolve_after:
+                    new[resolved_key(prefix, e.episode)] = now
+                    e = dataclasses.replace(e, active=False, known_at_ns=None)
+                    self._below.pop(prefix)
+            elif not a.met and not e.active and e.outlook == "will be met":
+                episode = e.episode + 1
+                new[episode_key(prefix, episode)] = now
+                e = dataclasses.replace(e, episode=episode, active=True, known_at_ns=now)
+            snap.evaluations[i] = e
+        if new:
+            self.store.record(new)
+            snap.milestones.update(new)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -11,6 +11,8 @@ not ahead of the file (a roll-back) and matches it; totals equal the sums of the
 records. Here in addition: no two records of one GPU cover overlapping time (double
 counting), and a ledger that starts with a recorded discontinuity (``flopledger
 recover``) is named as a problem: its history before that point is not in this file.
+Given the spec table's rows, the records' FLOP are also held to their GPUs' physical
+maximum (:mod:`agent.ledger.energy`): what is implausible is a warning, not a problem.
 
 Whatever the file holds, this never raises: an anomaly nobody foresaw is a problem too.
 """
@@ -18,13 +20,16 @@ Whatever the file holds, this never raises: an anomaly nobody foresaw is a probl
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
 from agent.accounting.records import LedgerRecord
+from agent.ledger.energy import EnergyCheck
 from agent.ledger.integrity import check_ledger, when
 from agent.ledger.signing import fingerprint
+from agent.sources.specs import GpuSpec
 
 
 @dataclass(slots=True)
@@ -37,6 +42,8 @@ class VerifyReport:
     key_fingerprint: str = ""
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Implausible figures (energy plausibility): said, but no failure.
+    warnings: list[str] = field(default_factory=list)
     discontinuities: list[LedgerRecord] = field(default_factory=list)
 
     @property
@@ -64,16 +71,21 @@ def _int(value: object) -> int:
 
 
 def verify_ledger(path: Path, trusted_fingerprint: str | None = None,
-                  max_problems: int = 50) -> VerifyReport:
-    """Check a ledger file; see the module docstring for what is checked."""
+                  max_problems: int = 50,
+                  specs: Mapping[str, GpuSpec] | None = None) -> VerifyReport:
+    """Check a ledger file; see the module docstring for what is checked. With
+    ``specs`` (the spec table's rows by key), also the energy plausibility."""
     report = VerifyReport(path)
     windows: dict[str, dict[tuple[int, int], int]] = defaultdict(dict)
+    energy = EnergyCheck(specs) if specs is not None else None
 
     def on_record(r: LedgerRecord) -> None:
         # Records of one GPU split among runs share a window; distinct windows must
         # not overlap, or the same GPU time was counted twice. Carried sums are no time.
         if r.kind != "discontinuity":
             windows[r.gpu_uuid].setdefault((r.start_ns, r.end_ns), r.seq)
+        if energy is not None:
+            energy.add(r)
 
     try:
         check = check_ledger(path, thorough=True, on_record=on_record,
@@ -89,6 +101,8 @@ def verify_ledger(path: Path, trusted_fingerprint: str | None = None,
     report.key_fingerprint = check.key_fingerprint
     report.notes = check.notes
     report.discontinuities = check.discontinuities
+    if energy is not None:
+        report.warnings = [f.message for f in energy.findings()]
     problems = report.problems
     if (trusted_fingerprint and check.public_key_raw
             and fingerprint(check.public_key_raw) != trusted_fingerprint):

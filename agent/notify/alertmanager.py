@@ -6,11 +6,21 @@ every ``resend_s`` with ``endsAt = now + 4 x resend_s`` (Prometheus' ValidUntil;
 lost re-sends do not resolve it), and once it is resolved sends it one last time with
 ``endsAt = now``. Labels are identical on every send (Alertmanager identifies an alert
 by its label set), so a re-send after a crash updates the same alert.
+
+A condition that clears arrives as a "resolved" notification naming the one it ends:
+the outbox resolves that one, whose alert is then sent ended, and Alertmanager tells its
+receivers it is resolved. The "resolved" notification itself is not posted: an alert of
+its own, ended as it starts, would say nothing more.
+
+The description states the fraction of the threshold the subject was at when the
+event was evaluated, from the payload: a "will be met" at 3 % says 3 %, not the 100 %
+it is projected to reach.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +29,8 @@ from typing import Any
 from agent.notify.httppost import post, tls_context
 from agent.notify.message import HOLD_RESENDS, Notification, rfc3339
 
-__all__ = ["ALERTNAME", "AlertmanagerChannel", "alert", "alert_annotations", "alert_labels"]
+__all__ = ["ALERTNAME", "AlertmanagerChannel", "alert", "alert_annotations", "alert_labels",
+           "describe", "fraction_of", "percent"]
 
 ALERTNAME = "FlopledgerThreshold"
 USER_AGENT = "flopledger-notify/1"
@@ -41,29 +52,76 @@ def _first(payload: dict[str, Any], *names: str) -> str:
     return ""
 
 
+def fraction_of(payload: dict[str, Any]) -> float | None:
+    """The fraction of the threshold reached, of the estimate the payload says it used
+    (``fraction`` as a number, or per estimate with ``estimate_used``); None if absent
+    or not a finite number."""
+    value = payload.get("fraction")
+    if isinstance(value, dict):
+        value = value.get(_text(payload.get("estimate_used")) or "central")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def percent(fraction: float) -> str:
+    """``0.034`` -> ``3.4%``, ``0.83`` -> ``83%``: two significant figures below 10 %,
+    whole percents above (the payload's fractions have two significant figures)."""
+    pct = fraction * 100
+    return f"{pct:.0f}%" if pct >= 10 else f"{pct:.2g}%"
+
+
+def describe(n: Notification) -> str:
+    """The alert's description: where the subject stands and what the event says."""
+    p = n.payload
+    regime = _first(p, "regime_title") or n.regime
+    fraction = fraction_of(p)
+    who = f"{n.subject_type} {n.subject}"
+    if n.kind == "will-be-met":
+        basis = _first(p, "projection_basis")
+        event = "projected to meet the threshold" + (
+            f" at its planned end ({basis})" if basis and basis != "none" else "")
+    elif n.kind == "resolved":
+        event = ("no longer projected to meet the threshold" if n.level >= 1.0
+                 else f"no longer at the {n.level:.0%} level")
+    elif n.level >= 1.0:
+        event = "threshold met"
+    else:
+        event = f"{n.level:.0%} level reached"
+    if fraction is None:
+        parts = [f"{who}: {regime}: {event}"]
+    else:
+        used = _first(p, "estimate_used")
+        at = f"at {percent(fraction)} of {regime}" + (f" ({used} estimate)" if used else "")
+        parts = [f"{who} {at}: {event}"]
+    threshold = _first(p, "threshold", "threshold_flop")
+    if threshold:
+        parts.append(f"threshold {threshold}")
+    estimate = _first(p, "estimate", "flop_2sf", "flop")
+    if estimate:
+        parts.append(f"estimate {estimate}")
+    evaluated = _first(p, "evaluated_at")
+    if evaluated:
+        parts.append(f"evaluated {evaluated}")
+    description = "; ".join(parts) + "."
+    obligation = _first(p, "obligation")
+    if obligation and n.kind != "resolved":
+        description += " " + obligation
+    return description
+
+
 def alert_annotations(n: Notification) -> dict[str, str]:
     """summary, description, deadline, estimate, tree_head, from the payload where it
     has them (the payload is the caller's; missing fields are left out)."""
     p = n.payload
-    estimate = _first(p, "estimate", "flop_2sf", "flop")
-    regime = _first(p, "regime_title") or n.regime
-    threshold = _first(p, "threshold", "threshold_flop")
-    description = _first(p, "description")
-    if not description:
-        parts = [f"{n.subject_type} {n.subject}: {n.level:.0%} of {regime}"]
-        if threshold:
-            parts.append(f"threshold {threshold}")
-        if estimate:
-            parts.append(f"estimate {estimate}")
-        description = "; ".join(parts) + "."
-        obligation = _first(p, "obligation")
-        if obligation:
-            description += " " + obligation
+    deadline = _first(p, "deadline")
+    if deadline and p.get("deadline_passed") is True:
+        deadline = f"passed on {deadline}"
     out = {
         "summary": n.title,
-        "description": description,
-        "deadline": _first(p, "deadline"),
-        "estimate": estimate,
+        "description": _first(p, "description") or describe(n),
+        "deadline": deadline,
+        "estimate": _first(p, "estimate", "flop_2sf", "flop"),
         "tree_head": _first(p, "tree_head", "ledger"),
     }
     return {k: v for k, v in out.items() if v}
@@ -138,11 +196,14 @@ class AlertmanagerChannel:
         return self._resend_ns
 
     def deliver(self, n: Notification) -> None:
-        """POST the alert (firing, or ended if resolved).
+        """POST the alert (firing, or ended if resolved); nothing for a "resolved"
+        notification that names the one it ends (that one's alert is sent ended).
 
         Raises:
             DeliveryError: if Alertmanager did not answer 2xx in time.
         """
+        if n.resolves is not None:
+            return
         doc = [alert(n, self._clock_ns(), self._resend_ns, self.generator_url)]
         body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}

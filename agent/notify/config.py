@@ -23,8 +23,12 @@ Example::
     timeout_s = 30
 
 Channel names key the outbox's delivery rows: renaming a channel makes it a new one
-(it gets only notifications enqueued from then on). Secrets are read at start, so a
-missing secret is reported with the other problems rather than at the first send.
+(it gets only notifications enqueued from then on). Loading the config records where a
+webhook's secret is kept but does not read it: commands that only read the ledger
+(``status``, ``report``...) work where the secret is not available. The secret is read
+when the channels are built (:func:`build_channels`, in ``flopledger run``'s start
+checks), so a missing secret is still reported with the other problems at start rather
+than at the first send.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,8 +47,8 @@ from agent.notify.command import CommandChannel
 from agent.notify.message import Channel
 from agent.notify.webhook import WebhookChannel
 
-__all__ = ["AlertmanagerSettings", "CommandSettings", "NotifySettings", "WebhookSettings",
-           "build_channels", "parse_notify_config"]
+__all__ = ["AlertmanagerSettings", "CommandSettings", "NotifySettings", "SecretSource",
+           "WebhookSettings", "build_channels", "parse_notify_config", "read_secrets"]
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NAME_EXPECT = "a unique channel name of letters, digits, '_', '.', '-' (at most 64)"
@@ -57,10 +61,26 @@ MAX_TIMEOUT_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
+class SecretSource:
+    """Where a webhook's HMAC secret is kept: a file or an environment variable.
+
+    Attributes:
+        key: the config key that names it (``notify.webhook[0].secret_file``), for the
+            problem reported when it cannot be read.
+        file: the secret file (trailing newlines are not part of the secret).
+        env: the environment variable's name.
+    """
+
+    key: str
+    file: Path | None = None
+    env: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookSettings:
     name: str
     url: str
-    secret: bytes = field(repr=False)
+    secret: SecretSource
     timeout_s: float = 10.0
     ca_file: Path | None = None
 
@@ -179,7 +199,8 @@ def _tables(problems: Problems, notify: dict[str, Any], kind: str) -> list[tuple
     return [(f"notify.{kind}[{i}]", t) for i, t in enumerate(value)]
 
 
-def _secret(e: _Entry, base: Path) -> bytes | None:
+def _secret(e: _Entry, base: Path) -> SecretSource | None:
+    """Where the secret is; not read here (see the module docstring)."""
     has_file, has_env = "secret_file" in e.table, "secret_env" in e.table
     if has_file and has_env:
         e.add("secret_env", "not to be set together with secret_file")
@@ -191,25 +212,51 @@ def _secret(e: _Entry, base: Path) -> bytes | None:
         value = e.string("secret_file", "the path of a file holding the shared secret")
         if value is None:
             return None
-        path = _relative(base, value)
-        try:
-            # Trailing newlines come from editors and `echo`, not from the secret.
-            secret = path.read_bytes().rstrip(b"\r\n")
-        except OSError as err:
-            e.add("secret_file", f"a readable secret file ({path}: {err.strerror})")
-            return None
-        if not secret:
-            e.add("secret_file", f"a non-empty secret file ({path} is empty)")
-            return None
-        return secret
+        return SecretSource(f"{e.where}.secret_file", file=_relative(base, value))
     variable = e.string("secret_env", "the name of an environment variable")
     if variable is None:
         return None
-    env_secret = os.environ.get(variable, "")
+    return SecretSource(f"{e.where}.secret_env", env=variable)
+
+
+def _read_secret(source: SecretSource, problems: Problems) -> bytes | None:
+    if source.file is not None:
+        try:
+            # Trailing newlines come from editors and `echo`, not from the secret.
+            secret = source.file.read_bytes().rstrip(b"\r\n")
+        except OSError as err:
+            problems.add(source.key, f"a readable secret file ({source.file}: {err.strerror})")
+            return None
+        if not secret:
+            problems.add(source.key, f"a non-empty secret file ({source.file} is empty)")
+            return None
+        return secret
+    env_secret = os.environ.get(source.env or "", "")
     if not env_secret:
-        e.add("secret_env", f"an environment variable that is set and not empty ({variable})")
+        problems.add(source.key,
+                     f"an environment variable that is set and not empty ({source.env})")
         return None
     return env_secret.encode()
+
+
+def read_secrets(settings: NotifySettings, path: Path | None = None) -> dict[str, bytes]:
+    """Every webhook's secret, by channel name, read now.
+
+    Args:
+        path: the config file, to name in the error.
+
+    Raises:
+        ConfigError: naming the key of every secret that cannot be read (a file
+            missing, unreadable or empty; an environment variable unset or empty).
+    """
+    problems = Problems(path or Path("<config>"))
+    out = {}
+    for w in settings.webhooks:
+        secret = _read_secret(w.secret, problems)
+        if secret is not None:
+            out[w.name] = secret
+    problems.raise_if_any()
+    return out
 
 
 def _webhook(problems: Problems, where: str, table: dict[str, Any], base: Path,
@@ -311,15 +358,20 @@ def parse_notify_config(raw: dict[str, Any], problems: Problems, base: Path) -> 
     return NotifySettings(float(poll), tuple(webhooks), tuple(alertmanagers), tuple(commands))
 
 
-def build_channels(settings: NotifySettings) -> dict[str, Channel]:
-    """The configured channels by name.
+def build_channels(settings: NotifySettings, path: Path | None = None) -> dict[str, Channel]:
+    """The configured channels by name, with the webhooks' secrets read now.
+
+    Args:
+        path: the config file, to name in an error about a secret.
 
     Raises:
+        ConfigError: if a webhook's secret cannot be read (see :func:`read_secrets`).
         OSError, ssl.SSLError: if a ``ca_file`` cannot be loaded.
     """
+    secrets = read_secrets(settings, path)
     out: dict[str, Channel] = {}
     for w in settings.webhooks:
-        out[w.name] = WebhookChannel(w.name, w.url, w.secret, timeout_s=w.timeout_s,
+        out[w.name] = WebhookChannel(w.name, w.url, secrets[w.name], timeout_s=w.timeout_s,
                                      ca_file=w.ca_file)
     for a in settings.alertmanagers:
         out[a.name] = AlertmanagerChannel(a.name, a.url, resend_s=a.resend_s,

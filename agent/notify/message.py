@@ -5,6 +5,11 @@ sends and the bytes the webhook signature covers, so a re-send after a crash is
 byte-for-byte the first send and receivers can dedupe on ``key``. Only the outbox's
 "resolved" mark travels beside it (``resolved_ns``), for channels that keep an alert
 active at the receiver (Alertmanager) and must end it explicitly.
+
+A condition that clears is itself notified: a notification of kind ``"resolved"``
+whose payload names the key of the notification it ends (``payload["resolves"]``).
+One-shot channels deliver it like any other; the outbox also marks the notification it
+names resolved, so active channels end that alert.
 """
 
 from __future__ import annotations
@@ -142,12 +147,21 @@ class Notification:
         return replace(self, resolved_ns=at_ns)
 
     @property
+    def resolves(self) -> str | None:
+        """For a "resolved" notification, the key of the notification it ends (from
+        ``payload["resolves"]``); None otherwise."""
+        key = self.payload.get("resolves") if self.kind == "resolved" else None
+        return key if isinstance(key, str) and key else None
+
+    @property
     def title(self) -> str:
         """One summary line, e.g. ``[warning] model llama-70b reached 80% of
         eu-systemic-risk``."""
         who = f"{self.subject_type} {self.subject}"
         if self.kind == "will-be-met":
             what = f"is projected to meet {self.regime}"
+        elif self.kind == "resolved" and self.level >= 1.0:
+            what = f"is no longer projected to meet {self.regime}"
         elif self.kind == "resolved":
             what = f"no longer at {self.level:.0%} of {self.regime}"
         else:

@@ -21,6 +21,12 @@ does every delivery's state.
 Delivery is at-least-once: a row is marked delivered only after the channel returned,
 so a crash between the send and the mark sends the same key again.
 
+A notification is resolved (:meth:`Outbox.resolve`) when its condition clears: the
+caller enqueues a "resolved" notification naming it (``payload["resolves"]``), which
+resolves it in the same transaction, so an active channel sends its alert once more as
+ended. Either may be enqueued first: a notification whose "resolved" is already stored
+is stored resolved.
+
 Every method is safe to call from several threads (one connection behind a lock), and
 several processes may share the file (SQLite's own locking, with a busy timeout).
 """
@@ -193,6 +199,9 @@ class Outbox:
     def enqueue(self, n: Notification, now_ns: int | None = None) -> bool:
         """Store a notification and a due delivery for every configured channel.
 
+        A "resolved" notification also resolves the one it names (see the module
+        docstring).
+
         Args:
             n: the notification; its ``resolved_ns`` is ignored.
             now_ns: enqueue time (ns since the Unix epoch), the wall clock by default.
@@ -216,6 +225,13 @@ class Outbox:
             db.executemany(
                 "INSERT OR IGNORE INTO deliveries (key, channel, state, next_attempt_ns)"
                 " VALUES (?, ?, 'pending', 0)", [(n.key, c) for c in self.channels])
+            if n.resolves is not None:
+                _resolve(db, n.resolves, enqueued)
+            elif db.execute(
+                    "SELECT 1 FROM notifications WHERE kind = 'resolved'"
+                    " AND json_extract(body, '$.payload.resolves') = ? LIMIT 1",
+                    (n.key,)).fetchone() is not None:
+                _resolve(db, n.key, enqueued)
         return True
 
     def mark_delivered(self, key: str, channel: str, now_ns: int, *,
@@ -334,13 +350,7 @@ class Outbox:
         """
         at = time.time_ns() if now_ns is None else now_ns
         with self._write() as db:
-            cursor = db.execute("UPDATE notifications SET resolved_ns = ?"
-                                " WHERE key = ? AND resolved_ns IS NULL", (at, key))
-            if cursor.rowcount == 0:
-                return False
-            db.execute("UPDATE deliveries SET state = 'pending', next_attempt_ns = ?"
-                       " WHERE key = ? AND state = 'active'", (at, key))
-        return True
+            return _resolve(db, key, at)
 
     # ------------------------------------------------------------------ reading
 
@@ -450,6 +460,18 @@ class Outbox:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _resolve(db: sqlite3.Connection, key: str, at_ns: int) -> bool:
+    """Mark ``key`` resolved at ``at_ns`` and make its active deliveries due (to send
+    the end); False if unknown or resolved already. Inside the caller's transaction."""
+    cursor = db.execute("UPDATE notifications SET resolved_ns = ?"
+                        " WHERE key = ? AND resolved_ns IS NULL", (at_ns, key))
+    if cursor.rowcount == 0:
+        return False
+    db.execute("UPDATE deliveries SET state = 'pending', next_attempt_ns = ?"
+               " WHERE key = ? AND state = 'active'", (at_ns, key))
+    return True
 
 
 def _opt_int(value: Any) -> int | None:

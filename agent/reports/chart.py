@@ -11,9 +11,13 @@ matplotlib.use("Agg")  # no display: render to files only
 
 import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
+from matplotlib.figure import Figure
 
 from agent import figures
 from agent.reports.report import Report
+
+LEGEND_TITLE_CHARS = 70
 
 
 def _days(ns: int) -> float:
@@ -21,8 +25,33 @@ def _days(ns: int) -> float:
     return ns / 86400e9
 
 
+def sci(value: float, rounding: str = "nearest") -> str:
+    """A FLOP figure to two significant figures as mathtext: ``$7.1 \\times 10^{23}$``
+    (what ``figures.flop`` prints as ``7.1e+23``)."""
+    text = figures.flop(value, rounding)
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    return rf"${mantissa} \times 10^{{{int(exponent)}}}$"
+
+
+def shorten(text: str, limit: int = LEGEND_TITLE_CHARS) -> str:
+    """``text`` cut at a word boundary to at most ``limit`` characters, with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:(")
+    return cut + "\u2026"
+
+
 def render_png(rep: Report, path: Path) -> None:
     """Write the chart to ``path`` (PNG, 1200 x 700 px)."""
+    fig = build_figure(rep)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def build_figure(rep: Report) -> Figure:
+    """The chart as a Matplotlib figure (closed by the caller)."""
     t = rep.timeline
     times = [_days(ns) for ns in t.end_ns]
     # Whole FLOP exceed 64-bit integers: plot them as floats.
@@ -35,8 +64,11 @@ def render_png(rep: Report, path: Path) -> None:
     if rep.forecast and times and rep.forecast["projected"]["high"] > high[-1]:
         projected = rep.forecast["projected"]
         end = _days(rep.forecast["end_ns"])
+        basis = rep.forecast["basis"]
+        label = (f"projection to the planned end ({basis})" if rep.forecast.get("planned", True)
+                 else f"at the current rate ({basis})")
         ax.plot([times[-1], end], [central[-1], float(projected["central"])], "--",
-                color="tab:blue", alpha=0.7, label=f"projection ({rep.forecast['basis']})")
+                color="tab:blue", alpha=0.7, label=label)
         ax.plot([times[-1], end], [high[-1], float(projected["high"])], ":", color="tab:blue",
                 alpha=0.7)
         top = max(top, float(projected["high"]))
@@ -48,16 +80,23 @@ def render_png(rep: Report, path: Path) -> None:
             continue
         shown.add(threshold)
         ax.axhline(threshold, color=colours[i % len(colours)], linestyle="-.", linewidth=1.2,
-                   label=f"{figures.flop(threshold)}: {r['title'][:60]}")
+                   label=f"{sci(threshold)} FLOP: "
+                   + shorten(r["title"] or r["regime"]).replace("$", r"\$"))
     ax.set_yscale("log")
     low_values = [v for v in low if v > 0] or [1.0]
     ax.set_ylim(bottom=min(low_values) / 3, top=max(top, max(shown, default=top)) * 3)
-    ax.set_ylabel("cumulative compute (FLOP)")
-    band = figures.band(*rep.flop)
-    ax.set_title(f"{rep.subject_type} {rep.subject}: {band} FLOP")
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d\n%H:%M"))  # type: ignore[no-untyped-call]
+    ax.set_ylabel("cumulative compute [FLOP]")
+    # Powers of ten on the log axis, no offset text: every tick reads on its own.
+    ax.yaxis.set_major_formatter(mticker.LogFormatterMathtext())
+    # A "$" in a run's name would start mathtext.
+    subject = rep.subject.replace("$", r"\$")
+    ax.set_title(f"{rep.subject_type} {subject}: {sci(rep.flop.central)} FLOP, band "
+                 f"{sci(rep.flop.low, 'down')} .. {sci(rep.flop.high, 'up')}")
+    locator = mdates.AutoDateLocator(minticks=4, maxticks=10)  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+    ax.set_xlabel("date (UTC)")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    return fig

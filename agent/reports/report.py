@@ -1,11 +1,14 @@
 """``flopledger report``: a run's or a model's compute, stated the way a regulator asks.
 
-Totals to two significant figures with the band; every applicable regime with its
-status and dates; the method in the EU Guidelines' terms (Annex A.2.1: C = N x L x H x
-U, with U measured) and the 6 x P x D cross-check when the run declared parameters and
-tokens (flagged beyond the 30% margin of Annex A.2); data quality (gaps, estimators,
-unattributed compute on the same GPUs); and the ledger's signed head with how to
-verify. Rendered as Markdown, JSON, CSV (the cumulative timeline) or a PNG chart.
+Totals to two significant figures with the band, and the model's per scope with
+inherited compute (what the regime rows measure); every applicable regime with its
+status, dates and the fraction reached in percent (for a run: its model's regimes whose
+scope counts the run's category); the method in the EU Guidelines' terms (Annex A.2.1:
+C = N x L x H x U, with U measured) and the 6 x P x D cross-check when the run declared
+parameters and tokens (else what to declare), its disagreement measured against the
+reported estimate as the EU's 30% margin is (Annex A); data quality (gaps, estimators,
+unattributed compute on the same GPUs, energy plausibility); and the ledger's signed
+head with how to verify. Rendered as Markdown, JSON, CSV (the cumulative timeline) or a PNG chart.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
@@ -22,12 +26,14 @@ from typing import Any
 
 from agent import figures
 from agent.accounting.band import Band
+from agent.accounting.names import UNATTRIBUTED_RUN_ID
 from agent.accounting.records import LedgerRecord
 from agent.compliance.evaluate import Evaluation, evaluate, plan_of
-from agent.compliance.forecast import DEFAULT_HORIZON_S, run_forecast
-from agent.compliance.lineage import ModelInfo
+from agent.compliance.forecast import DEFAULT_HORIZON_S, RunForecast, run_forecast
+from agent.compliance.lineage import ModelInfo, ModelView, model_view
 from agent.compliance.planner import EU_MARGIN, cross_check
 from agent.compliance.thresholds import Registry
+from agent.ledger.energy import check_energy
 from agent.ledger.query import iter_records, latest_head, open_records, spec_basis, summarize
 from agent.sources.specs import MATMUL_PRECISIONS, SpecTable
 
@@ -78,6 +84,13 @@ class Report:
     # Per basis of the GPUs' peaks (table, derived, ceiling; none in old ledgers): GPU
     # count, share of GPU time, and each GPU not on a table row with its reason.
     spec_bases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per scope: the model's FLOP band with inherited compute (what the regime rows are
+    # measured against), its own part, and whom it inherits from. For a run: its model's.
+    scope_totals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A run report: the model, category and scopes the run's compute counts toward.
+    counts_toward: dict[str, Any] | None = None
+    # Energy plausibility: findings against the GPUs' physical maximum, and a summary.
+    energy: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         doc = asdict(self)
@@ -146,6 +159,117 @@ def _spec_bases(records: list[LedgerRecord]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# The EU's margin for the two methods, in the Guidelines' words.
+EU_MARGIN_RULE = (f'"within an overall error margin of {EU_MARGIN:.0%} of the reported '
+                  'estimate" (Commission Guidelines C(2025) 5045, Annex A)')
+# How a run declares what the 6 x P x D cross-check and a planned end need.
+DECLARE = {"plan.params": "FLOPLEDGER_PLAN_PARAMS", "plan.tokens": "FLOPLEDGER_PLAN_TOKENS"}
+
+
+def _declared(meta: Mapping[str, Any], key: str) -> float | None:
+    """A declared positive finite number, or None (absent or unusable)."""
+    value = meta.get(key)
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(str(value)) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) and number > 0 else None
+
+
+def _cross_check(runs: list[str], run_meta: Mapping[str, Mapping[str, Any]],
+                 forecasts: Mapping[str, RunForecast], now_ns: int) -> dict[str, Any]:
+    """6 x P x D of the runs that declared P and D against the hardware-based figure the
+    report states for the same runs; the runs that did not, with what to declare.
+
+    The declared tokens are the plan's, so the reported figure is the hardware-based
+    total projected to the planned end at the measured rate (never a projection that
+    leans on 6PD itself); without a declared end, the total so far, said so.
+    """
+    per_run: list[dict[str, Any]] = []
+    missing: dict[str, list[str]] = {}
+    for name in runs:
+        if name == UNATTRIBUTED_RUN_ID:
+            continue
+        meta = run_meta.get(name, {})
+        params, tokens = _declared(meta, "plan.params"), _declared(meta, "plan.tokens")
+        if params is None or tokens is None:
+            missing[name] = [DECLARE[k] for k, v in (("plan.params", params),
+                                                    ("plan.tokens", tokens)) if v is None]
+            continue
+        f = forecasts[name]
+        if f.end_ns is not None and f.end_ns <= now_ns:
+            reported = float(f.current.central)
+            basis = (f"the hardware-based total (the planned end, {figures.when(f.end_ns)}, "
+                     "has passed)")
+        elif f.end_ns is not None:
+            reported = f.current.central + f.rate.central * f.remaining_s(now_ns, 0.0)
+            basis = (f"the hardware-based total projected to the planned end "
+                     f"({figures.when(f.end_ns)}) at the measured rate")
+        else:
+            reported = float(f.current.central)
+            basis = ("the hardware-based total so far (the run declared no end, "
+                     "FLOPLEDGER_PLAN_DURATION_S or FLOPLEDGER_PLAN_END_TIME: this is the "
+                     "whole run only once it has ended)")
+        per_run.append({"run": name, "params": params, "tokens": tokens,
+                        "6PD": 6 * params * tokens, "reported": reported,
+                        "reported_is": basis})
+    out: dict[str, Any] = {"ran": bool(per_run), "runs": per_run, "not_declared": missing,
+                           "margin": EU_MARGIN, "margin_rule": EU_MARGIN_RULE}
+    if per_run:
+        six_pd = sum(r["6PD"] for r in per_run)
+        reported = sum(r["reported"] for r in per_run)
+        difference, beyond = cross_check(six_pd, reported)
+        out.update({"6PD": six_pd, "reported": reported, "difference": difference,
+                    "disagreement": abs(difference), "beyond_eu_margin": beyond})
+    return out
+
+
+def _scope_totals(view: ModelView, model: str, registry: Registry) -> dict[str, dict[str, Any]]:
+    """The model's FLOP per scope, as the regimes see it (the one model view that
+    ``flopledger models`` prints), with its own part and its ancestors."""
+    totals = view.totals(model)
+    ancestors = view.lineage.ancestors(model)
+    out: dict[str, dict[str, Any]] = {}
+    for scope_name, scope in registry.scopes.items():
+        total = totals[scope_name]
+        own = sum((r.flop for r in view.runs
+                   if r.model == model and scope.counts(r.run, r.category)), Band.exact(0))
+        out[scope_name] = {"low": total.low, "central": total.central, "high": total.high,
+                           "own_central": own.central, "inherit": scope.inherit,
+                           "inherited_from": ancestors if scope.inherit else [],
+                           "categories": sorted(scope.categories)}
+    return out
+
+
+def _forecast(forecasts: list[RunForecast], flop: Band[int], now_ns: int) -> dict[str, Any] | None:
+    """The subject's own runs projected at their measured rates: to their planned ends,
+    or (none declared) ``DEFAULT_HORIZON_S`` ahead, labelled as the current rate."""
+    if not forecasts:
+        return None
+    rate = sum((f.rate for f in forecasts), Band.exact(0.0))
+    added = [sum(float(getattr(f.rate, b)) * f.remaining_s(now_ns, DEFAULT_HORIZON_S)
+                 for f in forecasts) for b in ("low", "central", "high")]
+    planned = [f for f in forecasts if f.end_ns is not None]
+    # The projection is the measured rate to the declared end; a declared size (6PD)
+    # is the cross-check's, not this line's.
+    basis = ("; ".join(sorted({", ".join(p for p in f.plan.split(", ") if p != "6PD")
+                               for f in planned})) if planned
+             else "no planned end declared")
+    ends = [f.end_ns if f.end_ns is not None else now_ns + round(DEFAULT_HORIZON_S * 1e9)
+            for f in forecasts]
+    return {"rate_flops": asdict(rate),
+            "projected": {"low": flop.low + int(added[0]), "central": flop.central + int(added[1]),
+                          "high": flop.high + int(added[2])},
+            "basis": basis, "planned": bool(planned), "end_ns": max(ends)}
+
+
+def _energy(records: list[LedgerRecord], specs: SpecTable) -> dict[str, Any]:
+    check = check_energy(records, specs.specs)
+    return {"findings": [asdict(f) for f in check.findings()], "summary": check.summary()}
+
+
 def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: SpecTable,
                  ledger_path: Path, *, run: str | None = None, model: str | None = None,
                  now_ns: int | None = None) -> Report:
@@ -199,40 +323,45 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
                   "U = C / (N x L x H)"),
         "gpu_hours": gpu_ns / 3.6e12,
     }
-    cross = None
-    run_meta: dict[str, Any] = {}
     summaries = summarize(everything, ledger_path)
     runs = sorted({r.run for r in mine})
-    params = tokens = 0.0
-    for name in runs:
-        meta = summaries[name].meta if name in summaries else {}
-        run_meta[name] = meta
-        try:
-            params += float(str(meta.get("plan.params", 0)))
-            tokens_run = float(str(meta.get("plan.tokens", 0)))
-        except ValueError:
-            continue
-        tokens = max(tokens, tokens_run)
-    if params > 0 and tokens > 0:
-        # The declared tokens are the plan's, so 6PD is compared with the hardware-based
-        # total projected to the planned end at the measured rate (not with the total
-        # so far, and not with a projection that already leans on 6PD).
-        six_pd = 6 * params * tokens
-        at_end = 0.0
-        for name_of_run in runs:
-            f = run_forecast(name_of_run, [r for r in mine if r.run == name_of_run],
-                             plan_of(run_meta.get(name_of_run, {})), now)
-            at_end += f.current.central + f.rate.central * f.remaining_s(now, DEFAULT_HORIZON_S)
-        difference, beyond = cross_check(six_pd, at_end)
-        cross = {"6PD": six_pd, "params": params, "tokens": tokens,
-                 "hardware_projected_at_planned_end": at_end, "difference": difference,
-                 "beyond_eu_margin": beyond}
+    run_meta = {name: (summaries[name].meta if name in summaries else {}) for name in runs}
+    forecasts = {name: run_forecast(name, [r for r in mine if r.run == name],
+                                    plan_of(run_meta[name]), now) for name in runs}
+    cross = _cross_check(runs, run_meta, forecasts, now)
 
     snap = evaluate(models, registry, ledger_path, now, records=everything)
     kind = "run" if run is not None else "model"
     name = run if run is not None else str(model)
-    regimes = [_regime_row(e, now) for e in snap.evaluations
-               if e.assessment.subject.kind == kind and e.assessment.subject.name == name]
+    view = model_view(models, registry.scopes, summaries)
+    counts_toward: dict[str, Any] | None = None
+    if run is not None:
+        # A run's obligations are its model's: the rows are the model's regimes whose
+        # scope counts this run's category (and any regime listing runs themselves).
+        summary = summaries.get(run)
+        run_model = summary.model if summary is not None else ""
+        category = summary.category if summary is not None else "unknown"
+        picked = [e for e in snap.evaluations
+                  if (e.assessment.subject.kind == "run" and e.assessment.subject.name == run)
+                  or (run_model and e.assessment.subject.kind == "model"
+                      and e.assessment.subject.name == run_model
+                      and registry.scopes[e.assessment.regime.scope].counts(run, category))]
+        counts_toward = {"model": run_model, "category": category,
+                         "scopes": sorted(sc.name for sc in registry.scopes.values()
+                                          if sc.counts(run, category))}
+        scope_totals = _scope_totals(view, run_model, registry) if run_model else {}
+    else:
+        picked = [e for e in snap.evaluations
+                  if e.assessment.subject.kind == "model" and e.assessment.subject.name == name]
+        scope_totals = _scope_totals(view, name, registry)
+    regimes = []
+    for e in picked:
+        row = _regime_row(e, now)
+        row["subject"] = f"{e.assessment.subject.kind} {e.assessment.subject.name}"
+        if run is not None and e.assessment.subject.kind == "model":
+            in_scope = e.assessment.value.central
+            row["run_share_central"] = flop.central / in_scope if in_scope else None
+        regimes.append(row)
     head, key = latest_head(ledger_path)
     ledger: dict[str, Any] = {"path": str(ledger_path), "key_fingerprint": key}
     if head is not None:
@@ -245,42 +374,51 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
     for r in mine:
         so_far += r.flop
         timeline.add(r.end_ns, so_far)
-    forecast = None
-    if regimes:
-        first_eval = next(e for e in snap.evaluations if e.assessment.subject.kind == kind
-                          and e.assessment.subject.name == name)
-        p = first_eval.projection
-        ends = []
-        for name_of_run in runs:
-            f = run_forecast(name_of_run, [r for r in mine if r.run == name_of_run],
-                             plan_of(run_meta.get(name_of_run, {})), now)
-            ends.append(f.end_ns if f.end_ns is not None else now + round(DEFAULT_HORIZON_S * 1e9))
-        forecast = {"rate_flops": asdict(p.rate), "projected": asdict(p.projected),
-                    "basis": first_eval.plan, "end_ns": max(ends)}
+    forecast = _forecast(list(forecasts.values()), flop, now)
     return Report(kind, name, now, flop, sum(r.energy_mj for r in mine), first, last,
                   len(uuids), sorted({r.node for r in mine}), gpu_ns / 1e9, gap_ns / 1e9,
                   {k: v / total_samples for k, v in samples.most_common()}, un_share, method,
                   cross, regimes, ledger, runs, timeline, forecast,
-                  spec_bases=_spec_bases(mine))
+                  spec_bases=_spec_bases(mine), scope_totals=scope_totals,
+                  counts_toward=counts_toward, energy=_energy(mine, specs))
 
 
 def _regime_row(e: Evaluation, now_ns: int) -> dict[str, Any]:
+    from agent.compliance.evaluate import deadline_text
+
     a = e.assessment
     r = a.regime
     eta = e.projection.eta_s.get(a.estimate)
-    deadline = None
-    if (a.met or e.will_be_met) and r.deadline_days is not None:
-        deadline = figures.when(now_ns + r.deadline_days * 86400e9)
+    # The deadline counts from the stored day the threshold was met or first known to be
+    # met (agent.compliance.milestones), never from the time of the report.
+    deadline_ns = e.deadline_ns
+    anchor = e.deadline_anchor
+    will = not a.met and (e.active or e.outlook == "will be met")
+    state = "met" if a.met else "will be met" if will else e.outlook
     return {
         "regime": r.key, "title": r.title, "jurisdiction": r.jurisdiction, "status": r.status,
         "effective": r.effective, "threshold_flop": a.threshold_flop,
         "comparison": "strictly greater than" if r.comparison == "gt" else "at or above",
         "scope": r.scope, "fraction_high": a.fraction["high"],
         "fraction_central": a.fraction["central"], "met": a.met,
-        "will_be_met": e.will_be_met,
+        "will_be_met": will, "state": state, "state_note": e.note,
+        "met_at": figures.when(e.met_at_ns) if a.met and e.met_at_ns is not None else None,
+        "known_at": (figures.when(e.known_at_ns) if e.active and e.known_at_ns is not None
+                     else None),
         "eta": figures.when(now_ns + eta * 1e9) if eta is not None and not a.met else None,
-        "projected_high": e.projection.projected.high, "obligation": r.obligation,
-        "deadline_if_known_now": deadline, "sources": list(r.sources),
+        "eta_basis": "at the current rate",
+        "projected_high": e.projection.projected.high,
+        "projected_at_planned_end": (asdict(e.planned_projected)
+                                     if e.planned_projected is not None else None),
+        "obligation": r.obligation,
+        "deadline": figures.when(deadline_ns) if deadline_ns is not None else None,
+        "deadline_ns": deadline_ns,
+        "deadline_from": (f"{'met' if anchor[0] == 'met' else 'known to be met'} on "
+                          f"{figures.when(anchor[1])}" if anchor is not None else None),
+        "deadline_text": deadline_text(deadline_ns, now_ns) or None,
+        # Kept for the Markdown table: now the stored deadline, not one "if known now".
+        "deadline_if_known_now": deadline_text(deadline_ns, now_ns) or None,
+        "sources": list(r.sources),
     }
 
 
@@ -310,20 +448,39 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
         f"| runs | {', '.join(rep.runs)} |",
         "",
     ]
+    lines += _scope_lines(rep)
     if chart:
         lines += [f"![cumulative compute]({chart})", ""]
     lines += ["## Thresholds", ""]
+    if rep.counts_toward is not None and rep.regimes:
+        c = rep.counts_toward
+        lines += [f"This run's compute counts toward model `{c['model']}` ({c['category']}): "
+                  "the rows are that model's regimes whose scope counts the run's category, "
+                  "each measured against the model's total in that scope (with inherited "
+                  "compute); the run's share of it is given.", ""]
     if rep.regimes:
-        lines += ["| regime | status | threshold | reached (high, executed FLOP) | state | "
-                  "ETA (high) | "
-                  "deadline if known now |", "|---|---|---|---|---|---|---|"]
+        share = rep.counts_toward is not None
+        lines += ["| regime | status | scope | threshold | reached (high bound) | "
+                  + ("run's share | " if share else "") + "state | ETA (high) | deadline |",
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if share else "")]
         for r in rep.regimes:
-            state = "**met**" if r["met"] else ("**will be met**" if r["will_be_met"] else "-")
+            said = r.get("state") or ("met" if r["met"] else
+                                      "will be met" if r["will_be_met"] else "")
+            state = f"**{said}**" if said in ("met", "will be met") else (said or "-")
             threshold = ((">" if r["comparison"].startswith("strictly") else ">=") + " "
                          + figures.flop(r["threshold_flop"])) if r["threshold_flop"] else "-"
-            lines.append(f"| {r['title']} | {r['status']} ({r['effective']}) | {threshold} | "
-                         f"{r['fraction_high']:.2g} | {state} | {r['eta'] or '-'} | "
-                         f"{r['deadline_if_known_now'] or '-'} |")
+            status = r["status"] + (f" ({r['effective']})" if r.get("effective") else "")
+            deadline = (r.get("deadline_text") or r.get("deadline_if_known_now")
+                        or r.get("deadline") or "-")
+            run_share = (f"{percent(r['run_share_central'])} | "
+                         if share and r.get("run_share_central") is not None
+                         else "- | " if share else "")
+            lines.append(f"| {r['title'] or r['regime']} | {status} | {r['scope']} | "
+                         f"{threshold} | {percent(r['fraction_high'])} | {run_share}{state} | "
+                         f"{r.get('eta') or '-'} | {deadline} |")
+    elif rep.counts_toward is not None and not rep.counts_toward["model"]:
+        lines.append("No enabled regime applies: the run names no model (declare "
+                     "FLOPLEDGER_MODEL), and no regime applies to runs on their own.")
     else:
         lines.append("No enabled regime applies to this subject.")
     lines += ["", "## Method", "",
@@ -343,16 +500,7 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
               "executed FLOP allowing for the counter reading up to 2.5% low, the fastest "
               "candidate precision when none was declared, and the highest possible rate "
               "over sampling gaps.", ""]
-    if rep.cross_check:
-        c = rep.cross_check
-        flag = (f"**beyond the EU's {EU_MARGIN:.0%} margin: check the declared parameters, "
-                "tokens and precision**" if c["beyond_eu_margin"]
-                else f"within the EU's {EU_MARGIN:.0%} margin")
-        lines += [f"Cross-check (architecture-based, Annex A.2.2): 6 x P x D = 6 x "
-                  f"{c['params']:.3g} x {c['tokens']:.3g} = {figures.flop(c['6PD'])} FLOP for the "
-                  f"planned tokens, {c['difference']:+.0%} from the hardware-based total "
-                  f"projected to the planned end at the measured rate "
-                  f"({figures.flop(c['hardware_projected_at_planned_end'])}): {flag}.", ""]
+    lines += _cross_check_lines(rep.cross_check)
     gap_share = rep.gap_seconds / rep.gpu_seconds if rep.gpu_seconds else 0.0
     lines += ["## Data quality", "",
               f"- time in sampling gaps: {gap_share:.2%} of GPU time (counted in the high bound "
@@ -364,13 +512,85 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
                else "- unattributed compute: none"),
               f"- band width: high / low = {f.high / f.low:.3f}" if f.low else
               "- band width: low bound is zero",
-              *_spec_lines(rep.spec_bases), "",
+              *_spec_lines(rep.spec_bases), *_energy_lines(rep.energy), "",
               "## Verification", "",
               f"Ledger signed head: {rep.ledger.get('records', 0)} records, root "
               f"`{rep.ledger.get('root', '')[:16]}...`, signed {rep.ledger.get('signed_at', '-')}"
               f" by key `{rep.ledger['key_fingerprint']}` ({rep.ledger.get('origin', '')}).", "",
               f"`{rep.ledger['verify']}`", ""]
     return "\n".join(lines)
+
+
+def percent(fraction: float) -> str:
+    """A fraction as a percentage to two significant figures (``0.74`` -> ``74%``;
+    ``74`` -> ``7,400%``; ``0.0007`` -> ``0.07%``)."""
+    value = fraction * 100
+    if value == 0:
+        return "0%"
+    if abs(value) >= 100:
+        return f"{value:,.0f}%"
+    return f"{float(f'{value:.2g}'):g}%"
+
+
+def _scope_lines(rep: Report) -> list[str]:
+    """The model's total per scope, with inherited compute: what the regime rows say."""
+    if not rep.scope_totals:
+        return []
+    model = rep.subject if rep.counts_toward is None else rep.counts_toward["model"]
+    head = (f"Model `{model}` per regulatory scope (the figures the thresholds are measured "
+            "against: the runs whose category the scope counts, plus the base models' "
+            "compute where the scope inherits it):")
+    lines = [head, "", "| scope | categories | FLOP central | band | own runs (central) | "
+             "inherited from |", "|---|---|---|---|---|---|"]
+    for scope, t in rep.scope_totals.items():
+        bases = ", ".join(t["inherited_from"]) or ("-" if t["inherit"] else "not inherited")
+        lines.append(f"| {scope} | {', '.join(t['categories'])} | {figures.flop(t['central'])} "
+                     f"| {figures.flop(t['low'], 'down')} .. {figures.flop(t['high'], 'up')} | "
+                     f"{figures.flop(t['own_central'])} | "
+                     f"{bases} |")
+    return [*lines, ""]
+
+
+def _cross_check_lines(c: Mapping[str, Any] | None) -> list[str]:
+    if not c:
+        return []
+    title = "Cross-check (architecture-based, Annex A.2.2: 6 x P x D)"
+    lines: list[str] = []
+    if not c["ran"]:
+        undeclared = "; ".join(f"run `{run}` declared no {' or '.join(what)}"
+                               for run, what in c["not_declared"].items())
+        return [f"{title}: not run: {undeclared or 'no run to check'}. Declare the parameter "
+                "count and the planned training tokens (FLOPLEDGER_PLAN_PARAMS and "
+                "FLOPLEDGER_PLAN_TOKENS) for the report to compare the two methods.", ""]
+    verdict = ("**beyond the EU's margin: check the declared parameters, tokens and "
+               "precision**" if c["beyond_eu_margin"] else "within the EU's margin")
+    for r in c["runs"]:
+        lines.append(f"- run `{r['run']}`: 6 x {r['params']:.3g} x {r['tokens']:.3g} = "
+                     f"{figures.flop(r['6PD'])} FLOP for the planned tokens; reported estimate "
+                     f"{figures.flop(r['reported'])} FLOP, {r['reported_is']}")
+    lines = [f"{title}: {figures.flop(c['6PD'])} FLOP against the reported estimate of "
+             f"{figures.flop(c['reported'])} FLOP; |6PD - reported| / reported = "
+             f"{c['disagreement']:.0%} (6PD {'above' if c['difference'] > 0 else 'below'}): "
+             f"{verdict}, {c['margin_rule']}.", "", *lines]
+    if c["not_declared"]:
+        lines.append("- not checked: " + "; ".join(
+            f"run `{run}` (declare {' and '.join(what)})"
+            for run, what in c["not_declared"].items()))
+    return [*lines, ""]
+
+
+def _energy_lines(energy: Mapping[str, Any]) -> list[str]:
+    """Energy plausibility: each finding, loud, or the one line saying what was checked."""
+    if not energy:
+        return []
+    findings = energy.get("findings", [])
+    if not findings:
+        return [f"- energy plausibility: no record claims more compute than its GPU's time "
+                f"and energy allow, no run's efficiency is implausibly low "
+                f"({energy['summary']})"]
+    return ["- **energy plausibility: implausible figures** "
+            f"({energy['summary']}):",
+            *(f"  - {f['check']}: {f['message']}" for f in findings)]
 
 
 _BASIS_TEXT = {

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import yaml
 
+from agent import figures
+from agent.compliance.milestones import MilestoneStore
 from tests.cli.conftest import Flopledger
+from tests.ledger_helpers import SECOND, T0
 from tests.paths import REPO
 
 SMALL_REGISTRY = """
@@ -65,8 +68,11 @@ def test_status_shows_each_subject_against_the_configured_thresholds(
     assert "model base (idle; rate 0 FLOP/s [0 .. 0])" in lines
     i = lines.index("model base (idle; rate 0 FLOP/s [0 .. 0])")
     assert lines[i + 1].startswith("  [####################] 105.0% of 1.0e+15  tiny")
-    assert "MET" in lines[i + 1]
-    assert "deadline " in lines[i + 1]
+    # Met with the record ending at T0 + 5 s: the 3-day deadline counts from there, so
+    # it has passed, and says so.
+    met_at = figures.when(T0 + 5 * SECOND)
+    assert f"MET on {met_at}; deadline passed on " \
+           f"{figures.when(T0 + 5 * SECOND + 3 * 86400 * SECOND)}" in lines[i + 1]
     assert "model chat (idle; rate 0 FLOP/s [0 .. 0])" in lines
     assert "run pt (idle; rate 0 FLOP/s [0 .. 0])" in lines
     assert lines[-1] == "fractions use the high estimate; ledger head 2 records"
@@ -74,6 +80,22 @@ def test_status_shows_each_subject_against_the_configured_thresholds(
                            "--estimate", "low")
     assert " 95.0% of 1.0e+15  tiny" in out
     assert out.rstrip().endswith("fractions use the low estimate; ledger head 2 records")
+
+
+def test_status_counts_the_deadline_from_the_stored_day_in_every_call(
+    ledger_path: Path, tmp_path: Path, flopledger: Flopledger
+) -> None:
+    config = str(config_with_registry(tmp_path))
+    # The watcher stored the day "base" met the threshold (later than the crossing
+    # record, as after an outage): status counts from the stored day.
+    stored = T0 + 86400 * SECOND
+    MilestoneStore(ledger_path).record({"model:base|tiny|met": stored})
+    outputs = [flopledger("status", "--config", config, "--ledger", str(ledger_path))[1]
+               for _ in range(2)]
+    assert outputs[0] == outputs[1]
+    line = next(x for x in outputs[0].splitlines() if "tiny" in x and "MET" in x)
+    assert f"MET on {figures.when(stored)}; deadline passed on " \
+           f"{figures.when(stored + 3 * 86400 * SECOND)}" in line
 
 
 def test_status_leaves_out_idle_runs_at_zero_unless_asked(

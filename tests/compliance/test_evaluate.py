@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.compliance.evaluate import evaluate, notifications
-from agent.compliance.thresholds import load_registry
+from agent.compliance.evaluate import Evaluation, evaluate
+from agent.compliance.thresholds import ThresholdSettings, load_registry
+from agent.compliance.watcher import ThresholdWatcher
 from tests.sample_ledger import DAY, HOUR_NS, T0, build
 
 THRESHOLD = 1e25
@@ -16,24 +17,34 @@ THRESHOLD = 1e25
 def timeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     tmp = tmp_path_factory.mktemp("forecast")
     path = tmp / "ledger.sqlite"
-    registry = load_registry()
     found: dict[str, object] = {"crossing_hour": None, "will_fired": None}
     level_fired: dict[str, int] = {}
     etas: list[tuple[int, float]] = []
+    clock = [T0]
+
+    def enqueue(key: str, kind: str, level: float, severity: str, e: Evaluation,
+                payload: dict[str, object]) -> bool:
+        a = e.assessment
+        if (a.regime.key != "eu-art51-systemic-risk" or a.subject.kind != "model"
+                or key in level_fired):
+            return False
+        level_fired[key] = (clock[0] - T0) // HOUR_NS
+        if kind == "will-be-met" and found["will_fired"] is None:
+            found["will_fired"] = level_fired[key]
+        return True
+
+    # "Will be met" is stored by the watcher before it is notified: evaluate through it.
+    watcher = ThresholdWatcher(ThresholdSettings(), {}, load_registry(), path, enqueue,
+                               wall_ns=lambda: clock[0])
 
     def each_hour(h: int, truth: float) -> None:
         if found["crossing_hour"] is None and truth > THRESHOLD:
             found["crossing_hour"] = h + 1
         if (h + 1) % DAY:
             return
-        snap = evaluate({}, registry, path, T0 + (h + 1) * HOUR_NS)
-        for key, kind, _level, e in notifications(snap):
-            a = e.assessment
-            if a.regime.key != "eu-art51-systemic-risk" or a.subject.kind != "model":
-                continue
-            level_fired.setdefault(key, h + 1)
-            if kind == "will-be-met" and found["will_fired"] is None:
-                found["will_fired"] = h + 1
+        clock[0] = T0 + (h + 1) * HOUR_NS
+        watcher.run_once()
+        snap = evaluate({}, watcher.registry, path, clock[0])
         for e in snap.evaluations:
             a = e.assessment
             if a.regime.key == "eu-art51-systemic-risk" and a.subject.kind == "model":
@@ -52,8 +63,9 @@ def test_will_be_met_fires_well_before_the_crossing(timeline: dict[str, object])
     fired = timeline["will_fired"]
     assert isinstance(crossing, int)
     assert isinstance(fired, int)
-    # Once the run is at full scale its 60-day plan projects past 10^25.
-    assert fired <= 4 * DAY
+    # Its declared size (6PD, 1.2e25) crosses 10^25 at the central rate as soon as the
+    # run has been observed for an hour and holds 1% of the threshold (day 3).
+    assert 2 * DAY <= fired <= 4 * DAY
     assert crossing - fired >= 30 * DAY
     levels = timeline["levels"]
     assert isinstance(levels, dict)

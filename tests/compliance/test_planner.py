@@ -11,11 +11,15 @@ from agent.compliance.lineage import Flop
 from agent.compliance.planner import (
     EU_MARGIN,
     ArchitecturePlan,
+    PlanError,
     Span,
     cross_check,
     hardware_plan,
     parse_span,
+    parse_start,
+    parse_utilization,
     planned_crossings,
+    read_plan,
 )
 from agent.compliance.thresholds import load_registry
 from agent.sources.specs import load_spec_table
@@ -107,3 +111,100 @@ def test_planned_crossings_of_the_provider_thresholds() -> None:
     high_only = planned_crossings(regimes, Flop(10**24, 9 * 10**24, 2 * 10**25), None, 0.0)
     eu = next(c for c in high_only if c.regime.key == "eu-art51-systemic-risk")
     assert (eu.crossed, eu.at_ns) == ("high", None)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("0.4", Span(0.4, 0.4)), ("40%", Span(0.4, 0.4)), ("1", Span(1.0, 1.0)),
+    ("100%", Span(1.0, 1.0)), ("0.3-0.5", Span(0.3, 0.5)), ("30%-50%", Span(0.3, 0.5)),
+    (" 35 % ", Span(0.35, 0.35))])
+def test_utilization_is_a_fraction_or_a_percentage(text: str, expected: Span) -> None:
+    got = parse_utilization(text)
+    assert got.low == pytest.approx(expected.low)
+    assert got.high == pytest.approx(expected.high)
+
+
+@pytest.mark.parametrize("bad", ["40", "0", "0%", "-0.3", "1.01", "101%", "0-0.5", "0.3-1.2",
+                                 "30-50%", "nan", "inf", "x", "0.5-0.3", "0.1-0.2-0.3", ""])
+def test_utilization_outside_zero_to_one_is_refused(bad: str) -> None:
+    with pytest.raises(PlanError, match=r"^--utilization: "):
+        parse_utilization(bad)
+
+
+def test_a_bare_percentage_says_how_to_write_it() -> None:
+    with pytest.raises(PlanError, match=r"for 40 percent write 40%$"):
+        parse_utilization("40")
+
+
+def test_start_is_utc_unless_it_says_otherwise() -> None:
+    assert parse_start("2026-01-01") == 1767225600e9
+    assert parse_start("2026-01-01T02:00+02:00") == 1767225600e9
+    with pytest.raises(PlanError, match=r"^--start: expected a date"):
+        parse_start("01/02/2026")
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"gpu_hours": "1e6", "gpus": "8"}, "--gpu-hours: give either --gpu-hours or --gpus"),
+    ({"gpu_hours": "1e6", "duration": "30d"}, r"not both \(--gpu-hours with --duration\)"),
+    ({"gpu_hours": "1e6", "gpus": "8", "duration": "30d"},
+     r"\(--gpu-hours with --gpus and --duration\)"),
+    ({"gpus": "8"}, "--duration: needed with --gpus"),
+    ({"duration": "30d"}, "--gpus: needed with --duration"),
+    ({"gpus": "8", "duration": "30d", "utilization": "50"}, "--utilization: '50' is outside"),
+    ({"gpu_hours": "0"}, "--gpu-hours: expected a value above zero"),
+    ({"gpu_hours": "1e6", "peak_tflops": "0"}, "--peak-tflops: expected a value above zero"),
+    ({"params": "7e9", "active_params": "7.1e9", "tokens": "1e12"},
+     "--active-params: 7.1e9 is above --params 7e9"),
+    ({"active_params": "1e9", "tokens": "1e12"}, "--params: needed"),
+    ({"params": "7e9", "tokens": "0"}, "--tokens: expected a value above zero"),
+    ({"params": "7e9", "tokens": "1e12", "context": "8192"},
+     "--layers: needed with --context for the attention term"),
+    ({"params": "7e9", "tokens": "1e12", "peak_tflops": "100"},
+     "--peak-tflops: used only by the hardware-based method"),
+    ({"params": "7e9", "tokens": "1e12", "precision": "fp8"},
+     "--precision: used only by the hardware-based method"),
+    ({}, "give a hardware plan"),
+])
+def test_a_plan_that_cannot_be_meant_is_refused(given: dict[str, str], message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        read_plan(SPECS, gpu="h100_sxm" if "gpu_hours" in given or "gpus" in given
+                  or "duration" in given else None, **given)
+
+
+def test_a_gpu_without_a_row_is_refused_not_given_a_ceiling() -> None:
+    assert SPECS.resolve("NVIDIA Z9000").basis != "table"  # what a sampler would use
+    with pytest.raises(PlanError, match=r"--gpu: 'NVIDIA Z9000' matches no row .*"
+                                        r"--peak-tflops.*flopledger gpus --resolve "
+                                        r"'NVIDIA Z9000'$"):
+        read_plan(SPECS, gpu="NVIDIA Z9000", gpu_hours="1e6")
+    plan = read_plan(SPECS, gpu="NVIDIA Z9000", gpu_hours="1e6", peak_tflops="500")
+    assert plan.hardware is not None
+    assert plan.hardware.peak_flops == Span(500e12, 500e12)
+
+
+def test_active_parameters_equal_to_the_total_are_a_dense_model() -> None:
+    plan = read_plan(SPECS, params="7e9", active_params="7e9", tokens="1e12")
+    assert plan.architecture is not None
+    assert plan.active_params
+    assert plan.architecture.params == Span(7e9, 7e9)
+    moe = read_plan(SPECS, params="671e9", active_params="37e9", tokens="1e12",
+                    start="2026-01-01")
+    assert moe.architecture is not None
+    assert moe.architecture.params == Span(37e9, 37e9)
+    assert (moe.hardware, moe.start_ns) == (None, 1767225600e9)
+
+
+def test_the_notice_deadline_counts_from_a_past_start_and_can_have_passed() -> None:
+    regimes = load_registry().enabled()
+    day_ns = 86400e9
+    flop = Flop(2 * 10**25, 2 * 10**25, 2 * 10**25)
+
+    def eu(start_ns: float, now_ns: float, f: Flop = flop) -> tuple[float | None, bool]:
+        c = next(c for c in planned_crossings(regimes, f, None, start_ns, now_ns=now_ns)
+                 if c.regime.key == "eu-art51-systemic-risk")
+        return c.due_ns, c.due_passed
+
+    assert eu(100 * day_ns, 10 * day_ns) == (24 * day_ns, False)  # planned ahead: from now
+    assert eu(10 * day_ns, 20 * day_ns) == (24 * day_ns, False)  # started, still in time
+    assert eu(10 * day_ns, 30 * day_ns) == (24 * day_ns, True)  # started, passed
+    # Only the high bound: "may be met" starts no deadline.
+    assert eu(10 * day_ns, 30 * day_ns, Flop(10**24, 9 * 10**24, 2 * 10**25)) == (None, False)

@@ -253,6 +253,9 @@ resend_s = {RESEND_S}
                        f"the resolved alert to end\n{logs()}")
             ended = ("resolved", alert_labels(stored[resolved_key]))
             wait_until(lambda: ended in sink.alerts, 10, "Alertmanager's resolved notification")
+            [doc] = [a for a in sink.docs if a["status"] == "resolved"
+                     and a["labels"]["key"] == resolved_key]
+            assert when(doc["endsAt"]).timestamp() <= time.time()
             assert set(am_alerts(am_url)) == set(expected) - {resolved_key}
         assert workers.stop() == 0, logs()
 

@@ -120,7 +120,7 @@ timeout_s = 120
             holder.execute("ROLLBACK")
             holder.close()
         # The dispatcher's write went through once the lock was released.
-        until(lambda: scrape(url).get(("flopledger_notifications_delivered",
+        until(lambda: scrape(url).get(("flopledger_notifications_delivered_total",
                                         (("channel", "hook"),))) == 1.0,
               "the delivery was never recorded")
     with sqlite3.connect(ledger) as db:

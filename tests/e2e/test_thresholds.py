@@ -9,6 +9,7 @@ Alertmanager, each under one key, and no key was enqueued twice.
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import time
@@ -72,6 +73,8 @@ FLOPLEDGER_PRECISION = "bf16"
 FLOPLEDGER_PLAN_DURATION_S = "120"
 [thresholds]
 evaluate_every_s = 0.5
+# The run lasts two minutes: "will be met" after 5 s of it instead of the default hour.
+min_observation_s = 5
 [notify]
 poll_s = 0.2
 [[notify.webhook]]
@@ -116,6 +119,14 @@ resend_s = 2
     assert "model:budget-model|test-budget|will-be-met" in model_keys
     assert "model:budget-model|test-budget|level:0.5" in model_keys
     assert "model:budget-model|test-budget|level:1" in model_keys
+    # Only met and will-be-met carry the legal deadline: 14 days from the stored day it
+    # was met or first known, which the milestone table holds once.
+    bodies = {r.key: json.loads(r.body) for r in requests if r.key in model_keys}
+    will = bodies["model:budget-model|test-budget|will-be-met"]["payload"]
+    assert will["deadline_ns"] == will["at_ns"] + 14 * 86400 * 10**9
+    assert bodies["model:budget-model|test-budget|level:0.5"]["payload"]["deadline"] is None
+    met = bodies["model:budget-model|test-budget|level:1"]["payload"]
+    assert met["deadline_ns"] is not None
     # The outbox holds each key once: nothing was re-fired under a new key after the crash.
     db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
     rows = [k for (k,) in db.execute("SELECT key FROM notifications")]

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,6 +21,9 @@ from agent.accounting.accountant import Accountant
 from agent.accounting.estimate import EstimatorSettings
 from agent.accounting.snapshot import Snapshot
 from agent.compliance.state import ThresholdState
+from agent.notify.dispatcher import Dispatcher
+from agent.notify.message import DeliveryError, Notification
+from agent.notify.outbox import Outbox
 from agent.sources.base import ActivityKind, DeviceInfo
 from agent.sources.specs import ResolvedSpec, SpecBasis, SpecTable
 from exporters.agent_self import AgentCollector
@@ -38,6 +42,7 @@ from tests.exposition import (
     stable,
 )
 from tests.paths import FIXTURES
+from tests.receivers import T0, Clock, note
 
 GOLDEN = FIXTURES / "metrics.golden.prom"
 
@@ -144,6 +149,11 @@ def test_each_concern_has_its_own_collector() -> None:
                                   "flopledger_notifications_delivered",
                                   "flopledger_notifications_failed_attempts",
                                   "flopledger_notifications_dead"}
+    kinds = {name: family.type for name, family in notifications.items()}
+    assert kinds == {"flopledger_notifications_pending": "gauge",
+                     "flopledger_notifications_delivered": "counter",
+                     "flopledger_notifications_failed_attempts": "counter",
+                     "flopledger_notifications_dead": "gauge"}
     names = [set(gpu), set(runs), set(agent), set(thresholds), set(notifications)]
     assert sum(len(n) for n in names) == len(set().union(*names)), "a family in two places"
 
@@ -169,8 +179,9 @@ def test_threshold_and_notification_series() -> None:
     assert get("flopledger_threshold_will_be_met", run) == 0.0
     assert get("flopledger_threshold_last_evaluation_timestamp_seconds") == 1.7e9 + 3000
     assert get("flopledger_notifications_pending", {"channel": "webhook"}) == 1.0
-    assert get("flopledger_notifications_delivered", {"channel": "alertmanager"}) == 5.0
-    assert get("flopledger_notifications_failed_attempts", {"channel": "webhook"}) == 7.0
+    assert get("flopledger_notifications_delivered_total", {"channel": "alertmanager"}) == 5.0
+    assert get("flopledger_notifications_failed_attempts_total", {"channel": "webhook"}) == 7.0
+    assert get("flopledger_notifications_delivered", {"channel": "alertmanager"}) is None
     assert get("flopledger_notifications_dead", {"channel": "webhook"}) == 1.0
     assert get("flopledger_notifications_dead", {"channel": "alertmanager"}) == 0.0
     for name in ("gpu", "runs", "agent", "thresholds", "notifications"):
@@ -180,6 +191,58 @@ def test_threshold_and_notification_series() -> None:
         assert duration >= 0.0
     # The labelled duration replaced the unlabelled one.
     assert get("flopledger_collector_duration_seconds") is None
+
+
+class Flaky:
+    """A one-shot channel: down (retryable), gone (a dead letter), or delivering."""
+
+    resend_ns = None
+
+    def __init__(self) -> None:
+        self.mode = "down"
+
+    def deliver(self, n: Notification) -> None:
+        if self.mode != "up":
+            raise DeliveryError(f"receiver {self.mode}", retryable=self.mode == "down")
+
+
+def test_notification_counters_never_go_down_across_requeues_and_restarts(
+        tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    channel = Flaky()
+    seen: list[dict[str, float]] = []
+
+    clock = Clock()
+
+    def scrape(dispatcher: Dispatcher) -> dict[str, float]:
+        clock.advance(3600)  # past any backoff
+        dispatcher.run_once(clock())
+        get = registry_of(NotificationCollector(lambda: dispatcher.status)).get_sample_value
+        values = {name: get(f"flopledger_notifications_{name}", {"channel": "hook"})
+                  for name in ("delivered_total", "failed_attempts_total", "pending", "dead")}
+        seen.append({k: float(v) for k, v in values.items() if v is not None})
+        return seen[-1]
+
+    with Outbox(path, ["hook"]) as outbox:
+        dispatcher = Dispatcher(outbox, {"hook": channel}, clock)
+        for i in (1, 2):
+            outbox.enqueue(note(i), now_ns=T0)
+        assert scrape(dispatcher) == {"delivered_total": 0, "failed_attempts_total": 1,
+                                      "pending": 2, "dead": 0}
+        channel.mode = "gone"
+        assert scrape(dispatcher) == {"delivered_total": 0, "failed_attempts_total": 3,
+                                      "pending": 0, "dead": 2}
+        assert outbox.requeue_dead("hook", now_ns=clock()) == 2
+        channel.mode = "up"
+        assert scrape(dispatcher) == {"delivered_total": 2, "failed_attempts_total": 3,
+                                      "pending": 0, "dead": 0}
+    # A restart: a new outbox connection and dispatcher read the same counts.
+    with Outbox(path, ["hook"]) as outbox:
+        assert scrape(Dispatcher(outbox, {"hook": channel}, clock))["delivered_total"] == 2
+    for name in ("delivered_total", "failed_attempts_total"):
+        values = [s[name] for s in seen]
+        assert values == sorted(values), (name, values)
+    assert [s["dead"] for s in seen] == [0, 2, 0, 0]  # a gauge: it goes down
 
 
 class HalfThenRaise(Collector):

@@ -13,6 +13,7 @@ from tests.hostile.harness import Case
 CLOSED_PIPE = "| head -c 0"
 # Opening a WAL ledger read-only may leave its side files; the ledger is unchanged.
 LEDGER_SIDE_FILES = ("ledger.sqlite-shm", "ledger.sqlite-wal")
+_H100_WEEK = ("--gpu", "h100_sxm", "--gpus", "8", "--duration", "7d")
 
 
 def _ledger(directory: Path) -> None:
@@ -55,4 +56,36 @@ CASES = [
     Case("status-without-ledger", ("status", "--ledger", "{dir}/none.sqlite"), 1,
          "none.sqlite"),
     Case("verify-not-a-file", ("verify", "{dir}/nothing.json"), 1, "nothing.json"),
+    # The planning calculator: a plan that cannot be what was meant is a usage error
+    # (exit 2) naming its flag, never a figure off by a factor of 40.
+    Case("estimate-utilization-above-one", ("estimate", *_H100_WEEK, "--utilization", "40"),
+         2, "--utilization: '40' is outside (0, 1] (0 < MFU <= 100%); for 40 percent write 40%"),
+    Case("estimate-utilization-range-end-zero",
+         ("estimate", *_H100_WEEK, "--utilization", "0-0.5"), 2, "--utilization: '0' is outside"),
+    Case("estimate-gpu-hours-with-gpus",
+         ("estimate", "--gpu", "h100_sxm", "--gpu-hours", "1e6", "--gpus", "8"), 2,
+         "--gpu-hours: give either --gpu-hours or --gpus with --duration, not both"),
+    Case("estimate-gpus-without-duration", ("estimate", "--gpu", "h100_sxm", "--gpus", "8"),
+         2, "--duration: needed with --gpus"),
+    Case("estimate-active-above-total",
+         ("estimate", "--params", "7e9", "--active-params", "70e9", "--tokens", "1e12"), 2,
+         "--active-params: 70e9 is above --params 7e9"),
+    Case("estimate-gpu-without-a-row",
+         ("estimate", "--gpu", "NVIDIA Z9000", "--gpus", "8", "--duration", "7d"), 2,
+         "give its dense peak with --peak-tflops, or see how it would be resolved: "
+         "flopledger gpus --resolve 'NVIDIA Z9000'"),
+    Case("estimate-partial-attention-term",
+         ("estimate", "--params", "7e9", "--tokens", "1e12", "--context", "8192"), 2,
+         "--layers: needed with --context for the attention term"),
+    Case("estimate-flag-no-method-uses",
+         ("estimate", "--params", "7e9", "--tokens", "1e12", "--utilization", "0.4"), 2,
+         "--utilization: used only by the hardware-based method"),
+    Case("estimate-zero-gpus", ("estimate", "--gpu", "h100_sxm", "--gpus", "0",
+                                "--duration", "7d"), 2, "--gpus: expected a value above zero"),
+    Case("estimate-start-not-a-date", ("estimate", *_H100_WEEK, "--start", "yesterday"), 2,
+         "--start: expected a date YYYY-MM-DD"),
+    Case("estimate-past-start-deadline-passed",
+         ("estimate", "--gpu", "h100_sxm", "--gpus", "16384", "--duration", "90d",
+          "--start", "2020-01-01"), 0,
+         "the deadline has passed: notice was due by 2020-01-15 00:00:00Z"),
 ]

@@ -40,6 +40,11 @@ def _dead_letter(directory: Path) -> None:
         outbox.mark_dead(n.key, "compliance", T0, "HTTP 410 Gone from https://hooks.example/x")
 
 
+# A variable no environment sets: the webhook's secret is unavailable.
+UNSET_SECRET = {"agent.toml": '[[notify.webhook]]\nname = "compliance"\n'
+                              'url = "https://hooks.example/x"\n'
+                              'secret_env = "FLOPLEDGER_HOSTILE_NEVER_SET"\n'}
+
 CASES = [
     Case("notify-webhook-url-not-http", RUN, 2, "notify.webhook[0].url",
          files=_webhook("ftp://hooks.example/flopledger")),
@@ -50,6 +55,15 @@ CASES = [
     Case("notify-webhook-secret-missing", RUN, 2, "notify.webhook[0].secret_file",
          files={"agent.toml": '[[notify.webhook]]\nname = "c"\nurl = "https://h.example/"\n'
                               'secret_file = "nope.secret"\n'}),
+    Case("notify-webhook-secret-env-unset", RUN, 2,
+         "notify.webhook[0].secret_env: expected an environment variable that is set and "
+         "not empty (FLOPLEDGER_HOSTILE_NEVER_SET)", files=UNSET_SECRET),
+    # Sending needs the secret; reading the ledger does not.
+    Case("notify-status-without-the-secret",
+         ("status", "--config", "{dir}/agent.toml", "--ledger", "{dir}/ledger.sqlite"), 0,
+         "compliance model:Модель\\nβ|eu-systemic-risk|level:0.8: HTTP 410 Gone",
+         files=UNSET_SECRET, setup=_dead_letter,
+         may_change=("ledger.sqlite-shm", "ledger.sqlite-wal"), ledger="ledger.sqlite"),
     Case("notify-command-not-on-path", RUN, 2, "notify.command[0].argv",
          files={"agent.toml": _command("no-such-flopledger-hook")}),
     Case("notify-command-not-executable", RUN, 2, "notify.command[0].argv",

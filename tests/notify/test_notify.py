@@ -19,12 +19,17 @@ from typing import Any
 
 import pytest
 
-from agent.configfile import Problems
+from agent.configfile import ConfigError, Problems
 from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import Ledger
 from agent.notify.alertmanager import ALERTNAME, AlertmanagerChannel, alert
 from agent.notify.command import CommandChannel
-from agent.notify.config import NotifySettings, build_channels, parse_notify_config
+from agent.notify.config import (
+    NotifySettings,
+    build_channels,
+    parse_notify_config,
+    read_secrets,
+)
 from agent.notify.dispatcher import Dispatcher
 from agent.notify.message import DeliveryError, Notification, rfc3339
 from agent.notify.outbox import Outbox
@@ -593,8 +598,7 @@ def test_config_full_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert problems == []
     assert settings.poll_s == 0.5
     assert settings.channel_names == ("compliance", "backup", "am", "pager")
-    assert settings.webhooks[0].secret == b"s3cret"
-    assert settings.webhooks[1].secret == b"from-env"
+    assert read_secrets(settings) == {"compliance": b"s3cret", "backup": b"from-env"}
     assert "s3cret" not in repr(settings)
     assert settings.alertmanagers[0].resend_s == 30
     assert settings.commands[0].argv == (str(hook), "--json")
@@ -635,9 +639,7 @@ def test_config_reports_every_bad_key_at_once(tmp_path: Path,
         "notify.webhook[0].secret_file",
         "notify.webhook[0].timeout_s",
         "notify.webhook[1].name",
-        "notify.webhook[1].secret_file",
         "notify.webhook[1].ca_file",
-        "notify.webhook[2].secret_env",
         "notify.webhook[3].secret_env",
         "notify.webhook[4]",
         "notify.alertmanager[0].verify",
@@ -651,10 +653,45 @@ def test_config_reports_every_bad_key_at_once(tmp_path: Path,
     ], problems
     expected = dict(problems)
     assert "taken" in expected["notify.webhook[1].name"]
-    assert "FLOPLEDGER_UNSET_SECRET" in expected["notify.webhook[2].secret_env"]
     assert "without /api/v2/alerts" in expected["notify.alertmanager[0].url"]
     _, problems = parse({"notify": {"webhook": {"name": "x"}}}, tmp_path)
     assert problems == [("notify.webhook", "an array of tables ([[notify.webhook]])")]
     _, problems = parse({"notify": []}, tmp_path)
     assert problems == [("notify", "a table")]
+
+
+def test_secrets_are_read_when_the_channels_are_built_not_when_parsed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLOPLEDGER_UNSET_SECRET", raising=False)
+    (tmp_path / "empty.secret").write_text("\n")
+    (tmp_path / "good.secret").write_text("s3cret\r\n")
+    raw = {"notify": {"webhook": [
+        {"name": "w1", "url": "https://ok.example", "secret_file": "nope.secret"},
+        {"name": "w2", "url": "https://ok.example", "secret_env": "FLOPLEDGER_UNSET_SECRET"},
+        {"name": "w3", "url": "https://ok.example", "secret_file": "empty.secret"},
+        {"name": "w4", "url": "https://ok.example", "secret_file": "good.secret"},
+    ]}}
+    settings, problems = parse(raw, tmp_path)
+    assert problems == []  # where the secrets are is all loading needs
+    assert settings.channel_names == ("w1", "w2", "w3", "w4")
+    config = tmp_path / "agent.toml"
+    for build in (lambda: read_secrets(settings, config),
+                  lambda: build_channels(settings, config)):
+        with pytest.raises(ConfigError) as e:
+            build()
+        assert e.value.path == config
+        found = dict(e.value.problems)
+        assert list(found) == ["notify.webhook[0].secret_file",
+                               "notify.webhook[1].secret_env",
+                               "notify.webhook[2].secret_file"]
+        assert f"{tmp_path / 'nope.secret'}: No such file" in found[
+            "notify.webhook[0].secret_file"]
+        assert "FLOPLEDGER_UNSET_SECRET" in found["notify.webhook[1].secret_env"]
+        assert "is empty" in found["notify.webhook[2].secret_file"]
+    monkeypatch.setenv("FLOPLEDGER_UNSET_SECRET", "from-env")
+    (tmp_path / "nope.secret").write_text("a")
+    (tmp_path / "empty.secret").write_text("b\n")
+    assert read_secrets(settings) == {"w1": b"a", "w2": b"from-env", "w3": b"b",
+                                      "w4": b"s3cret"}
+    assert list(build_channels(settings)) == ["w1", "w2", "w3", "w4"]
 
