@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.ledger.schema import connect_read_only
+
 __all__ = ["History", "MilestoneStore", "episode_key", "histories", "read_milestones",
            "resolved_key"]
 
@@ -96,8 +98,8 @@ def read_milestones(ledger_path: Path) -> dict[str, int]:
     if not ledger_path.exists():
         return {}
     try:
-        db = sqlite3.connect(f"{ledger_path.resolve().as_uri()}?mode=ro", uri=True,
-                             timeout=BUSY_TIMEOUT_S)
+        # Never creates -wal/-shm files beside a ledger it only reads.
+        db = connect_read_only(ledger_path)
     except sqlite3.Error:
         return {}
     try:
