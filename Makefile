@@ -17,14 +17,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Debian's prometheus (promtool) and prometheus-alertmanager, used by the tests.
+# Debian's prometheus (promtool) and prometheus-alertmanager, used by the tests, and
+# Node.js with npm, which check the dashboard against Grafana's published schema.
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then \
-	  echo "installing Debian packages prometheus and prometheus-alertmanager"; \
+	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
+	    || ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  echo "installing Debian packages prometheus, prometheus-alertmanager, nodejs and npm"; \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager >/dev/null; \
+	    prometheus prometheus-alertmanager nodejs npm >/dev/null; \
 	fi
 	@# the packages start services we do not use; the tests run their own on loopback
 	@if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
@@ -67,5 +69,5 @@ soak: venv
 	FLOPLEDGER_CRASHES=$(SOAK_CRASHES) $(BIN)/python -m pytest -q -s tests/e2e/test_crash_loop.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .cache
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.compliance.state import ThresholdState
+from agent.compliance.thresholds import ESTIMATES
 
 __all__ = ["THRESHOLD_LABELS", "ThresholdCollector"]
 
@@ -39,7 +40,18 @@ class ThresholdCollector(Collector):
             "moving toward it).", labels=THRESHOLD_LABELS)
         will = GaugeMetricFamily(
             "flopledger_threshold_will_be_met",
-            "1 if the projection to the run's planned end crosses the threshold.",
+            "1 if it is known that the threshold will be met: a declared plan projected "
+            "at the central rate crosses it, after the minimum observation window.",
+            labels=THRESHOLD_LABELS)
+        band = GaugeMetricFamily(
+            "flopledger_threshold_fraction_band_ratio",
+            "Fraction of a regime's FLOP threshold reached by the low, central and high "
+            "FLOP estimates (the label estimate), on this node's ledger.",
+            labels=THRESHOLD_LABELS)
+        deadline = GaugeMetricFamily(
+            "flopledger_threshold_deadline_timestamp_seconds",
+            "The legal deadline (seconds since the epoch), counted from the stored time "
+            "the threshold was met or first known to be met (absent: none is fixed).",
             labels=THRESHOLD_LABELS)
         for row in state.rows:
             values = [row.subject_type, row.subject, row.regime, row.estimate]
@@ -47,9 +59,16 @@ class ThresholdCollector(Collector):
             will.add_metric(values, 1.0 if row.will_be_met else 0.0)
             if row.eta_seconds is not None:
                 eta.add_metric(values, row.eta_seconds)
+            if row.fraction_band is not None:
+                for estimate, value in zip(ESTIMATES, row.fraction_band, strict=True):
+                    band.add_metric([*values[:3], estimate], value)
+            if row.deadline_wall_seconds is not None:
+                deadline.add_metric(values, row.deadline_wall_seconds)
         yield fraction
         yield eta
         yield will
+        yield band
+        yield deadline
         last = GaugeMetricFamily("flopledger_threshold_last_evaluation_timestamp_seconds",
                                  "When the thresholds were last evaluated.")
         last.add_metric([], state.evaluated_wall_seconds)

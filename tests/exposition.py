@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from agent.accounting.band import Band
 from agent.accounting.snapshot import GpuSnapshot, RunSnapshot, Snapshot
 from agent.compliance.state import ThresholdRow, ThresholdState
 from agent.notify.status import ChannelStatus, NotifyStatus
@@ -44,7 +45,9 @@ def sample_snapshot() -> Snapshot:
 def sample_thresholds() -> ThresholdState:
     rows = (
         ThresholdRow("model", "llama-70b", "eu-art51-systemic-risk", "central", 0.42,
-                     86400.0 * 20, met=False, will_be_met=True),
+                     86400.0 * 20, met=False, will_be_met=True,
+                     deadline_wall_seconds=1.7e9 + 3000 + 14 * 86400.0,
+                     fraction_band=Band(0.38, 0.40, 0.42)),
         ThresholdRow("run", "llama-70b-pt", "eu-art51-systemic-risk", "central", 0.42,
                      None, met=False, will_be_met=False),
     )

@@ -3,7 +3,12 @@
 
 ``runs``, ``show`` and ``models`` (and ``report``) check the ledger first: one that
 fails its consistency checks gets a WARNING line at the top, what can still be read
-below it, and exit status 1."""
+below it, and exit status 1.
+
+``runs``, ``show``, ``export`` and ``report`` each read the ledger at one moment and
+state the figures of the records its latest signed head covers, then on a line of
+their own the records not yet sealed (count and FLOP); read at the same moment, the
+four agree."""
 
 from __future__ import annotations
 
@@ -12,10 +17,14 @@ import shlex
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import figures
 from agent.accounting.names import file_stem, printable
 from agent.cli.common import add_ledger_args, config_of, ledger_path
+
+if TYPE_CHECKING:
+    from agent.ledger.query import LedgerView, Unsealed
 
 
 def bundle_file_name(kind: str, name: str) -> str:
@@ -104,8 +113,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.output or bundle_file_name("run" if args.run else "model", name))
     summary = export_bundle(path, out, run=args.run, model=args.model)
     t = summary["totals"]
+    head = summary["head"]
     print(f"wrote {printable(str(out))}: {t['records']} records, FLOP "
-          f"{figures.band(t['flop_low'], t['flop_central'], t['flop_high'])}")
+          f"{figures.band(t['flop_low'], t['flop_central'], t['flop_high'])}, under the "
+          f"signed head of {head['size']} records at {figures.when(head['timestamp_ns'])}")
+    left_out: Unsealed = summary["left_out"]
+    if left_out.records:
+        print(f"left out {left_out.text()}: not yet under a signed head; export again once "
+              "their recording window has closed to include them")
     print(f"check it anywhere with: flopledger verify {printable(shlex.quote(str(out)))}")
     return 0
 
@@ -137,12 +152,32 @@ def _off_table_text(bases: Counter[str]) -> str:
     return f"rest on GPUs without a row in the spec table ({meaning}); band widened"
 
 
+def head_lines(view: LedgerView, unsealed: Unsealed) -> list[str]:
+    """The lines ``runs`` and ``show`` end with: the signed head their figures are those
+    of, and the records that head does not cover yet (their own line, in no figure
+    above it)."""
+    head = view.head
+    lines = [f"ledger    {view.head_size} records under signed head at "
+             f"{figures.when(head.timestamp_ns)}, key {view.key_fingerprint}; the figures "
+             "above are of the records it covers" if head is not None else
+             "ledger    no signed head yet: the figures above cover no record"]
+    if unsealed.records:
+        runs = ", ".join(printable(r) for r in unsealed.runs)
+        lines.append(f"unsealed  run(s) {runs}: {unsealed.text()}; not yet under a signed "
+                     "head, so not in the figures above (sealed when their recording window "
+                     "closes)")
+    else:
+        lines.append("unsealed  none")
+    return lines
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
-    from agent.ledger.query import run_summaries
+    from agent.ledger.query import read_view
 
     path = ledger_path(args)
     damaged = _warn(path)
-    runs = run_summaries(path)
+    view = read_view(path)
+    runs = view.summaries()
     header = (f"{'run':<28} {'model':<18} {'category':<16} {'GPUs':>4}  "
               f"{'FLOP central [low .. high]':<30} {'energy':>10}  {'first seen':<20} "
               f"{'last seen':<20} spec")
@@ -160,19 +195,30 @@ def cmd_runs(args: argparse.Namespace) -> int:
         bases = sum((r.spec_bases for r in off), Counter[str]())
         print(f"WARNING: the figures of {len(off)} run(s) {_off_table_text(bases)} (see "
               "`flopledger show RUN`)")
+    for line in head_lines(view, view.unsealed_of()):
+        print(line)
     return 1 if damaged else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     """0, or 1 if the run is not in the ledger or the ledger fails its checks."""
-    from agent.ledger.query import gpu_breakdown, latest_head, run_summaries
+    from agent.ledger.query import RunSummary, read_view
 
     path = ledger_path(args)
     damaged = _warn(path)
-    runs = run_summaries(path, run=args.run)
-    if args.run not in runs:
+    view = read_view(path, run=args.run)
+    runs = view.summaries()
+    unsealed = view.unsealed_of(run=args.run)
+    if args.run not in runs and not unsealed.records:
         print(f"flopledger: no run {args.run!r} in {path}", file=sys.stderr)
         return 1
+    if args.run not in runs:
+        # Only in the current windows so far: nothing a signed head vouches for yet.
+        print(f"run       {printable(args.run)}")
+        print("FLOP      0 under the signed head (no record of this run sealed yet)")
+        for line in head_lines(view, unsealed):
+            print(line)
+        return 1 if damaged else 0
     r = runs[args.run]
     span_s = (r.last_ns - r.first_ns) / 1e9
     print(f"run       {printable(r.run)}")
@@ -193,17 +239,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     if r.meta:
         print("declared  " + ", ".join(printable(f"{k}={v}") for k, v in sorted(r.meta.items())))
     print("per GPU:")
-    for uuid, g in sorted(gpu_breakdown(path, args.run).items()):
+    per_gpu: dict[str, RunSummary] = {}
+    for record in view.sealed:
+        per_gpu.setdefault(record.gpu_uuid, RunSummary(args.run)).add(record)
+    for uuid, g in sorted(per_gpu.items()):
         note = ""
         if _off_table(g.spec_bases):
             note = (f"  NOT IN THE SPEC TABLE: {spec_bases_text(g.spec_bases)}"
                     + (f" ({printable(g.spec_reason, 400)})" if g.spec_reason else ""))
         print(f"  {printable(uuid):<42} {figures.band(g.flop_low, g.flop_central, g.flop_high)}"
               f"{note}")
-    head, key = latest_head(path)
-    if head is not None:
-        print(f"ledger    {head.size} records under signed head at "
-              f"{figures.when(head.timestamp_ns)}, key {key}")
+    for line in head_lines(view, unsealed):
+        print(line)
+    if view.head is not None:
         # Quoted for a shell, then escaped for the terminal: a run id may hold anything.
         print(f"verify    flopledger export --run {printable(shlex.quote(args.run))} && "
               f"flopledger verify {bundle_file_name('run', args.run)}")

@@ -7,11 +7,15 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import figures
 from agent.accounting.names import file_stem, printable
 from agent.cli.common import add_ledger_args, config_of, ledger_path
 from agent.cli.ledger import ledger_warnings
+
+if TYPE_CHECKING:
+    from agent.reports.report import Report
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -32,6 +36,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     # In the current directory whatever the run or model is called ("../x", "a/b").
     name = f"flopledger-{rep.subject_type}-{file_stem(rep.subject)}"
     out = Path(args.output) if args.output else None
+    if args.form is not None:
+        return _write_form(args, rep, warnings, out, damaged)
     if args.format == "png":
         from agent.reports.chart import render_png
 
@@ -52,6 +58,30 @@ def cmd_report(args: argparse.Namespace) -> int:
         text = rep.to_json()
     else:
         text = render_csv(rep)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        print(f"wrote {out}")
+    return 1 if damaged else 0
+
+
+def _write_form(args: argparse.Namespace, rep: Report, warnings: list[str], out: Path | None,
+                damaged: bool) -> int:
+    """``--form``: the official form's items from the same report, as Markdown or JSON."""
+    from agent.reports.forms import build_form, render_form_json, render_form_markdown
+
+    if args.format not in ("md", "json"):
+        print(f"flopledger: report: --form gives --format md or json, not {args.format}",
+              file=sys.stderr)
+        return 2
+    doc = build_form(rep, args.form)
+    if args.format == "json":
+        if warnings:
+            doc["ledger_warnings"] = warnings
+        text = render_form_json(doc)
+    else:
+        text = "".join(f"> **{w}**\n\n" for w in warnings) + render_form_markdown(doc)
     if out is None:
         sys.stdout.write(text)
     else:
@@ -162,6 +192,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     report.add_argument("-o", "--output", help="file (default: standard output; PNG: a file)")
     report.add_argument("--chart", action="store_true",
                         help="with --format md and -o: also write the PNG chart beside it")
+    report.add_argument("--form", choices=["eu-notification", "eu-model-documentation"],
+                        help="fill an official form's items instead of the report: an AI Act "
+                             "Art. 52(1) notification, or the GPAI Code of Practice's Model "
+                             "Documentation Form (compute and energy); --format md or json")
     add_ledger_args(report)
     report.set_defaults(func=cmd_report)
 

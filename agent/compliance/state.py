@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.accounting.band import Band
+
 __all__ = ["ThresholdRow", "ThresholdState"]
 
 
@@ -27,6 +29,9 @@ class ThresholdRow:
         deadline_wall_seconds: the legal deadline (seconds since the epoch), counted
             from the stored day the threshold was met or first known to be met; None
             if none applies.
+        fraction_band: share of the FLOP threshold reached by each of the low, central
+            and high FLOP estimates; None if the regime has no FLOP threshold for the
+            subject (a cost threshold only).
     """
 
     subject_type: str
@@ -38,6 +43,7 @@ class ThresholdRow:
     met: bool
     will_be_met: bool
     deadline_wall_seconds: float | None = None
+    fraction_band: Band[float] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from agent.accounting.band import Band
 from agent.compliance.evaluate import (
     Evaluation,
     Snapshot,
@@ -37,7 +38,7 @@ from agent.compliance.evaluate import (
 from agent.compliance.lineage import ModelInfo
 from agent.compliance.milestones import MilestoneStore, episode_key, resolved_key
 from agent.compliance.state import ThresholdRow, ThresholdState
-from agent.compliance.thresholds import Registry, ThresholdSettings
+from agent.compliance.thresholds import ESTIMATES, Registry, ThresholdSettings
 from agent.ledger.query import LedgerNotFoundError
 
 __all__ = ["Enqueue", "ThresholdRow", "ThresholdState", "ThresholdWatcher"]
@@ -102,7 +103,9 @@ class ThresholdWatcher:
                          e.assessment.used_fraction,
                          e.projection.eta_s.get(e.assessment.estimate), e.assessment.met,
                          e.active and not e.assessment.met,
-                         e.deadline_ns / 1e9 if e.deadline_ns is not None else None)
+                         e.deadline_ns / 1e9 if e.deadline_ns is not None else None,
+                         Band(*(e.assessment.fraction[k] for k in ESTIMATES))
+                         if e.assessment.threshold_flop else None)
             for e in snap.evaluations
         )
         self.state = ThresholdState(now / 1e9, self._evaluations, rows, self._enqueued)

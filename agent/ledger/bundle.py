@@ -10,7 +10,9 @@ machine with no access to the node.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -20,6 +22,7 @@ from typing import Any
 from agent.accounting.records import LedgerRecord, Totals
 from agent.ledger.integrity import check_ledger
 from agent.ledger.merkle import Tree, leaf_hash, verify_consistency, verify_inclusion
+from agent.ledger.query import Unsealed
 from agent.ledger.schema import connect_read_only
 from agent.ledger.signing import TreeHead, fingerprint, load_public
 from agent.ledger.store import LedgerDamagedError
@@ -47,7 +50,10 @@ def _totals(records: Sequence[LedgerRecord]) -> dict[str, int]:
 
 def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
                   model: str | None = None) -> dict[str, Any]:
-    """Write the bundle for one run or one model; returns its summary.
+    """Write the bundle for one run or one model, of the records the latest signed head
+    covers; returns its summary: the selection and totals the bundle states, that head
+    (``head``, as JSON) and the selection's records it does not cover yet (``left_out``,
+    an :class:`Unsealed`: in the bundle of a later export, not this one).
 
     Raises:
         ValueError: if neither or both of ``run`` and ``model`` are given, or nothing
@@ -66,6 +72,9 @@ def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
         raise LedgerDamagedError(check)
     db = connect_read_only(ledger_path)
     try:
+        # One read transaction: the heads, the records under the latest and those it
+        # leaves out are of one moment, whatever the agent commits meanwhile.
+        db.execute("BEGIN")
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         head_rows = db.execute(
             "SELECT size, root, timestamp_ns, signature FROM tree_heads ORDER BY size"
@@ -75,7 +84,15 @@ def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
         latest_size = int(head_rows[-1][0])
         rows = db.execute("SELECT seq, body FROM records WHERE seq < ? ORDER BY seq",
                           (latest_size,)).fetchall()
+        # Newer than the head: appended after it, or still open in the current windows.
+        newer = [bytes(body) for (body,) in db.execute(
+            "SELECT body FROM records WHERE seq >= ? ORDER BY seq", (latest_size,))]
+        with contextlib.suppress(sqlite3.OperationalError):  # older ledgers lack it
+            newer += [bytes(body) for (body,) in db.execute(
+                "SELECT body FROM open_records ORDER BY position")]
     finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         db.close()
     origin = str(meta["origin"])
     heads = [TreeHead(origin, int(s), bytes(r), int(t), bytes(sig)) for s, r, t, sig in head_rows]
@@ -85,8 +102,15 @@ def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
         record = LedgerRecord.decode(bytes(body))
         if (run is not None and record.run == run) or (model is not None and record.model == model):
             selected.append((int(seq), bytes(body), record))
+    left_out = Unsealed.of(r for r in map(LedgerRecord.decode, newer)
+                           if (run is not None and r.run == run)
+                           or (model is not None and r.model == model))
     if not selected:
         what = f"run {run}" if run is not None else f"model {model}"
+        if left_out.records:
+            raise ValueError(f"{ledger_path}: no record of {what} is under the signed head "
+                             f"yet ({left_out.text()} not yet sealed); export again once "
+                             "their recording window has closed")
         raise ValueError(f"{ledger_path}: no record for {what}")
     tree = Tree(leaves)
     latest = heads[-1]
@@ -108,8 +132,9 @@ def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
          "inclusion_proof": [_b64(p) for p in tree.inclusion_proof(seq, latest.size)]}
         for seq, body, _record in selected
     ]
-    summary = {"selection": {"run": run} if run is not None else {"model": model},
-               "totals": _totals([r for _s, _b, r in selected])}
+    summary: dict[str, Any] = {
+        "selection": {"run": run} if run is not None else {"model": model},
+        "totals": _totals([r for _s, _b, r in selected])}
     doc = {
         "format": BUNDLE_FORMAT,
         "node": meta.get("node"),
@@ -122,7 +147,8 @@ def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
         "records": records,
     }
     out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    return summary
+    # Said to the one exporting, not carried in the bundle: nothing signs it.
+    return {**summary, "head": latest.to_json(), "left_out": left_out}
 
 
 @dataclass(slots=True)

@@ -5,6 +5,11 @@ stored as TEXT, garbage JSON, a field of the wrong type) is left out and said lo
 once per read, on the ``agent.ledger.query`` logger at ERROR; a file that cannot be read
 at all raises :class:`LedgerReadError`. The sums that come back are then incomplete:
 the commands run :func:`agent.ledger.integrity.check_ledger` first and say so at the top.
+
+:func:`read_view` reads everything a command states in one read transaction: the latest
+signed head, the records it covers, the records it does not cover yet (the open records
+of the current windows) and the runs' metadata. The other readers here each read once,
+on their own.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent import figures
 from agent.accounting.band import Band, FlopColumns
 from agent.accounting.records import NO_FLOP, LedgerRecord
 from agent.ledger.rows import BadRowError, Skipped, parse_body
@@ -193,13 +199,11 @@ def open_records(path: Path) -> list[LedgerRecord]:
 
 def run_summaries(path: Path, *, run: str | None = None, model: str | None = None,
                   include_open: bool = False) -> dict[str, RunSummary]:
-    """Per-run sums over the records (optionally of one run or one model); with
-    ``include_open``, also over the still-open records of the current windows."""
-    records: list[LedgerRecord] = list(iter_records(path, run=run, model=model))
-    if include_open:
-        records += [r for r in open_records(path)
-                    if (run is None or r.run == run) and (model is None or r.model == model)]
-    return summarize(records, path)
+    """Per-run sums over the records the latest signed head covers (optionally of one
+    run or one model); with ``include_open``, also over those it does not cover yet (the
+    still-open records of the current windows). One read: see :func:`read_view`."""
+    view = read_view(path, run=run, model=model)
+    return view.summaries([*view.sealed, *view.unsealed] if include_open else None)
 
 
 def summarize(records: Iterable[LedgerRecord], path: Path) -> dict[str, RunSummary]:
@@ -229,25 +233,164 @@ def summarize(records: Iterable[LedgerRecord], path: Path) -> dict[str, RunSumma
     return out
 
 
-def gpu_breakdown(path: Path, run: str) -> dict[str, RunSummary]:
-    """One run's sums per GPU."""
-    out: dict[str, RunSummary] = defaultdict(lambda: RunSummary(run))
-    for r in iter_records(path, run=run):
-        out[r.gpu_uuid].add(r)
-    return dict(out)
-
-
 def latest_head(path: Path) -> tuple[TreeHead | None, str]:
     """The last signed tree head and the key fingerprint."""
     with _reading(path) as db:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        row = db.execute("SELECT size, root, timestamp_ns, signature FROM tree_heads"
-                         " ORDER BY size DESC LIMIT 1").fetchone()
-    head = None
-    if row is not None:
-        size, root, ts, sig = row
-        if isinstance(root, bytes) and isinstance(sig, bytes) and type(ts) is int:
-            head = TreeHead(str(meta.get("origin", "")), int(size), root, ts, sig)
-        else:
-            log.error("%s: the latest tree head is malformed; not shown", path)
+        head = _head_row(path, db, str(meta.get("origin", "")))
     return head, str(meta.get("key_fingerprint", ""))
+
+
+def _head_row(path: Path, db: sqlite3.Connection, origin: str) -> TreeHead | None:
+    row = db.execute("SELECT size, root, timestamp_ns, signature FROM tree_heads"
+                     " ORDER BY size DESC LIMIT 1").fetchone()
+    if row is None:
+        return None
+    size, root, ts, sig = row
+    if isinstance(root, bytes) and isinstance(sig, bytes) and type(ts) is int:
+        return TreeHead(origin, int(size), root, ts, sig)
+    log.error("%s: the latest tree head is malformed; not shown", path)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsealed:
+    """Records the cited head does not cover yet (the open records of the current
+    windows, and any appended after it): how many, their FLOP and energy, their runs."""
+
+    records: int = 0
+    flop: Band[int] = NO_FLOP
+    energy_mj: int = 0
+    runs: tuple[str, ...] = ()
+    last_end_ns: int = 0
+
+    @classmethod
+    def of(cls, records: Iterable[LedgerRecord]) -> Unsealed:
+        rows = list(records)
+        return cls(len(rows), sum((r.flop for r in rows), NO_FLOP),
+                   sum(r.energy_mj for r in rows), tuple(sorted({r.run for r in rows})),
+                   max((r.end_ns for r in rows), default=0))
+
+    def text(self) -> str:
+        """``none``, or ``2 records, FLOP 1.0e+14 [9.5e+13 .. 1.1e+14], up to TIME``."""
+        if not self.records:
+            return "none"
+        return (f"{self.records} record(s), FLOP "
+                f"{figures.band(self.flop.low, self.flop.central, self.flop.high)}, up to "
+                f"{figures.when(self.last_end_ns)}")
+
+    def to_json(self) -> dict[str, object]:
+        return {"records": self.records, "flop_low": self.flop.low,
+                "flop_central": self.flop.central, "flop_high": self.flop.high,
+                "energy_mj": self.energy_mj, "runs": list(self.runs),
+                "last_end_ns": self.last_end_ns}
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerView:
+    """A ledger at one moment, read in one read transaction: the latest signed head,
+    the records it covers (``sealed``: ``seq < head.size``) and those it does not cover
+    yet (``unsealed``: any appended after it, then the open records of the current
+    windows). A writer committing a checkpoint meanwhile changes none of it, so every
+    figure drawn from one view agrees with the head it cites. ``discontinuity``
+    statements are left out of both lists (they carry no amounts); unsound rows are left
+    out loudly, as :func:`iter_records` does."""
+
+    path: Path
+    head: TreeHead | None
+    key_fingerprint: str
+    sealed: list[LedgerRecord]
+    unsealed: list[LedgerRecord]
+    run_meta: dict[str, dict[str, object]]
+
+    @property
+    def head_size(self) -> int:
+        """Records (statements included) under the cited head; 0 without one."""
+        return self.head.size if self.head is not None else 0
+
+    def unsealed_of(self, *, run: str | None = None, model: str | None = None) -> Unsealed:
+        """The not yet sealed records of one run or one model (all of them: neither)."""
+        return Unsealed.of(r for r in self.unsealed if _matches(r, run, model))
+
+    def summaries(self, records: Iterable[LedgerRecord] | None = None
+                  ) -> dict[str, RunSummary]:
+        """Per-run sums over ``records`` (default: the sealed ones) with the runs'
+        declared metadata as this view read it."""
+        out: dict[str, RunSummary] = {}
+        for r in self.sealed if records is None else records:
+            out.setdefault(r.run, RunSummary(r.run)).add(r)
+        for name, summary in out.items():
+            summary.meta = dict(self.run_meta.get(name, {}))
+        return out
+
+
+def _matches(r: LedgerRecord, run: str | None, model: str | None) -> bool:
+    return (run is None or r.run == run) and (model is None or r.model == model)
+
+
+def read_view(path: Path, *, run: str | None = None, model: str | None = None) -> LedgerView:
+    """The ledger at one moment (optionally only one run's or one model's records).
+
+    Raises:
+        LedgerNotFoundError, LedgerReadError: for a missing or unreadable file.
+    """
+    skipped, text = Skipped(), Skipped()
+    sealed: list[LedgerRecord] = []
+    unsealed: list[LedgerRecord] = []
+    run_meta: dict[str, dict[str, object]] = {}
+    with _reading(path) as db:
+        # One read transaction: in WAL mode every SELECT below sees the snapshot the
+        # first one fixed, whatever the agent commits meanwhile. In autocommit each
+        # statement would see its own, and a checkpoint between two of them (records
+        # sealed, open records replaced) would count a record twice or not at all.
+        db.execute("BEGIN")
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            head = _head_row(path, db, str(meta.get("origin", "")))
+            size = head.size if head is not None else 0
+            query, args = "SELECT seq, body FROM records", ()
+            if run is not None:
+                query, args = query + " WHERE run = ?", (run,)  # type: ignore[assignment]
+            elif model is not None:
+                query, args = query + " WHERE model = ?", (model,)  # type: ignore[assignment]
+            for seq, body in db.execute(query + " ORDER BY seq", args):
+                try:
+                    record = parse_body(body, canonical=False, wrong_type=text)
+                except BadRowError as e:
+                    skipped.add(f"record {seq}: {e}")
+                    continue
+                if not _matches(record, run, model):
+                    skipped.add(f"record {seq}: its columns disagree with its body")
+                    continue
+                if not is_statement(record):
+                    (sealed if type(seq) is int and seq < size else unsealed).append(record)
+            with contextlib.suppress(sqlite3.OperationalError):  # older ledgers lack it
+                for position, body in db.execute(
+                        "SELECT position, body FROM open_records ORDER BY position"):
+                    try:
+                        record = parse_body(body, canonical=False, wrong_type=text)
+                    except BadRowError as e:
+                        skipped.add(f"open record {position}: {e}")
+                        continue
+                    if _matches(record, run, model):
+                        unsealed.append(record)
+            try:
+                rows = db.execute("SELECT run, meta FROM runs").fetchall()
+            except sqlite3.OperationalError as e:
+                rows = []
+                skipped.add(f"runs table: {e}")
+            for name, doc_text in rows:
+                try:
+                    doc = json.loads(doc_text)
+                except (TypeError, ValueError, RecursionError):
+                    doc = None
+                if isinstance(doc, dict):
+                    run_meta[str(name)] = doc
+                else:
+                    skipped.add(f"metadata of run {name!r}")
+        finally:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+    _say(path, skipped, "the ledger", text)
+    return LedgerView(path, head, str(meta.get("key_fingerprint", "")), sealed, unsealed,
+                      run_meta)

@@ -8,7 +8,10 @@ C = N x L x H x U, with U measured) and the 6 x P x D cross-check when the run d
 parameters and tokens (else what to declare), its disagreement measured against the
 reported estimate as the EU's 30% margin is (Annex A); data quality (gaps, estimators,
 unattributed compute on the same GPUs, energy plausibility); and the ledger's signed
-head with how to verify. Rendered as Markdown, JSON, CSV (the cumulative timeline) or a PNG chart.
+head with how to verify. Every figure is of the records that head covers, read at one
+moment (:func:`agent.ledger.query.read_view`); the subject's records it does not cover
+yet are stated apart, in no figure. Rendered as Markdown, JSON, CSV (the cumulative
+timeline) or a PNG chart.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from agent.compliance.lineage import ModelInfo, ModelView, model_view
 from agent.compliance.planner import EU_MARGIN, cross_check
 from agent.compliance.thresholds import Registry
 from agent.ledger.energy import check_energy
-from agent.ledger.query import iter_records, latest_head, open_records, spec_basis, summarize
+from agent.ledger.query import read_view, spec_basis
 from agent.sources.specs import MATMUL_PRECISIONS, SpecTable
 
 
@@ -91,6 +94,9 @@ class Report:
     counts_toward: dict[str, Any] | None = None
     # Energy plausibility: findings against the GPUs' physical maximum, and a summary.
     energy: dict[str, Any] = field(default_factory=dict)
+    # Per exact accelerator variant (spec-table key): its name, the basis of its peak,
+    # GPU ids, and the GPU time covered by samples and lost in gaps (GPU-seconds).
+    accelerators: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         doc = asdict(self)
@@ -136,6 +142,25 @@ def _peak_per_gpu(records: list[LedgerRecord], specs: SpecTable) -> tuple[float,
     parts += [f"no table peak for {w / total:.0%} of the GPU time ({basis} specs: not in the "
               "spec table), counted as 0 in H" for basis, w in sorted(unknown.items())]
     return h, "; ".join(parts)
+
+
+def _accelerators(records: list[LedgerRecord], specs: SpecTable) -> dict[str, dict[str, Any]]:
+    """GPU time per exact accelerator variant, as the records' specs name it (an H100
+    SXM5 and an H100 PCIe are two rows); a spec the table lacks keeps its key as name."""
+    out: dict[str, dict[str, Any]] = {}
+    uuids: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        key = str(r.assumptions.get("spec") or "")
+        spec = specs.specs.get(key)
+        entry = out.setdefault(key, {"name": spec.name if spec is not None else (key or "unknown"),
+                                     "basis": spec_basis(r), "covered_gpu_seconds": 0.0,
+                                     "gap_gpu_seconds": 0.0})
+        entry["covered_gpu_seconds"] += r.covered_ns / 1e9
+        entry["gap_gpu_seconds"] += r.gap_ns / 1e9
+        uuids[key].add(r.gpu_uuid)
+    for key, entry in out.items():
+        entry["gpu_ids"] = len(uuids[key])
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["covered_gpu_seconds"]))
 
 
 def _spec_bases(records: list[LedgerRecord]) -> dict[str, dict[str, Any]]:
@@ -284,11 +309,19 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
     if (run is None) == (model is None):
         raise ValueError("give exactly one of --run or --model")
     now = now_ns or time.time_ns()
-    everything = list(iter_records(ledger_path)) + open_records(ledger_path)
+    # Every figure comes from one read of the ledger and from the records its latest
+    # signed head covers; the records it does not cover yet are stated on their own.
+    ledger_view = read_view(ledger_path)
+    everything = ledger_view.sealed
+    pending = ledger_view.unsealed_of(run=run, model=model)
     mine = [r for r in everything if (r.run == run if run is not None else r.model == model)]
     if not mine:
-        raise ValueError(f"no records for {'run ' + str(run) if run else 'model ' + str(model)}"
-                         f" in {ledger_path}")
+        what = f"{'run ' + str(run) if run else 'model ' + str(model)}"
+        if pending.records:
+            raise ValueError(f"no record of {what} is under the signed head of {ledger_path} "
+                             f"yet ({pending.text()} not yet sealed); report again once "
+                             "their recording window has closed")
+        raise ValueError(f"no records for {what} in {ledger_path}")
     mine.sort(key=lambda r: (r.end_ns, r.seq))
     flop = sum((r.flop for r in mine), Band.exact(0))
     gpu_ns = sum(r.covered_ns + r.gap_ns for r in mine)
@@ -323,7 +356,7 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
                   "U = C / (N x L x H)"),
         "gpu_hours": gpu_ns / 3.6e12,
     }
-    summaries = summarize(everything, ledger_path)
+    summaries = ledger_view.summaries()
     runs = sorted({r.run for r in mine})
     run_meta = {name: (summaries[name].meta if name in summaries else {}) for name in runs}
     forecasts = {name: run_forecast(name, [r for r in mine if r.run == name],
@@ -362,11 +395,16 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
             in_scope = e.assessment.value.central
             row["run_share_central"] = flop.central / in_scope if in_scope else None
         regimes.append(row)
-    head, key = latest_head(ledger_path)
-    ledger: dict[str, Any] = {"path": str(ledger_path), "key_fingerprint": key}
+    head, key = ledger_view.head, ledger_view.key_fingerprint
+    # ``subject_records`` of the head's ``records`` are the Total's; ``unsealed`` is in
+    # no figure of the report.
+    ledger: dict[str, Any] = {"path": str(ledger_path), "key_fingerprint": key,
+                              "subject_records": len(mine), "unsealed": pending.to_json(),
+                              "unsealed_text": pending.text()}
     if head is not None:
         ledger.update({"records": head.size, "root": head.root.hex(),
-                       "signed_at": figures.when(head.timestamp_ns), "origin": head.origin})
+                       "signed_at": figures.when(head.timestamp_ns), "origin": head.origin,
+                       "signed_at_ns": head.timestamp_ns})
     ledger["verify"] = (f"flopledger export --{kind} {name} -o bundle.json; then, anywhere: "
                         f"flopledger verify bundle.json --key-fingerprint {key}")
     timeline = Timeline()
@@ -380,7 +418,8 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
                   {k: v / total_samples for k, v in samples.most_common()}, un_share, method,
                   cross, regimes, ledger, runs, timeline, forecast,
                   spec_bases=_spec_bases(mine), scope_totals=scope_totals,
-                  counts_toward=counts_toward, energy=_energy(mine, specs))
+                  counts_toward=counts_toward, energy=_energy(mine, specs),
+                  accelerators=_accelerators(mine, specs))
 
 
 def _regime_row(e: Evaluation, now_ns: int) -> dict[str, Any]:
@@ -413,6 +452,13 @@ def _regime_row(e: Evaluation, now_ns: int) -> dict[str, Any]:
         "obligation": r.obligation,
         "deadline": figures.when(deadline_ns) if deadline_ns is not None else None,
         "deadline_ns": deadline_ns,
+        "deadline_days": r.deadline_days,
+        # The stored milestones (ns) behind met_at, known_at and the deadline.
+        "met_at_ns": e.met_at_ns if a.met else None,
+        "known_at_ns": e.known_at_ns if e.active else None,
+        "deadline_from_event": anchor[0] if anchor is not None else None,
+        "deadline_from_ns": anchor[1] if anchor is not None else None,
+        "estimate": a.estimate,
         "deadline_from": (f"{'met' if anchor[0] == 'met' else 'known to be met'} on "
                           f"{figures.when(anchor[1])}" if anchor is not None else None),
         "deadline_text": deadline_text(deadline_ns, now_ns) or None,
@@ -437,6 +483,7 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
         f"**{figures.flop(f.low, 'down')} (model FLOP) .. {figures.flop(f.high, 'up')} "
         "(executed FLOP)**; two significant figures, the band rounded outwards.",
         "",
+        *_coverage_lines(rep),
         "| | |",
         "|---|---|",
         f"| period | {figures.when(rep.first_ns)} .. {figures.when(rep.last_ns)} "
@@ -516,9 +563,28 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
               "## Verification", "",
               f"Ledger signed head: {rep.ledger.get('records', 0)} records, root "
               f"`{rep.ledger.get('root', '')[:16]}...`, signed {rep.ledger.get('signed_at', '-')}"
-              f" by key `{rep.ledger['key_fingerprint']}` ({rep.ledger.get('origin', '')}).", "",
+              f" by key `{rep.ledger['key_fingerprint']}` ({rep.ledger.get('origin', '')}); "
+              f"every figure of this report is of the {rep.ledger['subject_records']} "
+              f"record(s) of this {rep.subject_type} it covers. Not yet sealed: "
+              f"{rep.ledger['unsealed_text']}.", "",
               f"`{rep.ledger['verify']}`", ""]
     return "\n".join(lines)
+
+
+def _coverage_lines(rep: Report) -> list[str]:
+    """What the Total covers: the records under the signed head the report cites, and,
+    on their own line, the subject's records that head does not cover yet."""
+    led = rep.ledger
+    # A report is only built from records under a head (build_report), so there is one.
+    covered = (f"This is the total of the {led['subject_records']} record(s) of this "
+               f"{rep.subject_type} under the ledger's signed tree head of {led['records']} "
+               f"records, signed {led['signed_at']} (see Verification).")
+    if not led["unsealed"]["records"]:
+        return [covered + " No record of it awaits sealing.", ""]
+    return [covered, "",
+            f"Not yet sealed: {led['unsealed_text']}, of the current recording windows or "
+            "appended after that head; in no figure of this report (the next signed head "
+            "covers them).", ""]
 
 
 def percent(fraction: float) -> str:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.cli.conftest import Flopledger
+from tests.ledger.unsealed import sealed_and_open
 from tests.replay.recordings import replayed_smi_ledger, smi_uuid
 
 
@@ -56,7 +57,8 @@ def test_runs_and_show_flag_figures_resting_on_gpus_off_the_table(
     # A ledger of table GPUs only says so, and warns of nothing.
     status, out, _ = flopledger("runs", "--ledger", str(ledger_path))
     assert "WARNING" not in out
-    assert all(line.endswith(" table") for line in out.splitlines()[1:])
+    table = out.split("\nledger    ")[0]
+    assert all(line.endswith(" table") for line in table.splitlines()[1:])
     status, out, _ = flopledger("show", "pt", "--ledger", str(ledger_path))
     assert "spec      table (samples per basis" in out
     assert "NOT IN THE SPEC TABLE" not in out
@@ -121,3 +123,65 @@ def test_verify_a_ledger_with_the_wrong_key_fails(ledger_path: Path,
     status, out, _ = flopledger("verify", str(ledger_path), "--key-fingerprint", "0" * 16)
     assert status == 1
     assert "FAIL " in out
+
+
+def _after(text: str, prefix: str) -> str:
+    """The rest of the one line of ``text`` that starts with ``prefix``."""
+    (line,) = [x for x in text.splitlines() if x.startswith(prefix)]
+    return line[len(prefix):]
+
+
+def test_runs_show_export_and_report_state_the_same_signed_and_unsealed_figures(
+        tmp_path: Path, flopledger: Flopledger) -> None:
+    # pt: 1e15 FLOP under the signed head of 2 records, 3e14 in an open record; run
+    # ``new`` only in an open record.
+    path = sealed_and_open(tmp_path)
+    signed = "1.0e+15 [9.5e+14 .. 1.1e+15]"
+    unsealed_pt = "1 record(s), FLOP 3.0e+14 [2.8e+14 .. 3.2e+14], up to "
+    status, runs, _ = flopledger("runs", "--ledger", str(path))
+    assert status == 0
+    assert signed in _after(runs, "pt ")
+    assert not [x for x in runs.splitlines() if x.startswith("new ")]
+    assert _after(runs, "ledger    ").startswith("2 records under signed head at ")
+    assert _after(runs, "unsealed  ").startswith(
+        "run(s) new, pt: 2 record(s), FLOP 3.1e+14 [2.9e+14 .. 3.3e+14], up to ")
+
+    status, show, _ = flopledger("show", "pt", "--ledger", str(path))
+    assert status == 0
+    assert _after(show, "FLOP      ").startswith(signed)
+    assert _after(show, "ledger    ") == _after(runs, "ledger    ")
+    pt_text = _after(show, "unsealed  run(s) pt: ").split("; ")[0]
+    assert pt_text.startswith(unsealed_pt)
+
+    bundle = tmp_path / "pt.json"
+    status, export, _ = flopledger("export", "--run", "pt", "--ledger", str(path),
+                                   "-o", str(bundle))
+    assert status == 0
+    assert f"1 records, FLOP {signed}, under the signed head of 2 records" in export
+    assert _after(export, "left out ").startswith(pt_text + ": not yet under a signed head")
+    assert json.loads(bundle.read_text())["totals"]["flop_central"] == 10**15
+
+    status, md, _ = flopledger("report", "--run", "pt", "--ledger", str(path))
+    assert status == 0
+    assert "**1.0e+15 FLOP**" in md
+    assert ("This is the total of the 1 record(s) of this run under the ledger's signed "
+            "tree head of 2 records") in md
+    assert f"Not yet sealed: {pt_text}, " in md
+    status, js, _ = flopledger("report", "--run", "pt", "--ledger", str(path),
+                               "--format", "json")
+    doc = json.loads(js)
+    assert doc["flop"]["central"] == 10**15
+    assert doc["ledger"]["records"] == 2
+    assert doc["ledger"]["unsealed"]["flop_central"] == 3 * 10**14
+
+    # A run with only open records: shown as such, and neither exported nor reported.
+    status, show, _ = flopledger("show", "new", "--ledger", str(path))
+    assert status == 0
+    assert "FLOP      0 under the signed head (no record of this run sealed yet)" in show
+    assert _after(show, "unsealed  run(s) new: ").startswith("1 record(s), FLOP 1.0e+13")
+    for command in (("export", "--run", "new", "-o", str(tmp_path / "new.json")),
+                    ("report", "--run", "new")):
+        status, _, err = flopledger(*command, "--ledger", str(path))
+        assert status == 1
+        assert "no record of run new is under the signed head" in err
+        assert "1 record(s), FLOP 1.0e+13" in err

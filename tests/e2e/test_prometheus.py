@@ -8,7 +8,10 @@ this process. Then, through Prometheus' HTTP API:
 - the recorded cluster total of the run equals the sum of the three nodes' totals at
   the same evaluation time;
 - the threshold alert reaches the webhook (the delivery time is printed);
-- every query of the Grafana dashboard returns data;
+- every query of the Grafana dashboard returns data (the agents evaluate an extra
+  regime with a threshold they cross within seconds, so that a deadline is fixed, and
+  send their notifications to the same Alertmanager, so that every channel series
+  exists);
 - TLS, mutual TLS and basic auth refuse what they must, and Prometheus scrapes
   through all three.
 """
@@ -40,6 +43,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from agent.compliance.lineage import default_thresholds_path
 from exporters.collector import FlopledgerCollector
 from exporters.web.config import load_web_config
 from exporters.web.server import MetricsServer, start_metrics_server
@@ -64,6 +68,9 @@ NODES = 3
 # while Prometheus is already watching.
 THRESHOLD_FLOP = 5e17
 TEST_ALERT = "E2eRunCrossedTestThreshold"
+# A regime each node's own ledger crosses within seconds: it fixes a legal deadline.
+NODE_REGIME = "e2e-node-budget"
+NODE_REGIME_FLOP = 1e16
 SCRAPE_USER = "prometheus"
 SCRAPE_PASSWORD = "e2e-scrape-password"
 
@@ -209,13 +216,45 @@ basic_auth_users:
         server.shutdown()
 
 
-def agent_config(path: Path, state_dir: Path, seed: int) -> Path:
+def thresholds_file(path: Path) -> Path:
+    path.write_text(default_thresholds_path().read_text() + f"""
+[regimes.{NODE_REGIME}]
+title = "End-to-end node budget"
+threshold_flop = {NODE_REGIME_FLOP!r}
+comparison = "gt"
+scope = "cumulative"
+subjects = ["model", "run"]
+applies_to = "provider"
+obligation = "Internal compute review"
+deadline_days = 14
+status = "internal"
+sources = ["internal policy"]
+""")
+    return path
+
+
+def agent_config(path: Path, state_dir: Path, seed: int, thresholds: Path,
+                 alertmanager_url: str) -> Path:
     # A seed per node: identical nodes would let a wrong sum pass by coincidence.
+    # Records every 2 s: the threshold watcher evaluates the ledger, not /metrics.
     path.write_text(f"""
 [agent]
 interval_s = 1
+checkpoint_s = 1
+record_s = 2
 source = "simulated"
 state_dir = "{state_dir}"
+thresholds_file = "{thresholds}"
+
+[thresholds]
+evaluate_every_s = 1
+
+[notify]
+poll_s = 0.5
+
+[[notify.alertmanager]]
+name = "am"
+url = "{alertmanager_url}"
 
 [sim]
 gpus = 2
@@ -239,9 +278,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pki: Pki,
     webhook = Webhook()
 
     (tmp / "alertmanager.yml").write_text(yaml.safe_dump({
-        "route": {"receiver": "webhook", "group_by": ["alertname"], "group_wait": "0s",
-                  "group_interval": "1s", "repeat_interval": "1h"},
-        "receivers": [{"name": "webhook",
+        # Only the test alert reaches the webhook; the agents' own threshold
+        # notifications stop at Alertmanager.
+        "route": {"receiver": "nobody", "group_by": ["alertname"], "group_wait": "0s",
+                  "group_interval": "1s", "repeat_interval": "1h",
+                  "routes": [{"matchers": [f'alertname="{TEST_ALERT}"'],
+                              "receiver": "webhook"}]},
+        "receivers": [{"name": "nobody"},
+                      {"name": "webhook",
                        "webhook_configs": [{"url": webhook.url, "send_resolved": False}]}],
     }))
     (tmp / "test_threshold_rules.yml").write_text(yaml.safe_dump({"groups": [{
@@ -297,11 +341,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pki: Pki,
             raise AssertionError(f"{e}\n--- prometheus\n{tail(logs['prometheus'])}\n"
                                  f"--- alertmanager\n{tail(logs['alertmanager'])}") from e
         started = time.time()
+        thresholds = thresholds_file(tmp / "thresholds.toml")
         procs = []
         for i, port in enumerate(node_ports):
             log = tmp / f"node{i}.log"
             logs[f"node{i}"] = log
-            config = agent_config(tmp / f"node{i}.toml", tmp / f"node{i}-state", seed=i + 1)
+            config = agent_config(tmp / f"node{i}.toml", tmp / f"node{i}-state", seed=i + 1,
+                                  thresholds=thresholds, alertmanager_url=am_url)
             procs.append(es.enter_context(process(
                 [sys.executable, "-m", "agent.cli", "run", "--config", str(config),
                  "--listen", f"127.0.0.1:{port}"], log, env)))
@@ -491,6 +537,13 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     wait_until(lambda: len(prom.query(
         f'flopledger_gpu_flop_total{{instance="{stack.nodes[0]}"}}[1m]')[0]["values"]) >= 5,
         60, "five samples in the rate window")
+    # The threshold watcher and the notification dispatcher publish after their first
+    # pass; the node regime's deadline once a ledger record crossed it.
+    node = f'instance="{stack.nodes[0]}"'
+    for published in (f'flopledger_threshold_deadline_timestamp_seconds{{regime="{NODE_REGIME}",'
+                      f'subject_type="model",{node}}}',
+                      f"flopledger_notifications_failed_attempts_total{{{node}}}"):
+        wait_until(functools.partial(prom.query, published), 60, published)
     for name, (series, label) in dash.variable_queries(doc, values).items():
         found = prom.api("series", **{"match[]": series}) if series else []
         options = {s[label] for s in found if label in s}

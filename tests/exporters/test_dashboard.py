@@ -63,7 +63,8 @@ def test_every_panel_uses_the_datasource_variable_and_has_queries() -> None:
 def test_rows_and_layout() -> None:
     doc = load()
     rows = [p["title"] for p in doc["panels"] if p["type"] == "row"]
-    assert rows == ["Fleet overview", "Runs and models", "Nodes and GPUs", "Data quality"]
+    assert rows == ["Fleet overview", "Runs and models", "Nodes and GPUs", "Data quality",
+                    "Thresholds"]
     cells: set[tuple[int, int]] = set()
     for panel in panels(doc):
         pos = panel["gridPos"]
@@ -90,6 +91,35 @@ def test_cumulative_compute_has_a_band_on_a_log_axis_and_the_thresholds() -> Non
                  if o["matcher"]["options"] == "high" for prop in o["properties"]
                  if prop["id"] == "custom.fillBelowTo"]
         assert fills == [{"id": "custom.fillBelowTo", "value": "low"}], panel["title"]
+
+
+def test_thresholds_row_shows_reach_eta_will_be_met_deadline_and_delivery() -> None:
+    doc = load()
+    row_y = next(p["gridPos"]["y"] for p in doc["panels"] if p["title"] == "Thresholds")
+    below = [p for p in panels(doc) if p["gridPos"]["y"] > row_y]
+    exprs = " ".join(t["expr"] for p in below for t in p["targets"])
+    for name in ("flopledger_threshold_fraction_ratio",
+                 "flopledger_threshold_fraction_band_ratio", "flopledger_threshold_eta_seconds",
+                 "flopledger_threshold_will_be_met",
+                 "flopledger_threshold_deadline_timestamp_seconds",
+                 "flopledger_notifications_pending", "flopledger_notifications_dead",
+                 "flopledger_notifications_delivered_total",
+                 "flopledger_notifications_failed_attempts_total"):
+        assert name in exprs, name
+    [table] = [p for p in below if p["title"] == "Thresholds per model and regime"]
+    band = [t["legendFormat"] for t in table["targets"] if "_band_ratio" in t["expr"]]
+    assert band == ["low", "central", "high"]
+    # One row per model, regime and node: every column's query drops the estimate label.
+    for target in table["targets"]:
+        assert target["expr"].startswith("max without (estimate) ("), target["refId"]
+    # Grafana's dateTimeAsIso unit reads milliseconds.
+    [deadline] = [t["expr"] for t in table["targets"] if "deadline" in t["expr"]]
+    assert deadline.endswith("* 1000")
+    for panel in below:
+        for target in panel["targets"]:
+            if "flopledger_threshold_" in target["expr"]:
+                assert 'subject_type="model"' in target["expr"], panel["title"]
+                assert "$model" in target["expr"], panel["title"]
 
 
 def test_queries_use_only_metrics_the_agent_exports() -> None:

@@ -17,6 +17,15 @@ from agent.compliance.thresholds import ThresholdSettings, load_registry
 from agent.compliance.watcher import ThresholdWatcher
 from agent.reports.report import build_report, percent, render_csv, render_markdown
 from agent.sources.specs import load_spec_table
+from tests.ledger.unsealed import (
+    SEALED_PT_CENTRAL,
+    UNSEALED_NEW_CENTRAL,
+    UNSEALED_PT_CENTRAL,
+    Interleaved,
+    next_checkpoint,
+    open_writer,
+    sealed_and_open,
+)
 from tests.replay.recordings import replayed_smi_ledger, smi_uuid
 from tests.sample_ledger import DAY, HOUR_NS, MODEL, RUN, T0, build
 
@@ -306,3 +315,64 @@ def test_chart_labels_are_clean(ledger: Path) -> None:
         plt.close(fig)
     assert shorten("a b c", 10) == "a b c"
     assert shorten("abc defgh ijk", 10) == "abc defgh\u2026"
+
+
+def test_the_total_is_what_the_cited_head_covers_and_unsealed_records_are_apart(
+        tmp_path: Path) -> None:
+    path = sealed_and_open(tmp_path)
+    rep = build_report({}, load_registry(), load_spec_table(), path, model="base")
+    # Model base: pt's sealed record only; pt's and new's open records are stated apart.
+    assert rep.flop.central == SEALED_PT_CENTRAL
+    assert rep.runs == ["pt"]
+    assert rep.ledger["records"] == 2
+    assert rep.ledger["subject_records"] == 1
+    unsealed = rep.ledger["unsealed"]
+    assert (unsealed["records"], unsealed["runs"]) == (2, ["new", "pt"])
+    assert unsealed["flop_central"] == UNSEALED_PT_CENTRAL + UNSEALED_NEW_CENTRAL
+    # The scope totals and the regime rows measure the same records as the Total.
+    assert rep.scope_totals["cumulative"]["central"] == SEALED_PT_CENTRAL
+    eu = next(r for r in rep.regimes if r["regime"] == "eu-art51-systemic-risk")
+    assert eu["fraction_high"] == pytest.approx(rep.flop.high / eu["threshold_flop"])
+    text = render_markdown(rep)
+    total = text.split("## Total")[1].split("## Thresholds")[0]
+    assert ("This is the total of the 1 record(s) of this model under the ledger's signed "
+            "tree head of 2 records, signed ") in total
+    assert "Not yet sealed: 2 record(s), FLOP 3.1e+14 [2.9e+14 .. 3.3e+14], up to " in total
+    verification = text.split("## Verification")[1]
+    assert "every figure of this report is of the 1 record(s) of this model it covers" \
+        in verification
+    assert "Not yet sealed: 2 record(s), FLOP 3.1e+14" in verification
+    # Nothing awaiting sealing is said so, too.
+    assert "No record of it awaits sealing." in render_markdown(
+        build_report({}, load_registry(), load_spec_table(), path, run="ft"))
+
+
+def test_a_report_read_during_checkpoints_is_of_one_moment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.ledger import query
+    from agent.ledger.schema import connect_read_only
+
+    writer = open_writer(tmp_path)
+    done = [0]
+
+    def checkpoint() -> None:
+        done[0] += 1
+        next_checkpoint(writer, done[0])
+
+    real = connect_read_only
+    monkeypatch.setattr(query, "connect_read_only",
+                        lambda path: Interleaved(real(path), checkpoint))
+    try:
+        rep = build_report({}, load_registry(), load_spec_table(), writer.path, run="pt")
+    finally:
+        writer.close()
+    # Checkpoints were committed during the read; the report is of the moment before them.
+    assert done[0] >= 3
+    assert (rep.ledger["records"], rep.flop.central) == (2, SEALED_PT_CENTRAL)
+    assert rep.ledger["unsealed"]["flop_central"] == UNSEALED_PT_CENTRAL
+
+
+def test_a_run_with_no_sealed_record_is_not_reported(tmp_path: Path) -> None:
+    path = sealed_and_open(tmp_path)
+    with pytest.raises(ValueError, match="no record of run new is under the signed head"):
+        build_report({}, load_registry(), load_spec_table(), path, run="new")
