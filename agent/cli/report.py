@@ -58,6 +58,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         text = rep.to_json()
     else:
         text = render_csv(rep)
+    return _emit(text, out, damaged)
+
+
+def _emit(text: str, out: Path | None, damaged: bool) -> int:
+    """Write the text to ``out`` or standard output; 1 if the ledger was damaged."""
     if out is None:
         sys.stdout.write(text)
     else:
@@ -82,12 +87,7 @@ def _write_form(args: argparse.Namespace, rep: Report, warnings: list[str], out:
         text = render_form_json(doc)
     else:
         text = "".join(f"> **{w}**\n\n" for w in warnings) + render_form_markdown(doc)
-    if out is None:
-        sys.stdout.write(text)
-    else:
-        out.write_text(text)
-        print(f"wrote {out}")
-    return 1 if damaged else 0
+    return _emit(text, out, damaged)
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:

@@ -146,25 +146,32 @@ def iter_records(path: Path, *, run: str | None = None,
     """
     skipped, text = Skipped(), Skipped()
     with _reading(path) as db:
-        query, args = "SELECT seq, body FROM records", ()
-        if run is not None:
-            query, args = query + " WHERE run = ?", (run,)  # type: ignore[assignment]
-        elif model is not None:
-            query, args = query + " WHERE model = ?", (model,)  # type: ignore[assignment]
-        for seq, body in db.execute(query + " ORDER BY seq", args):
-            try:
-                # The integrity check hashes the bytes; here only soundness matters.
-                record = parse_body(body, canonical=False, wrong_type=text)
-            except BadRowError as e:
-                skipped.add(f"record {seq}: {e}")
-                continue
-            if (run is not None and record.run != run) or (
-                    model is not None and record.model != model):
-                skipped.add(f"record {seq}: its columns disagree with its body")
-                continue
-            if not is_statement(record):
-                yield record
+        for _, record in _sound_records(db, run, model, skipped, text):
+            yield record
     _say(path, skipped, "the sealed records", text)
+
+
+def _sound_records(db: sqlite3.Connection, run: str | None, model: str | None,
+                   skipped: Skipped, text: Skipped) -> Iterator[tuple[object, LedgerRecord]]:
+    """``(seq, record)`` of the records table in append order (one run's or model's if
+    given), without ``discontinuity`` statements; unsound rows go to ``skipped``."""
+    query, args = "SELECT seq, body FROM records", ()
+    if run is not None:
+        query, args = query + " WHERE run = ?", (run,)  # type: ignore[assignment]
+    elif model is not None:
+        query, args = query + " WHERE model = ?", (model,)  # type: ignore[assignment]
+    for seq, body in db.execute(query + " ORDER BY seq", args):
+        try:
+            # The integrity check hashes the bytes; here only soundness matters.
+            record = parse_body(body, canonical=False, wrong_type=text)
+        except BadRowError as e:
+            skipped.add(f"record {seq}: {e}")
+            continue
+        if not _matches(record, run, model):
+            skipped.add(f"record {seq}: its columns disagree with its body")
+            continue
+        if not is_statement(record):
+            yield seq, record
 
 
 def discontinuities(path: Path) -> list[LedgerRecord]:
@@ -348,22 +355,8 @@ def read_view(path: Path, *, run: str | None = None, model: str | None = None) -
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             head = _head_row(path, db, str(meta.get("origin", "")))
             size = head.size if head is not None else 0
-            query, args = "SELECT seq, body FROM records", ()
-            if run is not None:
-                query, args = query + " WHERE run = ?", (run,)  # type: ignore[assignment]
-            elif model is not None:
-                query, args = query + " WHERE model = ?", (model,)  # type: ignore[assignment]
-            for seq, body in db.execute(query + " ORDER BY seq", args):
-                try:
-                    record = parse_body(body, canonical=False, wrong_type=text)
-                except BadRowError as e:
-                    skipped.add(f"record {seq}: {e}")
-                    continue
-                if not _matches(record, run, model):
-                    skipped.add(f"record {seq}: its columns disagree with its body")
-                    continue
-                if not is_statement(record):
-                    (sealed if type(seq) is int and seq < size else unsealed).append(record)
+            for seq, record in _sound_records(db, run, model, skipped, text):
+                (sealed if type(seq) is int and seq < size else unsealed).append(record)
             with contextlib.suppress(sqlite3.OperationalError):  # older ledgers lack it
                 for position, body in db.execute(
                         "SELECT position, body FROM open_records ORDER BY position"):
