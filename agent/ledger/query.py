@@ -19,7 +19,7 @@ import json
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,23 +220,33 @@ def summarize(records: Iterable[LedgerRecord], path: Path) -> dict[str, RunSumma
         out.setdefault(r.run, RunSummary(r.run)).add(r)
     skipped = Skipped()
     with _reading(path) as db:
-        try:
-            rows = db.execute("SELECT run, meta FROM runs").fetchall()
-        except sqlite3.OperationalError as e:
-            rows = []
-            skipped.add(f"runs table: {e}")
-        for name, meta in rows:
-            if name not in out:
-                continue
-            try:
-                doc = json.loads(meta)
-            except (TypeError, ValueError, RecursionError):
-                doc = None
-            if isinstance(doc, dict):
-                out[name].meta = doc
-            else:
-                skipped.add(f"metadata of run {name!r}")
+        for name, doc in _runs_meta(db, skipped, out).items():
+            out[name].meta = doc
     _say(path, skipped, "the runs' declared metadata")
+    return out
+
+
+def _runs_meta(db: sqlite3.Connection, skipped: Skipped,
+               only: Container[str] | None = None) -> dict[str, dict[str, object]]:
+    """Each run's declared metadata (of the runs in ``only`` if given); a missing table
+    or an unreadable document goes to ``skipped``."""
+    try:
+        rows = db.execute("SELECT run, meta FROM runs").fetchall()
+    except sqlite3.OperationalError as e:
+        skipped.add(f"runs table: {e}")
+        return {}
+    out: dict[str, dict[str, object]] = {}
+    for name, doc_text in rows:
+        if only is not None and name not in only:
+            continue
+        try:
+            doc = json.loads(doc_text)
+        except (TypeError, ValueError, RecursionError):
+            doc = None
+        if isinstance(doc, dict):
+            out[str(name)] = doc
+        else:
+            skipped.add(f"metadata of run {name!r}")
     return out
 
 
@@ -367,20 +377,7 @@ def read_view(path: Path, *, run: str | None = None, model: str | None = None) -
                         continue
                     if _matches(record, run, model):
                         unsealed.append(record)
-            try:
-                rows = db.execute("SELECT run, meta FROM runs").fetchall()
-            except sqlite3.OperationalError as e:
-                rows = []
-                skipped.add(f"runs table: {e}")
-            for name, doc_text in rows:
-                try:
-                    doc = json.loads(doc_text)
-                except (TypeError, ValueError, RecursionError):
-                    doc = None
-                if isinstance(doc, dict):
-                    run_meta[str(name)] = doc
-                else:
-                    skipped.add(f"metadata of run {name!r}")
+            run_meta = _runs_meta(db, skipped)
         finally:
             if db.in_transaction:
                 db.execute("ROLLBACK")

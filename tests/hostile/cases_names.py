@@ -89,6 +89,10 @@ CASES = [
                  f"wrote {_png('run', SLASH)}", (_png("run", SLASH),)),
     _ledger_case("report-png-newline", ("report", "--run", NEWLINE, "--format", "png"), 0,
                  f"wrote {_png('run', NEWLINE)}", (_png("run", NEWLINE),)),
+    # A form comes as Markdown or JSON only: refused before anything is written.
+    _ledger_case("report-form-as-csv", ("report", "--run", DOTDOT, "--form",
+                                        "eu-notification", "--format", "csv"), 2,
+                 "--form gives --format md or json, not csv"),
     # A name becomes a line of output: escaped, so it cannot forge another.
     _ledger_case("runs-newline", ("runs",), 0, "evil\\nFORGED line"),
     _ledger_case("show-newline", ("show", NEWLINE), 0, "run       evil\\nFORGED line"),

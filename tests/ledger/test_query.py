@@ -19,7 +19,7 @@ from tests.ledger.unsealed import (
     SEALED_PT_CENTRAL,
     UNSEALED_NEW_CENTRAL,
     UNSEALED_PT_CENTRAL,
-    Interleaved,
+    interleave_checkpoints,
     next_checkpoint,
     open_writer,
     sealed_and_open,
@@ -78,22 +78,14 @@ def _view_of_one_moment(view: LedgerView, checkpoints: int) -> None:
 def test_a_checkpoint_committed_between_the_reads_statements_changes_nothing_in_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writer = open_writer(tmp_path)
-    done = [0]
-
-    def checkpoint() -> None:
-        done[0] += 1
-        next_checkpoint(writer, done[0])
-
-    real = connect_read_only
-    monkeypatch.setattr(query, "connect_read_only",
-                        lambda path: Interleaved(real(path), checkpoint))
+    done = interleave_checkpoints(monkeypatch, query, writer)
     try:
         view = read_view(writer.path)
         # The agent committed after each of the view's statements: the head, the records,
         # the open records and the runs' metadata are still those of before the first.
         assert done[0] >= 3
         _view_of_one_moment(view, 0)
-        monkeypatch.setattr(query, "connect_read_only", real)
+        monkeypatch.setattr(query, "connect_read_only", connect_read_only)
         _view_of_one_moment(read_view(writer.path), done[0])
     finally:
         writer.close()
@@ -102,15 +94,7 @@ def test_a_checkpoint_committed_between_the_reads_statements_changes_nothing_in_
 def test_an_export_during_a_checkpoint_bundles_one_moment(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writer = open_writer(tmp_path)
-    done = [0]
-
-    def checkpoint() -> None:
-        done[0] += 1
-        next_checkpoint(writer, done[0])
-
-    real = connect_read_only
-    monkeypatch.setattr(bundle, "connect_read_only",
-                        lambda path: Interleaved(real(path), checkpoint))
+    done = interleave_checkpoints(monkeypatch, bundle, writer)
     out = tmp_path / "bundle.json"
     try:
         summary = export_bundle(writer.path, out, run="pt")

@@ -7,8 +7,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import pytest
+
+from agent.ledger.schema import connect_read_only
 from agent.ledger.signing import load_or_create_key
 from agent.ledger.store import Ledger, RunRow
 from tests.ledger_helpers import SECOND, T0, record
@@ -79,3 +83,18 @@ class Interleaved:
 
     def close(self) -> None:
         self._db.close()
+
+
+def interleave_checkpoints(monkeypatch: pytest.MonkeyPatch, module: ModuleType,
+                           writer: Ledger) -> list[int]:
+    """Make every read-only connection ``module`` opens commit ``writer``'s next
+    checkpoint after each of its SELECTs; element 0 of the list returned counts them."""
+    done = [0]
+
+    def checkpoint() -> None:
+        done[0] += 1
+        next_checkpoint(writer, done[0])
+
+    monkeypatch.setattr(module, "connect_read_only",
+                        lambda path: Interleaved(connect_read_only(path), checkpoint))
+    return done

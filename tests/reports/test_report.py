@@ -21,8 +21,7 @@ from tests.ledger.unsealed import (
     SEALED_PT_CENTRAL,
     UNSEALED_NEW_CENTRAL,
     UNSEALED_PT_CENTRAL,
-    Interleaved,
-    next_checkpoint,
+    interleave_checkpoints,
     open_writer,
     sealed_and_open,
 )
@@ -350,18 +349,9 @@ def test_the_total_is_what_the_cited_head_covers_and_unsealed_records_are_apart(
 def test_a_report_read_during_checkpoints_is_of_one_moment(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.ledger import query
-    from agent.ledger.schema import connect_read_only
 
     writer = open_writer(tmp_path)
-    done = [0]
-
-    def checkpoint() -> None:
-        done[0] += 1
-        next_checkpoint(writer, done[0])
-
-    real = connect_read_only
-    monkeypatch.setattr(query, "connect_read_only",
-                        lambda path: Interleaved(real(path), checkpoint))
+    done = interleave_checkpoints(monkeypatch, query, writer)
     try:
         rep = build_report({}, load_registry(), load_spec_table(), writer.path, run="pt")
     finally:
