@@ -5,16 +5,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/agent.example.toml
 ARGS ?=
+# The trainer-side distribution flopledger-client (standard library only).
+CLIENT := client
 
 .PHONY: run test lint unit bench soak system-deps venv clean gpu-check
 SOAK_CRASHES ?= 300
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CLIENT)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./$(CLIENT)
 	touch $@
 
 # Debian's prometheus (promtool) and prometheus-alertmanager, used by the tests, and
@@ -37,7 +40,7 @@ run: venv
 	$(BIN)/flopledger run --config $(CONFIG) $(ARGS)
 
 lint: venv
-	$(BIN)/ruff check agent exporters tests benchmarks
+	$(BIN)/ruff check agent exporters tests benchmarks $(CLIENT)
 	$(BIN)/mypy
 
 unit: venv

@@ -30,6 +30,7 @@ from agent.configfile import (
     check_keys,
     drop_bad_values,
     is_number,
+    path_problem,
     range_text,
     read_toml,
 )
@@ -87,6 +88,16 @@ class TextfileSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """``[client]``: the spool directory trainers declare their runs through (see
+    docs/client-spool.md), and how often a run's reported progress becomes a record.
+    ``spool_dir`` None: no spool is read."""
+
+    spool_dir: Path | None = Path("/run/flopledger/spool")
+    progress_record_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class AgentSettings:
     interval_s: float = 1.0
     integrate_every: int = 5
@@ -118,6 +129,7 @@ class Config:
     notify: NotifySettings = field(default_factory=NotifySettings)
     web: WebSettings = field(default_factory=WebSettings)
     textfile: TextfileSettings = field(default_factory=TextfileSettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
 
 
 class AgentConfigError(ConfigError):
@@ -389,6 +401,19 @@ def _textfile(problems: Problems, raw: dict[str, Any], base: Path) -> TextfileSe
     return TextfileSettings(path, float(every))
 
 
+def _client(problems: Problems, raw: dict[str, Any]) -> ClientSettings:
+    r = TableReader.section(problems, raw, "client", {"spool_dir", "progress_record_s"})
+    d = ClientSettings()
+    spool = r.get("spool_dir", str, str(d.spool_dir), "a directory path, or \"\" for no spool")
+    every = r.number("progress_record_s", d.progress_record_s, MIN_CHECKPOINT_S, DAY_S,
+                     what="a number of seconds")
+    if spool and (problem := path_problem(spool)) is not None:
+        problems.add("client.spool_dir", problem)
+        spool = str(d.spool_dir)
+    # Relative to the working directory, as agent.state_dir is.
+    return ClientSettings(Path(spool) if spool else None, float(every))
+
+
 def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     """Validate a parsed TOML document.
 
@@ -398,7 +423,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     problems = Problems(path or Path("<config>"))
     raw = drop_bad_values(problems, raw)
     check_keys(problems, raw, {"agent", "estimator", "attribution", "models", "sim", "thresholds",
-                               "notify", "web", "textfile"})
+                               "notify", "web", "textfile", "client"})
     base = path.parent if path else Path.cwd()
     config = Config(
         path=path,
@@ -411,6 +436,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         notify=parse_notify_config(raw, problems, base),
         web=_web(problems, raw, base),
         textfile=_textfile(problems, raw, base),
+        client=_client(problems, raw),
     )
     _other_ceilings(problems, raw)
     a = config.agent

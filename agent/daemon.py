@@ -28,6 +28,7 @@ from agent.accounting.snapshot import Snapshot
 from agent.compliance.evaluate import Evaluation
 from agent.compliance.watcher import Enqueue, ThresholdWatcher
 from agent.config import Config
+from agent.intake import SpoolIntake
 from agent.ledger import lock as state_lock
 from agent.ledger.integrity import check_ledger
 from agent.ledger.signing import load_or_create_key
@@ -43,6 +44,7 @@ from agent.sources.clock import Clock, RealClock, VirtualClock
 from agent.sources.procinfo import ProcInspector
 from agent.sources.simulated import SimulatedSource
 from agent.sources.specs import ResolvedSpec, SpecBasis, SpecTable
+from agent.sources.spool import SpoolReader
 from exporters.collector import FlopledgerCollector
 from exporters.textfile import TextfileWriter
 from exporters.web.server import start_metrics_server
@@ -199,6 +201,26 @@ def make_enqueue(outbox: Outbox, dispatcher: Dispatcher) -> Enqueue:
     return enqueue
 
 
+def open_intake(config: Config, ledger: Ledger, attributor: Attributor) -> SpoolIntake | None:
+    """The client spool (``[client] spool_dir``), created if missing. A spool that cannot
+    be used stops no accounting: the agent says so loudly and counts on; the trainers'
+    files wait in place for an agent that can read them."""
+    directory = config.client.spool_dir
+    if directory is None:
+        return None
+    reader = SpoolReader(directory)
+    problem = reader.ensure()
+    if problem is not None:
+        log.error("%s: trainers' declarations and progress are NOT read (set [client] "
+                  "spool_dir to a directory the agent can create and read)", problem)
+        return None
+    intake = SpoolIntake(reader, config.agent.node, config.client.progress_record_s,
+                         attributor)
+    intake.restore(ledger.runs())
+    log.info("reading the client spool %s", directory)
+    return intake
+
+
 def known_runs(ledger: Ledger) -> dict[str, RunMeta]:
     return {name: RunMeta(name, row.model, row.category) for name, row in ledger.runs().items()}
 
@@ -242,8 +264,10 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
         node=config.agent.node, gpu_totals=ledger.totals.get("gpu", {}),
         run_totals=ledger.totals.get("run", {}), known_runs=known_runs(ledger),
     )
+    attributor = make_attributor(config, source)
+    intake = open_intake(config, ledger, attributor)
     sampler = Sampler(source, accountant, clock, config.agent.interval_s,
-                      config.agent.integrate_every, attributor=make_attributor(config, source),
+                      config.agent.integrate_every, attributor=attributor, intake=intake,
                       ledger=ledger, checkpoint_s=config.agent.checkpoint_s,
                       record_s=config.agent.record_s,
                       until=after_s(config.agent.exit_after_s),

@@ -20,6 +20,7 @@ What differs between the uses is a parameter, not a copy of the loop:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -40,6 +41,7 @@ from exporters.textfile import TextfileWriter
 if TYPE_CHECKING:
     # The ledger needs cryptography; a loop without a ledger (benchmarks.gpu_check on a
     # machine with only the sampling dependencies) must not import it.
+    from agent.intake import SpoolIntake
     from agent.ledger.store import Ledger
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,8 @@ class Sampler:
         on_commit: called with the closed records of every successful checkpoint.
         publish_s: seconds between snapshots, on ``clock`` (None: only the final one).
         export_runs_for_s: how long an ended run stays in the snapshot.
+        intake: the client spool, read at every checkpoint into the same ledger
+            transaction (needs ``ledger``).
 
     Raises:
         ValueError: for ``step`` without a virtual clock, or ``checkpoint_ticks`` < 1.
@@ -115,7 +119,8 @@ class Sampler:
                  record_s: float | None = 60.0, until: StopCondition | None = None,
                  step: bool = False, hooks: Sequence[BatchHook] = (),
                  on_commit: CommitHook | None = None, publish_s: float | None = 1.0,
-                 export_runs_for_s: float = 7 * 86400.0) -> None:
+                 export_runs_for_s: float = 7 * 86400.0,
+                 intake: SpoolIntake | None = None) -> None:
         if step and not isinstance(clock, VirtualClock):
             raise ValueError("step=True needs a VirtualClock: a real clock cannot be advanced")
         if checkpoint_ticks is not None and checkpoint_ticks < 1:
@@ -138,6 +143,7 @@ class Sampler:
         self.on_commit = on_commit
         self.publish_ns = round(publish_s * 1e9) if publish_s is not None else None
         self.export_runs_for_ns = round(export_runs_for_s * 1e9)
+        self.intake = intake if ledger is not None else None
         self.stop_event = threading.Event()
         self.stats = SamplerStats()
         self.textfile: TextfileWriter | None = None
@@ -164,10 +170,13 @@ class Sampler:
     def _publish(self) -> None:
         if self.accountant is None:
             return
-        self._snapshot = self.accountant.snapshot(
+        snap = self.accountant.snapshot(
             overruns=self.stats.overruns, last_tick_duration_s=self.stats.last_tick_duration_s,
             runs_since_ns=self.clock.wall_ns() - self.export_runs_for_ns,
         )
+        if self.intake is not None:
+            snap = dataclasses.replace(snap, declared=self.intake.snapshot())
+        self._snapshot = snap
 
     def _resume_gaps(self, wall_ns: int) -> None:
         # The time between the ledger's last record of a GPU and this agent's first
@@ -196,17 +205,40 @@ class Sampler:
         if self.ledger is not None:
             from agent.ledger.store import RunRow
 
+            intake = self.intake
+            pending = (intake.collect(self.ledger, now, close_all, acc.runs.get)
+                       if intake is not None else None)
             runs = {r.run: RunRow(r.run, r.model, r.category, _run_meta(acc, r.run))
                     for r in [*closed, *still_open]}
+            if intake is not None and pending is not None:
+                for name in pending.runs:
+                    if name not in runs and (row := intake.row(name)) is not None:
+                        runs[name] = row
+                for name, row in runs.items():
+                    row.meta.update(intake.run_meta(name))
             try:
-                self.ledger.append(closed, now, runs, still_open=still_open)
+                try:
+                    self.ledger.append([*closed, *(pending.statements if pending else ())],
+                                       now, runs, still_open=still_open,
+                                       consumed_ids=pending.consumed_ids if pending else ())
+                except ValueError as e:
+                    # A statement the ledger refuses must never hold back the compute:
+                    # commit the compute, leave those spool files where they are.
+                    log.error("client spool: %s; the compute is committed without the "
+                              "spool's statements, whose files stay in the spool", e)
+                    pending = None
+                    self.ledger.append(closed, now, runs, still_open=still_open)
             except sqlite3.Error as e:
                 # A full disk or an I/O error: keep the records and try again next time.
                 self.checkpoint_failures += 1
                 acc.requeue(closed)
+                if intake is not None and pending is not None:
+                    intake.failed(pending)
                 log.error("ledger checkpoint failed (%s); %d record(s) kept in memory, "
                           "retrying", e, len(closed) + len(still_open))
                 return False
+            if intake is not None and pending is not None:
+                intake.committed(pending)
         acc.commit(closed, still_open)
         self.checkpoints += 1
         if self.on_commit is not None:

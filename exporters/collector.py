@@ -5,7 +5,8 @@ runs them.
 ``flopledger_collector_success{collector}`` (1, or 0 when it raised: its series are
 then all left out, the others still served) and
 ``flopledger_collector_duration_seconds{collector}``. :class:`FlopledgerCollector` is
-the agent's: ``gpu``, ``runs`` and ``agent`` from one accounting snapshot per scrape,
+the agent's: ``gpu``, ``runs``, ``declared`` and ``agent`` from one accounting
+snapshot per scrape,
 ``thresholds`` from the watcher's published state, ``notifications`` from the
 dispatcher's published status. Every input is an immutable value read by reference:
 a scrape runs no SQL and takes no lock a writer holds.
@@ -29,6 +30,7 @@ from agent.accounting.snapshot import Snapshot
 from agent.compliance.state import ThresholdState
 from agent.notify.status import NotifyStatus
 from exporters.agent_self import AgentCollector
+from exporters.declared import DeclaredCollector
 from exporters.gpu import GpuCollector
 from exporters.notifications import NotificationCollector
 from exporters.runs import RunCollector
@@ -130,6 +132,7 @@ class FlopledgerCollector(Exposition):
     def _scrape_parts(self) -> list[Part]:
         snapshot = _Once(self._get_snapshot)
         parts: list[Part] = [("gpu", GpuCollector(snapshot)), ("runs", RunCollector(snapshot)),
+                             ("declared", DeclaredCollector(snapshot)),
                              ("agent", AgentCollector(snapshot))]
         if self._get_thresholds is not None:
             parts.append(("thresholds", ThresholdCollector(self._get_thresholds)))

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from agent.accounting.band import Band
-from agent.accounting.snapshot import GpuSnapshot, RunSnapshot, Snapshot
+from agent.accounting.snapshot import DeclaredRunSnapshot, GpuSnapshot, RunSnapshot, Snapshot
 from agent.compliance.state import ThresholdRow, ThresholdState
 from agent.notify.status import ChannelStatus, NotifyStatus
 from exporters.collector import FlopledgerCollector
@@ -36,10 +36,16 @@ def sample_snapshot() -> Snapshot:
     runs = (RunSnapshot(run_id="llama-70b-pt", model="llama-70b", category="pre-training",
                         flop_low=1.05e19, flop_central=1.2e19, flop_high=1.45e19,
                         energy_joules=125456.789, gpus=2, created_wall_seconds=1.7e9),)
+    # As its trainer reported it: 6 x 70e9 x 2.5e7 tokens, 0.875 of the measured central.
+    declared = (DeclaredRunSnapshot(run_id="llama-70b-pt", model="llama-70b",
+                                    tokens=25_000_000, steps=50, planned_tokens=2.0e12,
+                                    params=70e9, declared_flop=1.05e19, formula="6 x P x D",
+                                    updated_wall_seconds=1.7e9 + 3590),)
     return Snapshot(source_kind="nvml", started_wall_seconds=1.7e9, gpus=gpus, runs=runs,
                     sample_errors=((1, gpus[1].uuid, "power_mw", 3),),
                     last_sample_wall_seconds=1.7e9 + 3600, ticks=3600, overruns=2,
-                    integrations=720, rejected_samples=0, last_tick_duration_seconds=0.0012)
+                    integrations=720, rejected_samples=0, last_tick_duration_seconds=0.0012,
+                    declared=declared)
 
 
 def sample_thresholds() -> ThresholdState:

@@ -2,6 +2,11 @@
 
 Per process, the first of these that yields a run id wins:
 
+0. the trainer's own word: a process that wrote to the client spool (``attach``,
+   ``declare`` or ``progress``, see docs/client-spool.md) is bound to the run it named
+   (``via="client"``), matched by its PID, or by its PID namespace and the PID it has
+   there when it runs in a container; a ``FLOPLEDGER_RUN_ID`` naming another run is
+   overruled, with a warning;
 1. ``FLOPLEDGER_RUN_ID`` in the process environment (``via="env"``);
 2. Slurm: ``SLURM_JOB_ID`` in the environment (run ``slurm-<jobid>``, ``via="slurm"``),
    else the job file the Slurm prolog (``configs/slurm/prolog.sh``) wrote for the GPU,
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -205,6 +211,22 @@ class _PidEntry:
 
 
 _NO_PROCESS = GpuAttribution((GpuShare(UNATTRIBUTED, 1.0),), "none")
+# A binding whose process has been on no GPU for this long is dropped: the process has
+# most likely ended, and its PID may come back as another process.
+BINDING_IDLE_NS = 600 * 10**9
+
+
+def _own_pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+@dataclass(slots=True)
+class _Binding:
+    run_id: str
+    seen_ns: int  # when it was bound or last seen on a GPU
 
 
 class Attributor:
@@ -236,6 +258,57 @@ class Attributor:
         self._idle: dict[int, GpuAttribution] = {}
         self._last: dict[int, GpuAttribution] = {}
         self._warned: set[str] = set()
+        # The client spool's bindings: (pid, None) for a PID as this agent sees it,
+        # (pid, namespace inode) for one seen from inside a container.
+        self._bound: dict[tuple[int, int | None], _Binding] = {}
+        self._declared: dict[str, RunMeta] = {}
+        self._own_ns = _own_pid_namespace()
+        self._ns_cache: dict[int, tuple[int, int] | None] = {}
+
+    def bind(self, pid: int, pid_ns: int | None, run_id: str) -> None:
+        """Charge the GPUs of process ``pid`` (of PID namespace ``pid_ns``) to ``run_id``
+        from now on: the process said so through the client spool."""
+        key = (pid, None if pid_ns is None or pid_ns == self._own_ns else pid_ns)
+        binding = self._bound.get(key)
+        if binding is not None and binding.run_id == run_id:
+            binding.seen_ns = self._clock_ns()
+            return
+        self._bound[key] = _Binding(run_id, self._clock_ns())
+        self._forget_resolved()
+
+    def declare(self, run: RunMeta) -> None:
+        """What the trainer declared about its run: the metadata of every bound process."""
+        if self._declared.get(run.run_id) != run:
+            self._declared[run.run_id] = run
+            self._forget_resolved()
+
+    def _forget_resolved(self) -> None:
+        for entry in self._cache.values():
+            entry.runs.clear()
+
+    def _bound_run(self, pid: int, entry: _PidEntry, now_ns: int) -> RunMeta | None:
+        binding = self._bound.get((pid, None))
+        if binding is None and any(ns is not None for _, ns in self._bound):
+            if pid not in self._ns_cache:
+                self._ns_cache[pid] = self._inspector.pid_namespace(pid)
+            inside = self._ns_cache[pid]
+            if inside is not None:
+                binding = self._bound.get((inside[1], inside[0]))
+        if binding is None:
+            return None
+        binding.seen_ns = now_ns
+        run = self._declared.get(binding.run_id) or self._meta(binding.run_id, "client",
+                                                               entry.facts.env)
+        named = entry.facts.env.get(f"{ENV_PREFIX}RUN_ID") if entry.facts.env else None
+        if named is not None and named.strip() != run.run_id:
+            key = f"{pid}:{run.run_id[:MAX_NAME_CHARS]}"
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning("pid %d: %sRUN_ID names run '%s', but the process declared "
+                            "run '%s' through the client spool; its GPUs are charged to "
+                            "the declared run", pid, ENV_PREFIX, printable(named.strip()),
+                            printable(run.run_id))
+        return run
 
     def attribute(
         self, devices: Sequence[DeviceInfo], batch: SampleBatch
@@ -280,6 +353,11 @@ class Attributor:
         if len(self._cache) > len(seen):
             for pid in self._cache.keys() - seen:
                 del self._cache[pid]
+                self._ns_cache.pop(pid, None)
+        if self._bound:
+            for key in [k for k, b in self._bound.items()
+                        if now_ns - b.seen_ns > BINDING_IDLE_NS]:
+                del self._bound[key]
         return out
 
     def _idle_gpu(self, index: int) -> GpuAttribution:
@@ -301,7 +379,8 @@ class Attributor:
             self._cache[pid] = entry
         run = entry.runs.get(device.index)
         if run is None:
-            run = self._resolve(entry.facts, device)
+            run = (self._bound_run(pid, entry, now_ns) if self._bound else None) \
+                or self._resolve(entry.facts, device)
             entry.runs[device.index] = run
         return run
 

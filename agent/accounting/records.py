@@ -12,6 +12,7 @@ ledger that stores them.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,7 +21,11 @@ from agent.accounting.band import Band, FlopColumns
 RECORD_VERSION = 1
 # ``discontinuity``: written only by ``flopledger recover`` at the start of a new
 # ledger; it states what the previous ledger last held (see agent/ledger/recover.py).
-KINDS = ("interval", "gap", "discontinuity")
+COMPUTE_KINDS = ("interval", "gap")
+# What a run's trainer or a person declared (see :func:`make_statement`): signed and in
+# the Merkle tree like any record, but no GPU time and no amounts.
+STATEMENT_KINDS = ("declaration", "progress", "attestation", "gate")
+KINDS = (*COMPUTE_KINDS, "discontinuity", *STATEMENT_KINDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +34,9 @@ class LedgerRecord:
 
     ``kind`` is ``interval`` for sampled time and ``gap`` for time nobody sampled (the
     agent was down): a gap adds the GPU's highest possible rate to ``flop_high`` and
-    nothing to the other two.
+    nothing to the other two. A statement (a kind in :data:`STATEMENT_KINDS`, made by
+    :func:`make_statement`) has no GPU, no amounts and one instant; what was declared is
+    in ``assumptions``.
     """
 
     seq: int
@@ -79,6 +86,42 @@ class LedgerRecord:
         if record.encode() != body:
             raise ValueError("not in canonical form")
         return record
+
+
+def is_compute(r: LedgerRecord) -> bool:
+    """Whether a record's amounts count toward FLOP, energy and GPU totals: an interval,
+    a gap, or a pair's sums that ``flopledger recover`` carried over (a ``discontinuity``
+    with a run). Statements and the recovery's own statement (no run) count nothing."""
+    return r.kind in COMPUTE_KINDS or (r.kind == "discontinuity" and bool(r.run))
+
+
+def make_statement(kind: str, *, node: str, time_ns: int, run: str = "", model: str = "",
+                   category: str = "", payload: Mapping[str, Any]) -> LedgerRecord:
+    """A statement record: what was declared (``payload``), by whom (``node``), when.
+
+    Its ``seq`` is assigned when it is appended; it has no GPU and no amounts, so it
+    never changes a total.
+
+    Raises:
+        ValueError: for a kind not in :data:`STATEMENT_KINDS`, or a payload that does
+            not come back unchanged through JSON (the canonical encoding).
+    """
+    if kind not in STATEMENT_KINDS:
+        raise ValueError(f"statement kind {kind!r}: expected one of {', '.join(STATEMENT_KINDS)}")
+    assumptions = dict(payload)
+    try:
+        text = json.dumps(assumptions, sort_keys=True, ensure_ascii=True, allow_nan=False)
+        same = json.loads(text) == assumptions
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{kind} payload: not JSON-serialisable ({e})") from e
+    if not same:
+        raise ValueError(f"{kind} payload: does not round-trip through JSON (tuples, "
+                         "non-string keys?)")
+    return LedgerRecord(
+        seq=0, kind=kind, node=node, run=run, model=model, category=category, gpu_uuid="",
+        gpu_index=-1, start_ns=time_ns, end_ns=time_ns, flop_low=0, flop_central=0,
+        flop_high=0, energy_mj=0, samples=0, covered_ns=0, gap_ns=0, estimator="statement",
+        assumptions=assumptions)
 
 
 NO_FLOP: Band[int] = Band(0, 0, 0)

@@ -31,7 +31,8 @@ RECOMPUTE_FACTORS: dict[str, float] = {
 }
 
 RECOMPUTE_MODES = (*RECOMPUTE_FACTORS, "selective")
-VIAS = ("env", "slurm", "slurm-file", "torchrun", "kubernetes", "static", "unattributed")
+VIAS = ("env", "slurm", "slurm-file", "torchrun", "kubernetes", "static", "client",
+        "unattributed")
 SPLITS = ("single", "sm_util", "even", "none")
 
 

@@ -58,6 +58,24 @@ class RunSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class DeclaredRunSnapshot:
+    """What a run's trainer declared through the client spool, and the compute that
+    declaration implies so far (``declared_flop``: 6 x params x tokens processed, plus
+    12 x layers x d_model x context x tokens when the architecture was declared; None
+    without a declared parameter count)."""
+
+    run_id: str
+    model: str
+    tokens: int
+    steps: int
+    planned_tokens: float | None
+    params: float | None
+    declared_flop: float | None
+    formula: str
+    updated_wall_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything a scrape, a status command or an alert evaluator reads."""
 
@@ -72,3 +90,4 @@ class Snapshot:
     integrations: int = 0
     rejected_samples: int = 0
     last_tick_duration_seconds: float = 0.0
+    declared: tuple[DeclaredRunSnapshot, ...] = ()

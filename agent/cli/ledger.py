@@ -79,7 +79,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         bundle = verify_bundle(path, args.key_fingerprint)
         what = ", ".join(f"{k} {v}" for k, v in bundle.selection.items())
         print(f"audit bundle {path}: {what}; {bundle.records} records; "
-              f"signed by key {bundle.key_fingerprint}")
+              f"{len(bundle.statements)} statements; signed by key {bundle.key_fingerprint}")
         if bundle.totals:
             t = bundle.totals
             print(f"  FLOP {figures.band(t['flop_low'], t['flop_central'], t['flop_high'])}")
@@ -94,6 +94,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                                specs=load_spec_table(spec_file).specs)
         print(f"ledger {path}: {report.records} records, {report.heads} signed tree heads; "
               f"key {report.key_fingerprint or '?'}")
+        if report.statements:
+            print(f"  statements: {report.statements_text()}")
         problems = report.problems
         for note in report.notes:
             print(f"  NOTE {printable(note, 4000)}")
@@ -114,7 +116,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     summary = export_bundle(path, out, run=args.run, model=args.model)
     t = summary["totals"]
     head = summary["head"]
-    print(f"wrote {printable(str(out))}: {t['records']} records, FLOP "
+    print(f"wrote {printable(str(out))}: {t['records']} records, "
+          f"{summary['statements']} statements, FLOP "
           f"{figures.band(t['flop_low'], t['flop_central'], t['flop_high'])}, under the "
           f"signed head of {head['size']} records at {figures.when(head['timestamp_ns'])}")
     left_out: Unsealed = summary["left_out"]

@@ -13,7 +13,9 @@ from agent import figures
 from agent.cli.common import add_ledger_args, config_of, ledger_path
 
 if TYPE_CHECKING:
+    from agent.accounting.records import LedgerRecord
     from agent.compliance.evaluate import Evaluation
+    from agent.reports.processed import ProcessedCheck
 
 
 def cmd_thresholds(args: argparse.Namespace) -> int:
@@ -50,6 +52,7 @@ def _bar(fraction: float, width: int = 20) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from agent.compliance.evaluate import evaluate
     from agent.compliance.thresholds import load_registry
+    from agent.ledger.query import read_view
 
     config = config_of(args)
     registry = load_registry(config.agent.thresholds_file)
@@ -61,9 +64,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for line in warnings:
         print(line)
     t = config.thresholds
+    # One read: the thresholds and the declared compute are of the same records, and of
+    # the runs' metadata as it was then.
+    view = read_view(path)
+    records = [*view.sealed, *view.unsealed]
     snap = evaluate(config.models, registry, path, now, estimate=args.estimate,
                     levels=t.levels, window_s=t.window_s, horizon_s=t.horizon_days * 86400,
-                    min_observation_s=t.min_observation_s,
+                    records=records, min_observation_s=t.min_observation_s,
                     min_observation_fraction=t.min_observation_fraction)
     by_subject: dict[tuple[str, str], list[Evaluation]] = {}
     for e in snap.evaluations:
@@ -88,10 +95,59 @@ def cmd_status(args: argparse.Namespace) -> int:
             threshold = figures.flop(a.threshold_flop) if a.threshold_flop else "cost"
             print(f"  {_bar(f)} {f:6.1%} of {threshold:<8} {a.regime.key:<26} "
                   f"{_outlook_text(e, now)}".rstrip())
+    declared = _declared_lines(view.run_meta, records)
+    if declared:
+        print("\n" + "\n".join(declared))
     print(f"\nfractions use the {args.estimate} estimate; ledger head "
           f"{snap.tree_head.get('size', 0)} records")
     _print_dead_letters(path)
     return 1 if damaged else 0
+
+
+def _declared_lines(run_meta: dict[str, dict[str, object]],
+                    records: list[LedgerRecord]) -> list[str]:
+    """Per run that declared its parameter count and reported its processed tokens, the
+    compute that implies against the measured compute up to the moment the tokens were
+    counted; a run declared through the client without a parameter count says so."""
+    from agent.accounting.names import UNATTRIBUTED_RUN_ID, printable
+    from agent.reports.processed import declares_no_params, processed_check
+
+    by_run: dict[str, list[LedgerRecord]] = {}
+    for r in records:
+        by_run.setdefault(r.run, []).append(r)
+    lines = []
+    for run, meta in sorted(run_meta.items()):
+        if run == UNATTRIBUTED_RUN_ID:
+            continue
+        check = processed_check(run, meta, by_run.get(run, []))
+        if check is not None:
+            lines.append(f"  run {printable(run)}: {_check_text(check)}")
+        elif declares_no_params(meta):
+            lines.append(f"  run {printable(run)}: declared no parameter count")
+    if not lines:
+        return []
+    return ["declared compute, as the trainers reported it, against the measured compute "
+            "up to the moment they counted their tokens:", *lines]
+
+
+def _check_text(c: ProcessedCheck) -> str:
+    """``2,500 tokens processed at TIME; declared 1.1e+21 FLOP (6 x P x D) vs measured
+    1.0e+21 [9.5e+20 .. 1.1e+21] FLOP; +5.0%; within the band``."""
+    from agent.reports.processed import PROCESSED_FLAG
+
+    m = c.measured
+    parts = [f"{c.tokens:,} tokens processed at {figures.when(c.tokens_at_ns)}",
+             f"declared {figures.flop(c.declared)} FLOP ({c.formula}) vs measured "
+             f"{figures.band(m.low, m.central, m.high)} FLOP"]
+    if c.measured_until_ns < c.tokens_at_ns:
+        parts[-1] += f" (records up to {figures.when(c.measured_until_ns)} only)"
+    parts.append("no compute measured up to then" if c.difference is None
+                 else f"{c.difference:+.1%}")
+    if c.beyond_eu_margin:
+        parts.append(PROCESSED_FLAG)
+    if c.within_band:
+        parts.append("within the band")
+    return "; ".join(parts)
 
 
 def _outlook_text(e: Evaluation, now_ns: int) -> str:

@@ -200,7 +200,7 @@ def evaluate(models: Mapping[str, ModelInfo], registry: Registry, ledger_path: P
             known = [b for b in bases if b.high > 0]
             base_flop[scope] = max(known, key=lambda f: f.low) if known else None
         base_systemic = any(
-            _is_systemic(lineage.models.get(b, ModelInfo(b)),
+            is_systemic(lineage.models.get(b, ModelInfo(b)),
                          view.totals(b), registry)
             for b in info.base_models
         )
@@ -234,7 +234,7 @@ def plan_of(meta: Mapping[str, object]) -> dict[str, object]:
     return {k.removeprefix("plan."): v for k, v in meta.items() if k.startswith("plan.")}
 
 
-def _is_systemic(info: ModelInfo, totals: Mapping[str, Flop], registry: Registry) -> bool:
+def is_systemic(info: ModelInfo, totals: Mapping[str, Flop], registry: Registry) -> bool:
     if info.systemic_risk is not None:
         return info.systemic_risk
     eu = registry.regimes.get("eu-art51-systemic-risk")

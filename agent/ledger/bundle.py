@@ -5,6 +5,11 @@ consistency proofs between consecutive ones (the ledger only grew), and each sel
 record with an inclusion proof into the latest head (it is in the ledger the node
 signed, at that position). ``verify_bundle`` needs nothing but the file: it runs on a
 machine with no access to the node.
+
+The selection's statements (declarations, progress, attestations, gate decisions naming
+the run, or the model) travel in ``statements``, each with its inclusion proof like a
+record; they add nothing to the bundle's totals. A bundle written before statements
+existed has no such list and verifies as before.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from agent.accounting.records import LedgerRecord, Totals
+from agent.accounting.records import STATEMENT_KINDS, LedgerRecord, Totals
 from agent.ledger.integrity import check_ledger
 from agent.ledger.merkle import Tree, leaf_hash, verify_consistency, verify_inclusion
-from agent.ledger.query import Unsealed
+from agent.ledger.query import Unsealed, is_declared
+from agent.ledger.rows import field_problem
 from agent.ledger.schema import connect_read_only
 from agent.ledger.signing import TreeHead, fingerprint, load_public
 from agent.ledger.store import LedgerDamagedError
@@ -50,14 +56,16 @@ def _totals(records: Sequence[LedgerRecord]) -> dict[str, int]:
 
 def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
                   model: str | None = None) -> dict[str, Any]:
-    """Write the bundle for one run or one model, of the records the latest signed head
-    covers; returns its summary: the selection and totals the bundle states, that head
-    (``head``, as JSON) and the selection's records it does not cover yet (``left_out``,
-    an :class:`Unsealed`: in the bundle of a later export, not this one).
+    """Write the bundle for one run or one model, of the records and statements the
+    latest signed head covers; returns its summary: the selection and totals the bundle
+    states, how many statements it carries (``statements``), that head (``head``, as
+    JSON) and the selection's records it does not cover yet (``left_out``, an
+    :class:`Unsealed`: in the bundle of a later export, not this one).
 
     Raises:
         ValueError: if neither or both of ``run`` and ``model`` are given, or nothing
-            in the ledger matches, or the ledger has no signed head yet.
+            in the ledger matches (no record and no statement), or the ledger has no
+            signed head yet.
         LedgerDamagedError: if the ledger fails its consistency checks.
         sqlite3.Error: if the ledger cannot be read.
     """
@@ -97,15 +105,18 @@ def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
     origin = str(meta["origin"])
     heads = [TreeHead(origin, int(s), bytes(r), int(t), bytes(sig)) for s, r, t, sig in head_rows]
     leaves = [leaf_hash(bytes(body)) for _seq, body in rows]
-    selected = []
+    selected: list[tuple[int, bytes, LedgerRecord]] = []
+    declared: list[tuple[int, bytes, LedgerRecord]] = []
     for seq, body in rows:
         record = LedgerRecord.decode(bytes(body))
         if (run is not None and record.run == run) or (model is not None and record.model == model):
-            selected.append((int(seq), bytes(body), record))
+            (declared if is_declared(record) else selected).append(
+                (int(seq), bytes(body), record))
     left_out = Unsealed.of(r for r in map(LedgerRecord.decode, newer)
-                           if (run is not None and r.run == run)
-                           or (model is not None and r.model == model))
-    if not selected:
+                           if not is_declared(r) and (
+                               (run is not None and r.run == run)
+                               or (model is not None and r.model == model)))
+    if not selected and not declared:
         what = f"run {run}" if run is not None else f"model {model}"
         if left_out.records:
             raise ValueError(f"{ledger_path}: no record of {what} is under the signed head "
@@ -116,7 +127,7 @@ def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
     latest = heads[-1]
     # A chain of heads from the first that includes the selection to the latest, thinned
     # to MAX_HEADS, each proven consistent with the one before.
-    first_seq = selected[0][0]
+    first_seq = min(seq for seq, _b, _r in (*selected[:1], *declared[:1]))
     chain = [h for h in heads if h.size > first_seq]
     if len(chain) > MAX_HEADS:
         step = len(chain) / (MAX_HEADS - 1)
@@ -127,11 +138,11 @@ def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
          "proof": [_b64(p) for p in tree.consistency_proof(a.size, b.size)]}
         for a, b in pairwise(chain)
     ]
-    records = [
-        {"seq": seq, "body": body.decode(),
-         "inclusion_proof": [_b64(p) for p in tree.inclusion_proof(seq, latest.size)]}
-        for seq, body, _record in selected
-    ]
+    records, statements = (
+        [{"seq": seq, "body": body.decode(),
+          "inclusion_proof": [_b64(p) for p in tree.inclusion_proof(seq, latest.size)]}
+         for seq, body, _record in entries]
+        for entries in (selected, declared))
     summary: dict[str, Any] = {
         "selection": {"run": run} if run is not None else {"model": model},
         "totals": _totals([r for _s, _b, r in selected])}
@@ -145,10 +156,12 @@ def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
         "tree_heads": [h.to_json() for h in chain],
         "consistency_proofs": consistency,
         "records": records,
+        "statements": statements,
     }
     out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     # Said to the one exporting, not carried in the bundle: nothing signs it.
-    return {**summary, "head": latest.to_json(), "left_out": left_out}
+    return {**summary, "statements": len(declared), "head": latest.to_json(),
+            "left_out": left_out}
 
 
 @dataclass(slots=True)
@@ -158,6 +171,8 @@ class BundleReport:
     key_fingerprint: str = ""
     selection: dict[str, Any] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
+    # The selection's statements, each proven to be in the signed ledger.
+    statements: list[LedgerRecord] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -178,6 +193,9 @@ def verify_bundle(path: Path, trusted_fingerprint: str | None = None) -> BundleR
         public = load_public(key_raw)
         heads = [TreeHead.from_json(h) for h in doc["tree_heads"]]
         records = doc["records"]
+        statements = doc.get("statements", [])  # absent from bundles made before them
+        if not isinstance(records, list) or not isinstance(statements, list):
+            raise TypeError("records and statements must be lists")
         selection = dict(doc["selection"])
         stated = dict(doc["totals"])
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -202,31 +220,51 @@ def verify_bundle(path: Path, trusted_fingerprint: str | None = None) -> BundleR
             p.append(f"tree heads {a.size} -> {b.size}: not proven consistent (the ledger "
                      "was rewritten between them)")
     latest = heads[-1]
-    decoded: list[LedgerRecord] = []
     seen: set[int] = set()
-    for entry in records:
-        try:
-            seq = int(entry["seq"])
-            body = str(entry["body"]).encode()
-            proof = [_unb64(x) for x in entry["inclusion_proof"]]
-            record = LedgerRecord.decode(body)
-        except (KeyError, ValueError, TypeError) as e:
-            p.append(f"record {entry.get('seq', '?')}: malformed ({e})")
-            continue
-        if seq in seen:
-            p.append(f"record {seq}: appears twice")
-        seen.add(seq)
-        if record.seq != seq:
-            p.append(f"record {seq}: body says it is record {record.seq}")
-        if not verify_inclusion(leaf_hash(body), seq, latest.size, proof, latest.root):
-            p.append(f"record {seq}: not in the signed ledger at that position (edited or "
-                     "moved)")
-        wanted = selection.get("run") == record.run or selection.get("model") == record.model
-        if not wanted:
-            p.append(f"record {seq}: belongs to run {record.run!r}, not the selection")
-        decoded.append(record)
+    decoded = _entries(records, "record", latest, selection, seen, p)
+    report.statements = _entries(statements, "statement", latest, selection, seen, p)
+    for r in decoded:
+        if is_declared(r):
+            p.append(f"record {r.seq}: a statement ({r.kind}) listed among the records")
+    for r in report.statements:
+        if not is_declared(r):
+            p.append(f"statement {r.seq}: a record of kind {r.kind}, not a statement")
     report.records = len(decoded)
     report.totals = _totals(decoded)
     if {k: stated.get(k) for k in report.totals} != report.totals:
         p.append("stated totals do not equal the sum of the bundle's records")
     return report
+
+
+def _entries(entries: list[Any], what: str, latest: TreeHead, selection: dict[str, Any],
+             seen: set[int], p: list[str]) -> list[LedgerRecord]:
+    """The records (or statements) of a bundle that could be decoded; every entry not
+    proven to be in the signed ledger, at its position, in the selection, is a problem."""
+    decoded: list[LedgerRecord] = []
+    for entry in entries:
+        try:
+            seq = int(entry["seq"])
+            body = str(entry["body"]).encode()
+            proof = [_unb64(x) for x in entry["inclusion_proof"]]
+            record = LedgerRecord.decode(body)
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            seq_text = entry.get("seq", "?") if isinstance(entry, dict) else "?"
+            p.append(f"{what} {seq_text}: malformed ({e})")
+            continue
+        if seq in seen:
+            p.append(f"{what} {seq}: appears twice")
+        seen.add(seq)
+        if record.seq != seq:
+            p.append(f"{what} {seq}: body says it is record {record.seq}")
+        if not verify_inclusion(leaf_hash(body), seq, latest.size, proof, latest.root):
+            p.append(f"{what} {seq}: not in the signed ledger at that position (edited or "
+                     "moved)")
+        if record.kind in STATEMENT_KINDS:
+            problem = field_problem(record)
+            if problem is not None:
+                p.append(f"{what} {seq}: {problem}")
+        wanted = selection.get("run") == record.run or selection.get("model") == record.model
+        if not wanted:
+            p.append(f"{what} {seq}: belongs to run {record.run!r}, not the selection")
+        decoded.append(record)
+    return decoded

@@ -17,7 +17,12 @@ head, and what is wrong; nothing raises, whatever the file holds:
   ledger shorter than the head file, or whose root at its size differs, was rolled
   back; sums per (GPU, run) smaller than the head file's lost committed records;
 * the totals table against the sums of the records (what ``/metrics`` resumes from);
-* open records, GPU state and run metadata readable.
+* open records, GPU state, run metadata and consumed message ids readable.
+
+Statements (kinds in :data:`agent.accounting.records.STATEMENT_KINDS`) are leaves like
+any record (hash, canonical form, columns against the body) and must carry no GPU, no
+amounts and one instant (else the record is a fault: it would smuggle FLOP); they add
+to no sum, and are counted per kind in :attr:`LedgerCheck.statements`.
 
 A ledger recovered with ``flopledger recover`` starts with a ``discontinuity`` record;
 it is listed in :attr:`LedgerCheck.discontinuities` (``verify`` reports it).
@@ -28,6 +33,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +41,17 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent import figures
-from agent.accounting.records import LedgerRecord
+from agent.accounting.records import STATEMENT_KINDS, LedgerRecord
 from agent.ledger.merkle import Frontier, leaf_hash
 from agent.ledger.mirror import Mirror, MirrorError, head_file, read_mirror
 from agent.ledger.rows import BadRowError, body_bytes, parse_body, parse_record, storage_class
-from agent.ledger.schema import COLUMNS, META_KEYS, TOTALS_TEXT, connect_read_only
+from agent.ledger.schema import (
+    COLUMNS,
+    META_KEYS,
+    OPTIONAL_TABLES,
+    TOTALS_TEXT,
+    connect_read_only,
+)
 from agent.ledger.signing import TreeHead, fingerprint, load_public
 from agent.ledger.sums import (
     FIELDS,
@@ -70,6 +82,7 @@ class LedgerCheck:
             to the latest signed head: ``sealed`` is exactly what the node signed.
         discontinuities: the statements of ``flopledger recover`` at the start of the
             ledger (kind ``discontinuity``, no run): history before them is elsewhere.
+        statements: how many sealed statements of each kind could be read.
         notes: what is worth saying but is no fault (no head file yet).
     """
 
@@ -87,6 +100,7 @@ class LedgerCheck:
     authentic: bool = False
     open_records: list[LedgerRecord] = field(default_factory=list)
     discontinuities: list[LedgerRecord] = field(default_factory=list)
+    statements: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -193,7 +207,8 @@ class _Scan:
         c.exists = True
         for table, columns in COLUMNS.items():
             if table not in tables:
-                self.problem(f"table {table}: missing")
+                if table not in OPTIONAL_TABLES:
+                    self.problem(f"table {table}: missing")
                 continue
             missing = [col for col in columns if col not in tables[table]]
             if missing:
@@ -214,6 +229,8 @@ class _Scan:
             self._gpu_state(db)
         if "runs" in tables:
             self._runs(db)
+        if "spool_consumed" in tables:
+            self._consumed(db)
         self._mirror()
 
     def _meta(self, db: sqlite3.Connection) -> None:
@@ -295,6 +312,8 @@ class _Scan:
                            "with its body: edited")
             if record.kind == "discontinuity" and not record.run:
                 c.discontinuities.append(record)
+            elif record.kind in STATEMENT_KINDS:
+                c.statements[record.kind] += 1
             add_records(sealed, [record])
             if self.on_record is not None:
                 self.on_record(record)
@@ -398,6 +417,12 @@ class _Scan:
                 ok = False
             if not ok:
                 self.problem(f"runs: metadata of run {run!r} malformed")
+
+    def _consumed(self, db: sqlite3.Connection) -> None:
+        for key, time_ns in db.execute("SELECT id, time_ns FROM spool_consumed"):
+            if not isinstance(key, str) or type(time_ns) is not int:
+                self.problem(f"spool_consumed {key!r}: malformed (id {storage_class(key)}, "
+                             f"time {storage_class(time_ns)})")
 
     def _mirror(self) -> None:
         c, mirror = self.c, self.c.mirror

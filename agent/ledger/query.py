@@ -10,6 +10,10 @@ the commands run :func:`agent.ledger.integrity.check_ledger` first and say so at
 signed head, the records it covers, the records it does not cover yet (the open records
 of the current windows) and the runs' metadata. The other readers here each read once,
 on their own.
+
+Statements (declarations, progress, attestations, gate decisions: what was declared, no
+amounts) are never a run's compute: the compute readers leave them out, and
+:func:`statements` and :attr:`LedgerView.statements` read them.
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ import json
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import figures
 from agent.accounting.band import Band, FlopColumns
-from agent.accounting.records import NO_FLOP, LedgerRecord
+from agent.accounting.records import NO_FLOP, STATEMENT_KINDS, LedgerRecord, is_compute
 from agent.ledger.rows import BadRowError, Skipped, parse_body
 from agent.ledger.schema import connect_read_only
 from agent.ledger.signing import TreeHead
@@ -43,8 +47,14 @@ class LedgerReadError(LedgerError):
 
 
 def is_statement(r: LedgerRecord) -> bool:
-    """A ``discontinuity`` statement of ``flopledger recover``: no run, no amounts."""
+    """A ``discontinuity`` statement of ``flopledger recover``: no run, no amounts.
+    (Declared statements are :func:`is_declared`; neither is compute.)"""
     return r.kind == "discontinuity" and not r.run
+
+
+def is_declared(r: LedgerRecord) -> bool:
+    """A statement of what was declared (a kind in ``STATEMENT_KINDS``): no amounts."""
+    return r.kind in STATEMENT_KINDS
 
 
 def spec_basis(r: LedgerRecord) -> str:
@@ -138,8 +148,8 @@ def _reading(path: Path) -> Iterator[sqlite3.Connection]:
 
 def iter_records(path: Path, *, run: str | None = None,
                  model: str | None = None) -> Iterator[LedgerRecord]:
-    """Sealed records in append order (optionally one run's or one model's), without
-    ``discontinuity`` statements; unsound rows are left out, loudly.
+    """Sealed compute records in append order (optionally one run's or one model's),
+    without ``discontinuity`` or declared statements; unsound rows are left out, loudly.
 
     Raises:
         LedgerNotFoundError, LedgerReadError: for a missing or unreadable file.
@@ -153,8 +163,17 @@ def iter_records(path: Path, *, run: str | None = None,
 
 def _sound_records(db: sqlite3.Connection, run: str | None, model: str | None,
                    skipped: Skipped, text: Skipped) -> Iterator[tuple[object, LedgerRecord]]:
-    """``(seq, record)`` of the records table in append order (one run's or model's if
-    given), without ``discontinuity`` statements; unsound rows go to ``skipped``."""
+    """``(seq, record)`` of the compute records in append order (one run's or model's if
+    given), without statements of any kind; unsound rows go to ``skipped``."""
+    for seq, record in _sound_rows(db, run, model, skipped, text):
+        if is_compute(record):
+            yield seq, record
+
+
+def _sound_rows(db: sqlite3.Connection, run: str | None, model: str | None,
+                skipped: Skipped, text: Skipped) -> Iterator[tuple[object, LedgerRecord]]:
+    """``(seq, record)`` of every sound row of the records table in append order (one
+    run's or model's if given); unsound rows go to ``skipped``."""
     query, args = "SELECT seq, body FROM records", ()
     if run is not None:
         query, args = query + " WHERE run = ?", (run,)  # type: ignore[assignment]
@@ -170,8 +189,52 @@ def _sound_records(db: sqlite3.Connection, run: str | None, model: str | None,
         if not _matches(record, run, model):
             skipped.add(f"record {seq}: its columns disagree with its body")
             continue
-        if not is_statement(record):
-            yield seq, record
+        yield seq, record
+
+
+def statements(path: Path, *, kinds: Iterable[str] | None = None, run: str | None = None,
+               model: str | None = None) -> list[LedgerRecord]:
+    """Declared statements in append order: of ``kinds`` (default: all), optionally only
+    those naming ``run`` and/or ``model``; unsound rows are left out, loudly.
+
+    Raises:
+        LedgerNotFoundError, LedgerReadError: for a missing or unreadable file.
+    """
+    wanted = _kinds(kinds)
+    skipped, text = Skipped(), Skipped()
+    with _reading(path) as db:
+        out = [r for _, r in _sound_rows(db, run, model, skipped, text)
+               if r.kind in wanted and _matches(r, run, model)]
+    _say(path, skipped, "the records", text)
+    return out
+
+
+def _kinds(kinds: Iterable[str] | None) -> frozenset[str]:
+    return frozenset(STATEMENT_KINDS if kinds is None else kinds) & frozenset(STATEMENT_KINDS)
+
+
+def consumed_ids(path: Path, ids: Iterable[str]) -> set[str]:
+    """Which of ``ids`` the ledger records as consumed (their statements appended); none
+    for a ledger written before it recorded them.
+
+    Raises:
+        LedgerNotFoundError, LedgerReadError: for a missing or unreadable file.
+    """
+    wanted: Sequence[str] = list(dict.fromkeys(str(i) for i in ids))
+    found: set[str] = set()
+    with _reading(path) as db:
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            try:
+                rows = db.execute(f"SELECT id FROM spool_consumed WHERE id IN ({marks})",
+                                  list(chunk)).fetchall()
+            except sqlite3.OperationalError as e:
+                if "no such table" in str(e):  # written before ids were recorded
+                    return set()
+                raise
+            found.update(str(row[0]) for row in rows)
+    return found
 
 
 def discontinuities(path: Path) -> list[LedgerRecord]:
@@ -187,7 +250,8 @@ def discontinuities(path: Path) -> list[LedgerRecord]:
 
 
 def open_records(path: Path) -> list[LedgerRecord]:
-    """The durable, not yet sealed records of the current windows (the last ~minute)."""
+    """The durable, not yet sealed records of the current windows (the last ~minute);
+    statements are never open, and one found there is left out."""
     skipped, text = Skipped(), Skipped()
     out = []
     with _reading(path) as db:
@@ -197,9 +261,12 @@ def open_records(path: Path) -> list[LedgerRecord]:
             return []
         for position, body in rows:
             try:
-                out.append(parse_body(body, canonical=False, wrong_type=text))
+                record = parse_body(body, canonical=False, wrong_type=text)
             except BadRowError as e:
                 skipped.add(f"open record {position}: {e}")
+                continue
+            if not is_declared(record):
+                out.append(record)
     _say(path, skipped, "the open records", text)
     return out
 
@@ -309,9 +376,10 @@ class LedgerView:
     the records it covers (``sealed``: ``seq < head.size``) and those it does not cover
     yet (``unsealed``: any appended after it, then the open records of the current
     windows). A writer committing a checkpoint meanwhile changes none of it, so every
-    figure drawn from one view agrees with the head it cites. ``discontinuity``
-    statements are left out of both lists (they carry no amounts); unsound rows are left
-    out loudly, as :func:`iter_records` does."""
+    figure drawn from one view agrees with the head it cites. ``discontinuity`` and
+    declared statements are left out of both lists (they carry no amounts); the declared
+    statements the head covers are in ``statements`` (of the selection: those naming the
+    run, or the model). Unsound rows are left out loudly, as :func:`iter_records` does."""
 
     path: Path
     head: TreeHead | None
@@ -319,6 +387,7 @@ class LedgerView:
     sealed: list[LedgerRecord]
     unsealed: list[LedgerRecord]
     run_meta: dict[str, dict[str, object]]
+    statements: list[LedgerRecord] = field(default_factory=list)
 
     @property
     def head_size(self) -> int:
@@ -354,6 +423,7 @@ def read_view(path: Path, *, run: str | None = None, model: str | None = None) -
     skipped, text = Skipped(), Skipped()
     sealed: list[LedgerRecord] = []
     unsealed: list[LedgerRecord] = []
+    declared: list[LedgerRecord] = []
     run_meta: dict[str, dict[str, object]] = {}
     with _reading(path) as db:
         # One read transaction: in WAL mode every SELECT below sees the snapshot the
@@ -365,8 +435,13 @@ def read_view(path: Path, *, run: str | None = None, model: str | None = None) -
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             head = _head_row(path, db, str(meta.get("origin", "")))
             size = head.size if head is not None else 0
-            for seq, record in _sound_records(db, run, model, skipped, text):
-                (sealed if type(seq) is int and seq < size else unsealed).append(record)
+            for seq, record in _sound_rows(db, run, model, skipped, text):
+                under = type(seq) is int and seq < size
+                if is_declared(record):
+                    if under:  # appended with their head: beyond it only in a damaged file
+                        declared.append(record)
+                elif is_compute(record):
+                    (sealed if under else unsealed).append(record)
             with contextlib.suppress(sqlite3.OperationalError):  # older ledgers lack it
                 for position, body in db.execute(
                         "SELECT position, body FROM open_records ORDER BY position"):
@@ -375,7 +450,7 @@ def read_view(path: Path, *, run: str | None = None, model: str | None = None) -
                     except BadRowError as e:
                         skipped.add(f"open record {position}: {e}")
                         continue
-                    if _matches(record, run, model):
+                    if _matches(record, run, model) and not is_declared(record):
                         unsealed.append(record)
             run_meta = _runs_meta(db, skipped)
         finally:
@@ -383,4 +458,4 @@ def read_view(path: Path, *, run: str | None = None, model: str | None = None) -
                 db.execute("ROLLBACK")
     _say(path, skipped, "the ledger", text)
     return LedgerView(path, head, str(meta.get("key_fingerprint", "")), sealed, unsealed,
-                      run_meta)
+                      run_meta, declared)

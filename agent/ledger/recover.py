@@ -18,6 +18,12 @@ still hash to its signed head; both are lower bounds of what was exported. When 
 is usable the counters would restart from zero: that needs ``accept_loss``, and the
 statement says so. ``verify`` reports the discontinuity as a problem for good: the
 history before it is in the file set aside, not in this one.
+
+Declared statements (declarations, progress, attestations, gate decisions) are no sums
+and are not carried: a recovered ledger's statements are in the old ledger, set aside,
+and in the bundles exported from it. The ids of the messages they came from are
+carried (when the old file can still be read), so a message read again is not recorded
+twice.
 """
 
 from __future__ import annotations
@@ -110,6 +116,7 @@ def _recover(path: Path, key: Ed25519PrivateKey, node: str, reason: str, now_ns:
     recovery.carried, recovery.carried_from = _carried(check, key, accept_loss)
     stamp = dt.datetime.fromtimestamp(now_ns / 1e9, tz=dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     runs = _old_runs(path)
+    consumed = _old_consumed(path)
     recovery.moved = _move_aside(path, stamp)
     statement = _statement(check, node, reason, now_ns, recovery)
     carried = [_carry(p, node) for _key, p in sorted(recovery.carried.items())]
@@ -118,7 +125,8 @@ def _recover(path: Path, key: Ed25519PrivateKey, node: str, reason: str, now_ns:
     try:
         ledger = Ledger(path, node, key)
         try:
-            ledger.append([statement, *carried], now_ns, meta, still_open=[])
+            ledger.append([statement, *carried], now_ns, meta, still_open=[],
+                          consumed_ids=consumed)
         finally:
             ledger.close()
     except (OSError, sqlite3.Error, LedgerError):
@@ -199,6 +207,19 @@ def _old_runs(path: Path) -> dict[str, RunRow]:
         if all(isinstance(x, str) for x in (run, model, category)) and isinstance(doc, dict):
             out[run] = RunRow(run, model, category, doc)
     return out
+
+
+def _old_consumed(path: Path) -> list[str]:
+    """The ids of the messages whose statements the old file holds, if it can be read."""
+    try:
+        db = connect_read_only(path)
+        try:
+            rows = db.execute("SELECT id FROM spool_consumed").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:  # unreadable, or written before ids were recorded
+        return []
+    return list(dict.fromkeys(key for (key,) in rows if isinstance(key, str)))
 
 
 def _move_aside(path: Path, stamp: str) -> list[tuple[Path, Path]]:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from agent.accounting.records import KINDS, RECORD_VERSION, LedgerRecord
+from agent.accounting.records import KINDS, RECORD_VERSION, STATEMENT_KINDS, LedgerRecord
 
 INT_FIELDS = ("seq", "gpu_index", "start_ns", "end_ns", "flop_low", "flop_central",
               "flop_high", "energy_mj", "samples", "covered_ns", "gap_ns")
+AMOUNT_FIELDS = ("flop_low", "flop_central", "flop_high", "energy_mj", "samples",
+                 "covered_ns", "gap_ns")
 STR_FIELDS = ("kind", "node", "run", "model", "category", "gpu_uuid", "estimator")
 
 _STORAGE = {int: "INTEGER", float: "REAL", str: "TEXT", bytes: "BLOB"}
@@ -63,6 +65,22 @@ def field_problem(r: LedgerRecord) -> str | None:
                 f"high {r.flop_high})")
     if r.end_ns < r.start_ns:
         return f"ends ({r.end_ns}) before it starts ({r.start_ns})"
+    if r.kind in STATEMENT_KINDS:
+        return statement_problem(r)
+    return None
+
+
+def statement_problem(r: LedgerRecord) -> str | None:
+    """What makes a statement carry more than a statement may: a GPU, an amount, a
+    stretch of time (a statement that smuggles FLOP into the ledger), or None."""
+    if r.gpu_uuid:
+        return f"{r.kind} statement names GPU {r.gpu_uuid!r}; a statement has no GPU"
+    amounts = [f"{name} {getattr(r, name)}" for name in AMOUNT_FIELDS if getattr(r, name)]
+    if amounts:
+        return f"{r.kind} statement carries amounts ({', '.join(amounts)}); it must carry none"
+    if r.start_ns != r.end_ns:
+        return (f"{r.kind} statement spans {r.start_ns}..{r.end_ns}; a statement is one "
+                "instant")
     return None
 
 

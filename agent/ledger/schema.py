@@ -2,6 +2,8 @@
 
 SQLite stores any value in any column, so a declared ``BLOB`` can hold TEXT after a
 careless edit; :data:`COLUMNS` is what the integrity check holds each row to.
+``spool_consumed`` holds the ids of the messages whose statements were appended (in the
+same transaction), so that a message read twice is recorded once.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ CREATE TABLE IF NOT EXISTS gpu_state (
     last_end_ns INTEGER NOT NULL,
     last_runs TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS spool_consumed (
+    id TEXT PRIMARY KEY,
+    time_ns INTEGER NOT NULL
+);
 """
 
 # table -> column -> the SQLite storage class (``typeof``) every row must have.
@@ -77,7 +83,12 @@ COLUMNS: dict[str, dict[str, str]] = {
     "open_records": {"position": "integer", "body": "blob"},
     "gpu_state": {"gpu_uuid": "text", "gpu_index": "integer", "last_end_ns": "integer",
                   "last_runs": "text"},
+    "spool_consumed": {"id": "text", "time_ns": "integer"},
 }
+
+# Tables a ledger written by an older version lacks (the writer creates them on open);
+# their absence is no fault.
+OPTIONAL_TABLES = frozenset({"spool_consumed"})
 
 META_KEYS = ("format", "node", "key_fingerprint", "public_key", "origin", "frontier")
 LEDGER_FORMAT = "flopledger-ledger-1"

@@ -16,6 +16,12 @@ fails it is refused (:class:`LedgerDamagedError`) before anything is written.
 
 Totals are stored as decimal text: cluster-scale FLOP (1e26) and GPU-nanoseconds
 overflow SQLite's 64-bit integers.
+
+Statements (what a run's trainer or a person declared: kinds in
+:data:`agent.accounting.records.STATEMENT_KINDS`) are appended like records, signed under
+the same heads, but change no total, no GPU state and no pair sum. The ids of the
+messages they came from are recorded in the same transaction (``spool_consumed``), so a
+message read again is recognised (:meth:`Ledger.consumed`).
 """
 
 from __future__ import annotations
@@ -24,19 +30,20 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.accounting.band import Band
-from agent.accounting.records import LedgerRecord, Totals
+from agent.accounting.records import STATEMENT_KINDS, LedgerRecord, Totals
 from agent.ledger.errors import LedgerError, LedgerRefusedError
 from agent.ledger.integrity import LedgerCheck, check_ledger
 from agent.ledger.lock import StateLock
 from agent.ledger.merkle import EMPTY_ROOT, Frontier, leaf_hash
 from agent.ledger.mirror import head_file, write_atomically, write_mirror
+from agent.ledger.rows import statement_problem
 from agent.ledger.schema import LEDGER_FORMAT, SCHEMA
 from agent.ledger.signing import TreeHead, fingerprint, public_raw
 from agent.ledger.sums import Pairs, add_records, copy_pairs
@@ -209,19 +216,33 @@ class Ledger:
         self, drafts: Sequence[LedgerRecord], timestamp_ns: int,
         run_meta: dict[str, RunRow] | None = None,
         still_open: Sequence[LedgerRecord] | None = None,
+        *, consumed_ids: Sequence[str] = (),
     ) -> TreeHead | None:
         """Append records (their ``seq`` is assigned here), sign a new tree head, and
         (unless ``still_open`` is None) replace the open records.
 
-        All or nothing: on any error (a full disk, an I/O error) the transaction rolls
-        back, the ledger is unchanged and the caller keeps the records to retry.
+        ``drafts`` may mix statements with compute records: a statement gets its seq and
+        its leaf under the same head, and adds to no total. ``consumed_ids`` (the ids of
+        the messages the statements came from) are recorded in the same transaction.
+
+        All or nothing: on any error (a full disk, an I/O error, an id already recorded)
+        the transaction rolls back, the ledger is unchanged and the caller keeps the
+        records to retry.
 
         Returns:
             the new signed head, None if no record was appended.
 
         Raises:
+            ValueError: if a statement carries a GPU, an amount or a stretch of time (the
+                ledger would refuse it on its next check): nothing was appended.
+            sqlite3.IntegrityError: if an id of ``consumed_ids`` is already recorded (or
+                given twice): nothing was appended.
             sqlite3.Error: if the transaction could not be committed.
         """
+        for draft in drafts:
+            problem = statement_problem(draft) if draft.kind in STATEMENT_KINDS else None
+            if problem is not None:
+                raise ValueError(f"not appended: {problem}")
         frontier = Frontier.from_list(self._frontier.to_list())
         totals = {scope: dict(v) for scope, v in self.totals.items()}
         changed: dict[tuple[str, str], Totals] = {}
@@ -237,6 +258,8 @@ class Ledger:
             frontier.append(h)
             rows.append((record.seq, body, h, record.run, record.model, record.gpu_uuid,
                          record.start_ns, record.end_ns))
+            if record.kind in STATEMENT_KINDS:
+                continue  # declared, not computed: no total, no GPU time, no pair sum
             for scope, key in (("gpu", record.gpu_uuid), ("run", record.run)):
                 current = totals[scope].get(key)
                 t = replace(current) if current is not None else Totals()
@@ -273,6 +296,8 @@ class Ledger:
                 " VALUES (?, ?, ?, ?)",
                 [(uuid, idx, end, json.dumps(runs)) for uuid, (idx, end, runs) in
                  gpu_rows.items()])
+            db.executemany("INSERT INTO spool_consumed (id, time_ns) VALUES (?, ?)",
+                           [(str(i), timestamp_ns) for i in consumed_ids])
             for row in (run_meta or {}).values():
                 db.execute(
                     "INSERT OR REPLACE INTO runs (run, model, category, meta) VALUES (?, ?, ?, ?)",
@@ -314,15 +339,44 @@ class Ledger:
     def records(
         self, *, run: str | None = None, model: str | None = None
     ) -> Iterator[LedgerRecord]:
-        """Records in append order, optionally only one run's or one model's."""
+        """Records in append order, optionally only one run's or one model's; statements
+        are left out (see :meth:`statements`)."""
+        for record in self._select(run, model):
+            if record.kind not in STATEMENT_KINDS:
+                yield record
+
+    def statements(self, kinds: Iterable[str] | None = None, *, run: str | None = None,
+                   model: str | None = None) -> list[LedgerRecord]:
+        """Statements in append order: of ``kinds`` (default: every statement kind),
+        optionally only those naming ``run`` and/or ``model``."""
+        wanted = set(STATEMENT_KINDS if kinds is None else kinds) & set(STATEMENT_KINDS)
+        return [r for r in self._select(run, model, statements=True)
+                if r.kind in wanted and (run is None or r.run == run)
+                and (model is None or r.model == model)]
+
+    def _select(self, run: str | None, model: str | None, *,
+                statements: bool = False) -> Iterator[LedgerRecord]:
         query = "SELECT body FROM records"
         args: tuple[str, ...] = ()
         if run is not None:
             query, args = query + " WHERE run = ?", (run,)
         elif model is not None:
             query, args = query + " WHERE model = ?", (model,)
+        if statements:  # a statement has no GPU
+            query += (" AND" if args else " WHERE") + " gpu_uuid = ''"
         for (body,) in self._db.execute(query + " ORDER BY seq", args):
             yield LedgerRecord.decode(bytes(body))
+
+    def consumed(self, ids: Iterable[str]) -> set[str]:
+        """Which of ``ids`` are recorded as consumed (their statements appended)."""
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        found: set[str] = set()
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start:start + _CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            found.update(str(row[0]) for row in self._db.execute(
+                f"SELECT id FROM spool_consumed WHERE id IN ({marks})", chunk))
+        return found
 
     def close(self) -> None:
         # Fold the WAL into the main file so the ledger is one self-contained file.
@@ -332,6 +386,10 @@ class Ledger:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+
+# Ids per query: below SQLite's limit on bound parameters.
+_CHUNK = 500
 
 
 def _with_seq(record: LedgerRecord, seq: int) -> LedgerRecord:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from agent.accounting.band import Band
-from agent.accounting.records import LedgerRecord, Totals
+from agent.accounting.records import STATEMENT_KINDS, LedgerRecord, Totals
 
 PairKey = tuple[str, str]  # (gpu_uuid, run)
 
@@ -85,7 +85,10 @@ Pairs = dict[PairKey, PairSum]
 
 
 def add_records(pairs: Pairs, records: Iterable[LedgerRecord]) -> None:
+    """Add records to their pairs' sums; statements (no GPU, no amounts) are no pair's."""
     for r in records:
+        if r.kind in STATEMENT_KINDS:
+            continue
         pair = pairs.get((r.gpu_uuid, r.run))
         if pair is None:
             pair = pairs[(r.gpu_uuid, r.run)] = PairSum(r.gpu_uuid, r.run)

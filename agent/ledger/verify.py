@@ -11,6 +11,8 @@ not ahead of the file (a roll-back) and matches it; totals equal the sums of the
 records. Here in addition: no two records of one GPU cover overlapping time (double
 counting), and a ledger that starts with a recorded discontinuity (``flopledger
 recover``) is named as a problem: its history before that point is not in this file.
+Statements (declarations, progress, attestations, gate decisions) are checked as leaves,
+counted per kind in :attr:`VerifyReport.statements`, and add to no sum.
 Given the spec table's rows, the records' FLOP are also held to their GPUs' physical
 maximum (:mod:`agent.ledger.energy`): what is implausible is a warning, not a problem.
 
@@ -19,13 +21,13 @@ Whatever the file holds, this never raises: an anomaly nobody foresaw is a probl
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
-from agent.accounting.records import LedgerRecord
+from agent.accounting.records import COMPUTE_KINDS, STATEMENT_KINDS, LedgerRecord
 from agent.ledger.energy import EnergyCheck
 from agent.ledger.integrity import check_ledger, when
 from agent.ledger.signing import fingerprint
@@ -45,10 +47,17 @@ class VerifyReport:
     # Implausible figures (energy plausibility): said, but no failure.
     warnings: list[str] = field(default_factory=list)
     discontinuities: list[LedgerRecord] = field(default_factory=list)
+    # Sealed statements per kind (declaration, progress, attestation, gate).
+    statements: Counter[str] = field(default_factory=Counter)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def statements_text(self) -> str:
+        """``none``, or ``2 declaration, 1 attestation`` (in the order of the kinds)."""
+        return ", ".join(f"{self.statements[kind]} {kind}" for kind in STATEMENT_KINDS
+                         if self.statements[kind]) or "none"
 
 
 def describe_discontinuity(r: LedgerRecord) -> str:
@@ -81,8 +90,9 @@ def verify_ledger(path: Path, trusted_fingerprint: str | None = None,
 
     def on_record(r: LedgerRecord) -> None:
         # Records of one GPU split among runs share a window; distinct windows must
-        # not overlap, or the same GPU time was counted twice. Carried sums are no time.
-        if r.kind != "discontinuity":
+        # not overlap, or the same GPU time was counted twice. Carried sums and
+        # statements are no GPU time.
+        if r.kind in COMPUTE_KINDS:
             windows[r.gpu_uuid].setdefault((r.start_ns, r.end_ns), r.seq)
         if energy is not None:
             energy.add(r)
@@ -101,6 +111,7 @@ def verify_ledger(path: Path, trusted_fingerprint: str | None = None,
     report.key_fingerprint = check.key_fingerprint
     report.notes = check.notes
     report.discontinuities = check.discontinuities
+    report.statements = check.statements
     if energy is not None:
         report.warnings = [f.message for f in energy.findings()]
     problems = report.problems

@@ -161,6 +161,18 @@ def _approach(rep: Report) -> dict[str, Any]:
         approximations.append("cross-check (6 x P x D) not run: " + ("; ".join(
             f"run `{run}` declared no {' or '.join(what)}"
             for run, what in c["not_declared"].items()) or "no run to check"))
+    processed = c.get("processed") if c else None
+    if processed:
+        measured = processed["measured"]
+        verdict = ("no compute measured up to then" if processed["difference"] is None
+                   else f"{processed['difference']:+.0%} from the measured "
+                   f"{sci(measured['central'])} FLOP ({sci(measured['low'], 'down')} .. "
+                   f"{sci(measured['high'], 'up')}): "
+                   f"{'beyond' if processed['beyond_eu_margin'] else 'within'} the EU's "
+                   f"margin, {'within' if processed['within_band'] else 'outside'} the band")
+        approximations.append(
+            f"cross-check on the tokens processed so far (as the trainer reported them): "
+            f"{sci(processed['declared'])} FLOP declared, {verdict}")
     findings = rep.energy.get("findings") if rep.energy else None
     if findings:
         approximations.append(f"energy plausibility: {len(findings)} implausible finding(s) "

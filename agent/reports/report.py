@@ -38,6 +38,7 @@ from agent.compliance.planner import EU_MARGIN, cross_check
 from agent.compliance.thresholds import Registry
 from agent.ledger.energy import check_energy
 from agent.ledger.query import read_view, spec_basis
+from agent.reports.processed import PROCESSED_FLAG, ProcessedTotal, processed_check
 from agent.sources.specs import MATMUL_PRECISIONS, SpecTable
 
 
@@ -204,13 +205,18 @@ def _declared(meta: Mapping[str, Any], key: str) -> float | None:
 
 
 def _cross_check(runs: list[str], run_meta: Mapping[str, Mapping[str, Any]],
-                 forecasts: Mapping[str, RunForecast], now_ns: int) -> dict[str, Any]:
+                 forecasts: Mapping[str, RunForecast], now_ns: int,
+                 records: Mapping[str, list[LedgerRecord]]) -> dict[str, Any]:
     """6 x P x D of the runs that declared P and D against the hardware-based figure the
     report states for the same runs; the runs that did not, with what to declare.
 
     The declared tokens are the plan's, so the reported figure is the hardware-based
     total projected to the planned end at the measured rate (never a projection that
     leans on 6PD itself); without a declared end, the total so far, said so.
+
+    ``processed``: for the runs that also reported the tokens processed so far, the
+    compute that implies against the measured total up to the same moment, from the
+    run's ``records`` (:mod:`agent.reports.processed`); None when no run reported them.
     """
     per_run: list[dict[str, Any]] = []
     missing: dict[str, list[str]] = {}
@@ -241,7 +247,8 @@ def _cross_check(runs: list[str], run_meta: Mapping[str, Mapping[str, Any]],
                         "6PD": 6 * params * tokens, "reported": reported,
                         "reported_is": basis})
     out: dict[str, Any] = {"ran": bool(per_run), "runs": per_run, "not_declared": missing,
-                           "margin": EU_MARGIN, "margin_rule": EU_MARGIN_RULE}
+                           "margin": EU_MARGIN, "margin_rule": EU_MARGIN_RULE,
+                           "processed": _processed(runs, run_meta, records)}
     if per_run:
         six_pd = sum(r["6PD"] for r in per_run)
         reported = sum(r["reported"] for r in per_run)
@@ -249,6 +256,24 @@ def _cross_check(runs: list[str], run_meta: Mapping[str, Mapping[str, Any]],
         out.update({"6PD": six_pd, "reported": reported, "difference": difference,
                     "disagreement": abs(difference), "beyond_eu_margin": beyond})
     return out
+
+
+def _processed(runs: list[str], run_meta: Mapping[str, Mapping[str, Any]],
+               records: Mapping[str, list[LedgerRecord]]) -> dict[str, Any] | None:
+    """Declared compute for the tokens processed so far against the measured compute
+    up to the same moment, per run and summed; None when no run reported its tokens
+    together with a parameter count."""
+    checks = [check for name in runs if name != UNATTRIBUTED_RUN_ID
+              if (check := processed_check(name, run_meta.get(name, {}),
+                                           records.get(name, []))) is not None]
+    if not checks:
+        return None
+    total = ProcessedTotal.of(checks)
+    m = total.measured
+    return {"runs": [c.to_json() for c in checks], "declared": total.declared,
+            "measured": {"low": m.low, "central": m.central, "high": m.high},
+            "difference": total.difference, "beyond_eu_margin": total.beyond_eu_margin,
+            "within_band": total.within_band}
 
 
 def _scope_totals(view: ModelView, model: str, registry: Registry) -> dict[str, dict[str, Any]]:
@@ -361,7 +386,8 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
     run_meta = {name: (summaries[name].meta if name in summaries else {}) for name in runs}
     forecasts = {name: run_forecast(name, [r for r in mine if r.run == name],
                                     plan_of(run_meta[name]), now) for name in runs}
-    cross = _cross_check(runs, run_meta, forecasts, now)
+    cross = _cross_check(runs, run_meta, forecasts, now,
+                         {name: [r for r in mine if r.run == name] for name in runs})
 
     snap = evaluate(models, registry, ledger_path, now, records=everything)
     kind = "run" if run is not None else "model"
@@ -620,6 +646,10 @@ def _scope_lines(rep: Report) -> list[str]:
 def _cross_check_lines(c: Mapping[str, Any] | None) -> list[str]:
     if not c:
         return []
+    return [*_planned_lines(c), *_processed_lines(c.get("processed"), c["margin_rule"])]
+
+
+def _planned_lines(c: Mapping[str, Any]) -> list[str]:
     title = "Cross-check (architecture-based, Annex A.2.2: 6 x P x D)"
     lines: list[str] = []
     if not c["ran"]:
@@ -642,6 +672,41 @@ def _cross_check_lines(c: Mapping[str, Any] | None) -> list[str]:
         lines.append("- not checked: " + "; ".join(
             f"run `{run}` (declare {' and '.join(what)})"
             for run, what in c["not_declared"].items()))
+    return [*lines, ""]
+
+
+def _processed_verdict(c: Mapping[str, Any]) -> str:
+    """``+9.1%: within the EU's margin, within the measured band`` or the flag."""
+    if c["difference"] is None:
+        return "no compute measured up to then"
+    margin = (f"**{PROCESSED_FLAG}**" if c["beyond_eu_margin"]
+              else "within the EU's margin")
+    band = "within the measured band" if c["within_band"] else "outside the measured band"
+    return f"{c['difference']:+.1%}: {margin}, {band}"
+
+
+def _processed_lines(p: Mapping[str, Any] | None, margin_rule: str) -> list[str]:
+    """The comparison on the tokens processed so far, summed, then per run."""
+    if not p:
+        return []
+    m = p["measured"]
+    lines = [f"Cross-check on the tokens processed so far (declared by the trainers, as "
+             f"they reported them, against the measured compute up to the moment each "
+             f"counted its tokens): {figures.flop(p['declared'])} FLOP declared against "
+             f"{figures.band(m['low'], m['central'], m['high'])} FLOP measured; "
+             f"(declared - measured) / measured = {_processed_verdict(p)}; "
+             f"{margin_rule}.", ""]
+    for r in p["runs"]:
+        m = r["measured"]
+        reach = ""
+        if r["measured_until_ns"] < r["tokens_at_ns"]:
+            reach = (f" (the signed records reach only {figures.when(r['measured_until_ns'])}"
+                     ": the compute after it is not in the measured figure)")
+        lines.append(f"- run `{r['run']}`: {r['tokens']:.3g} tokens processed by "
+                     f"{figures.when(r['tokens_at_ns'])}; declared {r['formula']} = "
+                     f"{figures.flop(r['declared'])} FLOP (P = {r['params']:.3g}); measured "
+                     f"{figures.band(m['low'], m['central'], m['high'])} FLOP up to then"
+                     f"{reach}; {_processed_verdict(r)}")
     return [*lines, ""]
 
 

@@ -205,7 +205,9 @@ class ProcessInspector(Protocol):
     """What the OS says about a process; None wherever it cannot say (never raises).
 
     ``environ``: the environment at exec time; ``cgroup``: the text of
-    ``/proc/PID/cgroup``; ``username``: the real user; ``cmdline``: the argv.
+    ``/proc/PID/cgroup``; ``username``: the real user; ``cmdline``: the argv;
+    ``pid_namespace``: the inode of the process's PID namespace and its PID in that
+    namespace (how a process in a container knows itself).
     """
 
     def environ(self, pid: int) -> Mapping[str, str] | None: ...
@@ -215,3 +217,5 @@ class ProcessInspector(Protocol):
     def username(self, pid: int) -> str | None: ...
 
     def cmdline(self, pid: int) -> Sequence[str] | None: ...
+
+    def pid_namespace(self, pid: int) -> tuple[int, int] | None: ...

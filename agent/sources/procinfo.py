@@ -10,6 +10,7 @@ then falls back to what needs no privilege (Slurm job files, static rules).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -75,3 +76,18 @@ class ProcInspector:
         except (psutil.AccessDenied, *_GONE, OSError):
             return None
         return tuple(argv)
+
+    def pid_namespace(self, pid: int) -> tuple[int, int] | None:
+        """(inode of the PID namespace, the PID inside it), from ``ns/pid`` and the
+        innermost ``NSpid`` of ``status``; None if unreadable."""
+        base = self._root / str(pid)
+        try:
+            inode = os.stat(base / "ns" / "pid").st_ino
+            status = (base / "status").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("NSpid:"):
+                parts = line.split()[1:]
+                return (inode, int(parts[-1])) if parts and parts[-1].isdigit() else None
+        return None

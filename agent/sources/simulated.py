@@ -184,6 +184,9 @@ class SimulatedProcessInspector:
         job = self._jobs.get(pid)
         return job.cmdline if job is not None else None
 
+    def pid_namespace(self, pid: int) -> tuple[int, int] | None:
+        return None  # the simulator's pids live in no namespace of their own
+
 
 def default_sim_job(workload: Workload, n_gpus: int) -> SimJob:
     """The one job on every GPU when no jobs are scripted: the run ``sim-run``."""

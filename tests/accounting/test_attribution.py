@@ -100,6 +100,7 @@ class DictInspector:
                  cgroup: Mapping[int, str] | None = None) -> None:
         self.env = dict(env or {})
         self.cgroups = dict(cgroup or {})
+        self.namespaces: dict[int, tuple[int, int]] = {}
         self.calls: Counter[tuple[str, int]] = Counter()
 
     def environ(self, pid: int) -> Mapping[str, str] | None:
@@ -117,6 +118,10 @@ class DictInspector:
     def cmdline(self, pid: int) -> Sequence[str] | None:
         self.calls["cmdline", pid] += 1
         return None
+
+    def pid_namespace(self, pid: int) -> tuple[int, int] | None:
+        self.calls["pid_namespace", pid] += 1
+        return self.namespaces.get(pid)
 
 
 # --- identities -----------------------------------------------------------------------
@@ -607,3 +612,51 @@ def test_a_static_rule_cannot_name_a_forbidden_run_id() -> None:
     assert "control character" in found["attribution.rules[1].run"]
     assert "attribution.rules[2].model" in found
     assert [r.run.run_id for r in got.rules] == ["fine"]
+
+
+# --- the client spool's bindings ------------------------------------------------------
+
+
+def test_a_process_that_declared_through_the_spool_is_charged_to_its_run(
+        settings: AttributionSettings, caplog: pytest.LogCaptureFixture) -> None:
+    now = [0]
+    inspector = DictInspector({1: {"FLOPLEDGER_RUN_ID": "env-run"}, 2: {}, 3: {}})
+    inspector.namespaces = {3: (4026532000, 7)}  # pid 3 is pid 7 of a container
+    attributor = Attributor(settings, inspector, lambda: now[0])
+    procs = batch([GpuProcess(1)], [GpuProcess(2)], [GpuProcess(3)])
+    before = [only_run(a).run_id for a in attributor.attribute(devices(3), procs)]
+    assert before == ["env-run", "unattributed", "unattributed"]
+    attributor.bind(1, None, "declared-run")
+    attributor.bind(2, None, "declared-run")
+    attributor.bind(7, 4026532000, "container-run")
+    attributor.declare(RunMeta("declared-run", model="m", category="pre-training",
+                               via="client"))
+    with caplog.at_level(logging.WARNING):
+        runs = [only_run(a) for a in attributor.attribute(devices(3), procs)]
+    assert [r.run_id for r in runs] == ["declared-run", "declared-run", "container-run"]
+    assert runs[0].model == "m"
+    assert runs[0].via == "client"
+    assert runs[2].via == "client"
+    assert runs[2].model == ""
+    # The environment named another run: said once, and the declaration wins.
+    assert "names run 'env-run'" in caplog.text
+    # A binding whose process has been on no GPU for ten minutes is dropped: its pid may
+    # come back as another process.
+    now[0] = 11 * 60 * S
+    attributor.attribute(devices(3), batch([], [], []))
+    now[0] += S
+    again = [only_run(a).run_id for a in attributor.attribute(devices(3), procs)]
+    assert again == ["env-run", "unattributed", "unattributed"]
+
+
+def test_the_real_inspector_reads_a_process_pid_namespace(tmp_path: Path) -> None:
+    inode = os.stat("/proc/self/ns/pid").st_ino
+    assert ProcInspector().pid_namespace(os.getpid()) == (inode, os.getpid())
+    # A container's process: NSpid lists the pid in every namespace, innermost last.
+    fake = tmp_path / "4242"
+    (fake / "ns").mkdir(parents=True)
+    (fake / "ns" / "pid").write_text("")
+    (fake / "status").write_text("Name:\tpython\nNSpid:\t4242\t7\n")
+    assert ProcInspector(tmp_path).pid_namespace(4242) == (
+        os.stat(fake / "ns" / "pid").st_ino, 7)
+    assert ProcInspector(tmp_path).pid_namespace(4343) is None

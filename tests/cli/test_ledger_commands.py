@@ -102,7 +102,7 @@ def test_an_exported_bundle_verifies_and_an_edited_one_fails(
     status, out, _ = flopledger("export", "--run", "pt", "--ledger", str(ledger_path),
                                 "-o", str(bundle))
     assert status == 0
-    assert f"wrote {bundle}: 1 records, FLOP 1.0e+15 [9.5e+14 .. 1.1e+15]" in out
+    assert f"wrote {bundle}: 1 records, 0 statements, FLOP 1.0e+15 [9.5e+14 .. 1.1e+15]" in out
     status, out, _ = flopledger("verify", str(bundle))
     assert status == 0
     assert "audit bundle" in out
@@ -157,7 +157,7 @@ def test_runs_show_export_and_report_state_the_same_signed_and_unsealed_figures(
     status, export, _ = flopledger("export", "--run", "pt", "--ledger", str(path),
                                    "-o", str(bundle))
     assert status == 0
-    assert f"1 records, FLOP {signed}, under the signed head of 2 records" in export
+    assert f"1 records, 0 statements, FLOP {signed}, under the signed head of 2 records" in export
     assert _after(export, "left out ").startswith(pt_text + ": not yet under a signed head")
     assert json.loads(bundle.read_text())["totals"]["flop_central"] == 10**15
 

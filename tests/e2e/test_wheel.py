@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DATA_FILES = {
     "agent/data/gpus.toml": REPO / "agent" / "data" / "gpus.toml",
     "agent/data/thresholds.toml": REPO / "agent" / "data" / "thresholds.toml",
+    "agent/data/release.toml": REPO / "agent" / "data" / "release.toml",
     "exporters/prometheus/alert_rules.yml": REPO / "exporters/prometheus/alert_rules.yml",
     "exporters/prometheus/recording_rules.yml":
         REPO / "exporters/prometheus/recording_rules.yml",

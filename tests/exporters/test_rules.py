@@ -54,7 +54,8 @@ def test_alerts_have_severity_summary_description_and_for() -> None:
         "FlopledgerSamplerStalled", "FlopledgerGpuDown",
         "FlopledgerTensorActivityZeroWhileBusy", "FlopledgerSampleErrors",
         "FlopledgerGpuSpecNotInTable",
-        "FlopledgerNotificationDead", "FlopledgerScrapeMissing"}
+        "FlopledgerNotificationDead", "FlopledgerScrapeMissing",
+        "FlopledgerDeclaredComputeDisagrees"}
     for alert in alerts:
         assert alert["labels"]["severity"] in ("critical", "warning"), alert["alert"]
         assert alert["annotations"]["summary"].strip(), alert["alert"]
