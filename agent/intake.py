@@ -21,6 +21,7 @@ from pathlib import Path
 
 from agent.accounting.attribution import Attributor
 from agent.accounting.declared import DeclaredState
+from agent.accounting.names import printable
 from agent.accounting.records import LedgerRecord
 from agent.accounting.runs import RunMeta
 from agent.accounting.snapshot import DeclaredRunSnapshot
@@ -29,6 +30,8 @@ from agent.sources.spool import SpoolMessage, SpoolReader
 
 log = logging.getLogger(__name__)
 
+# The runs table key of the uid that writes for a run through the spool.
+OWNER_KEY = "client.uid"
 # How often the bindings of ended processes are dropped (and their attach files deleted).
 FORGET_EVERY_NS = 60 * 10**9
 
@@ -94,12 +97,17 @@ class SpoolIntake:
         self._proc = proc
         self._own_ns = _own_pid_namespace()
         self._held = Pending()  # a failed checkpoint's share, tried again
+        self._owner: dict[str, int] = {}  # run -> the uid that first wrote for it
         self._last_forget_ns = time.monotonic_ns()
 
     def restore(self, rows: Mapping[str, RunRow]) -> None:
         """What the ledger's runs table kept of declared runs and their progress."""
         self.state.restore({name: {**row.meta, "model": row.model, "category": row.category}
                             for name, row in rows.items()})
+        for name, row in rows.items():
+            uid = row.meta.get(OWNER_KEY)
+            if isinstance(uid, int) and not isinstance(uid, bool):
+                self._owner[name] = uid
         if self.attributor is not None:
             for run in self.state.runs.values():
                 self.attributor.declare(run)
@@ -107,7 +115,7 @@ class SpoolIntake:
     def collect(self, ledger: Ledger, now_ns: int, final: bool,
                 base_meta: Callable[[str], RunMeta | None]) -> Pending:
         """The spool's share of this checkpoint: the statements to append with it."""
-        messages = self.reader.poll()
+        messages = [m for m in self.reader.poll() if self._may_speak(m)]
         recorded = ledger.consumed(m.id for m in messages) if messages else set()
         accepted = self.state.accept(messages, self.node, now_ns, base_meta,
                                      recorded_ids=recorded)
@@ -129,6 +137,20 @@ class SpoolIntake:
             runs=held.runs | {r.run for r in [*accepted.statements, *progress] if r.run},
         )
 
+    def _may_speak(self, m: SpoolMessage) -> bool:
+        """Whether the writer may speak for the run it names: the first user to write
+        for a run owns it; root may write for any run. Anyone may drop a file into the
+        spool, so without this one user could re-declare another's run (its category
+        decides which regulatory scopes its compute counts in)."""
+        if not m.run or m.uid is None or m.uid == 0:
+            return True
+        owner = self._owner.setdefault(m.run, m.uid)
+        if owner == m.uid:
+            return True
+        self.reader.refuse(m, f"names run '{printable(m.run)}', which user {owner} writes "
+                              f"for; user {m.uid} may not speak for it")
+        return False
+
     def committed(self, pending: Pending) -> None:
         """The checkpoint holding ``pending`` is durable: delete the files it covers."""
         self.reader.consumed(pending.messages)
@@ -144,7 +166,10 @@ class SpoolIntake:
     def run_meta(self, run: str) -> dict[str, object]:
         """The keys a run's row in the ledger carries for its progress (restored at start)."""
         progress = self.state.progress.get(run)
-        return progress.to_meta() if progress is not None else {}
+        out: dict[str, object] = progress.to_meta() if progress is not None else {}
+        if run in self._owner:
+            out[OWNER_KEY] = self._owner[run]
+        return out
 
     def row(self, run: str) -> RunRow | None:
         """The ledger row of a run known only from the spool (no compute yet)."""

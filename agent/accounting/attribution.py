@@ -37,7 +37,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +381,11 @@ class Attributor:
         if run is None:
             run = (self._bound_run(pid, entry, now_ns) if self._bound else None) \
                 or self._resolve(entry.facts, device)
+            declared = self._declared.get(run.run_id)
+            if declared is not None and declared is not run:
+                # The trainer's declaration is about the run, whichever process of it
+                # declared and however this one was found to belong to it.
+                run = replace(declared, via=run.via)
             entry.runs[device.index] = run
         return run
 

@@ -640,6 +640,20 @@ class SpoolReader:
                 continue
             self._pending.pop(message.path.name, None)
 
+    def refuse(self, message: SpoolMessage, why: str) -> None:
+        """Refuse a message that parsed but may not be accepted (its writer may not speak
+        for the run it names): renamed ``.rejected`` with one ERROR line, as a bad file."""
+        self._pending.pop(message.path.name, None)
+        try:
+            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            self._errors_this_poll = 0
+            self._reject(dir_fd, message.path.name, why)
+        finally:
+            os.close(dir_fd)
+
     def release(self, messages: Iterable[SpoolMessage]) -> None:
         """Forget messages without deleting their files: the next :meth:`poll` reads
         them again."""

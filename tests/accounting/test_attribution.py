@@ -660,3 +660,15 @@ def test_the_real_inspector_reads_a_process_pid_namespace(tmp_path: Path) -> Non
     assert ProcInspector(tmp_path).pid_namespace(4242) == (
         os.stat(fake / "ns" / "pid").st_ino, 7)
     assert ProcInspector(tmp_path).pid_namespace(4343) is None
+
+
+def test_a_declaration_applies_to_every_process_of_its_run(
+        settings: AttributionSettings) -> None:
+    # The declaring process is not on a GPU (a launcher); the GPU process names the run
+    # through its environment: the declaration still describes the run.
+    attributor = Attributor(settings, DictInspector({1: {"FLOPLEDGER_RUN_ID": "r"}}))
+    procs = batch([GpuProcess(1)])
+    assert only_run(attributor.attribute(devices(1), procs)[0]).model == ""
+    attributor.declare(RunMeta("r", model="m", plan={"params": 1e9}, via="client"))
+    run = only_run(attributor.attribute(devices(1), procs)[0])
+    assert (run.model, run.plan, run.via) == ("m", {"params": 1e9}, "env")

@@ -147,6 +147,9 @@ def test_declarations_and_progress_survive_a_kill(tmp_path: Path) -> None:
     meta = read_view(ledger).run_meta.get("spool-e2e", {})
     assert meta.get("via") == "client"
     assert meta.get("progress.tokens") == expected
+    # The declared plan is where the forecasts read it ("will be met" from 6 x P x D).
+    assert meta.get("plan.params") == 1.0e9
+    assert meta.get("plan.tokens") == 1.0e12
     assert json.dumps(meta)  # JSON-clean
 
 
