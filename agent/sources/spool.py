@@ -47,7 +47,7 @@ REJECTED_SUFFIX = ".rejected"
 KINDS = ("attach", "declare", "progress", "attestation", "gate")
 CATEGORIES = ("pre-training", "fine-tuning", "rl", "synthetic-data-private",
               "synthetic-data-public", "evaluation", "failed-experiment", "unknown")
-PRECISIONS = ("fp64", "tf32", "fp32", "bf16", "fp16", "fp8", "fp4", "int8")
+PRECISIONS = ("fp64", "tf32", "bf16", "fp16", "fp8", "fp4", "int8")
 RECOMPUTE_MODES = ("none", "full", "selective")
 DECLARATION_KEYS = ("model", "base_models", "category", "precision", "recompute",
                     "recompute_factor", "plan")

@@ -25,7 +25,7 @@ CATEGORIES: tuple[str, ...] = (
     "failed-experiment",
     "unknown",
 )
-PRECISIONS: tuple[str, ...] = ("fp64", "tf32", "fp32", "bf16", "fp16", "fp8", "fp4", "int8")
+PRECISIONS: tuple[str, ...] = ("fp64", "tf32", "bf16", "fp16", "fp8", "fp4", "int8")
 RECOMPUTE_MODES: tuple[str, ...] = ("none", "full", "selective")
 SCOPES: tuple[str, ...] = ("rank", "run")
 MAX_NAME_CHARS = 200

@@ -22,7 +22,7 @@ from agent.accounting.records import LedgerRecord
 from agent.accounting.runs import RunMeta
 from agent.sources import spool
 from agent.sources.specs import MATMUL_PRECISIONS
-from agent.sources.spool import SpoolMessage, parse_message
+from agent.sources.spool import SpoolError, SpoolMessage, parse_message
 from tests.sources.spool_messages import T_NS, encode, file_name, message
 
 SECOND = 1_000_000_000
@@ -104,14 +104,11 @@ def test_selective_recomputation_without_its_factor_is_warned_about() -> None:
                         "selective; assuming 1.0; ignored"]
 
 
-def test_a_precision_the_spec_table_lacks_is_ignored_with_a_warning() -> None:
-    # fp32 is a documented declaration the spec table has no tensor peak for.
-    m = declare(precision="fp32")
-    meta, warnings = declaration_meta(m, ENV_BASE)
-    assert meta.precision == "fp8"
-    (warning,) = warnings
-    assert warning.startswith(f"{m.path.name}: declaration.precision='fp32': expected one of")
-    assert warning.endswith("; ignored")
+def test_a_precision_the_spec_table_lacks_is_refused_by_the_reader() -> None:
+    # Plain fp32 has no tensor peak in the spec table: a run declares it by declaring no
+    # precision, so the file is refused rather than half-read.
+    with pytest.raises(SpoolError, match="precision"):
+        declare(precision="fp32")
 
 
 # -- progress --------------------------------------------------------------------------------

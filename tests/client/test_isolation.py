@@ -76,3 +76,20 @@ def test_distribution_ships_its_type_marker() -> None:
     setuptools = tomllib.loads((CLIENT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert (PACKAGE / "py.typed").is_file()
     assert "py.typed" in setuptools["package-data"]["flopledger_client"]
+
+
+def test_the_client_checks_what_the_agent_accepts() -> None:
+    """The client keeps its own copy of the format's value sets (it cannot import the
+    agent); they must be the agent's, or a trainer's declaration is refused late."""
+    from flopledger_client import validate
+
+    from agent.accounting.names import MAX_NAME_CHARS, UNATTRIBUTED_RUN_ID
+    from agent.accounting.runs import CATEGORIES, RECOMPUTE_MODES
+    from agent.sources import spool
+    from agent.sources.specs import MATMUL_PRECISIONS
+
+    assert validate.CATEGORIES == CATEGORIES == spool.CATEGORIES
+    assert set(validate.PRECISIONS) == set(MATMUL_PRECISIONS) == set(spool.PRECISIONS)
+    assert validate.RECOMPUTE_MODES == tuple(RECOMPUTE_MODES) == tuple(spool.RECOMPUTE_MODES)
+    assert validate.MAX_NAME_CHARS == MAX_NAME_CHARS
+    assert validate.RESERVED_NAME == UNATTRIBUTED_RUN_ID
