@@ -427,7 +427,8 @@ class TierCheck:
         return (f"{self.tier.name}: {verb}: {basis}, threshold {figures.flop(self.threshold_flop)}"
                 f" FLOP (at or above) in scope {self.scope}; the model's total {band} "
                 f"(central [low .. high]), {estimate} end "
-                f"{figures.flop(getattr(total, estimate))} used{note}")
+                # Three significant figures: the band above is rounded outwards to two.
+                f"{float(getattr(total, estimate)):.3g} used{note}")
 
 
 def check_tier(tier: Tier, fig: ModelFigures, registry: Registry, estimate: str) -> TierCheck:
