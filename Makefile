@@ -20,20 +20,23 @@ $(VENV)/.installed: pyproject.toml $(CLIENT)/pyproject.toml
 	$(BIN)/pip install --quiet -e ./$(CLIENT)
 	touch $@
 
-# Debian's prometheus (promtool) and prometheus-alertmanager, used by the tests, and
-# Node.js with npm, which check the dashboard against Grafana's published schema.
+# Debian's prometheus (promtool) and prometheus-alertmanager, used by the tests, Node.js
+# with npm, which check the dashboard against Grafana's published schema, and PostgreSQL,
+# whose server the cluster ledger's tests start in a temporary directory.
 system-deps:
 	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
-	    || ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
-	  echo "installing Debian packages prometheus, prometheus-alertmanager, nodejs and npm"; \
+	    || ! command -v node >/dev/null || ! command -v npm >/dev/null \
+	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing Debian packages prometheus, prometheus-alertmanager, nodejs, npm and postgresql"; \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager nodejs npm >/dev/null; \
+	    prometheus prometheus-alertmanager nodejs npm postgresql >/dev/null; \
 	fi
 	@# the packages start services we do not use; the tests run their own on loopback
 	@if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
-	  systemctl stop prometheus prometheus-alertmanager prometheus-node-exporter 2>/dev/null || true; fi
+	  systemctl stop prometheus prometheus-alertmanager prometheus-node-exporter postgresql \
+	    2>/dev/null || true; fi
 
 run: venv
 	mkdir -p var

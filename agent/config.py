@@ -98,6 +98,20 @@ class ClientSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """``[cluster]``: the PostgreSQL store this node's sealed records and signed heads
+    are shipped to (None: no replication). The password comes from ``password_file`` or
+    the environment variable ``password_env``, never from the URL; TLS options go in
+    the URL's query (``?sslmode=verify-full&sslrootcert=...``)."""
+
+    url: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    replicate_s: float = 5.0
+    batch_records: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
 class AgentSettings:
     interval_s: float = 1.0
     integrate_every: int = 5
@@ -130,6 +144,7 @@ class Config:
     web: WebSettings = field(default_factory=WebSettings)
     textfile: TextfileSettings = field(default_factory=TextfileSettings)
     client: ClientSettings = field(default_factory=ClientSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
 class AgentConfigError(ConfigError):
@@ -414,6 +429,34 @@ def _client(problems: Problems, raw: dict[str, Any]) -> ClientSettings:
     return ClientSettings(Path(spool) if spool else None, float(every))
 
 
+def _cluster(problems: Problems, raw: dict[str, Any], base: Path) -> ClusterSettings:
+    r = TableReader.section(problems, raw, "cluster", {"url", "password_file", "password_env",
+                                                       "replicate_s", "batch_records"})
+    d = ClusterSettings()
+    url = r.get("url", str, None, "a postgresql:// URL")
+    if url is not None:
+        scheme, sep, rest = url.partition("://")
+        if scheme not in ("postgresql", "postgres") or not sep or not rest:
+            problems.add("cluster.url", "a postgresql:// URL (postgresql://user@host:5432/db)")
+            url = None
+        elif "@" in rest.split("/", 1)[0] and ":" in rest.split("@", 1)[0]:
+            # A password in the URL would end up in logs and process listings.
+            problems.add("cluster.url", "a URL without a password (give it with "
+                         "cluster.password_file or cluster.password_env)")
+            url = None
+    password_file = r.path("password_file", "the path of a file holding the password")
+    password_env = r.get("password_env", str, None, "the name of an environment variable")
+    if password_env is not None and not password_env.replace("_", "").isalnum():
+        problems.add("cluster.password_env", "the name of an environment variable")
+        password_env = None
+    every = r.number("replicate_s", d.replicate_s, MIN_CHECKPOINT_S, DAY_S,
+                     what="a number of seconds")
+    batch = r.number("batch_records", d.batch_records, 1, 1_000_000,
+                     what="an integer number of records", integer=True)
+    return ClusterSettings(url, _relative(base, password_file) if password_file else None,
+                           password_env, float(every), batch)
+
+
 def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     """Validate a parsed TOML document.
 
@@ -423,7 +466,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     problems = Problems(path or Path("<config>"))
     raw = drop_bad_values(problems, raw)
     check_keys(problems, raw, {"agent", "estimator", "attribution", "models", "sim", "thresholds",
-                               "notify", "web", "textfile", "client"})
+                               "notify", "web", "textfile", "client", "cluster"})
     base = path.parent if path else Path.cwd()
     config = Config(
         path=path,
@@ -437,6 +480,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         web=_web(problems, raw, base),
         textfile=_textfile(problems, raw, base),
         client=_client(problems, raw),
+        cluster=_cluster(problems, raw, base),
     )
     _other_ceilings(problems, raw)
     a = config.agent

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from prometheus_client.registry import CollectorRegistry
 
@@ -48,6 +49,10 @@ from agent.sources.spool import SpoolReader
 from exporters.collector import FlopledgerCollector
 from exporters.textfile import TextfileWriter
 from exporters.web.server import start_metrics_server
+
+if TYPE_CHECKING:
+    # psycopg is imported only by an agent that ships its ledger to a cluster store.
+    from agent.shipping import Shipper
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +226,27 @@ def open_intake(config: Config, ledger: Ledger, attributor: Attributor) -> Spool
     return intake
 
 
+def open_shipper(config: Config, ledger: Ledger) -> Shipper | None:
+    """The replication of this node's ledger to ``[cluster] url`` (None without one).
+    Nothing is contacted here: a store that is down when the agent starts is no reason
+    not to count."""
+    cluster = config.cluster
+    if cluster.url is None:
+        return None
+    from agent.ledger.pgconn import connect, redact
+    from agent.ledger.replicate import Replicator
+    from agent.shipping import Shipper
+
+    url = cluster.url
+    replicator = Replicator(
+        ledger.path, lambda: connect(url, password_file=cluster.password_file,
+                                     password_env=cluster.password_env),
+        batch_records=cluster.batch_records, url=redact(url))
+    log.info("shipping the ledger to the cluster store %s every %.3g s", redact(url),
+             cluster.replicate_s)
+    return Shipper(replicator, cluster.replicate_s, redact(url))
+
+
 def known_runs(ledger: Ledger) -> dict[str, RunMeta]:
     return {name: RunMeta(name, row.model, row.category) for name, row in ledger.runs().items()}
 
@@ -278,10 +304,13 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
                                ledger.path, enqueue=make_enqueue(outbox, dispatcher),
                                wall_ns=clock.wall_ns)
 
+    shipper = open_shipper(config, ledger)
+
     # Scrapes read only published references: no SQL, no lock shared with a writer.
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FlopledgerCollector(lambda: sampler.snapshot, lambda: watcher.state,
-                                          lambda: dispatcher.status))
+    registry.register(FlopledgerCollector(
+        lambda: sampler.snapshot, lambda: watcher.state, lambda: dispatcher.status,
+        (lambda: shipper.status) if shipper is not None else None))
     if config.textfile.path is not None:
         sampler.textfile = TextfileWriter(registry, config.textfile.path, config.textfile.every_s)
     host, port = listen or (config.agent.listen_host, config.agent.listen_port)
@@ -300,8 +329,12 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
     thread.start()
     dispatcher.start()
     watcher.start()
+    if shipper is not None:
+        shipper.start()
     while thread.is_alive():
         thread.join(0.2)
+    if shipper is not None:
+        shipper.stop()  # after the final checkpoint: one last attempt to ship it
     watcher.stop()
     dispatcher.stop(10)
     outbox.close()

@@ -28,11 +28,13 @@ from prometheus_client.registry import Collector
 
 from agent.accounting.snapshot import Snapshot
 from agent.compliance.state import ThresholdState
+from agent.ledger.replication_status import ReplicationStatus
 from agent.notify.status import NotifyStatus
 from exporters.agent_self import AgentCollector
 from exporters.declared import DeclaredCollector
 from exporters.gpu import GpuCollector
 from exporters.notifications import NotificationCollector
+from exporters.replication import ReplicationCollector
 from exporters.runs import RunCollector
 from exporters.thresholds import ThresholdCollector
 
@@ -119,12 +121,17 @@ class FlopledgerCollector(Exposition):
             collector.
         get_notify_status: the dispatcher's latest status; None: no ``notifications``
             collector.
+        get_replication: the replication thread's latest status; None: no
+            ``replication`` collector (no ``[cluster] url``).
     """
 
     def __init__(self, get_snapshot: Callable[[], Snapshot | None],
                  get_thresholds: Callable[[], ThresholdState | None] | None = None,
-                 get_notify_status: Callable[[], NotifyStatus | None] | None = None) -> None:
+                 get_notify_status: Callable[[], NotifyStatus | None] | None = None,
+                 get_replication: Callable[[], ReplicationStatus | None] | None = None,
+                 ) -> None:
         super().__init__(self._scrape_parts)
+        self._get_replication = get_replication
         self._get_snapshot = get_snapshot
         self._get_thresholds = get_thresholds
         self._get_notify_status = get_notify_status
@@ -138,4 +145,6 @@ class FlopledgerCollector(Exposition):
             parts.append(("thresholds", ThresholdCollector(self._get_thresholds)))
         if self._get_notify_status is not None:
             parts.append(("notifications", NotificationCollector(self._get_notify_status)))
+        if self._get_replication is not None:
+            parts.append(("replication", ReplicationCollector(self._get_replication)))
         return parts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.sources.specs import SpecTable, load_spec_table
+from tests.pg import pg_server, pg_url  # noqa: F401  (registered for every directory)
 from tests.pki import Pki, make_pki
 
 

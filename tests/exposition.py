@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from agent.accounting.band import Band
 from agent.accounting.snapshot import DeclaredRunSnapshot, GpuSnapshot, RunSnapshot, Snapshot
 from agent.compliance.state import ThresholdRow, ThresholdState
+from agent.ledger.replication_status import ReplicationStatus
 from agent.notify.status import ChannelStatus, NotifyStatus
 from exporters.collector import FlopledgerCollector
 
@@ -79,10 +80,18 @@ def exposition(snap: Snapshot | None) -> str:
     return generate_latest(registry_of(FlopledgerCollector(lambda: snap))).decode()
 
 
+def sample_replication() -> ReplicationStatus:
+    """A node shipping to its cluster store, 120 records behind."""
+    return ReplicationStatus(up=True, backlog_records=120, shipped_records=5000,
+                             failed_attempts=2, last_success_wall_seconds=1.75e9)
+
+
 def full_exposition() -> str:
-    """Every collector the agent runs: the snapshot's, thresholds and notifications."""
+    """Every collector the agent runs: the snapshot's, thresholds, notifications and
+    replication."""
     return generate_latest(registry_of(FlopledgerCollector(
-        sample_snapshot, sample_thresholds, sample_notify_status))).decode()
+        sample_snapshot, sample_thresholds, sample_notify_status,
+        sample_replication))).decode()
 
 
 def stable(text: str) -> str:

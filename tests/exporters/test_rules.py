@@ -55,7 +55,8 @@ def test_alerts_have_severity_summary_description_and_for() -> None:
         "FlopledgerTensorActivityZeroWhileBusy", "FlopledgerSampleErrors",
         "FlopledgerGpuSpecNotInTable",
         "FlopledgerNotificationDead", "FlopledgerScrapeMissing",
-        "FlopledgerDeclaredComputeDisagrees"}
+        "FlopledgerDeclaredComputeDisagrees", "FlopledgerClusterBacklogGrowing",
+        "FlopledgerClusterNodeFlagged"}
     for alert in alerts:
         assert alert["labels"]["severity"] in ("critical", "warning"), alert["alert"]
         assert alert["annotations"]["summary"].strip(), alert["alert"]
