@@ -6,6 +6,8 @@ import argparse
 import platform
 
 from benchmarks.auth_storm import bench_auth_storm
+from benchmarks.cluster_ingest import bench_cluster_ingest
+from benchmarks.cluster_query import bench_cluster_query
 from benchmarks.kernel import bench_kernel
 from benchmarks.ledger import bench_ledger
 from benchmarks.overhead import bench_overhead
@@ -35,6 +37,13 @@ def main() -> None:
     section("replay of an nvidia-smi log",
             bench_replay(rows=1_000_000 if args.quick else 10_000_000).rows())
     section("agent overhead", bench_overhead(seconds=5 if args.quick else 20).rows())
+    # A signed head every 8 records: what an agent with 8 GPUs and 60 s records seals at
+    # each record window.
+    section("cluster ledger ingest (PostgreSQL)",
+            bench_cluster_ingest(nodes=4 if args.quick else 16,
+                                 records=1000 if args.quick else 4000, per_append=8).rows())
+    section("cluster ledger queries (PostgreSQL)",
+            bench_cluster_query(records=100_000 if args.quick else 2_000_000).rows())
 
 
 if __name__ == "__main__":
