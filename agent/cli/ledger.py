@@ -8,23 +8,43 @@ below it, and exit status 1.
 ``runs``, ``show``, ``export`` and ``report`` each read the ledger at one moment and
 state the figures of the records its latest signed head covers, then on a line of
 their own the records not yet sealed (count and FLOP); read at the same moment, the
-four agree."""
+four agree.
+
+``runs``, ``show``, ``models`` and ``verify`` also read the cluster store
+(``--ledger postgresql://...``): the runs' totals over every node, each node's latest
+signed head, and a WARNING at the top (exit 1) for a node the witness flagged. The
+commands state both through one code path: :class:`ReadView` is what they read of
+either."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from agent import figures
 from agent.accounting.names import file_stem, printable
-from agent.cli.common import add_ledger_args, config_of, ledger_path
+from agent.cli.common import (
+    add_ledger_args,
+    cluster_url,
+    config_of,
+    ledger_arg,
+    ledger_path,
+    names_cluster,
+    open_cluster,
+)
 
 if TYPE_CHECKING:
-    from agent.ledger.query import LedgerView, Unsealed
+    from agent.accounting.records import LedgerRecord
+    from agent.config import Config
+    from agent.ledger.pg_query import ClusterNode, ClusterView
+    from agent.ledger.query import LedgerView, RunSummary, Unsealed
 
 
 def bundle_file_name(kind: str, name: str) -> str:
@@ -57,6 +77,66 @@ def _warn(path: Path) -> bool:
     return damaged
 
 
+class ReadView(Protocol):
+    """What ``runs``, ``show`` and ``models`` read: a node's ledger at one moment
+    (:class:`agent.ledger.query.LedgerView`) or the cluster store in one transaction
+    (:class:`agent.ledger.pg_query.ClusterView`)."""
+
+    @property
+    def sealed(self) -> Iterable[LedgerRecord]: ...
+
+    def summaries(self, records: Iterable[LedgerRecord] | None = None
+                  ) -> dict[str, RunSummary]: ...
+
+    def unsealed_of(self, *, run: str | None = None, model: str | None = None
+                    ) -> Unsealed: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What a read command states: the ledger file's view or the cluster store's, where
+    it was read (the file, or the store's URL without password), and whether the
+    warnings printed above it fail the command."""
+
+    where: str
+    damaged: bool
+    local: LedgerView | None = None
+    cluster: ClusterView | None = None
+
+    @property
+    def view(self) -> ReadView:
+        view: ReadView | None = self.cluster if self.cluster is not None else self.local
+        assert view is not None
+        return view
+
+    def tail_lines(self, unsealed: Unsealed, nodes: Iterable[ClusterNode] = ()) -> list[str]:
+        """What the figures above are of: the ledger's signed head and its unsealed
+        records, or the cluster's nodes (and the latest signed head of ``nodes``)."""
+        if self.cluster is not None:
+            return cluster_lines(self.cluster, nodes)
+        assert self.local is not None
+        return head_lines(self.local, unsealed)
+
+
+@contextlib.contextmanager
+def _reading(args: argparse.Namespace, config: Config | None = None, *,
+             run: str | None = None) -> Iterator[_Read]:
+    """Print the WARNING lines of what ``--ledger`` names, then give what the command
+    states: the ledger file read at one moment (``run``'s records), or the cluster store
+    read in one transaction, closed when the command is done."""
+    from agent.ledger.query import read_view
+
+    if cluster_url(args) is None:
+        path = ledger_path(args, config)
+        damaged = _warn(path)
+        yield _Read(str(path), damaged, local=read_view(path, run=run))
+        return
+    with open_cluster(args, config, run=run) as view:
+        for line in view.warnings():
+            print(printable(line, 4000))
+        yield _Read(view.where, bool(view.flagged()), cluster=view)
+
+
 def _looks_like_bundle(path: Path) -> bool:
     """A bundle is JSON; anything else given to ``verify`` is checked as a ledger (a
     damaged one need not even start like a database)."""
@@ -73,6 +153,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from agent.ledger.bundle import verify_bundle
     from agent.ledger.verify import verify_ledger
 
+    url = args.path if names_cluster(args.path) else cluster_url(args)
+    if url is not None:
+        return _verify_cluster(args, url)
     path = Path(args.path) if args.path else ledger_path(args)
     is_bundle = path.is_file() and _looks_like_bundle(path)
     if is_bundle:
@@ -105,6 +188,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"  FAIL {printable(p, 4000)}")
     print("OK: every check passed" if not problems else f"FAILED: {len(problems)} problem(s)")
     return 0 if not problems else 1
+
+
+def _verify_cluster(args: argparse.Namespace, url: str) -> int:
+    """Every node of the cluster store, one line each, its FAIL lines below it."""
+    from agent.ledger.pg_verify import verify_cluster_url
+
+    if args.key_fingerprint:
+        print("flopledger: --key-fingerprint checks a ledger file or an audit bundle; each "
+              "node of the cluster store is checked against its own key in fl_nodes",
+              file=sys.stderr)
+        return 2
+    settings = config_of(args).cluster
+    report = verify_cluster_url(url, password_file=settings.password_file,
+                                password_env=settings.password_env)
+    print(f"cluster ledger {printable(report.where, 400)}: {len(report.nodes)} node(s), "
+          f"{report.records} records")
+    for p in report.problems:
+        print(f"  FAIL {printable(p, 4000)}")
+    for node in report.nodes:
+        print(printable(node.line(), 4000))
+        if node.statements:
+            print(f"  statements: {node.statements_text()}")
+        for p in node.problems:
+            print(f"  FAIL {printable(p, 4000)}")
+    for line in report.event_lines():
+        print(f"  NOTE {printable(line, 4000)}")
+    print("OK: every check passed" if report.ok else
+          f"FAILED: {report.problem_count} problem(s)")
+    return 0 if report.ok else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -174,100 +286,142 @@ def head_lines(view: LedgerView, unsealed: Unsealed) -> list[str]:
     return lines
 
 
-def cmd_runs(args: argparse.Namespace) -> int:
-    from agent.ledger.query import read_view
+def cluster_lines(view: ClusterView, nodes: Iterable[ClusterNode] = ()) -> list[str]:
+    """The lines ``runs`` and ``show`` end with on the cluster store: how many nodes and
+    signed records the figures are of, then the latest signed head of each of ``nodes``."""
+    where = printable(view.where, 400)
+    if not view.nodes:
+        lines = [f"cluster   {where}: no node has replicated to it yet; the figures above "
+                 "cover no record"]
+    else:
+        under = sum(n.head_size for n in view.nodes)
+        lines = [f"cluster   {where}: {len(view.nodes)} node(s), {under} records under their "
+                 f"signed heads, the latest at {figures.when(view.latest_head_ns)}; the "
+                 "figures above are of the records they cover"]
+    for n in nodes:
+        head = (f"{n.head_size} records under signed head at "
+                f"{figures.when(n.head.timestamp_ns)}" if n.head is not None else
+                "no signed head yet")
+        flagged = f"; FLAGGED: {printable(n.flagged, 400)}" if n.flagged is not None else ""
+        lines.append(f"node      {printable(n.label())}: {head}; last seen "
+                     f"{figures.when(n.last_seen_ns)}{flagged}")
+    return lines
 
-    path = ledger_path(args)
-    damaged = _warn(path)
-    view = read_view(path)
-    runs = view.summaries()
-    header = (f"{'run':<28} {'model':<18} {'category':<16} {'GPUs':>4}  "
-              f"{'FLOP central [low .. high]':<30} {'energy':>10}  {'first seen':<20} "
-              f"{'last seen':<20} spec")
-    print(header)
-    for r in sorted(runs.values(), key=lambda r: r.first_ns):
-        print(f"{printable(r.run)[:28]:<28} {printable(r.model)[:18]:<18} "
-              f"{printable(r.category)[:16]:<16} {len(r.gpus):>4}  "
-              f"{figures.band(r.flop_low, r.flop_central, r.flop_high):<30} "
-              f"{figures.energy(r.energy_mj):>10}  {figures.when(r.first_ns):<20} "
-              f"{figures.when(r.last_ns):<20} {spec_bases_text(r.spec_bases)}")
-    if not runs:
-        print("(no runs in the ledger yet)")
-    off = [r for r in runs.values() if _off_table(r.spec_bases)]
-    if off:
-        bases = sum((r.spec_bases for r in off), Counter[str]())
-        print(f"WARNING: the figures of {len(off)} run(s) {_off_table_text(bases)} (see "
-              "`flopledger show RUN`)")
-    for line in head_lines(view, view.unsealed_of()):
-        print(line)
-    return 1 if damaged else 0
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """0, or 1 if the ledger fails its checks or the cluster holds a flagged node. On
+    the cluster store the table counts each run's nodes instead of its GPUs and has no
+    spec column: neither is in the stored totals (``show RUN`` gives both)."""
+    with _reading(args) as read:
+        runs = read.view.summaries()
+        cluster = read.cluster is not None
+        count = f"{'nodes':>5}" if cluster else f"{'GPUs':>4}"
+        header = (f"{'run':<28} {'model':<18} {'category':<16} {count}  "
+                  f"{'FLOP central [low .. high]':<30} {'energy':>10}  {'first seen':<20} "
+                  f"{'last seen':<20}")
+        print(header.rstrip() if cluster else f"{header} spec")
+        for r in sorted(runs.values(), key=lambda r: r.first_ns):
+            n = f"{len(r.nodes):>5}" if cluster else f"{len(r.gpus):>4}"
+            line = (f"{printable(r.run)[:28]:<28} {printable(r.model)[:18]:<18} "
+                    f"{printable(r.category)[:16]:<16} {n}  "
+                    f"{figures.band(r.flop_low, r.flop_central, r.flop_high):<30} "
+                    f"{figures.energy(r.energy_mj):>10}  {figures.when(r.first_ns):<20} "
+                    f"{figures.when(r.last_ns):<20}")
+            print(line.rstrip() if cluster else f"{line} {spec_bases_text(r.spec_bases)}")
+        if not runs:
+            print("(no runs in the ledger yet)")
+        off = [r for r in runs.values() if _off_table(r.spec_bases)]
+        if off:
+            bases = sum((r.spec_bases for r in off), Counter[str]())
+            print(f"WARNING: the figures of {len(off)} run(s) {_off_table_text(bases)} (see "
+                  "`flopledger show RUN`)")
+        for line in read.tail_lines(read.view.unsealed_of()):
+            print(line)
+        return 1 if read.damaged else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """0, or 1 if the run is not in the ledger or the ledger fails its checks."""
-    from agent.ledger.query import RunSummary, read_view
+    """0, or 1 if the run is not in the ledger, the ledger fails its checks or the
+    cluster holds a flagged node. On the cluster store, also the run's share on each
+    node and the latest signed head of each."""
+    from agent.ledger.query import RunSummary
 
-    path = ledger_path(args)
-    damaged = _warn(path)
-    view = read_view(path, run=args.run)
-    runs = view.summaries()
-    unsealed = view.unsealed_of(run=args.run)
-    if args.run not in runs and not unsealed.records:
-        print(f"flopledger: no run {args.run!r} in {path}", file=sys.stderr)
-        return 1
-    if args.run not in runs:
-        # Only in the current windows so far: nothing a signed head vouches for yet.
-        print(f"run       {printable(args.run)}")
-        print("FLOP      0 under the signed head (no record of this run sealed yet)")
-        for line in head_lines(view, unsealed):
+    with _reading(args, run=args.run) as read:
+        view = read.view
+        runs = view.summaries()
+        unsealed = view.unsealed_of(run=args.run)
+        if args.run not in runs and not unsealed.records:
+            print(f"flopledger: no run {args.run!r} in {read.where}", file=sys.stderr)
+            return 1
+        if args.run not in runs:
+            # Only in the current windows so far: nothing a signed head vouches for yet.
+            print(f"run       {printable(args.run)}")
+            print("FLOP      0 under the signed head (no record of this run sealed yet)")
+            for line in read.tail_lines(unsealed):
+                print(line)
+            return 1 if read.damaged else 0
+        r = runs[args.run]
+        span_s = (r.last_ns - r.first_ns) / 1e9
+        print(f"run       {printable(r.run)}")
+        print(f"model     {printable(r.model) or '-'}   category {printable(r.category)}")
+        band = figures.band(r.flop_low, r.flop_central, r.flop_high)
+        print(f"FLOP      {band}  (central [low .. high])")
+        print(f"energy    {figures.energy(r.energy_mj)}")
+        print(f"time      {figures.when(r.first_ns)} .. {figures.when(r.last_ns)} "
+              f"({figures.duration(span_s)})")
+        print(f"coverage  {r.samples} samples, {r.records} records on {len(r.gpus)} GPU(s), "
+              f"{len(r.nodes)} node(s); gaps {figures.duration(r.gap_ns / 1e9)}")
+        estimators = ", ".join(f"{k} {v}" for k, v in r.estimators.most_common())
+        print(f"method    {estimators} (samples per estimator); splits "
+              + ", ".join(f"{k} {v}" for k, v in r.splits.most_common()))
+        print(f"spec      {spec_bases_text(r.spec_bases)} (samples per basis of the GPUs' "
+              "peaks)")
+        if _off_table(r.spec_bases):
+            print(f"WARNING   these figures {_off_table_text(r.spec_bases)}")
+        if r.meta:
+            print("declared  " + ", ".join(printable(f"{k}={v}")
+                                           for k, v in sorted(r.meta.items())))
+        nodes: list[ClusterNode] = []
+        if read.cluster is not None:
+            print("per node:")
+            for row in read.cluster.node_totals(run=args.run):
+                s = row.summary
+                nodes.append(row.node)
+                print(f"  {printable(row.node.label()):<42} "
+                      f"{figures.band(s.flop_low, s.flop_central, s.flop_high)}  "
+                      f"{figures.energy(s.energy_mj)}, {s.records} records")
+        print("per GPU:")
+        per_gpu: dict[str, RunSummary] = {}
+        for record in view.sealed:
+            per_gpu.setdefault(record.gpu_uuid, RunSummary(args.run)).add(record)
+        for uuid, g in sorted(per_gpu.items()):
+            note = ""
+            if _off_table(g.spec_bases):
+                note = (f"  NOT IN THE SPEC TABLE: {spec_bases_text(g.spec_bases)}"
+                        + (f" ({printable(g.spec_reason, 400)})" if g.spec_reason else ""))
+            print(f"  {printable(uuid):<42} "
+                  f"{figures.band(g.flop_low, g.flop_central, g.flop_high)}{note}")
+        for line in read.tail_lines(unsealed, nodes):
             print(line)
-        return 1 if damaged else 0
-    r = runs[args.run]
-    span_s = (r.last_ns - r.first_ns) / 1e9
-    print(f"run       {printable(r.run)}")
-    print(f"model     {printable(r.model) or '-'}   category {printable(r.category)}")
-    band = figures.band(r.flop_low, r.flop_central, r.flop_high)
-    print(f"FLOP      {band}  (central [low .. high])")
-    print(f"energy    {figures.energy(r.energy_mj)}")
-    print(f"time      {figures.when(r.first_ns)} .. {figures.when(r.last_ns)} "
-          f"({figures.duration(span_s)})")
-    print(f"coverage  {r.samples} samples, {r.records} records on {len(r.gpus)} GPU(s), "
-          f"{len(r.nodes)} node(s); gaps {figures.duration(r.gap_ns / 1e9)}")
-    estimators = ", ".join(f"{k} {v}" for k, v in r.estimators.most_common())
-    print(f"method    {estimators} (samples per estimator); splits "
-          + ", ".join(f"{k} {v}" for k, v in r.splits.most_common()))
-    print(f"spec      {spec_bases_text(r.spec_bases)} (samples per basis of the GPUs' peaks)")
-    if _off_table(r.spec_bases):
-        print(f"WARNING   these figures {_off_table_text(r.spec_bases)}")
-    if r.meta:
-        print("declared  " + ", ".join(printable(f"{k}={v}") for k, v in sorted(r.meta.items())))
-    print("per GPU:")
-    per_gpu: dict[str, RunSummary] = {}
-    for record in view.sealed:
-        per_gpu.setdefault(record.gpu_uuid, RunSummary(args.run)).add(record)
-    for uuid, g in sorted(per_gpu.items()):
-        note = ""
-        if _off_table(g.spec_bases):
-            note = (f"  NOT IN THE SPEC TABLE: {spec_bases_text(g.spec_bases)}"
-                    + (f" ({printable(g.spec_reason, 400)})" if g.spec_reason else ""))
-        print(f"  {printable(uuid):<42} {figures.band(g.flop_low, g.flop_central, g.flop_high)}"
-              f"{note}")
-    for line in head_lines(view, unsealed):
-        print(line)
-    if view.head is not None:
         # Quoted for a shell, then escaped for the terminal: a run id may hold anything.
-        print(f"verify    flopledger export --run {printable(shlex.quote(args.run))} && "
-              f"flopledger verify {bundle_file_name('run', args.run)}")
-    return 1 if damaged else 0
+        if read.cluster is not None:
+            print(f"verify    flopledger verify --ledger {printable(shlex.quote(read.where))}")
+        elif read.local is not None and read.local.head is not None:
+            print(f"verify    flopledger export --run {printable(shlex.quote(args.run))} && "
+                  f"flopledger verify {bundle_file_name('run', args.run)}")
+        return 1 if read.damaged else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from agent.compliance.lineage import load_model_view
+    """Each model's totals per scope, with the lineage of the runs' declared metadata
+    and of the config's ``[models]``; 1 as ``runs``."""
+    from agent.compliance.lineage import load_scopes, model_view
 
     config = config_of(args)
-    path = ledger_path(args, config)
-    damaged = _warn(path)
-    view = load_model_view(config.models, config.agent.thresholds_file, path)
+    with _reading(args, config) as read:
+        summaries = read.view.summaries()
+        damaged = read.damaged
+    view = model_view(config.models, load_scopes(config.agent.thresholds_file), summaries)
     names = view.model_names()
     if not names:
         print("(no models in the ledger or the config yet)")
@@ -319,7 +473,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``verify``, ``export``, ``runs``, ``show``, ``models`` and ``recover``."""
     verify = sub.add_parser("verify", help="check a ledger file or an audit bundle")
-    verify.add_argument("path", nargs="?", help="ledger.sqlite or a bundle .json")
+    verify.add_argument("path", nargs="?", type=ledger_arg,
+                        help="ledger.sqlite, a bundle .json, or the cluster store: "
+                             "postgresql://user@host:5432/db")
     verify.add_argument("--key-fingerprint", help="fail unless signed by this key")
     add_ledger_args(verify)
     verify.set_defaults(func=cmd_verify)

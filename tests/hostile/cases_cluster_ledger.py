@@ -1,0 +1,33 @@
+"""The cluster store as ``--ledger`` (``postgresql://...``): a malformed URL is a usage
+error (exit 2) said before anything connects, and with no password in it; a store that
+cannot be reached, or a password that cannot be read, is one line naming the store or
+the file (exit 1). No server is needed: nothing listens on port 1."""
+
+from __future__ import annotations
+
+from tests.hostile.harness import Case
+
+UNREACHABLE = "postgresql://flopledger@127.0.0.1:1/ledger"
+PASSWORD_FILE_CONFIG = '[cluster]\npassword_file = "{dir}/no-such-password"\n'
+
+CASES: list[Case] = [
+    Case("bad-port", ("runs", "--ledger", "postgresql://u@127.0.0.1:99999/db"), 2,
+         "argument --ledger: postgresql://u@127.0.0.1:99999/db: port '99999' is not a port "
+         "number"),
+    Case("not-a-url", ("verify", "postgres://"), 2, "not a postgresql:// URL"),
+    Case("bad-query", ("show", "pt", "--ledger", "postgresql://u@h/db?colour=blue"), 2,
+         "not a valid PostgreSQL URL"),
+    Case("password-in-url", ("models", "--ledger", "postgresql://u:hunter2@h/db"), 2,
+         "postgresql://u:***@h/db: the URL carries a password"),
+    Case("password-file-missing", ("runs", "--config", "{dir}/agent.toml", "--ledger",
+                                   UNREACHABLE), 1,
+         "no-such-password: cannot read the password file",
+         files={"agent.toml": PASSWORD_FILE_CONFIG}),
+    Case("report-reads-files", ("report", "--run", "pt", "--ledger", UNREACHABLE), 1,
+         "report reads a node's ledger file; runs, show, models and verify read the cluster "
+         "store"),
+]
+CASES += [Case(f"unreachable-{argv[0]}", (*argv, "--ledger", UNREACHABLE), 1,
+               "flopledger: PostgreSQL at 127.0.0.1:1/ledger: cannot connect: Connection "
+               "refused")
+          for argv in (("runs",), ("show", "pt"), ("models",), ("verify",))]
