@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "agent.reports": 5,
     "exporters": 6,
     "agent.cli": ENTRY,
+    "agent.cluster": ENTRY,
 }
 PACKAGES = ("agent", "exporters")
 

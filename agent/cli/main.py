@@ -3,7 +3,8 @@
 Each command group registers its own subcommands: :mod:`agent.cli.agent` (run, gpus),
 :mod:`agent.cli.ledger` (verify, export, runs, show, models),
 :mod:`agent.cli.thresholds` (thresholds, status, rules), :mod:`agent.cli.replay` and
-:mod:`agent.cli.report` (report, estimate), :mod:`agent.cli.release` (attest, gate).
+:mod:`agent.cli.report` (report, estimate), :mod:`agent.cli.release` (attest, gate),
+:mod:`agent.cli.cluster` (cluster).
 
 Exit codes: 0 success; 1 a failed check, a missing ledger or run, or a bad value on
 the command line; 2 a configuration error (the config files, the state directory, the
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import agent, ledger, notifications, release, replay, report, thresholds
+from agent.cli import agent, cluster, ledger, notifications, release, replay, report, thresholds
 from agent.configfile import ConfigError, ConfigFilesError
 from agent.ledger.query import LedgerNotFoundError
 from agent.ledger.store import LedgerError
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_parsers(sub)
     notifications.add_parsers(sub)
     release.add_parsers(sub)
+    cluster.add_parsers(sub)
     return parser
 
 

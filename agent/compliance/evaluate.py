@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,13 @@ from agent.compliance.thresholds import (
     Subject,
     assess,
 )
-from agent.ledger.query import iter_records, latest_head, open_records, summarize
+from agent.ledger.query import (
+    RunSummary,
+    iter_records,
+    latest_head,
+    open_records,
+    summarize,
+)
 
 METHOD = ("hardware-based estimate, EU Guidelines Annex A.2.1 C = N x L x H x U, with U "
           "measured per GPU and per interval (tensor-pipe activity x measured SM clock x "
@@ -137,30 +143,63 @@ def _gpu_seconds(records: Iterable[LedgerRecord]) -> float:
     return sum(r.covered_ns + r.gap_ns for r in records) / 1e9
 
 
-def evaluate(models: Mapping[str, ModelInfo], registry: Registry, ledger_path: Path,
+def evaluate(models: Mapping[str, ModelInfo], registry: Registry, ledger_path: Path | None,
              now_ns: int, *,
              estimate: str = "high", levels: Sequence[float] = DEFAULT_LEVELS,
              window_s: float = DEFAULT_WINDOW_S,
              horizon_s: float = DEFAULT_HORIZON_S,
-             records: list[LedgerRecord] | None = None,
+             records: Iterable[LedgerRecord] | None = None,
              min_observation_s: float = 3600.0, min_observation_fraction: float = 0.01,
-             milestones: Mapping[str, int] | None = None) -> Snapshot:
+             milestones: Mapping[str, int] | None = None,
+             summaries: Mapping[str, RunSummary] | None = None,
+             tree_head: Mapping[str, Any] | None = None) -> Snapshot:
     """Assess and project every enabled regime for every model and run.
 
     ``models`` is the config's ``[models.*]`` lineage (runs add the base models they
     declare). ``records`` are the ledger's sealed and open records if the caller has already
-    read them; otherwise they are read here. ``milestones`` are the stored milestones
-    (``agent.compliance.milestones``); read from the ledger file if not given.
+    read them (they are read once, so a stream will do); otherwise they are read here.
+    ``milestones`` are the stored milestones (``agent.compliance.milestones``); read from
+    the ledger file if not given. ``tree_head`` is what the notifications cite as the
+    ledger; the file's latest head if not given.
+
+    ``summaries`` are each run's sums over ``records`` with its declared metadata, if the
+    caller keeps them (the cluster store does): the runs' FLOP, categories and GPU time
+    (covered + gap) are then taken from them, and the records serve only the rates and
+    the crossings. Without them they are summed here and the metadata read from the file.
+
+    Without a ledger file (``ledger_path`` None: the cluster store, read by its caller)
+    ``records``, ``milestones`` and ``summaries`` must all be given.
 
     Raises:
         LedgerNotFoundError: if there is no ledger yet.
+        ValueError: ``ledger_path`` None and one of those three not given.
     """
+    if ledger_path is None and (records is None or milestones is None or summaries is None):
+        raise ValueError("evaluate without a ledger file needs records, milestones and "
+                         "summaries")
     if records is None:
+        assert ledger_path is not None
         records = list(iter_records(ledger_path)) + open_records(ledger_path)
     by_run: dict[str, list[LedgerRecord]] = defaultdict(list)
     for r in records:
         by_run[r.run].append(r)
-    summaries = summarize(records, ledger_path)
+    run_seconds: Callable[[str], float]
+    if summaries is None:
+        assert ledger_path is not None
+        # Every run's records in their order, runs in order of first appearance: the
+        # sums (and the order of the runs) are those of ``records`` read in one pass.
+        summaries = summarize((r for rows in by_run.values() for r in rows), ledger_path)
+
+        def run_seconds(run: str) -> float:
+            return _gpu_seconds(by_run[run])
+    else:
+        # The runs in the order their records first name them, as summing would give.
+        given = summaries
+        summaries = {**{run: given[run] for run in by_run if run in given}, **given}
+
+        def run_seconds(run: str) -> float:
+            s = given.get(run)
+            return (s.covered_ns + s.gap_ns) / 1e9 if s is not None else 0.0
     scopes = registry.scopes
     view = model_view(models, scopes, summaries)
     lineage = view.lineage
@@ -171,21 +210,27 @@ def evaluate(models: Mapping[str, ModelInfo], registry: Registry, ledger_path: P
         for run, rows in by_run.items()
     }
     snap = Snapshot(now_ns)
-    snap.milestones = dict(read_milestones(ledger_path) if milestones is None else milestones)
+    if milestones is None:
+        assert ledger_path is not None
+        milestones = read_milestones(ledger_path)
+    snap.milestones = dict(milestones)
     context = _Context(registry, category_of, by_run, histories(snap.milestones), now_ns,
                        estimate, levels, horizon_s, min_observation_s,
                        min_observation_fraction)
-    head, key_fp = latest_head(ledger_path)
-    if head is not None:
-        snap.tree_head = {"size": head.size, "root": base64.b64encode(head.root).decode(),
-                          "timestamp_ns": head.timestamp_ns, "origin": head.origin,
-                          "key_fingerprint": key_fp}
+    if tree_head is not None:
+        snap.tree_head = dict(tree_head)
+    elif ledger_path is not None:
+        head, key_fp = latest_head(ledger_path)
+        if head is not None:
+            snap.tree_head = {"size": head.size, "root": base64.b64encode(head.root).decode(),
+                              "timestamp_ns": head.timestamp_ns, "origin": head.origin,
+                              "key_fingerprint": key_fp}
     snap.active_runs = {run for run, f in forecasts.items() if f.rate.high > 0}
     regimes = registry.enabled()
 
     def seconds_in(names: Iterable[str], scope: str) -> float:
         wanted = set(names)
-        return sum(_gpu_seconds(rows) for run, rows in by_run.items()
+        return sum(run_seconds(run) for run in by_run
                    if run in summaries and summaries[run].model in wanted
                    and scopes[scope].counts(run, summaries[run].category))
 
@@ -221,7 +266,7 @@ def evaluate(models: Mapping[str, ModelInfo], registry: Registry, ledger_path: P
             continue
         totals = {scope: (s.flop if s.category in sc.categories else Flop.exact(0))
                   for scope, sc in scopes.items()}
-        seconds = {scope: (_gpu_seconds(by_run[s.run]) if s.category in sc.categories else 0.0)
+        seconds = {scope: (run_seconds(s.run) if s.category in sc.categories else 0.0)
                    for scope, sc in scopes.items()}
         subject = Subject("run", s.run, totals, seconds)
         run_f = [(forecasts[s.run], True)] if s.run in forecasts else []

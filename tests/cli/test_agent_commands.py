@@ -24,7 +24,7 @@ def test_every_command_is_registered() -> None:
     assert commands is not None
     assert list(commands) == ["run", "gpus", "verify", "export", "runs", "show", "models",
                               "recover", "thresholds", "status", "rules", "replay", "report",
-                              "estimate", "notifications", "attest", "gate"]
+                              "estimate", "notifications", "attest", "gate", "cluster"]
 
 
 def test_gpus_lists_the_simulated_gpus_with_their_estimator(flopledger: Flopledger) -> None:
