@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from agent.accounting.accountant import Accountant
 from agent.accounting.attribution import Attributor
-from agent.accounting.records import LedgerRecord
+from agent.accounting.records import LedgerRecord, is_compute
 from agent.accounting.runs import GpuAttribution
 from agent.accounting.snapshot import Snapshot
 from agent.sources.base import DeviceInfo, GpuSource, SampleBatch
@@ -193,7 +193,9 @@ class Sampler:
         """Commit everything integrated so far; False (and nothing lost) on failure.
 
         Records close after ``record_s`` (or at the final checkpoint); until then they
-        are stored as open records, replaced at every checkpoint.
+        are stored as open records, replaced at every checkpoint. A run that has left
+        this node's GPUs, and at the final checkpoint every run, gets a ``run-close`` in
+        the same transaction (see :meth:`agent.ledger.store.Ledger.close_run`).
         """
         acc = self.accountant
         if acc is None:
@@ -216,18 +218,21 @@ class Sampler:
                         runs[name] = row
                 for name, row in runs.items():
                     row.meta.update(intake.run_meta(name))
+            leaving = _leaving(self.ledger, acc, closed, still_open, final)
             try:
                 try:
                     self.ledger.append([*closed, *(pending.statements if pending else ())],
                                        now, runs, still_open=still_open,
-                                       consumed_ids=pending.consumed_ids if pending else ())
+                                       consumed_ids=pending.consumed_ids if pending else (),
+                                       close_runs=leaving)
                 except ValueError as e:
                     # A statement the ledger refuses must never hold back the compute:
                     # commit the compute, leave those spool files where they are.
                     log.error("client spool: %s; the compute is committed without the "
                               "spool's statements, whose files stay in the spool", e)
                     pending = None
-                    self.ledger.append(closed, now, runs, still_open=still_open)
+                    self.ledger.append(closed, now, runs, still_open=still_open,
+                                       close_runs=leaving)
             except sqlite3.Error as e:
                 # A full disk or an I/O error: keep the records and try again next time.
                 self.checkpoint_failures += 1
@@ -338,6 +343,20 @@ class Sampler:
         except BaseException as e:
             self.failure = e
             log.exception("sampler failed")
+
+
+def _leaving(ledger: Ledger, acc: Accountant, closed: Sequence[LedgerRecord],
+             still_open: Sequence[LedgerRecord], final: bool) -> list[str]:
+    """The runs to close in this checkpoint: those with records no close counts yet that
+    left this node (no share on any of its GPUs, no open record: ended, preempted,
+    moved); at the final checkpoint every one. A run that comes back reopens, and its
+    next close counts the new records."""
+    candidates = ledger.unclosed_runs() | {r.run for r in closed if is_compute(r)}
+    if not final:
+        # The accountant's attributions: a GPU that went silent keeps its runs there.
+        candidates -= {s.run.run_id for a in acc._attributions for s in a.shares}
+        candidates -= {r.run for r in still_open}
+    return sorted(candidates)
 
 
 def _run_meta(accountant: Accountant, run_id: str) -> dict[str, object]:

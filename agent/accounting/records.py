@@ -23,9 +23,15 @@ RECORD_VERSION = 1
 # ledger; it states what the previous ledger last held (see agent/ledger/recover.py).
 COMPUTE_KINDS = ("interval", "gap")
 # What a run's trainer or a person declared (see :func:`make_statement`): signed and in
-# the Merkle tree like any record, but no GPU time and no amounts.
-STATEMENT_KINDS = ("declaration", "progress", "attestation", "gate")
+# the Merkle tree like any record, but no GPU time and no amounts. ``run-close`` is the
+# node's own: how many compute records of a run it holds (see :class:`RunClose`).
+RUN_CLOSE = "run-close"
+STATEMENT_KINDS = ("declaration", "progress", "attestation", "gate", RUN_CLOSE)
 KINDS = (*COMPUTE_KINDS, "discontinuity", *STATEMENT_KINDS)
+# The key of a compute record's assumptions that numbers it within its run on this
+# ledger: how many compute records of the run the ledger held before it (0, 1, 2, ...).
+# Assigned by the ledger on append, like ``seq``; records written before it existed lack it.
+RUN_SEQ = "run_seq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +42,8 @@ class LedgerRecord:
     agent was down): a gap adds the GPU's highest possible rate to ``flop_high`` and
     nothing to the other two. A statement (a kind in :data:`STATEMENT_KINDS`, made by
     :func:`make_statement`) has no GPU, no amounts and one instant; what was declared is
-    in ``assumptions``.
+    in ``assumptions``. A compute record's ``assumptions`` also hold its number within
+    its run (:data:`RUN_SEQ`), set by the ledger when it is appended.
     """
 
     seq: int
@@ -93,6 +100,47 @@ def is_compute(r: LedgerRecord) -> bool:
     a gap, or a pair's sums that ``flopledger recover`` carried over (a ``discontinuity``
     with a run). Statements and the recovery's own statement (no run) count nothing."""
     return r.kind in COMPUTE_KINDS or (r.kind == "discontinuity" and bool(r.run))
+
+
+def run_seq_of(r: LedgerRecord) -> int | None:
+    """A compute record's number within its run on its ledger (:data:`RUN_SEQ`), or None
+    for a record without one (a statement, or written before records were numbered)."""
+    value = r.assumptions.get(RUN_SEQ) if is_compute(r) else None
+    return value if type(value) is int else None
+
+
+@dataclass(frozen=True, slots=True)
+class RunClose:
+    """What a ``run-close`` statement says: this node's ledger holds ``records`` compute
+    records of the run, the last at ``last_seq``, and none more so far. They carry
+    run_seq ``first_run_seq``..``records - 1``; the ``first_run_seq`` before those were
+    written before records were numbered and carry none (0 of them, normally). A later
+    record of the run reopens it."""
+
+    records: int
+    last_seq: int
+    first_run_seq: int = 0
+
+    def payload(self) -> dict[str, int]:
+        return {"records": self.records, "last_seq": self.last_seq,
+                "first_run_seq": self.first_run_seq}
+
+    @classmethod
+    def of(cls, r: LedgerRecord) -> RunClose:
+        """Raises: ValueError for a payload that is not exactly a sound closing count."""
+        doc = r.assumptions
+        if not isinstance(doc, dict) or set(doc) != {"records", "last_seq", "first_run_seq"}:
+            keys = sorted(doc) if isinstance(doc, dict) else doc
+            raise ValueError(f"payload {keys!r}: expected exactly records, last_seq and "
+                             "first_run_seq")
+        bad = [f"{k} is {v!r}" for k, v in doc.items() if type(v) is not int or v < 0]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: expected a whole number >= 0")
+        close = cls(doc["records"], doc["last_seq"], doc["first_run_seq"])
+        if close.records < 1 or close.first_run_seq > close.records:
+            raise ValueError(f"{close.records} records numbered from {close.first_run_seq}: "
+                             "expected at least one record, numbered from at most their count")
+        return close
 
 
 def make_statement(kind: str, *, node: str, time_ns: int, run: str = "", model: str = "",

@@ -166,6 +166,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if bundle.totals:
             t = bundle.totals
             print(f"  FLOP {figures.band(t['flop_low'], t['flop_central'], t['flop_high'])}")
+        for line in bundle.completeness:
+            if not line.startswith("INCOMPLETE"):  # those are printed as FAIL below
+                print(f"  {printable(line, 4000)}")
         problems = bundle.problems
     else:
         from agent.sources.specs import load_spec_table

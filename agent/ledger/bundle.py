@@ -10,6 +10,16 @@ The selection's statements (declarations, progress, attestations, gate decisions
 the run, or the model) travel in ``statements``, each with its inclusion proof like a
 record; they add nothing to the bundle's totals. A bundle written before statements
 existed has no such list and verifies as before.
+
+Completeness: each compute record carries ``run_seq``, its number within its run on the
+node's ledger, and the node's ``run-close`` statements (among the selection's statements)
+say how many there are. ``verify_bundle`` checks, per run of the selection, that the
+bundle holds exactly run_seq ``first_run_seq``..n-1 of the latest close (and as many
+records written before records were numbered as it says precede them), the last at the
+record it names, all under the same signed head: then no record of the run on this node
+was left out (:attr:`BundleReport.complete`). A run with records after its latest close
+is open (more may come; not a failure); records without ``run_seq`` that no close
+counts (an older ledger) cannot be proven complete.
 """
 
 from __future__ import annotations
@@ -24,7 +34,15 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from agent.accounting.records import STATEMENT_KINDS, LedgerRecord, Totals
+from agent.accounting.records import (
+    RUN_CLOSE,
+    STATEMENT_KINDS,
+    LedgerRecord,
+    RunClose,
+    Totals,
+    is_compute,
+    run_seq_of,
+)
 from agent.ledger.integrity import check_ledger
 from agent.ledger.merkle import Tree, leaf_hash, verify_consistency, verify_inclusion
 from agent.ledger.query import Unsealed, is_declared
@@ -173,6 +191,13 @@ class BundleReport:
     totals: dict[str, int] = field(default_factory=dict)
     # The selection's statements, each proven to be in the signed ledger.
     statements: list[LedgerRecord] = field(default_factory=list)
+    # True: every run's records are all here (a close counts them); False: one is
+    # missing; None: not proven (a run still open, or records written before runs'
+    # records were numbered), or no compute record at all.
+    complete: bool | None = None
+    # One line per run of the selection: ``complete: ...``, ``open: ...``,
+    # ``NOT PROVEN complete: ...`` or ``INCOMPLETE: ...`` (the last also a problem).
+    completeness: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -221,8 +246,9 @@ def verify_bundle(path: Path, trusted_fingerprint: str | None = None) -> BundleR
                      "was rewritten between them)")
     latest = heads[-1]
     seen: set[int] = set()
-    decoded = _entries(records, "record", latest, selection, seen, p)
-    report.statements = _entries(statements, "statement", latest, selection, seen, p)
+    proven: set[int] = set()
+    decoded = _entries(records, "record", latest, selection, seen, proven, p)
+    report.statements = _entries(statements, "statement", latest, selection, seen, proven, p)
     for r in decoded:
         if is_declared(r):
             p.append(f"record {r.seq}: a statement ({r.kind}) listed among the records")
@@ -233,13 +259,113 @@ def verify_bundle(path: Path, trusted_fingerprint: str | None = None) -> BundleR
     report.totals = _totals(decoded)
     if {k: stated.get(k) for k in report.totals} != report.totals:
         p.append("stated totals do not equal the sum of the bundle's records")
+    # Only what is proven to be in the signed ledger, under the one latest head, counts.
+    runs = _by_run([r for r in (*decoded, *report.statements) if r.seq in proven])
+    states = [_run_completeness(run, records, closes, str(doc.get("node") or ""))
+              for run, (records, closes) in sorted(runs.items())]
+    report.completeness = [line for _state, line in states]
+    p.extend(line for state, line in states if state == _INCOMPLETE)
+    found = {state for state, _line in states}
+    report.complete = (False if _INCOMPLETE in found else
+                       True if found == {_COMPLETE} else None)
     return report
 
 
+_COMPLETE, _OPEN, _UNPROVEN, _INCOMPLETE = "complete", "open", "unproven", "incomplete"
+
+
+def _by_run(entries: Sequence[LedgerRecord]) -> dict[str, tuple[list[LedgerRecord],
+                                                               list[tuple[LedgerRecord,
+                                                                          RunClose]]]]:
+    """Per run: its compute records and its sound ``run-close`` statements, by seq."""
+    runs: dict[str, tuple[list[LedgerRecord], list[tuple[LedgerRecord, RunClose]]]] = {}
+    for r in sorted(entries, key=lambda r: r.seq):
+        if is_compute(r):
+            runs.setdefault(r.run, ([], []))[0].append(r)
+        elif r.kind == RUN_CLOSE:
+            try:
+                close = RunClose.of(r)
+            except ValueError:
+                continue  # already a problem of its entry
+            runs.setdefault(r.run, ([], []))[1].append((r, close))
+    return runs
+
+
+def _run_completeness(run: str, records: list[LedgerRecord],
+                      closes: list[tuple[LedgerRecord, RunClose]],
+                      bundle_node: str) -> tuple[str, str]:
+    """One run's state and line (see :attr:`BundleReport.completeness`)."""
+    last = closes[-1] if closes else None
+    node = (last[0].node if last else records[-1].node) or bundle_node
+    who = f"run {run} on node {node}"
+    numbered = [(n, r) for r in records if (n := run_seq_of(r)) is not None]
+    unnumbered = [r for r in records if run_seq_of(r) is None]
+    if last is None and not numbered:
+        return _UNPROVEN, (f"NOT PROVEN complete: {who}: its {len(records)} record(s) "
+                           "carry no run_seq (written before records were numbered) and no "
+                           "run-close counts them")
+    closed = last is not None and (not records or last[0].seq > records[-1].seq)
+    wrong: list[str] = []
+    first = last[1].first_run_seq if last else len(unnumbered)
+    if numbered and unnumbered and unnumbered[-1].seq > numbered[0][1].seq:
+        wrong.append(f"record {unnumbered[-1].seq} carries no run_seq but follows record "
+                     f"{numbered[0][1].seq}, which does")
+    if len(unnumbered) != first:
+        wrong.append(f"{first} record(s) written before records were numbered, the bundle "
+                     f"holds {len(unnumbered)}")
+    have: dict[int, LedgerRecord] = {}
+    twice = sorted({n for n, r in numbered if have.setdefault(n, r) is not r})
+    if twice:
+        wrong.append(f"run_seq {_ranges(twice)} twice")
+    top = max(have, default=first - 1)
+    if last is not None:
+        # Every record a close counted must be here, open or not.
+        top = max(top, last[1].records - 1) if not closed else last[1].records - 1
+    missing = [n for n in range(first, top + 1) if n not in have]
+    if missing:
+        wrong.append(f"run_seq {_ranges(missing)} missing")
+    beyond = sorted(n for n in have if n < first or n > top)
+    if beyond:
+        wrong.append(f"run_seq {_ranges(beyond)} outside {first}..{top}")
+    if closed and last is not None and not wrong:
+        said = last[1]
+        end = have[said.records - 1] if said.records > first else unnumbered[-1]
+        if end.seq != said.last_seq:
+            wrong.append(f"the close at record {last[0].seq} names record {said.last_seq} "
+                         f"as the last, the bundle's is record {end.seq}")
+    if wrong:
+        return _INCOMPLETE, f"INCOMPLETE: {who}: {'; '.join(wrong)}"
+    if closed and last is not None:
+        n = last[1].records
+        numbering = (f"run_seq {first}..{n - 1}" if first == 0 else
+                     f"{first} written before records were numbered, then run_seq "
+                     f"{first}..{n - 1}" if first < n else
+                     "all written before records were numbered")
+        return _COMPLETE, (f"complete: all {n} records of {who} ({numbering}, closed at "
+                           f"record {last[0].seq})")
+    since = f" (reopened after its close at record {last[0].seq})" if last is not None else ""
+    span = f" (run_seq {first}..{top})" if top >= first else ""
+    return _OPEN, (f"open: {who}: {len(records)} record(s) so far{span}, the run has not "
+                   f"been closed on this node{since}")
+
+
+def _ranges(numbers: Sequence[int], most: int = 8) -> str:
+    """``3, 17..25, 40`` (the first ``most`` ranges, then how many more)."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    text = ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in spans[:most])
+    return text + (f" and {len(spans) - most} more ranges" if len(spans) > most else "")
+
+
 def _entries(entries: list[Any], what: str, latest: TreeHead, selection: dict[str, Any],
-             seen: set[int], p: list[str]) -> list[LedgerRecord]:
+             seen: set[int], proven: set[int], p: list[str]) -> list[LedgerRecord]:
     """The records (or statements) of a bundle that could be decoded; every entry not
-    proven to be in the signed ledger, at its position, in the selection, is a problem."""
+    proven to be in the signed ledger, at its position, in the selection, is a problem
+    (the seq of each that is, in ``proven``)."""
     decoded: list[LedgerRecord] = []
     for entry in entries:
         try:
@@ -259,6 +385,8 @@ def _entries(entries: list[Any], what: str, latest: TreeHead, selection: dict[st
         if not verify_inclusion(leaf_hash(body), seq, latest.size, proof, latest.root):
             p.append(f"{what} {seq}: not in the signed ledger at that position (edited or "
                      "moved)")
+        elif record.seq == seq:
+            proven.add(seq)
         if record.kind in STATEMENT_KINDS:
             problem = field_problem(record)
             if problem is not None:

@@ -26,6 +26,13 @@ to no sum, and are counted per kind in :attr:`LedgerCheck.statements`.
 
 A ledger recovered with ``flopledger recover`` starts with a ``discontinuity`` record;
 it is listed in :attr:`LedgerCheck.discontinuities` (``verify`` reports it).
+
+Completeness: a compute record's ``run_seq`` must count the compute records of its run
+before it (0, 1, 2, ... in append order, from the first record that has one; a ledger
+written before records were numbered counts its older records too), and a ``run-close``
+must state exactly the run's records before it. Either wrong is a fault (edited). The
+counts per run (:attr:`LedgerCheck.runs`) are what the writer resumes its numbering from;
+memory grows with the number of runs, not of records.
 """
 
 from __future__ import annotations
@@ -35,13 +42,20 @@ import re
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent import figures
-from agent.accounting.records import STATEMENT_KINDS, LedgerRecord
+from agent.accounting.records import (
+    RUN_CLOSE,
+    RUN_SEQ,
+    STATEMENT_KINDS,
+    LedgerRecord,
+    RunClose,
+    is_compute,
+)
 from agent.ledger.merkle import Frontier, leaf_hash
 from agent.ledger.mirror import Mirror, MirrorError, head_file, read_mirror
 from agent.ledger.rows import BadRowError, body_bytes, parse_body, parse_record, storage_class
@@ -71,6 +85,45 @@ class _EnoughError(Exception):
     """Stops a scan that has found ``max_problems``."""
 
 
+@dataclass(frozen=True, slots=True)
+class RunCount:
+    """One run's compute records in a ledger, as a ``run-close`` would state them.
+
+    Attributes:
+        records: how many compute records of the run the ledger holds.
+        first_run_seq: the ``run_seq`` of the first that has one (None: none has; the
+            records were written before records were numbered).
+        last_seq: the ``seq`` of the last of them (-1: none).
+        model, category: the labels of the last of them (a close carries them).
+        closed: how many records the latest ``run-close`` of the run stated (None: none).
+    """
+
+    records: int = 0
+    first_run_seq: int | None = None
+    last_seq: int = -1
+    model: str = ""
+    category: str = ""
+    closed: int | None = None
+
+    def added(self, r: LedgerRecord) -> RunCount:
+        """This count with compute record ``r`` (its ``run_seq`` as it carries it)."""
+        first = self.first_run_seq
+        if first is None and RUN_SEQ in r.assumptions:
+            first = self.records
+        return replace(self, records=self.records + 1, first_run_seq=first, last_seq=r.seq,
+                       model=r.model, category=r.category)
+
+    def close(self) -> RunClose:
+        """What a ``run-close`` written now states (the count must be at least one)."""
+        first = self.records if self.first_run_seq is None else self.first_run_seq
+        return RunClose(self.records, self.last_seq, first)
+
+    @property
+    def is_closed(self) -> bool:
+        """The latest close states the current count (no record of the run since)."""
+        return self.closed == self.records
+
+
 @dataclass(slots=True)
 class LedgerCheck:
     """What one pass over a ledger found.
@@ -83,6 +136,7 @@ class LedgerCheck:
         discontinuities: the statements of ``flopledger recover`` at the start of the
             ledger (kind ``discontinuity``, no run): history before them is elsewhere.
         statements: how many sealed statements of each kind could be read.
+        runs: per run, its compute records and latest close (see :class:`RunCount`).
         notes: what is worth saying but is no fault (no head file yet).
     """
 
@@ -101,6 +155,7 @@ class LedgerCheck:
     open_records: list[LedgerRecord] = field(default_factory=list)
     discontinuities: list[LedgerRecord] = field(default_factory=list)
     statements: Counter[str] = field(default_factory=Counter)
+    runs: dict[str, RunCount] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -314,10 +369,39 @@ class _Scan:
                 c.discontinuities.append(record)
             elif record.kind in STATEMENT_KINDS:
                 c.statements[record.kind] += 1
+            self._count(record)
             add_records(sealed, [record])
             if self.on_record is not None:
                 self.on_record(record)
         c.records = position
+
+    def _count(self, r: LedgerRecord) -> None:
+        """Hold a record's ``run_seq``, or a run-close's count, to the run's records
+        before it."""
+        runs = self.c.runs
+        if is_compute(r):
+            count = runs.get(r.run, RunCount())
+            if RUN_SEQ in r.assumptions:
+                said = r.assumptions[RUN_SEQ]
+                if type(said) is not int or said != count.records:
+                    self.fault(f"record {r.seq}: run_seq {said!r}, but it is compute record "
+                               f"{count.records} of run {r.run!r} on this ledger: edited")
+            elif count.first_run_seq is not None:
+                self.fault(f"record {r.seq}: no run_seq, but the records of run {r.run!r} "
+                           f"are numbered since run_seq {count.first_run_seq}: edited")
+            runs[r.run] = count.added(r)
+        elif r.kind == RUN_CLOSE:
+            count = runs.get(r.run, RunCount())
+            said = RunClose.of(r)  # sound: parse_record checked the statement
+            held = count.close() if count.records else None
+            if said != held:
+                self.fault(f"record {r.seq}: run-close of run {r.run!r} says {said.records} "
+                           f"record(s), the last at record {said.last_seq}, numbered from "
+                           f"run_seq {said.first_run_seq}; the ledger holds "
+                           + (f"{held.records}, the last at record {held.last_seq}, numbered "
+                              f"from run_seq {held.first_run_seq}" if held else "none")
+                           + " before it: edited")
+            runs[r.run] = replace(count, closed=said.records)
 
     def _signed_heads(self, db: sqlite3.Connection | None) -> None:
         c = self.c

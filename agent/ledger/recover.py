@@ -24,6 +24,12 @@ and are not carried: a recovered ledger's statements are in the old ledger, set 
 and in the bundles exported from it. The ids of the messages they came from are
 carried (when the old file can still be read), so a message read again is not recorded
 twice.
+
+Completeness (each compute record's ``run_seq``, each ``run-close``) is proven per
+ledger: the carried per-(GPU, run) records are the new ledger's first records of their
+runs, so each run's numbering starts at 0 again, and a bundle of the new ledger proves
+only what it holds since the discontinuity. A recovered node's history before it is in
+the file set aside (and in the bundles exported from it).
 """
 
 from __future__ import annotations

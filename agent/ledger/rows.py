@@ -12,7 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from agent.accounting.records import KINDS, RECORD_VERSION, STATEMENT_KINDS, LedgerRecord
+from agent.accounting.records import (
+    KINDS,
+    RECORD_VERSION,
+    RUN_CLOSE,
+    STATEMENT_KINDS,
+    LedgerRecord,
+    RunClose,
+)
 
 INT_FIELDS = ("seq", "gpu_index", "start_ns", "end_ns", "flop_low", "flop_central",
               "flop_high", "energy_mj", "samples", "covered_ns", "gap_ns")
@@ -72,7 +79,8 @@ def field_problem(r: LedgerRecord) -> str | None:
 
 def statement_problem(r: LedgerRecord) -> str | None:
     """What makes a statement carry more than a statement may: a GPU, an amount, a
-    stretch of time (a statement that smuggles FLOP into the ledger), or None."""
+    stretch of time (a statement that smuggles FLOP into the ledger), a run-close that
+    is no count of a run; or None."""
     if r.gpu_uuid:
         return f"{r.kind} statement names GPU {r.gpu_uuid!r}; a statement has no GPU"
     amounts = [f"{name} {getattr(r, name)}" for name in AMOUNT_FIELDS if getattr(r, name)]
@@ -81,6 +89,13 @@ def statement_problem(r: LedgerRecord) -> str | None:
     if r.start_ns != r.end_ns:
         return (f"{r.kind} statement spans {r.start_ns}..{r.end_ns}; a statement is one "
                 "instant")
+    if r.kind == RUN_CLOSE:
+        if not r.run:
+            return f"{r.kind} statement names no run"
+        try:
+            RunClose.of(r)
+        except ValueError as e:
+            return f"{r.kind} statement of run {r.run!r}: {e}"
     return None
 
 

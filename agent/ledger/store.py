@@ -22,11 +22,20 @@ Statements (what a run's trainer or a person declared: kinds in
 the same heads, but change no total, no GPU state and no pair sum. The ids of the
 messages they came from are recorded in the same transaction (``spool_consumed``), so a
 message read again is recognised (:meth:`Ledger.consumed`).
+
+Completeness: every compute record appended gets ``run_seq`` in its assumptions, how many
+compute records of its run the ledger held before it, assigned here as ``seq`` is (an
+open record gets its number when it is sealed). A ``run-close`` statement
+(:meth:`Ledger.close_run`, or ``close_runs`` of :meth:`Ledger.append`) states how many
+there are so far; with it a bundle proves that none of the run's records was left out.
+The counts per run resume from the opening check, which counts a ledger's records
+written before they were numbered too, so the numbering continues.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import sqlite3
@@ -37,9 +46,18 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.accounting.band import Band
-from agent.accounting.records import STATEMENT_KINDS, LedgerRecord, Totals
+from agent.accounting.records import (
+    RUN_CLOSE,
+    RUN_SEQ,
+    STATEMENT_KINDS,
+    LedgerRecord,
+    RunClose,
+    Totals,
+    is_compute,
+    make_statement,
+)
 from agent.ledger.errors import LedgerError, LedgerRefusedError
-from agent.ledger.integrity import LedgerCheck, check_ledger
+from agent.ledger.integrity import LedgerCheck, RunCount, check_ledger
 from agent.ledger.lock import StateLock
 from agent.ledger.merkle import EMPTY_ROOT, Frontier, leaf_hash
 from agent.ledger.mirror import head_file, write_atomically, write_mirror
@@ -110,6 +128,9 @@ class Ledger:
             raise LedgerDamagedError(check)
         # Sums per (GPU, run) of the sealed and of the open records, for the head file.
         self._sealed: Pairs = copy_pairs(check.sealed)
+        # Per run: its compute records so far (the next run_seq) and its latest close.
+        self._runs: dict[str, RunCount] = dict(check.runs)
+        self._unclosed = {run for run, c in self._runs.items() if not c.is_closed}
         self._open: Pairs = {}
         add_records(self._open, check.open_records)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,14 +237,17 @@ class Ledger:
         self, drafts: Sequence[LedgerRecord], timestamp_ns: int,
         run_meta: dict[str, RunRow] | None = None,
         still_open: Sequence[LedgerRecord] | None = None,
-        *, consumed_ids: Sequence[str] = (),
+        *, consumed_ids: Sequence[str] = (), close_runs: Iterable[str] = (),
     ) -> TreeHead | None:
-        """Append records (their ``seq`` is assigned here), sign a new tree head, and
-        (unless ``still_open`` is None) replace the open records.
+        """Append records (their ``seq``, and a compute record's ``run_seq``, are assigned
+        here), sign a new tree head, and (unless ``still_open`` is None) replace the open
+        records.
 
         ``drafts`` may mix statements with compute records: a statement gets its seq and
         its leaf under the same head, and adds to no total. ``consumed_ids`` (the ids of
         the messages the statements came from) are recorded in the same transaction.
+        ``close_runs``: after the drafts, a ``run-close`` for each of these runs that has
+        compute records not yet counted by a close (see :meth:`close_run`).
 
         All or nothing: on any error (a full disk, an I/O error, an id already recorded)
         the transaction rolls back, the ledger is unchanged and the caller keeps the
@@ -233,16 +257,58 @@ class Ledger:
             the new signed head, None if no record was appended.
 
         Raises:
-            ValueError: if a statement carries a GPU, an amount or a stretch of time (the
-                ledger would refuse it on its next check): nothing was appended.
+            ValueError: if a statement carries a GPU, an amount or a stretch of time, or a
+                run-close does not state the run's records (the ledger would refuse it on
+                its next check): nothing was appended.
             sqlite3.IntegrityError: if an id of ``consumed_ids`` is already recorded (or
                 given twice): nothing was appended.
             sqlite3.Error: if the transaction could not be committed.
         """
+        return self._append(drafts, timestamp_ns, run_meta, still_open, consumed_ids,
+                            close_runs)[0]
+
+    def close_run(self, run: str, timestamp_ns: int) -> LedgerRecord | None:
+        """Append a ``run-close`` of ``run`` (one transaction, a signed head): "this node
+        holds n compute records of the run, run_seq 0..n-1, and none more so far".
+
+        Returns:
+            the statement appended; None if the run has no compute record here, or its
+            latest close already states the same count (nothing appended).
+
+        Raises:
+            sqlite3.Error: if the transaction could not be committed.
+        """
+        count = self._runs.get(run)
+        if count is None or not count.records or count.is_closed:
+            return None
+        return next(iter(self._append([], timestamp_ns, None, None, (), [run])[1]), None)
+
+    def unclosed_runs(self) -> set[str]:
+        """The runs with compute records that no ``run-close`` counts yet (never closed,
+        or reopened by a record after their latest close)."""
+        return set(self._unclosed)
+
+    def _append(
+        self, drafts: Sequence[LedgerRecord], timestamp_ns: int,
+        run_meta: dict[str, RunRow] | None, still_open: Sequence[LedgerRecord] | None,
+        consumed_ids: Sequence[str], close_runs: Iterable[str],
+    ) -> tuple[TreeHead | None, list[LedgerRecord]]:
         for draft in drafts:
             problem = statement_problem(draft) if draft.kind in STATEMENT_KINDS else None
             if problem is not None:
                 raise ValueError(f"not appended: {problem}")
+        counts = dict(self._runs)
+
+        def closes() -> Iterator[LedgerRecord]:
+            # Drawn after the drafts are numbered: a close counts them too.
+            for run in dict.fromkeys(close_runs):
+                count = counts.get(run, RunCount())
+                if count.records and not count.is_closed:
+                    yield make_statement(
+                        RUN_CLOSE, node=self.node, time_ns=timestamp_ns, run=run,
+                        model=count.model, category=count.category,
+                        payload=count.close().payload())
+
         frontier = Frontier.from_list(self._frontier.to_list())
         totals = {scope: dict(v) for scope, v in self.totals.items()}
         changed: dict[tuple[str, str], Totals] = {}
@@ -250,9 +316,25 @@ class Ledger:
         gpu_rows: dict[str, tuple[int, int, list[str]]] = {}
         sealed = copy_pairs(self._sealed)
         seq = self._next_seq
-        for draft in drafts:
-            record = _with_seq(draft, seq)
+        appended_closes = []
+        counted: set[str] = set()
+        for draft in itertools.chain(drafts, closes()):
+            count = counts.get(draft.run, RunCount())
+            record = _with_seq(draft, seq, count.records if is_compute(draft) else None)
             seq += 1
+            if is_compute(record):
+                counts[record.run] = count.added(record)
+                counted.add(record.run)
+            elif record.kind == RUN_CLOSE:
+                said = RunClose.of(record)
+                if not count.records or said != count.close():
+                    raise ValueError(f"not appended: run-close of run {record.run!r} says "
+                                     f"{said.records} record(s), the last at record "
+                                     f"{said.last_seq}; the ledger holds {count.records} "
+                                     f"before it, the last at record {count.last_seq}")
+                counts[record.run] = replace(count, closed=said.records)
+                counted.add(record.run)
+                appended_closes.append(record)
             body = record.encode()
             h = leaf_hash(body)
             frontier.append(h)
@@ -275,7 +357,7 @@ class Ledger:
             elif record.end_ns == previous[1] and record.run not in previous[2]:
                 previous[2].append(record.run)
         head = None
-        if drafts:
+        if rows:
             head = TreeHead(self.origin, frontier.size, frontier.root(), timestamp_ns).signed(
                 self._key)
         db = self._db
@@ -320,6 +402,12 @@ class Ledger:
             raise
         self._frontier = frontier
         self._next_seq = seq
+        for run in counted:
+            self._runs[run] = counts[run]
+            if counts[run].is_closed:
+                self._unclosed.discard(run)
+            else:
+                self._unclosed.add(run)
         self.totals = totals
         self._sealed = sealed
         if still_open is not None:
@@ -334,7 +422,7 @@ class Ledger:
             # check and a recovery less precise, so the agent keeps counting; said loudly.
             log.error("could not write %s (%s): the ledger is committed, but a recovery "
                       "would resume from the previous head file", head_file(self.path), e)
-        return head
+        return head, appended_closes
 
     def records(
         self, *, run: str | None = None, model: str | None = None
@@ -392,5 +480,8 @@ class Ledger:
 _CHUNK = 500
 
 
-def _with_seq(record: LedgerRecord, seq: int) -> LedgerRecord:
-    return replace(record, seq=seq)
+def _with_seq(record: LedgerRecord, seq: int, run_seq: int | None) -> LedgerRecord:
+    """The draft as appended: its ``seq``, and a compute record's ``run_seq``."""
+    if run_seq is None:
+        return replace(record, seq=seq)
+    return replace(record, seq=seq, assumptions={**record.assumptions, RUN_SEQ: run_seq})

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.accounting.records import (
+    RUN_CLOSE,
     STATEMENT_KINDS,
     LedgerRecord,
     is_compute,
@@ -441,12 +442,18 @@ def test_recover_a_ledger_holding_statements(tmp_path: Path) -> None:
 def test_every_statement_kind_round_trips(tmp_path: Path) -> None:
     path = build(tmp_path, with_statements=False, checkpoints=1)
     ledger = Ledger(path, NODE, load_or_create_key(tmp_path / "node.key"))
+    # A run-close states the ledger's own count of the run; every other kind carries any
+    # JSON payload.
+    declared = [kind for kind in STATEMENT_KINDS if kind != RUN_CLOSE]
     drafts = [make_statement(kind, node=NODE, time_ns=T0 + k * SECOND, run="a", model="m-a",
                              payload={"k": k, "nested": {"list": [1, "x", None, True]}})
-              for k, kind in enumerate(STATEMENT_KINDS)]
+              for k, kind in enumerate(declared)]
+    drafts.append(make_statement(RUN_CLOSE, node=NODE, time_ns=T0 + 9 * SECOND, run="a",
+                                 model="m-a", payload={"records": 1, "last_seq": 0,
+                                                       "first_run_seq": 0}))
     ledger.append(drafts, T0 + 20 * SECOND)
     stored = ledger.statements()
     ledger.close()
     assert [dataclasses.replace(r, seq=0) for r in stored] == drafts
-    assert [r.seq for r in stored] == [2, 3, 4, 5]
+    assert [r.seq for r in stored] == [2, 3, 4, 5, 6]
     assert verify_ledger(path).statements == Counter(dict.fromkeys(STATEMENT_KINDS, 1))
