@@ -354,7 +354,7 @@ def _leaving(ledger: Ledger, acc: Accountant, closed: Sequence[LedgerRecord],
     candidates = ledger.unclosed_runs() | {r.run for r in closed if is_compute(r)}
     if not final:
         # The accountant's attributions: a GPU that went silent keeps its runs there.
-        candidates -= {s.run.run_id for a in acc._attributions for s in a.shares}
+        candidates -= acc.current_runs()
         candidates -= {r.run for r in still_open}
     return sorted(candidates)
 

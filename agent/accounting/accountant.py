@@ -193,6 +193,10 @@ class Accountant:
                               # when every run on the GPU said how it recomputes.
                               recompute_declared=all(run.recompute_declared for run in runs))
 
+    def current_runs(self) -> set[str]:
+        """The runs that hold a share of any GPU at the latest tick."""
+        return {s.run.run_id for a in self._attributions for s in a.shares}
+
     def _set_attributions(self, attributions: Sequence[GpuAttribution]) -> None:
         changed = [i for i, a in enumerate(attributions)
                    if a is not self._attributions[i]
