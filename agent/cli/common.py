@@ -1,8 +1,9 @@
 """What the command groups share: the config and ledger options.
 
 ``--ledger`` names a node's ledger file, or the cluster store
-(``postgresql://user@host:5432/db``), which ``runs``, ``show``, ``models`` and ``verify``
-read. A malformed URL is a usage error (exit 2), said before anything connects.
+(``postgresql://user@host:5432/db``), which ``runs``, ``show``, ``models``, ``verify``,
+``status``, ``report`` and ``gate`` read. A malformed URL is a usage error (exit 2),
+said before anything connects.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from agent.ledger.errors import LedgerError
 if TYPE_CHECKING:
     from agent.ledger.pg_query import ClusterView
 
-CLUSTER_COMMANDS = "runs, show, models and verify"
+CLUSTER_COMMANDS = "runs, show, models, verify, status, report and gate"
 
 
 def config_of(args: argparse.Namespace) -> Config:
@@ -110,5 +111,5 @@ def add_ledger_args(p: argparse.ArgumentParser) -> None:
     """``--config`` and ``--ledger``, for the commands that read a ledger."""
     p.add_argument("--config", help="TOML config file (for agent.state_dir)")
     p.add_argument("--ledger", type=ledger_arg,
-                   help="ledger file (default: <state_dir>/ledger.sqlite); runs, show, "
-                        "models and verify also read the cluster store: postgresql://...")
+                   help="ledger file (default: <state_dir>/ledger.sqlite); "
+                        f"{CLUSTER_COMMANDS} also read the cluster store: postgresql://...")

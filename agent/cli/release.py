@@ -8,6 +8,11 @@ command then waits up to ``--wait`` seconds, reading the ledger, for the record.
 agent holds the lock, the command opens the ledger itself, appends the statement under a
 new signed head and closes it again.
 
+``gate --ledger postgresql://...`` decides on the cluster store: verified first, the
+model's compute summed over every node, its attestations from every node's statements.
+The decision is written nowhere: the store holds the nodes' own records, and a gate
+decision belongs to a node's ledger (as with ``--bundle``, it is printed only).
+
 Exit codes (see docs/release-gate.md): ``attest`` 0 recorded or queued, 1 the ledger
 fails verification (or the agent rejected the message), 2 a bad argument or
 configuration. ``gate`` 0 allowed, 3 the mode is not allowed, 4 evaluations missing or
@@ -23,6 +28,7 @@ import json
 import math
 import os
 import secrets
+import shlex
 import socket
 import sys
 import time
@@ -30,20 +36,35 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.accounting.names import name_problem, printable, run_id_problem
-from agent.cli.common import add_ledger_args, config_of, ledger_path
+from agent.cli.common import add_ledger_args, cluster_url, config_of, ledger_path, open_cluster
 from agent.compliance.attestations import (
+    Attested,
     attestation_payload,
     evidence_problem,
     latest_attestations,
     message_id_of,
     parse_result,
 )
-from agent.compliance.gate import MODES, decide, load_policy, model_figures
+from agent.compliance.gate import (
+    MODES,
+    FamilyCounts,
+    ModelFigures,
+    decide,
+    figures_of,
+    latest_across_nodes,
+    load_policy,
+    model_figures,
+)
 from agent.config import Config
 from agent.configfile import bundled_config
+
+if TYPE_CHECKING:
+    from agent.accounting.records import LedgerRecord
+    from agent.compliance.thresholds import Registry
+    from agent.ledger.pg_query import ClusterView
 
 SPOOL_FORMAT = "flopledger-spool-1"
 MAX_MESSAGE_BYTES = 65536
@@ -52,6 +73,10 @@ MAX_WAIT_S = 3600.0
 POLL_S = 0.2
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+# Why ``gate --ledger postgresql://...`` writes its decision nowhere.
+CLUSTER_NOT_RECORDED = ("the cluster store holds the nodes' own records, and a gate "
+                        "decision belongs to a node's ledger (run the gate with --ledger on "
+                        "a node's ledger to record one there)")
 
 
 class UsageError(Exception):
@@ -272,7 +297,7 @@ def record_statement(args: argparse.Namespace, config: Config, path: Path, kind:
     return Recorded("queued", file=str(spooled), message_id=message_id)
 
 
-def recorded_line(what: str, r: Recorded, path: Path, wait_s: float) -> str:
+def recorded_line(what: str, r: Recorded, path: Path | str, wait_s: float) -> str:
     if r.status == "recorded":
         via = " by the running agent" if r.file else ""
         return f"recorded {what} as record {r.seq} of the ledger {printable(str(path), 400)}{via}"
@@ -341,6 +366,10 @@ class Evidence:
     unsealed: list[Any]
     run_meta: dict[str, dict[str, object]]
     statements: list[Any]
+    # Read from the cluster store: the figures and attestations, already drawn from it
+    # (its records are not read into memory).
+    figures: ModelFigures | None = None
+    attested: Attested | None = None
 
 
 class EvidenceError(Exception):
@@ -406,6 +435,94 @@ def _bundle_evidence(path: Path, model: str, fingerprint: str | None) -> Evidenc
     return Evidence(evidence, line, records, [], {}, list(report.statements))
 
 
+def _cluster_evidence(args: argparse.Namespace, config: Config, url: str, model: str,
+                      registry: Registry) -> Evidence:
+    """The cluster store, verified first (every node's records, heads and signatures, the
+    kept totals, the witness's flags), then read in one transaction: the model's figures
+    from the kept totals of every node, its attestations from every node's statements.
+
+    Verification and the read are two transactions: records that reach the store
+    between them are counted in the figures (more compute can only place the model in a
+    more capable tier), but their statements are not (an attestation counts only once
+    verified).
+
+    Raises:
+        EvidenceError: the store fails verification.
+        PgError, ClusterReadError: it cannot be reached or read.
+    """
+    from agent.cli.thresholds import store_text
+    from agent.ledger.pg_verify import verify_cluster_url
+
+    settings = config.cluster
+    report = verify_cluster_url(url, password_file=settings.password_file,
+                                password_env=settings.password_env)
+    if not report.ok:
+        problems = [*report.problems, *(p for n in report.nodes for p in n.problems)]
+        more = (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        raise EvidenceError(f"the cluster ledger {report.where} fails verification: "
+                            f"{printable(problems[0], 800)}{more}: `flopledger verify "
+                            f"--ledger {shlex.quote(report.where)}`")
+    verified = {n.node.node_key: n.records for n in report.nodes}
+    with open_cluster(args, config, model=model) as view:
+        if view.flagged():
+            raise EvidenceError(f"the cluster ledger {view.where} changed after it was "
+                                f"verified: {view.warnings()[0].removeprefix('WARNING: ')}")
+        later = {n.node_key: n.records - verified.get(n.node_key, 0) for n in view.nodes}
+        lost = [n.label() for n in view.nodes if later[n.node_key] < 0]
+        if lost:
+            raise EvidenceError(f"the cluster ledger {view.where} changed after it was "
+                                f"verified: it holds fewer records of {', '.join(lost)} "
+                                "than it did")
+        arrived = sum(later.values())
+
+        def counted(family: frozenset[str]) -> FamilyCounts:
+            counts = FamilyCounts()
+            for name in sorted(family):
+                counts.add(model, family, view.iter_records(model=name))
+            return counts
+
+        fig = figures_of(model, view.run_summaries(), config.models, registry, counted)
+        statements = _verified_statements(view, model, verified)
+        attested = latest_across_nodes(statements, model)
+        line = f"evidence  {store_text(view, 'verified')}"
+        if arrived:
+            line += (f"\nNOTE      {arrived} record(s) reached the store after it was "
+                     "verified: their compute is counted (more compute only places the "
+                     "model higher), their statements are not")
+        doc = {"kind": "cluster", "store": view.where, "records": view.records_held,
+               "verified_records": report.records, "arrived_after_verification": arrived,
+               "attestation_order": "latest by (the time the node recorded it, node, "
+                                    "record number)",
+               "nodes": [{"node": n.node, "key_fingerprint": n.fingerprint,
+                          "records": n.records, "verified_records": verified.get(n.node_key, 0),
+                          "head_size": n.head_size,
+                          "root": n.head.root.hex() if n.head is not None else None,
+                          "signed_at_ns": n.head.timestamp_ns if n.head is not None else None}
+                         for n in view.nodes]}
+    return Evidence(doc, line, [], [], {}, statements, fig, attested)
+
+
+def _verified_statements(view: ClusterView, model: str, verified: Mapping[str, int]
+                         ) -> list[LedgerRecord]:
+    """Every node's attestation statements of ``model`` among its verified records."""
+    from agent.compliance.attestations import KIND
+    from agent.ledger.rows import BadRowError, Skipped, parse_body
+
+    out = []
+    for node_key, seq, body in view.rows(
+            "SELECT node_key, seq, body FROM fl_records WHERE kind = %s AND model = %s"
+            " ORDER BY node_key, seq", [KIND, model]):
+        if seq >= verified.get(str(node_key), 0):
+            continue
+        try:
+            out.append(parse_body(bytes(body) if isinstance(body, memoryview) else body,
+                                  canonical=False, wrong_type=Skipped()))
+        except BadRowError as e:  # verified a moment ago: the store changed since
+            raise EvidenceError(f"the cluster ledger {view.where} changed after it was "
+                                f"verified: record {seq} of node key {node_key}: {e}") from e
+    return out
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     """0 allowed; 3 mode not allowed; 4 evaluations missing or failed, or compute of
     unknown amount; 1 the evidence fails verification or the decision could not be
@@ -417,20 +534,33 @@ def cmd_gate(args: argparse.Namespace) -> int:
         wait_s = _wait_s(args.wait)
         if args.bundle and args.ledger:
             raise UsageError("give --ledger or --bundle, not both")
+        url = cluster_url(args)
+        if url is not None and args.key_fingerprint:
+            raise UsageError("--key-fingerprint checks a ledger file or an audit bundle; "
+                             "each node of the cluster store is checked against its own "
+                             "key in fl_nodes")
         config = config_of(args)
         registry = load_registry(config.agent.thresholds_file)
         policy_path = Path(args.policy) if args.policy else bundled_config("release.toml")
         policy = load_policy(policy_path, registry)
-        path = Path(args.bundle) if args.bundle else ledger_path(args, config)
+        path: Path | None = None
         try:
-            evidence = (_bundle_evidence(path, model, args.key_fingerprint) if args.bundle
-                        else _ledger_evidence(path, model, args.key_fingerprint))
+            if url is not None:
+                evidence = _cluster_evidence(args, config, url, model, registry)
+            elif args.bundle:
+                path = Path(args.bundle)
+                evidence = _bundle_evidence(path, model, args.key_fingerprint)
+            else:
+                path = ledger_path(args, config)
+                evidence = _ledger_evidence(path, model, args.key_fingerprint)
         except EvidenceError as e:
             print(f"flopledger: {e}", file=sys.stderr)
             return EXIT_FAILED
-        fig = model_figures(model, evidence.sealed, evidence.unsealed, evidence.run_meta,
-                            config.models, registry)
-        attested = latest_attestations(evidence.statements, model)
+        fig = (evidence.figures if evidence.figures is not None else model_figures(
+            model, evidence.sealed, evidence.unsealed, evidence.run_meta, config.models,
+            registry))
+        attested = (evidence.attested if evidence.attested is not None
+                    else latest_attestations(evidence.statements, model))
         decision = decide(policy, registry, fig, args.mode, attested,
                           allow_unmeasured=args.allow_unmeasured)
         time_ns = time.time_ns()
@@ -445,6 +575,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
         status = decision.exit_code
         if args.bundle:
             recorded = Recorded("not-recorded", reason="a bundle is read-only evidence")
+        elif path is None:
+            recorded = Recorded("not-recorded", reason=CLUSTER_NOT_RECORDED)
         else:
             try:
                 recorded = record_statement(
@@ -464,7 +596,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
                           decision.exit_code, "recorded": recorded.to_json()}, indent=1,
                          sort_keys=True))
     elif recorded.status != "failed":
-        print(recorded_line("the decision", recorded, path, wait_s))
+        print(recorded_line("the decision", recorded, path or "", wait_s))
     if recorded.status == "failed":
         print(f"flopledger: the decision could not be recorded ({printable(recorded.reason, 800)})"
               "; exit 1: a gate decision that is not in the ledger does not count",

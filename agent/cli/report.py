@@ -11,19 +11,37 @@ from typing import TYPE_CHECKING
 
 from agent import figures
 from agent.accounting.names import file_stem, printable
-from agent.cli.common import add_ledger_args, config_of, ledger_path
+from agent.cli.common import add_ledger_args, cluster_url, config_of, ledger_path, open_cluster
 from agent.cli.ledger import ledger_warnings
 
 if TYPE_CHECKING:
+    from agent.config import Config
+    from agent.ledger.pg_query import ClusterView
     from agent.reports.report import Report
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """0, or 1 if the ledger fails its checks or the cluster store holds a flagged
+    node (the report is still written, under a WARNING)."""
     from agent.compliance.thresholds import load_registry
-    from agent.reports.report import build_report, render_csv, render_markdown
+    from agent.reports.report import build_report
     from agent.sources.specs import load_spec_table
 
+    if args.form is not None and args.format not in ("md", "json"):
+        # Said before anything is read or connected to.
+        print(f"flopledger: report: --form gives --format md or json, not {args.format}",
+              file=sys.stderr)
+        return 2
     config = config_of(args)
+    if cluster_url(args) is not None:
+        with open_cluster(args, config, run=args.run, model=args.model) as view:
+            # As on a damaged ledger: a flagged node is a WARNING (on stderr, and atop
+            # the report) above the figures still readable, and exit 1.
+            warnings = [printable(line, 4000) for line in view.warnings()]
+            for line in warnings:
+                print(line, file=sys.stderr)
+            rep = _cluster_report(args, config, view)
+        return _write(args, rep, warnings, bool(warnings))
     path = ledger_path(args, config)
     # A ledger failing its own checks still gets its report, under a WARNING (on stderr,
     # and atop a Markdown report, which may be read far from this terminal); exit 1.
@@ -33,6 +51,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     rep = build_report(config.models, load_registry(config.agent.thresholds_file),
                        load_spec_table(config.agent.spec_file), path,
                        run=args.run, model=args.model)
+    return _write(args, rep, warnings, damaged)
+
+
+def _cluster_report(args: argparse.Namespace, config: Config, view: ClusterView) -> Report:
+    """The report over every node of the store, evaluated as the cluster service does
+    (with the evaluation settings a node's report uses)."""
+    from agent.cli.thresholds import evaluate_store
+    from agent.compliance.thresholds import load_registry
+    from agent.reports.report import build_cluster_report
+    from agent.sources.specs import load_spec_table
+
+    registry = load_registry(config.agent.thresholds_file)
+    now = time.time_ns()
+    snap = evaluate_store(view, config.models, registry, now)
+    return build_cluster_report(config.models, registry,
+                                load_spec_table(config.agent.spec_file), view, snap,
+                                run=args.run, model=args.model, now_ns=now)
+
+
+def _write(args: argparse.Namespace, rep: Report, warnings: list[str], damaged: bool) -> int:
+    """The report in ``--format`` (or the ``--form``), to ``-o`` or standard output."""
+    from agent.reports.report import render_csv, render_markdown
+
     # In the current directory whatever the run or model is called ("../x", "a/b").
     name = f"flopledger-{rep.subject_type}-{file_stem(rep.subject)}"
     out = Path(args.output) if args.output else None
@@ -76,10 +117,6 @@ def _write_form(args: argparse.Namespace, rep: Report, warnings: list[str], out:
     """``--form``: the official form's items from the same report, as Markdown or JSON."""
     from agent.reports.forms import build_form, render_form_json, render_form_markdown
 
-    if args.format not in ("md", "json"):
-        print(f"flopledger: report: --form gives --format md or json, not {args.format}",
-              file=sys.stderr)
-        return 2
     doc = build_form(rep, args.form)
     if args.format == "json":
         if warnings:

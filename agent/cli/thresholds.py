@@ -1,20 +1,31 @@
 """The threshold commands: ``thresholds`` (the registry), ``status`` (where runs and
-models stand) and ``rules`` (Prometheus rules generated from the registry)."""
+models stand) and ``rules`` (Prometheus rules generated from the registry).
+
+``status --ledger postgresql://...`` states the cluster-wide figures: the evaluation the
+cluster service runs (:mod:`agent.cluster.reading`) on every node's records, read in one
+transaction, with a WARNING at the top (exit 1) for a node the witness flagged. The
+helpers that read the store so (:func:`evaluate_store`, :func:`store_text`) serve
+``report`` and ``gate`` too."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent import figures
-from agent.cli.common import add_ledger_args, config_of, ledger_path
+from agent.accounting.names import printable
+from agent.cli.common import add_ledger_args, cluster_url, config_of, ledger_path, open_cluster
 
 if TYPE_CHECKING:
     from agent.accounting.records import LedgerRecord
-    from agent.compliance.evaluate import Evaluation
+    from agent.compliance.evaluate import Evaluation, Snapshot
+    from agent.compliance.lineage import ModelInfo
+    from agent.compliance.thresholds import Registry
+    from agent.ledger.pg_query import ClusterView
     from agent.reports.processed import ProcessedCheck
 
 
@@ -50,6 +61,8 @@ def _bar(fraction: float, width: int = 20) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """0, or 1 if the ledger fails its checks or the cluster store holds a node the
+    witness flagged (a WARNING at the top, the figures below it)."""
     from agent.compliance.evaluate import evaluate
     from agent.compliance.thresholds import load_registry
     from agent.ledger.query import read_view
@@ -57,21 +70,46 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = config_of(args)
     registry = load_registry(config.agent.thresholds_file)
     now = time.time_ns()
+    t = config.thresholds
+    settings = {"estimate": args.estimate, "levels": t.levels, "window_s": t.window_s,
+                "horizon_s": t.horizon_days * 86400, "min_observation_s": t.min_observation_s,
+                "min_observation_fraction": t.min_observation_fraction}
+    if cluster_url(args) is not None:
+        from agent.cluster.reading import compute_records
+
+        with open_cluster(args, config) as store:
+            for line in store.warnings():
+                print(printable(line, 4000))
+            # One transaction: the thresholds, the declared compute and the heads cited
+            # are of the same records.
+            cluster_records = list(compute_records(store))
+            snap = evaluate_store(store, config.models, registry, now, cluster_records,
+                                  settings)
+            _print_status(args, snap, now, store.run_meta, cluster_records,
+                          store_text(store), lambda: cluster_dead_letters(store))
+            return 1 if store.flagged() else 0
     path = ledger_path(args, config)
     from agent.cli.ledger import ledger_warnings
 
     warnings, damaged = ledger_warnings(path)
     for line in warnings:
         print(line)
-    t = config.thresholds
     # One read: the thresholds and the declared compute are of the same records, and of
     # the runs' metadata as it was then.
     view = read_view(path)
     records = [*view.sealed, *view.unsealed]
-    snap = evaluate(config.models, registry, path, now, estimate=args.estimate,
-                    levels=t.levels, window_s=t.window_s, horizon_s=t.horizon_days * 86400,
-                    records=records, min_observation_s=t.min_observation_s,
-                    min_observation_fraction=t.min_observation_fraction)
+    snap = evaluate(config.models, registry, path, now, records=records, **settings)
+    _print_status(args, snap, now, view.run_meta, records,
+                  f"ledger head {snap.tree_head.get('size', 0)} records",
+                  lambda: _dead_letters(path))
+    return 1 if damaged else 0
+
+
+def _print_status(args: argparse.Namespace, snap: Snapshot, now: int,
+                  run_meta: dict[str, dict[str, object]], records: list[LedgerRecord],
+                  head_text: str, dead_letters: Callable[[], list[str]]) -> None:
+    """Where each run and model stands, the declared compute against the measured,
+    what the figures are of (``head_text``) and the notifications never delivered."""
     by_subject: dict[tuple[str, str], list[Evaluation]] = {}
     for e in snap.evaluations:
         a = e.assessment
@@ -81,8 +119,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         by_subject.setdefault((a.subject.kind, a.subject.name), []).append(e)
     if not by_subject:
         print("(nothing to show: no runs or models in the ledger yet)")
-        _print_dead_letters(path)
-        return 1 if damaged else 0
+        _print_lines(dead_letters())
+        return
     for (kind, name), evaluations in sorted(by_subject.items()):
         rate = evaluations[0].projection.rate
         state = "active" if (kind == "run" and name in snap.active_runs) or rate.high > 0 else (
@@ -95,13 +133,83 @@ def cmd_status(args: argparse.Namespace) -> int:
             threshold = figures.flop(a.threshold_flop) if a.threshold_flop else "cost"
             print(f"  {_bar(f)} {f:6.1%} of {threshold:<8} {a.regime.key:<26} "
                   f"{_outlook_text(e, now)}".rstrip())
-    declared = _declared_lines(view.run_meta, records)
+    declared = _declared_lines(run_meta, records)
     if declared:
         print("\n" + "\n".join(declared))
-    print(f"\nfractions use the {args.estimate} estimate; ledger head "
-          f"{snap.tree_head.get('size', 0)} records")
-    _print_dead_letters(path)
-    return 1 if damaged else 0
+    print(f"\nfractions use the {args.estimate} estimate; {head_text}")
+    _print_lines(dead_letters())
+
+
+def _print_lines(lines: list[str]) -> None:
+    if lines:
+        print("\n" + "\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------
+# The cluster store: ``status``, ``report`` and ``gate`` read it as the cluster service
+# does (agent.cluster.reading), in one transaction of a ClusterView.
+
+
+def evaluate_store(view: ClusterView, models: Mapping[str, ModelInfo], registry: Registry,
+                   now_ns: int, records: Iterable[LedgerRecord] | None = None,
+                   settings: Mapping[str, Any] | None = None) -> Snapshot:
+    """The threshold evaluation the cluster service runs on ``view`` (every node's
+    compute records, the stored run totals, the store's milestones, every node's head),
+    with the agent's evaluation settings; ``records``: the service's
+    :func:`agent.cluster.reading.compute_records` of ``view`` if already read.
+
+    Raises:
+        ClusterReadError: the store could not be read.
+    """
+    from agent.cluster.reading import cluster_head, compute_records, read_milestones
+    from agent.compliance.evaluate import evaluate
+
+    return evaluate(models, registry, None, now_ns,
+                    records=compute_records(view) if records is None else records,
+                    milestones=read_milestones(view), summaries=view.run_summaries(),
+                    tree_head=cluster_head(view), **dict(settings or {}))
+
+
+def store_text(view: ClusterView, state: str = "") -> str:
+    """``cluster ledger URL: 2 node(s), 14 records; every node's latest signed head, the
+    oldest at TIME of node-2 (key K)``: what the figures read from the store are of. The
+    oldest of the nodes' latest heads is how recent the cluster-wide figures are at
+    least. ``state`` is said after the store (``verified``)."""
+    where = f"cluster ledger {printable(view.where, 400)}: " + (f"{state}; " if state else "")
+    if not view.nodes:
+        return f"{where}no node has replicated to it yet"
+    text = f"{where}{len(view.nodes)} node(s), {view.records_held} records"
+    headless = [n for n in view.nodes if n.head is None]
+    heads = sorted((n.head.timestamp_ns, n.node, n.node_key, n) for n in view.nodes
+                   if n.head is not None)
+    if heads:
+        at_ns, _, _, oldest = heads[0]
+        every = "every node's latest" if not headless else "the latest of every other node's"
+        text += (f"; {every} signed head, the oldest at {figures.when(at_ns)} of "
+                 f"{printable(oldest.label())}")
+    if headless:
+        text += "; no signed head yet from " + ", ".join(printable(n.label())
+                                                          for n in headless)
+    return text
+
+
+def cluster_dead_letters(view: ClusterView, limit: int = 20) -> list[str]:
+    """The cluster service's dead letters in the store, as a node's are listed."""
+    from agent.ledger.pg_query import ClusterReadError
+    from agent.notify.deadletter import DeadLetter, describe
+
+    try:
+        rows = view.rows("SELECT key, channel, COALESCE(last_error, ''),"
+                     " COALESCE(last_attempt_ns, 0), attempts FROM fl_deliveries"
+                     " WHERE state = 'dead' ORDER BY last_attempt_ns DESC NULLS LAST, channel, key"
+                         " LIMIT %s", [limit])
+        if not rows:
+            return []
+        (count,), = view.rows("SELECT count(*) FROM fl_deliveries WHERE state = 'dead'")
+    except ClusterReadError as e:  # a store the cluster service never ran on
+        return [f"notifications: dead letters unreadable in the store: {e}"]
+    return describe(int(count), [DeadLetter(str(k), str(c), str(reason), int(at), int(n))
+                                 for k, c, reason, at, n in rows])
 
 
 def _declared_lines(run_meta: dict[str, dict[str, object]],
@@ -176,12 +284,10 @@ def _outlook_text(e: Evaluation, now_ns: int) -> str:
     return "; ".join(parts)
 
 
-def _print_dead_letters(path: Path) -> None:
+def _dead_letters(path: Path) -> list[str]:
     from agent.notify.deadletter import status_lines
 
-    lines = status_lines(path)
-    if lines:
-        print("\n" + "\n".join(lines))
+    return status_lines(path)
 
 
 def cmd_rules(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from typing import Any
 from agent import figures
 from agent.accounting.names import name_problem, printable
 from agent.accounting.records import LedgerRecord, is_compute
-from agent.compliance.attestations import Attestation, Attested
+from agent.compliance.attestations import KIND, Attestation, Attested, from_statement
 from agent.compliance.evaluate import is_systemic
 from agent.compliance.lineage import Flop, ModelInfo, model_view
 from agent.compliance.thresholds import MAX_FLOP, Registry, Subject, regime_threshold
@@ -352,6 +352,57 @@ def model_figures(model: str, sealed: Iterable[LedgerRecord],
         summaries.setdefault(r.run, RunSummary(r.run)).add(r)
     for name, summary in summaries.items():
         summary.meta = dict(run_meta.get(name, {}))
+
+    def counted(family: frozenset[str]) -> FamilyCounts:
+        counts = FamilyCounts.of(model, family, sealed_rows)
+        counts.add(model, family, unsealed_rows, unsealed=True)
+        return counts
+
+    return figures_of(model, summaries, models, registry, counted)
+
+
+@dataclass(slots=True)
+class FamilyCounts:
+    """What the gate counts of the compute records of a model and its ancestors.
+
+    Attributes:
+        own: records of the model itself.
+        unsealed: records of the family no signed head covers yet.
+        blind: records of the family on GPUs with no spec at all (counted as 0 FLOP).
+        measured: the models of the family with at least one record.
+    """
+
+    own: int = 0
+    unsealed: int = 0
+    blind: int = 0
+    measured: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, model: str, family: frozenset[str],
+           records: Iterable[LedgerRecord]) -> FamilyCounts:
+        counts = cls()
+        counts.add(model, family, records)
+        return counts
+
+    def add(self, model: str, family: frozenset[str], records: Iterable[LedgerRecord], *,
+            unsealed: bool = False) -> None:
+        """Count ``records`` (a stream will do; those outside ``family`` are skipped)."""
+        for r in records:
+            if r.model not in family:
+                continue
+            self.measured.add(r.model)
+            self.own += r.model == model
+            self.unsealed += unsealed
+            self.blind += spec_basis(r) == "none"
+
+
+def figures_of(model: str, summaries: Mapping[str, RunSummary],
+               models: Mapping[str, ModelInfo], registry: Registry,
+               counted: Callable[[frozenset[str]], FamilyCounts]) -> ModelFigures:
+    """The figures of ``model`` from every run's sums with its declared metadata
+    (``summaries``: a node's, summed from its records, or the cluster store's kept
+    totals) and the counts of the records of the model and its ancestors, which
+    ``counted`` gives once the lineage names them."""
     view = model_view(models, registry.scopes, summaries)
     lineage = view.lineage
     info = lineage.models.get(model, ModelInfo(model))
@@ -365,25 +416,72 @@ def model_figures(model: str, sealed: Iterable[LedgerRecord],
                                      registry) for b in info.base_models)
     subject = Subject("model", model, view.totals(model), {}, info.role, base_flop,
                       base_systemic)
-    family = {model, *ancestors}
-    rows = [*sealed_rows, *unsealed_rows]
-    measured = {r.model for r in rows}
+    counts = counted(frozenset({model, *ancestors}))
     unmeasured = []
-    own = sum(1 for r in rows if r.model == model)
-    if not own and info.declared_flop is None:
+    if not counts.own and info.declared_flop is None:
         unmeasured.append(f"no compute records for {model}")
     for name in ancestors:
-        if name not in measured and lineage.models.get(name, ModelInfo(name)).declared_flop \
-                is None:
+        if name not in counts.measured and lineage.models.get(
+                name, ModelInfo(name)).declared_flop is None:
             unmeasured.append(f"base model {name}: no compute records here and no "
                               f"declared_flop ([models.\"{name}\"] in the agent config)")
-    blind = sum(1 for r in rows if r.model in family and spec_basis(r) == "none")
-    if blind:
-        unmeasured.append(f"{blind} record(s) of {model} or its base models rest on GPUs "
-                          "with no spec at all (counted as 0 FLOP)")
-    return ModelFigures(subject, ancestors, own,
-                        sum(1 for r in unsealed_rows if r.model in family),
-                        tuple(unmeasured))
+    if counts.blind:
+        unmeasured.append(f"{counts.blind} record(s) of {model} or its base models rest on "
+                          "GPUs with no spec at all (counted as 0 FLOP)")
+    return ModelFigures(subject, ancestors, counts.own, counts.unsealed, tuple(unmeasured))
+
+
+# ---------------------------------------------------------------------------------------
+# Attestations recorded on several nodes (the cluster store).
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAttestation(Attestation):
+    """An attestation read from the cluster store: the node whose ledger recorded it,
+    and when that node recorded it (its statement's time, by the node's clock)."""
+
+    node: str = ""
+    recorded_ns: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**Attestation.to_json(self), "node": self.node,
+                "recorded_ns": self.recorded_ns}
+
+
+def record_text(a: Attestation) -> str:
+    """``record 12``, or ``record 12 of node node-1`` for one of the cluster store."""
+    if isinstance(a, NodeAttestation):
+        return f"record {a.seq} of node {printable(a.node)}"
+    return f"record {a.seq}"
+
+
+def latest_across_nodes(records: Iterable[LedgerRecord], model: str) -> Attested:
+    """Per evaluation, the latest attestation of ``model`` among statements recorded on
+    several nodes: ordered by (the time the node recorded it, node, record number).
+
+    A node's record numbers order its own statements only; the nodes share no sequence,
+    so the time their agents recorded each statement is the order they have in common
+    (the node's clock, not the attester's: as a record number, it is the node's word,
+    signed under its head). The node's name, then the record number, break a tie the
+    same way on every read.
+    """
+    latest: dict[str, tuple[tuple[int, str, int], NodeAttestation]] = {}
+    malformed: list[str] = []
+    for record in records:
+        if record.kind != KIND or record.model != model:
+            continue
+        try:
+            a = from_statement(record)
+        except ValueError as e:
+            malformed.append(f"node {record.node}: {e}")
+            continue
+        here = NodeAttestation(a.model, a.evaluation, a.result, a.score, a.evidence, a.by,
+                               a.time_ns, a.message_id, a.seq, record.node, record.start_ns)
+        order = (record.start_ns, record.node, record.seq)
+        current = latest.get(a.evaluation)
+        if current is None or order > current[0]:
+            latest[a.evaluation] = (order, here)
+    return Attested({name: a for name, (_, a) in sorted(latest.items())}, tuple(malformed))
 
 
 # ---------------------------------------------------------------------------------------
@@ -489,7 +587,7 @@ class Finding:
             return f"{self.evaluation}: missing (no attestation)"
         result = f"score {a.score:g}" if a.score is not None else a.result
         return (f"{self.short()}: {result} by {printable(a.by)}, evidence "
-                f"{printable(a.evidence, 400)}, record {a.seq}")
+                f"{printable(a.evidence, 400)}, {record_text(a)}")
 
     def to_json(self) -> dict[str, Any]:
         return {"evaluation": self.evaluation, "status": self.status,
@@ -578,7 +676,7 @@ class Decision:
         for a in self.attested.latest.values():
             result = f"score {a.score:g}" if a.score is not None else a.result
             out.append(f"attested  {printable(a.evaluation)}: {result} by {printable(a.by)}, "
-                       f"evidence {printable(a.evidence, 400)}, record {a.seq}")
+                       f"evidence {printable(a.evidence, 400)}, {record_text(a)}")
         for bad in self.attested.malformed:
             out.append(f"WARNING   not counted: {printable(bad, 400)}")
         for f in self.findings:

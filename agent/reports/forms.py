@@ -114,6 +114,13 @@ def _signed_head(rep: Report) -> dict[str, Any]:
             # sealed (in no figure).
             "subject_records": led.get("subject_records"),
             "unsealed": led.get("unsealed_text")}
+    if led.get("kind") == "cluster":
+        # Every node's own head: the cluster store has no head of its own.
+        head.update({"kind": "cluster", "nodes": [
+            {"node": s["node"], "key_fingerprint": s["key_fingerprint"],
+             **({"records": s["head"]["size"], "root": s["head"]["root"],
+                 "signed_at": s["head"]["signed_at"]} if s["head"] is not None else {}),
+             "flagged": s.get("flagged")} for s in led.get("nodes", [])]})
     if led.get("records") is None:
         head["warning"] = ("the ledger has no signed tree head yet: these figures cannot "
                            "be verified until it is sealed")
@@ -239,8 +246,11 @@ def _notification(rep: Report, row: Mapping[str, Any]) -> dict[str, Any]:
     item.update({"due": True, "compute": trigger,
                  "date": {"event": "met" if met else "known to be met",
                           "at": figures.when(at_ns), "at_ns": at_ns,
-                          "stored": "the ledger's threshold_milestones, first recorded by "
-                                    "the agent's watcher; never moved"},
+                          "stored": ("the cluster store's fl_milestones, first recorded "
+                                     "by the cluster service; never moved"
+                                     if rep.ledger.get("kind") == "cluster" else
+                                     "the ledger's threshold_milestones, first recorded by "
+                                     "the agent's watcher; never moved")},
                  "deadline": deadline,
                  "status": f"Notification due: the threshold was "
                            f"{'met' if met else 'known to be met'} on {figures.when(at_ns)}."})
@@ -343,6 +353,17 @@ def _head_lines(doc: Mapping[str, Any]) -> list[str]:
     lines = ["## Source of every figure", ""]
     if h.get("warning"):
         lines += [f"**{h['warning']}**", ""]
+    elif h.get("kind") == "cluster":
+        heads = "; ".join(
+            f"{n['node']} (key `{n['key_fingerprint']}`): "
+            + (f"{n['records']} records, root `{n['root']}`, signed {n['signed_at']}"
+               if n.get("records") is not None else "no signed head")
+            + (f", FLAGGED by the witness: {n['flagged']}" if n.get("flagged") else "")
+            for n in h["nodes"])
+        lines += [f"The cluster ledger `{h['ledger']}`, the latest signed tree head of each "
+                  f"node key holding records of this {doc['subject']['type']}: {heads}; "
+                  f"every figure is of the {h['subject_records']} record(s) of this "
+                  f"{doc['subject']['type']} they cover.", ""]
     else:
         lines += [f"The ledger `{h['ledger']}`, signed tree head of {h['records']} records, "
                   f"root `{h['root']}`, signed {h['signed_at']} by key "

@@ -12,6 +12,11 @@ head with how to verify. Every figure is of the records that head covers, read a
 moment (:func:`agent.ledger.query.read_view`); the subject's records it does not cover
 yet are stated apart, in no figure. Rendered as Markdown, JSON, CSV (the cumulative
 timeline) or a PNG chart.
+
+The cluster store's report (:func:`build_cluster_report`) is the same report over every
+node's records, read in one transaction of a
+:class:`~agent.ledger.pg_query.ClusterView`, with each node's share and latest signed
+head; both are assembled by one code path from what was read.
 """
 
 from __future__ import annotations
@@ -20,26 +25,30 @@ import csv
 import io
 import json
 import math
+import shlex
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import figures
 from agent.accounting.band import Band
 from agent.accounting.names import UNATTRIBUTED_RUN_ID
 from agent.accounting.records import LedgerRecord
-from agent.compliance.evaluate import Evaluation, evaluate, plan_of
+from agent.compliance.evaluate import Evaluation, Snapshot, evaluate, plan_of
 from agent.compliance.forecast import DEFAULT_HORIZON_S, RunForecast, run_forecast
 from agent.compliance.lineage import ModelInfo, ModelView, model_view
 from agent.compliance.planner import EU_MARGIN, cross_check
 from agent.compliance.thresholds import Registry
 from agent.ledger.energy import check_energy
-from agent.ledger.query import read_view, spec_basis
+from agent.ledger.query import RunSummary, Unsealed, read_view, spec_basis
 from agent.reports.processed import PROCESSED_FLAG, ProcessedTotal, processed_check
 from agent.sources.specs import MATMUL_PRECISIONS, SpecTable
+
+if TYPE_CHECKING:
+    from agent.ledger.pg_query import ClusterView
 
 
 @dataclass(slots=True)
@@ -98,6 +107,9 @@ class Report:
     # Per exact accelerator variant (spec-table key): its name, the basis of its peak,
     # GPU ids, and the GPU time covered by samples and lost in gaps (GPU-seconds).
     accelerators: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The cluster store's report: per node key, its records, FLOP band and energy, and
+    # the latest signed head the store holds of it (empty for a node's ledger).
+    node_shares: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         doc = asdict(self)
@@ -331,8 +343,7 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
             in the ledger matches.
         LedgerNotFoundError: if there is no ledger.
     """
-    if (run is None) == (model is None):
-        raise ValueError("give exactly one of --run or --model")
+    _check_subject(run, model)
     now = now_ns or time.time_ns()
     # Every figure comes from one read of the ledger and from the records its latest
     # signed head covers; the records it does not cover yet are stated on their own.
@@ -341,13 +352,138 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
     pending = ledger_view.unsealed_of(run=run, model=model)
     mine = [r for r in everything if (r.run == run if run is not None else r.model == model)]
     if not mine:
-        what = f"{'run ' + str(run) if run else 'model ' + str(model)}"
+        what = _subject_text(run, model)
         if pending.records:
             raise ValueError(f"no record of {what} is under the signed head of {ledger_path} "
                              f"yet ({pending.text()} not yet sealed); report again once "
                              "their recording window has closed")
         raise ValueError(f"no records for {what} in {ledger_path}")
-    mine.sort(key=lambda r: (r.end_ns, r.seq))
+    kind, name = _subject(run, model)
+    head, key = ledger_view.head, ledger_view.key_fingerprint
+    # ``subject_records`` of the head's ``records`` are the Total's; ``unsealed`` is in
+    # no figure of the report.
+    ledger: dict[str, Any] = {"kind": "node", "path": str(ledger_path), "key_fingerprint": key,
+                              "subject_records": len(mine), "unsealed": pending.to_json(),
+                              "unsealed_text": pending.text()}
+    if head is not None:
+        ledger.update({"records": head.size, "root": head.root.hex(),
+                       "signed_at": figures.when(head.timestamp_ns), "origin": head.origin,
+                       "signed_at_ns": head.timestamp_ns})
+    ledger["verify"] = (f"flopledger export --{kind} {name} -o bundle.json; then, anywhere: "
+                        f"flopledger verify bundle.json --key-fingerprint {key}")
+    snap = evaluate(models, registry, ledger_path, now, records=everything)
+    return _assemble(models, registry, specs, run, model, now,
+                     _Read(mine, everything, ledger_view.summaries(), snap, ledger))
+
+
+def build_cluster_report(models: Mapping[str, ModelInfo], registry: Registry,
+                         specs: SpecTable, view: ClusterView, snapshot: Snapshot, *,
+                         run: str | None = None, model: str | None = None,
+                         now_ns: int) -> Report:
+    """The report of a run or a model over every node of the cluster store, from one
+    read of it (``view``, one transaction): the same sections as a node's report, with
+    each node's share and latest signed head. ``snapshot`` is the threshold evaluation
+    of the same view at ``now_ns`` (the cluster service's, on every node's records).
+
+    Raises:
+        ValueError: if neither or both of ``run`` and ``model`` are given, or no record
+            in the store matches.
+        ClusterReadError: the store could not be read.
+    """
+    _check_subject(run, model)
+    mine = list(view.iter_records(run=run, model=model))
+    if not mine:
+        raise ValueError(f"no records for {_subject_text(run, model)} in {view.where}")
+    uuids = {r.gpu_uuid for r in mine}
+    # A GPU's UUID is unique in a cluster: the unattributed compute on the subject's
+    # GPUs is that of the unattributed run on any node.
+    unattributed = [r for r in view.iter_records(run=UNATTRIBUTED_RUN_ID)
+                    if r.gpu_uuid in uuids]
+    shares = node_shares(view, run=run, model=model)
+    heads = [s["head"] for s in shares if s["head"] is not None]
+    oldest = min(heads, key=lambda h: h["signed_at_ns"], default=None)
+    # Every node the subject ran on, each with the latest head the witness accepted: the
+    # store holds a node's records only with the signed head that covers them.
+    ledger: dict[str, Any] = {
+        "kind": "cluster", "path": view.where, "store": view.where,
+        "key_fingerprint": ", ".join(s["key_fingerprint"] for s in shares),
+        "records": sum(h["size"] for h in heads), "subject_records": len(mine),
+        "unsealed": Unsealed().to_json(), "unsealed_text": Unsealed().text(),
+        "nodes": shares,
+        "verify": f"flopledger verify --ledger {shlex.quote(view.where)}"}
+    if oldest is not None:
+        ledger.update({"signed_at": oldest["signed_at"], "signed_at_ns": oldest["signed_at_ns"],
+                       "origin": "every node's latest signed head; the oldest of them"})
+    return _assemble(models, registry, specs, run, model, now_ns,
+                     _Read(mine, unattributed, view.run_summaries(), snapshot, ledger, shares))
+
+
+def node_shares(view: ClusterView, *, run: str | None, model: str | None
+                ) -> list[dict[str, Any]]:
+    """Per node key holding records of the subject: its records, FLOP band and energy
+    (the store's kept totals), and the latest signed head the witness accepted from it;
+    by node name, then key."""
+    shares: dict[str, dict[str, Any]] = {}
+    for row in view.node_totals(run=run, model=model):
+        node, s = row.node, row.summary
+        share = shares.get(node.node_key)
+        if share is None:
+            head = node.head
+            share = shares[node.node_key] = {
+                "node": node.node, "key_fingerprint": node.fingerprint, "records": 0,
+                "flop": {"low": 0, "central": 0, "high": 0}, "energy_mj": 0,
+                "head": None if head is None else {
+                    "size": head.size, "root": head.root.hex(), "origin": head.origin,
+                    "signed_at": figures.when(head.timestamp_ns),
+                    "signed_at_ns": head.timestamp_ns},
+                "flagged": node.flagged}
+        share["records"] += s.records
+        share["energy_mj"] += s.energy_mj
+        for bound in ("low", "central", "high"):
+            share["flop"][bound] += getattr(s.flop, bound)
+    return sorted(shares.values(), key=lambda s: (s["node"], s["key_fingerprint"]))
+
+
+def _check_subject(run: str | None, model: str | None) -> None:
+    if (run is None) == (model is None):
+        raise ValueError("give exactly one of --run or --model")
+
+
+def _subject(run: str | None, model: str | None) -> tuple[str, str]:
+    return ("run", run) if run is not None else ("model", str(model))
+
+
+def _subject_text(run: str | None, model: str | None) -> str:
+    return f"{'run ' + str(run) if run else 'model ' + str(model)}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What a report is drawn from, read at one moment from a node's ledger or the
+    cluster store.
+
+    Attributes:
+        mine: the subject's compute records under the signed head(s).
+        unattributed: records among which the unattributed compute on the subject's
+            GPUs is found (a superset will do).
+        summaries: every run's sums, with its declared metadata.
+        snapshot: the threshold evaluation of the same records.
+        ledger: what the figures are of, and how to verify them.
+        shares: per node key of the cluster store, its share (none for a node ledger).
+    """
+
+    mine: list[LedgerRecord]
+    unattributed: Iterable[LedgerRecord]
+    summaries: Mapping[str, RunSummary]
+    snapshot: Snapshot
+    ledger: dict[str, Any]
+    shares: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _assemble(models: Mapping[str, ModelInfo], registry: Registry, specs: SpecTable,
+              run: str | None, model: str | None, now: int, read: _Read) -> Report:
+    """The report of what ``read`` holds: one code path for a node and the cluster."""
+    mine = sorted(read.mine, key=lambda r: (r.end_ns, r.seq))
     flop = sum((r.flop for r in mine), Band.exact(0))
     gpu_ns = sum(r.covered_ns + r.gap_ns for r in mine)
     gap_ns = sum(r.gap_ns for r in mine)
@@ -360,7 +496,8 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
     first, last = min(r.start_ns for r in mine), max(r.end_ns for r in mine)
     # Unattributed compute on the same GPUs over the same span: a large share means
     # processes the agent could not map to runs (often: missing permissions).
-    unattributed = [r for r in everything if r.run == "unattributed" and r.gpu_uuid in uuids
+    unattributed = [r for r in read.unattributed
+                    if r.run == UNATTRIBUTED_RUN_ID and r.gpu_uuid in uuids
                     and r.end_ns > first and r.start_ns < last]
     un_flop = sum(r.flop_central for r in unattributed)
     un_share = un_flop / (un_flop + flop.central) if (un_flop + flop.central) else None
@@ -381,7 +518,7 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
                   "U = C / (N x L x H)"),
         "gpu_hours": gpu_ns / 3.6e12,
     }
-    summaries = ledger_view.summaries()
+    summaries = read.summaries
     runs = sorted({r.run for r in mine})
     run_meta = {name: (summaries[name].meta if name in summaries else {}) for name in runs}
     forecasts = {name: run_forecast(name, [r for r in mine if r.run == name],
@@ -389,9 +526,8 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
     cross = _cross_check(runs, run_meta, forecasts, now,
                          {name: [r for r in mine if r.run == name] for name in runs})
 
-    snap = evaluate(models, registry, ledger_path, now, records=everything)
-    kind = "run" if run is not None else "model"
-    name = run if run is not None else str(model)
+    snap = read.snapshot
+    kind, name = _subject(run, model)
     view = model_view(models, registry.scopes, summaries)
     counts_toward: dict[str, Any] | None = None
     if run is not None:
@@ -421,18 +557,6 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
             in_scope = e.assessment.value.central
             row["run_share_central"] = flop.central / in_scope if in_scope else None
         regimes.append(row)
-    head, key = ledger_view.head, ledger_view.key_fingerprint
-    # ``subject_records`` of the head's ``records`` are the Total's; ``unsealed`` is in
-    # no figure of the report.
-    ledger: dict[str, Any] = {"path": str(ledger_path), "key_fingerprint": key,
-                              "subject_records": len(mine), "unsealed": pending.to_json(),
-                              "unsealed_text": pending.text()}
-    if head is not None:
-        ledger.update({"records": head.size, "root": head.root.hex(),
-                       "signed_at": figures.when(head.timestamp_ns), "origin": head.origin,
-                       "signed_at_ns": head.timestamp_ns})
-    ledger["verify"] = (f"flopledger export --{kind} {name} -o bundle.json; then, anywhere: "
-                        f"flopledger verify bundle.json --key-fingerprint {key}")
     timeline = Timeline()
     so_far = Band.exact(0)
     for r in mine:
@@ -442,10 +566,10 @@ def build_report(models: Mapping[str, ModelInfo], registry: Registry, specs: Spe
     return Report(kind, name, now, flop, sum(r.energy_mj for r in mine), first, last,
                   len(uuids), sorted({r.node for r in mine}), gpu_ns / 1e9, gap_ns / 1e9,
                   {k: v / total_samples for k, v in samples.most_common()}, un_share, method,
-                  cross, regimes, ledger, runs, timeline, forecast,
+                  cross, regimes, read.ledger, runs, timeline, forecast,
                   spec_bases=_spec_bases(mine), scope_totals=scope_totals,
                   counts_toward=counts_toward, energy=_energy(mine, specs),
-                  accelerators=_accelerators(mine, specs))
+                  accelerators=_accelerators(mine, specs), node_shares=read.shares)
 
 
 def _regime_row(e: Evaluation, now_ns: int) -> dict[str, Any]:
@@ -500,8 +624,10 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
     lines = [
         f"# Training compute report: {rep.subject_type} `{rep.subject}`",
         "",
-        f"Generated {figures.when(rep.generated_ns)} by flopledger from the node ledger "
-        f"(`{rep.ledger['path']}`).",
+        f"Generated {figures.when(rep.generated_ns)} by flopledger from "
+        + (f"the cluster ledger (`{rep.ledger['path']}`), over every node that holds "
+           f"records of this {rep.subject_type}." if is_cluster(rep) else
+           f"the node ledger (`{rep.ledger['path']}`)."),
         "",
         "## Total",
         "",
@@ -521,6 +647,7 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
         f"| runs | {', '.join(rep.runs)} |",
         "",
     ]
+    lines += _node_share_lines(rep)
     lines += _scope_lines(rep)
     if chart:
         lines += [f"![cumulative compute]({chart})", ""]
@@ -586,21 +713,78 @@ def render_markdown(rep: Report, chart: str | None = None) -> str:
               f"- band width: high / low = {f.high / f.low:.3f}" if f.low else
               "- band width: low bound is zero",
               *_spec_lines(rep.spec_bases), *_energy_lines(rep.energy), "",
-              "## Verification", "",
-              f"Ledger signed head: {rep.ledger.get('records', 0)} records, root "
-              f"`{rep.ledger.get('root', '')[:16]}...`, signed {rep.ledger.get('signed_at', '-')}"
-              f" by key `{rep.ledger['key_fingerprint']}` ({rep.ledger.get('origin', '')}); "
-              f"every figure of this report is of the {rep.ledger['subject_records']} "
-              f"record(s) of this {rep.subject_type} it covers. Not yet sealed: "
-              f"{rep.ledger['unsealed_text']}.", "",
-              f"`{rep.ledger['verify']}`", ""]
+              "## Verification", "", *_verification_lines(rep)]
     return "\n".join(lines)
+
+
+def is_cluster(rep: Report) -> bool:
+    """Whether the report is of the cluster store rather than of a node's ledger."""
+    return rep.ledger.get("kind") == "cluster"
+
+
+def _verification_lines(rep: Report) -> list[str]:
+    """The signed head(s) every figure is of, and the command that checks them."""
+    led = rep.ledger
+    if is_cluster(rep):
+        heads = "; ".join(_head_text(s) for s in led["nodes"])
+        return [f"Cluster ledger `{led['path']}`, the latest signed head of each node key "
+                f"holding records of this {rep.subject_type}: {heads}. Every figure of this "
+                f"report is of the {led['subject_records']} record(s) of this "
+                f"{rep.subject_type} they cover (the store holds a node's records only "
+                "with the signed head that covers them). The command below checks every "
+                "node of the store: its records, every head's root and signature with the "
+                "node's own key, and the kept totals.", "", f"`{led['verify']}`", ""]
+    return [f"Ledger signed head: {led.get('records', 0)} records, root "
+            f"`{led.get('root', '')[:16]}...`, signed {led.get('signed_at', '-')}"
+            f" by key `{led['key_fingerprint']}` ({led.get('origin', '')}); "
+            f"every figure of this report is of the {led['subject_records']} "
+            f"record(s) of this {rep.subject_type} it covers. Not yet sealed: "
+            f"{led['unsealed_text']}.", "", f"`{led['verify']}`", ""]
+
+
+def _head_text(share: Mapping[str, Any]) -> str:
+    """``node-1 (key 0123456789abcdef): 9 records, root `abcd...`, signed TIME``."""
+    head = share["head"]
+    said = (f"{head['size']} records, root `{head['root'][:16]}...`, signed "
+            f"{head['signed_at']}" if head is not None else "no signed head")
+    flagged = (f", FLAGGED by the witness: {share['flagged']}"
+               if share.get("flagged") is not None else "")
+    return f"{share['node']} (key `{share['key_fingerprint']}`): {said}{flagged}"
+
+
+def _node_share_lines(rep: Report) -> list[str]:
+    """The cluster report's table: each node key's records, FLOP and latest head."""
+    if not rep.node_shares:
+        return []
+    total = rep.flop.central
+    lines = [f"Per node (the store's kept totals of this {rep.subject_type} on each node "
+             "key; a node whose disk was replaced has a second key):", "",
+             "| node | key | records | FLOP central | band | share (central) | "
+             "latest signed head |", "|---|---|---|---|---|---|---|"]
+    for s in rep.node_shares:
+        f = s["flop"]
+        head = s["head"]
+        signed = (f"{head['size']} records, {head['signed_at']}" if head is not None
+                  else "none")
+        if s.get("flagged") is not None:
+            signed += f"; **FLAGGED**: {s['flagged']}"
+        share = percent(f["central"] / total) if total else "-"
+        lines.append(f"| {s['node']} | `{s['key_fingerprint']}` | {s['records']:,} | "
+                     f"{figures.flop(f['central'])} | {figures.flop(f['low'], 'down')} .. "
+                     f"{figures.flop(f['high'], 'up')} | {share} | {signed} |")
+    return [*lines, ""]
 
 
 def _coverage_lines(rep: Report) -> list[str]:
     """What the Total covers: the records under the signed head the report cites, and,
     on their own line, the subject's records that head does not cover yet."""
     led = rep.ledger
+    if is_cluster(rep):
+        return [f"This is the total of the {led['subject_records']} record(s) of this "
+                f"{rep.subject_type} on {len(led['nodes'])} node key(s) of the cluster "
+                f"ledger, each under its node's signed tree head, the oldest signed "
+                f"{led.get('signed_at', '-')} (see Verification). The store holds no "
+                "record that awaits sealing.", ""]
     # A report is only built from records under a head (build_report), so there is one.
     covered = (f"This is the total of the {led['subject_records']} record(s) of this "
                f"{rep.subject_type} under the ledger's signed tree head of {led['records']} "

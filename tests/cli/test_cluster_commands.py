@@ -245,11 +245,10 @@ def test_a_refused_login_names_the_store_not_the_password(
 
 
 def test_other_commands_say_they_read_a_ledger_file(flopledger: Flopledger) -> None:
-    status, _, err = flopledger("report", "--run", "pt", "--ledger",
-                                "postgresql://u@127.0.0.1:1/db")
+    status, _, err = flopledger("recover", "--ledger", "postgresql://u@127.0.0.1:1/db")
     assert status == 1
-    assert "report reads a node's ledger file; runs, show, models and verify read the " \
-           "cluster store" in err
+    assert ("recover reads a node's ledger file; runs, show, models, verify, status, "
+            "report and gate read the cluster store") in err
 
 
 def test_an_empty_store(pg_url: str, flopledger: Flopledger) -> None:

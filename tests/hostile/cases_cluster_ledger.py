@@ -23,9 +23,9 @@ CASES: list[Case] = [
                                    UNREACHABLE), 1,
          "no-such-password: cannot read the password file",
          files={"agent.toml": PASSWORD_FILE_CONFIG}),
-    Case("report-reads-files", ("report", "--run", "pt", "--ledger", UNREACHABLE), 1,
-         "report reads a node's ledger file; runs, show, models and verify read the cluster "
-         "store"),
+    Case("recover-reads-files", ("recover", "--ledger", UNREACHABLE), 1,
+         "recover reads a node's ledger file; runs, show, models, verify, status, report and "
+         "gate read the cluster store"),
 ]
 CASES += [Case(f"unreachable-{argv[0]}", (*argv, "--ledger", UNREACHABLE), 1,
                "flopledger: PostgreSQL at 127.0.0.1:1/ledger: cannot connect: Connection "
