@@ -35,7 +35,7 @@ def test_the_agent_ships_through_an_outage_and_the_store_equals_the_ledger(
         tmp_path: Path, pg_server: PgServer, pg_url: str) -> None:
     import psycopg
 
-    from agent.ledger.query import iter_records
+    from agent.ledger.schema import connect_read_only
     from agent.ledger.signing import load_or_create_key
     from agent.ledger.store import Ledger
 
@@ -80,7 +80,12 @@ def test_the_agent_ships_through_an_outage_and_the_store_equals_the_ledger(
     assert "answers again" in text
 
     ledger_path = tmp_path / "state" / "ledger.sqlite"
-    local = {r.seq: r.encode() for r in iter_records(ledger_path)}
+    db = connect_read_only(ledger_path)  # every record, statements (run-close) included
+    try:
+        local = {int(seq): bytes(body) for seq, body in db.execute(
+            "SELECT seq, body FROM records").fetchall()}
+    finally:
+        db.close()
     ledger = Ledger(ledger_path, "node-a", load_or_create_key(tmp_path / "state" / "node.key"))
     run_totals = {run: t.flop for run, t in ledger.totals["run"].items()}
     ledger.close()
