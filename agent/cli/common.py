@@ -2,7 +2,7 @@
 
 ``--ledger`` names a node's ledger file, or the cluster store
 (``postgresql://user@host:5432/db``), which ``runs``, ``show``, ``models``, ``verify``,
-``status``, ``report`` and ``gate`` read. A malformed URL is a usage error (exit 2),
+``status``, ``report``, ``gate`` and ``export`` read. A malformed URL is a usage error (exit 2),
 said before anything connects.
 """
 
@@ -18,7 +18,7 @@ from agent.ledger.errors import LedgerError
 if TYPE_CHECKING:
     from agent.ledger.pg_query import ClusterView
 
-CLUSTER_COMMANDS = "runs, show, models, verify, status, report and gate"
+CLUSTER_COMMANDS = "runs, show, models, verify, status, report, gate and export"
 
 
 def config_of(args: argparse.Namespace) -> Config:

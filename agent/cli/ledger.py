@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shlex
 import sys
 from collections import Counter
@@ -150,7 +151,8 @@ def _looks_like_bundle(path: Path) -> bool:
 def cmd_verify(args: argparse.Namespace) -> int:
     """0 if every check of the ledger or audit bundle passed, else 1 (energy
     plausibility WARNINGs leave it unchanged)."""
-    from agent.ledger.bundle import verify_bundle
+    from agent.ledger.bundle import verify_bundle, verify_bundle_doc
+    from agent.ledger.cluster_bundle import is_cluster_bundle
     from agent.ledger.verify import verify_ledger
 
     url = args.path if names_cluster(args.path) else cluster_url(args)
@@ -159,7 +161,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     path = Path(args.path) if args.path else ledger_path(args)
     is_bundle = path.is_file() and _looks_like_bundle(path)
     if is_bundle:
-        bundle = verify_bundle(path, args.key_fingerprint)
+        doc = _read_json(path)
+        if is_cluster_bundle(doc):
+            return _verify_cluster_bundle(args, path, doc)
+        bundle = (verify_bundle(path, args.key_fingerprint) if doc is None else
+                  verify_bundle_doc(doc, path, args.key_fingerprint))
         what = ", ".join(f"{k} {v}" for k, v in bundle.selection.items())
         print(f"audit bundle {path}: {what}; {bundle.records} records; "
               f"{len(bundle.statements)} statements; signed by key {bundle.key_fingerprint}")
@@ -193,6 +199,55 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def _read_json(path: Path) -> object | None:
+    """The JSON document in ``path``, or None if it cannot be read as one (the
+    verification then says why)."""
+    try:
+        doc: object = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return doc
+
+
+def _verify_cluster_bundle(args: argparse.Namespace, path: Path, doc: object) -> int:
+    """Every node's bundle, one line each with its completeness lines and FAILs below;
+    then the whole: the totals, and complete only if every node is."""
+    from agent.ledger.cluster_bundle import verify_cluster_bundle
+
+    if args.key_fingerprint:
+        print("flopledger: --key-fingerprint checks a ledger file or an audit bundle; each "
+              "node of a cluster bundle is checked against its own key (the SHA-256 of which "
+              "is its node key)", file=sys.stderr)
+        return 2
+    report = verify_cluster_bundle(path, doc)
+    what = ", ".join(f"{k} {v}" for k, v in report.selection.items())
+    print(printable(f"cluster audit bundle {path}: {what}; {len(report.nodes)} node(s), "
+                    f"{report.records} records, {report.statements} statements", 4000))
+    t = report.totals
+    if t:
+        print(f"  FLOP {figures.band(t['flop_low'], t['flop_central'], t['flop_high'])}, "
+              f"energy {figures.energy(t['energy_mj'])} (the sum of the nodes' records)")
+    for line in report.flagged:
+        print(f"  WARNING {printable(line, 4000)}: flagged by the witness when exported; "
+              "included on request")
+    for p in report.problems:
+        print(f"  FAIL {printable(p, 4000)}")
+    for node in report.nodes:
+        b = node.report
+        print(printable(f"node {node.label()}: {b.records} records, {len(b.statements)} "
+                        f"statements, signed by key {b.key_fingerprint or '?'}"
+                        + (": OK" if b.ok else ": FAILED"), 4000))
+        for line in b.completeness:
+            if not line.startswith("INCOMPLETE"):  # those are printed as FAIL below
+                print(f"  {printable(line, 4000)}")
+        for p in b.problems:
+            print(f"  FAIL {printable(p, 4000)}")
+    print(printable(report.completeness_line(), 4000))
+    print("OK: every check passed" if report.ok else
+          f"FAILED: {report.problem_count} problem(s)")
+    return 0 if report.ok else 1
+
+
 def _verify_cluster(args: argparse.Namespace, url: str) -> int:
     """Every node of the cluster store, one line each, its FAIL lines below it."""
     from agent.ledger.pg_verify import verify_cluster_url
@@ -223,8 +278,16 @@ def _verify_cluster(args: argparse.Namespace, url: str) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """0 once the bundle is written; 1 if nothing can be (nothing selected, a damaged
+    ledger, flagged nodes in the cluster store without ``--allow-flagged``)."""
     from agent.ledger.bundle import export_bundle
 
+    if cluster_url(args) is not None:
+        return _export_cluster(args)
+    if args.allow_flagged:
+        print("flopledger: --allow-flagged is for the cluster store (--ledger "
+              "postgresql://...): a node's own ledger is never flagged", file=sys.stderr)
+        return 2
     path = ledger_path(args)
     name = args.run or args.model
     out = Path(args.output or bundle_file_name("run" if args.run else "model", name))
@@ -239,6 +302,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     if left_out.records:
         print(f"left out {left_out.text()}: not yet under a signed head; export again once "
               "their recording window has closed to include them")
+    print(f"check it anywhere with: flopledger verify {printable(shlex.quote(str(out)))}")
+    return 0
+
+
+def _export_cluster(args: argparse.Namespace) -> int:
+    """The cluster bundle of ``--run`` or ``--model`` from the store: one single-node
+    bundle per node holding records of it, read in one transaction."""
+    from agent.ledger.cluster_bundle import export_cluster_bundle
+
+    name = args.run or args.model
+    out = Path(args.output or bundle_file_name("cluster-run" if args.run else "cluster-model",
+                                               name))
+    with open_cluster(args) as view:
+        done = export_cluster_bundle(view, out, run=args.run, model=args.model,
+                                     allow_flagged=args.allow_flagged)
+    t = done.totals
+    print(printable(f"wrote {out}: cluster bundle of {len(done.nodes)} node(s), "
+                    f"{t['records']} records, {done.statements} statements, FLOP ", 4000)
+          + f"{figures.band(t['flop_low'], t['flop_central'], t['flop_high'])}; each node's "
+          "under its latest signed head in the store")
+    for n in done.flagged:
+        print(f"WARNING: node {printable(n.label())}: flagged by the witness: "
+              f"{printable(n.flagged or '', 4000)}; the bundle says so")
     print(f"check it anywhere with: flopledger verify {printable(shlex.quote(str(out)))}")
     return 0
 
@@ -385,6 +471,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             print("declared  " + ", ".join(printable(f"{k}={v}")
                                            for k, v in sorted(r.meta.items())))
         nodes: list[ClusterNode] = []
+        incomplete = False
         if read.cluster is not None:
             print("per node:")
             for row in read.cluster.node_totals(run=args.run):
@@ -404,6 +491,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                         + (f" ({printable(g.spec_reason, 400)})" if g.spec_reason else ""))
             print(f"  {printable(uuid):<42} "
                   f"{figures.band(g.flop_low, g.flop_central, g.flop_high)}{note}")
+        if read.cluster is not None:
+            incomplete = _completeness_lines(read.cluster, args.run)
         for line in read.tail_lines(unsealed, nodes):
             print(line)
         # Quoted for a shell, then escaped for the terminal: a run id may hold anything.
@@ -412,7 +501,31 @@ def cmd_show(args: argparse.Namespace) -> int:
         elif read.local is not None and read.local.head is not None:
             print(f"verify    flopledger export --run {printable(shlex.quote(args.run))} && "
                   f"flopledger verify {bundle_file_name('run', args.run)}")
-        return 1 if read.damaged else 0
+        return 1 if read.damaged or incomplete else 0
+
+
+def _completeness_lines(view: ClusterView, run: str) -> bool:
+    """Print whether the store holds every record of ``run`` each node's latest
+    run-close counts, node by node; True if a node's are not all there."""
+    from agent.ledger.bundle import COMPLETE, INCOMPLETE, OPEN, UNPROVEN
+
+    found = view.run_completeness(run)
+    states = Counter(c.of.state for c in found)
+    done = states[COMPLETE]
+    if found and done == len(found):
+        print(f"complete  on all {len(found)} node(s): each closed the run and the store "
+              "holds every record its latest close counts")
+    else:
+        words = {INCOMPLETE: "INCOMPLETE (records missing)", OPEN: "open (not closed)",
+                 UNPROVEN: "not proven (records written before they were numbered)"}
+        rest = ", ".join(f"{states[state]} {words[state]}" for state in words
+                         if states[state])
+        print(f"complete  {'NO' if states[INCOMPLETE] else 'NOT proven'}: {done} of "
+              f"{len(found)} node(s) complete; {rest}")
+    print("completeness per node:")
+    for c in found:
+        print(f"  key {c.node.fingerprint}  {printable(c.of.line, 4000)}")
+    return states[INCOMPLETE] > 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -488,6 +601,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     which.add_argument("--run")
     which.add_argument("--model")
     export.add_argument("-o", "--output", help="bundle file (default: flopledger-<run>.json)")
+    export.add_argument("--allow-flagged", action="store_true",
+                        help="from the cluster store: export even if the witness flagged "
+                             "nodes (the bundle names them)")
     add_ledger_args(export)
     export.set_defaults(func=cmd_export)
 

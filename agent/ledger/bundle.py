@@ -6,6 +6,11 @@ record with an inclusion proof into the latest head (it is in the ledger the nod
 signed, at that position). ``verify_bundle`` needs nothing but the file: it runs on a
 machine with no access to the node.
 
+:func:`build_bundle` makes one from a :class:`NodeSource`, whatever holds the node's
+ledger: its SQLite file (:func:`export_bundle`) or the cluster store's copy of it
+(:mod:`agent.ledger.cluster_bundle`); either gives the same file for the same records and
+heads.
+
 The selection's statements (declarations, progress, attestations, gate decisions naming
 the run, or the model) travel in ``statements``, each with its inclusion proof like a
 record; they add nothing to the bundle's totals. A bundle written before statements
@@ -46,7 +51,7 @@ from agent.accounting.records import (
 from agent.ledger.integrity import check_ledger
 from agent.ledger.merkle import Tree, leaf_hash, verify_consistency, verify_inclusion
 from agent.ledger.query import Unsealed, is_declared
-from agent.ledger.rows import field_problem
+from agent.ledger.rows import field_problem, parse_record
 from agent.ledger.schema import connect_read_only
 from agent.ledger.signing import TreeHead, fingerprint, load_public
 from agent.ledger.store import LedgerDamagedError
@@ -72,6 +77,116 @@ def _totals(records: Sequence[LedgerRecord]) -> dict[str, int]:
             "energy_mj": t.energy_mj, "gap_ns": t.gap_ns, "records": len(records)}
 
 
+@dataclass(frozen=True, slots=True)
+class NodeSource:
+    """One node's ledger as a bundle is made of it, wherever it is held (the node's
+    SQLite file, or the cluster store's copy), read at one moment.
+
+    Attributes:
+        heads: every signed tree head, by size; the last is the one the bundle proves
+            its entries into.
+        leaves: the leaf hashes of records 0..n-1 (n at least the latest head's size):
+            the Merkle tree every proof is drawn from (32 bytes a record).
+        entries: ``(seq, body)`` of the selection's records and statements under the
+            latest head, by seq (the only bodies read).
+    """
+
+    node: str | None
+    origin: str
+    public_key: bytes
+    key_fingerprint: str | None
+    heads: Sequence[TreeHead]
+    leaves: Sequence[bytes]
+    entries: Sequence[tuple[int, bytes]]
+
+
+def build_bundle(source: NodeSource, *, run: str | None = None, model: str | None = None,
+                 where: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """The bundle document of one run or one model of ``source`` (as
+    :func:`export_bundle` writes it), and its summary: the selection and totals the
+    bundle states, how many statements it carries (``statements``) and the head it
+    proves them into (``head``, as JSON). ``where`` names the ledger in messages.
+
+    Raises:
+        ValueError: if neither or both of ``run`` and ``model`` are given, nothing is
+            selected, or the source disagrees with itself (a body that is no record, or
+            not of the selection, or beyond the latest head, or whose leaf hash is not
+            the tree's; leaves that do not make the heads' roots).
+    """
+    if (run is None) == (model is None):
+        raise ValueError("give exactly one of run or model")
+    what = f"run {run}" if run is not None else f"model {model}"
+    if not source.heads:
+        raise ValueError(f"{where}: no signed tree head yet")
+    heads = list(source.heads)
+    latest = heads[-1]
+    selected: list[tuple[int, bytes, LedgerRecord]] = []
+    declared: list[tuple[int, bytes, LedgerRecord]] = []
+    for seq, body in source.entries:
+        # Not re-encoded to compare bytes: each body's leaf hash is checked below against
+        # the tree whose roots the node signed, and the node wrote them canonical.
+        try:
+            record = parse_record(body, canonical=False)
+        except ValueError as e:
+            raise ValueError(f"{where}: record {seq}: {e}") from e
+        if not ((run is not None and record.run == run)
+                or (model is not None and record.model == model)):
+            raise ValueError(f"{where}: record {seq} is of run {record.run!r}, model "
+                             f"{record.model!r}, not of {what}: its stored columns disagree "
+                             "with its body")
+        if record.seq != seq or seq >= latest.size:
+            raise ValueError(f"{where}: record {seq} (its body says {record.seq}) is not "
+                             f"under the latest signed head of {latest.size} records")
+        (declared if is_declared(record) else selected).append((seq, body, record))
+    if not selected and not declared:
+        raise ValueError(f"{where}: no record for {what}")
+    if len(source.leaves) < latest.size:
+        raise ValueError(f"{where}: {len(source.leaves)} leaf hashes, the latest signed head "
+                         f"covers {latest.size} records")
+    tree = Tree(source.leaves)
+    # A chain of heads from the first that includes the selection to the latest, thinned
+    # to MAX_HEADS, each proven consistent with the one before.
+    first_seq = min(seq for seq, _b, _r in (*selected[:1], *declared[:1]))
+    chain = [h for h in heads if h.size > first_seq]
+    if len(chain) > MAX_HEADS:
+        step = len(chain) / (MAX_HEADS - 1)
+        chain = [chain[round(i * step)] for i in range(MAX_HEADS - 1)] + [latest]
+    chain = sorted({h.size: h for h in chain}.values(), key=lambda h: h.size)
+    for h in chain:
+        if tree.root(h.size) != h.root:
+            raise ValueError(f"{where}: the signed head of {h.size} records does not match "
+                             "the records' leaf hashes")
+    for seq, body, _record in (*selected, *declared):
+        if tree.leaf(seq) != leaf_hash(body):
+            raise ValueError(f"{where}: record {seq}: its leaf hash does not match its body")
+    consistency = [
+        {"old_size": a.size, "new_size": b.size,
+         "proof": [_b64(p) for p in tree.consistency_proof(a.size, b.size)]}
+        for a, b in pairwise(chain)
+    ]
+    records, statements = (
+        [{"seq": seq, "body": body.decode(),
+          "inclusion_proof": [_b64(p) for p in tree.inclusion_proof(seq, latest.size)]}
+         for seq, body, _record in entries]
+        for entries in (selected, declared))
+    summary: dict[str, Any] = {
+        "selection": {"run": run} if run is not None else {"model": model},
+        "totals": _totals([r for _s, _b, r in selected])}
+    doc = {
+        "format": BUNDLE_FORMAT,
+        "node": source.node,
+        "origin": source.origin,
+        "public_key": _b64(source.public_key),
+        "key_fingerprint": source.key_fingerprint,
+        **summary,
+        "tree_heads": [h.to_json() for h in chain],
+        "consistency_proofs": consistency,
+        "records": records,
+        "statements": statements,
+    }
+    return doc, {**summary, "statements": len(declared), "head": latest.to_json()}
+
+
 def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
                   model: str | None = None) -> dict[str, Any]:
     """Write the bundle for one run or one model, of the records and statements the
@@ -92,10 +207,11 @@ def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
     if not ledger_path.is_file():
         raise ValueError(f"no ledger at {ledger_path}")
     # A bundle vouches for what it carries: never build one from a ledger that fails
-    # its own checks.
+    # its own checks (they include every leaf hash and index column against its body).
     check = check_ledger(ledger_path)
     if not check.ok:
         raise LedgerDamagedError(check)
+    column, name = ("run", run) if run is not None else ("model", model)
     db = connect_read_only(ledger_path)
     try:
         # One read transaction: the heads, the records under the latest and those it
@@ -108,11 +224,15 @@ def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
         if not head_rows:
             raise ValueError(f"{ledger_path}: no signed tree head yet")
         latest_size = int(head_rows[-1][0])
-        rows = db.execute("SELECT seq, body FROM records WHERE seq < ? ORDER BY seq",
-                          (latest_size,)).fetchall()
+        leaves = [bytes(h) for (h,) in db.execute(
+            "SELECT leaf_hash FROM records WHERE seq < ? ORDER BY seq", (latest_size,))]
+        entries = [(int(seq), bytes(body)) for seq, body in db.execute(
+            f"SELECT seq, body FROM records WHERE seq < ? AND {column} = ? ORDER BY seq",
+            (latest_size, name))]
         # Newer than the head: appended after it, or still open in the current windows.
         newer = [bytes(body) for (body,) in db.execute(
-            "SELECT body FROM records WHERE seq >= ? ORDER BY seq", (latest_size,))]
+            f"SELECT body FROM records WHERE seq >= ? AND {column} = ? ORDER BY seq",
+            (latest_size, name))]
         with contextlib.suppress(sqlite3.OperationalError):  # older ledgers lack it
             newer += [bytes(body) for (body,) in db.execute(
                 "SELECT body FROM open_records ORDER BY position")]
@@ -122,64 +242,23 @@ def export_bundle(ledger_path: Path, out: Path, *, run: str | None = None,
         db.close()
     origin = str(meta["origin"])
     heads = [TreeHead(origin, int(s), bytes(r), int(t), bytes(sig)) for s, r, t, sig in head_rows]
-    leaves = [leaf_hash(bytes(body)) for _seq, body in rows]
-    selected: list[tuple[int, bytes, LedgerRecord]] = []
-    declared: list[tuple[int, bytes, LedgerRecord]] = []
-    for seq, body in rows:
-        record = LedgerRecord.decode(bytes(body))
-        if (run is not None and record.run == run) or (model is not None and record.model == model):
-            (declared if is_declared(record) else selected).append(
-                (int(seq), bytes(body), record))
     left_out = Unsealed.of(r for r in map(LedgerRecord.decode, newer)
                            if not is_declared(r) and (
                                (run is not None and r.run == run)
                                or (model is not None and r.model == model)))
-    if not selected and not declared:
+    if not entries:
         what = f"run {run}" if run is not None else f"model {model}"
         if left_out.records:
             raise ValueError(f"{ledger_path}: no record of {what} is under the signed head "
                              f"yet ({left_out.text()} not yet sealed); export again once "
                              "their recording window has closed")
         raise ValueError(f"{ledger_path}: no record for {what}")
-    tree = Tree(leaves)
-    latest = heads[-1]
-    # A chain of heads from the first that includes the selection to the latest, thinned
-    # to MAX_HEADS, each proven consistent with the one before.
-    first_seq = min(seq for seq, _b, _r in (*selected[:1], *declared[:1]))
-    chain = [h for h in heads if h.size > first_seq]
-    if len(chain) > MAX_HEADS:
-        step = len(chain) / (MAX_HEADS - 1)
-        chain = [chain[round(i * step)] for i in range(MAX_HEADS - 1)] + [latest]
-    chain = sorted({h.size: h for h in chain}.values(), key=lambda h: h.size)
-    consistency = [
-        {"old_size": a.size, "new_size": b.size,
-         "proof": [_b64(p) for p in tree.consistency_proof(a.size, b.size)]}
-        for a, b in pairwise(chain)
-    ]
-    records, statements = (
-        [{"seq": seq, "body": body.decode(),
-          "inclusion_proof": [_b64(p) for p in tree.inclusion_proof(seq, latest.size)]}
-         for seq, body, _record in entries]
-        for entries in (selected, declared))
-    summary: dict[str, Any] = {
-        "selection": {"run": run} if run is not None else {"model": model},
-        "totals": _totals([r for _s, _b, r in selected])}
-    doc = {
-        "format": BUNDLE_FORMAT,
-        "node": meta.get("node"),
-        "origin": origin,
-        "public_key": _b64(bytes.fromhex(str(meta["public_key"]))),
-        "key_fingerprint": meta.get("key_fingerprint"),
-        **summary,
-        "tree_heads": [h.to_json() for h in chain],
-        "consistency_proofs": consistency,
-        "records": records,
-        "statements": statements,
-    }
+    source = NodeSource(meta.get("node"), origin, bytes.fromhex(str(meta["public_key"])),
+                        meta.get("key_fingerprint"), heads, leaves, entries)
+    doc, summary = build_bundle(source, run=run, model=model, where=str(ledger_path))
     out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     # Said to the one exporting, not carried in the bundle: nothing signs it.
-    return {**summary, "statements": len(declared), "head": latest.to_json(),
-            "left_out": left_out}
+    return {**summary, "left_out": left_out}
 
 
 @dataclass(slots=True)
@@ -198,6 +277,8 @@ class BundleReport:
     # One line per run of the selection: ``complete: ...``, ``open: ...``,
     # ``NOT PROVEN complete: ...`` or ``INCOMPLETE: ...`` (the last also a problem).
     completeness: list[str] = field(default_factory=list)
+    # Each run's state, in the order of ``completeness``: one of :data:`RUN_STATES`.
+    run_states: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -207,12 +288,25 @@ class BundleReport:
 
 def verify_bundle(path: Path, trusted_fingerprint: str | None = None) -> BundleReport:
     """Check a bundle with nothing but its own contents (and optionally a pinned key)."""
-    report = BundleReport(path)
-    p = report.problems
     try:
         doc = json.loads(path.read_text())
-        if doc.get("format") != BUNDLE_FORMAT:
-            p.append(f"{path}: not a {BUNDLE_FORMAT} file")
+    except (OSError, ValueError, RecursionError) as e:
+        report = BundleReport(path)
+        report.problems.append(f"{path}: unreadable or malformed bundle ({e})")
+        return report
+    return verify_bundle_doc(doc, path, trusted_fingerprint)
+
+
+def verify_bundle_doc(doc: object, path: Path, trusted_fingerprint: str | None = None, *,
+                      where: str | None = None) -> BundleReport:
+    """Check a bundle already read from ``path`` (a cluster bundle holds one per node);
+    ``where`` names it in messages (default: the path)."""
+    report = BundleReport(path)
+    p = report.problems
+    name = str(path) if where is None else where
+    try:
+        if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
+            p.append(f"{name}: not a {BUNDLE_FORMAT} file")
             return report
         key_raw = _unb64(doc["public_key"])
         public = load_public(key_raw)
@@ -223,8 +317,8 @@ def verify_bundle(path: Path, trusted_fingerprint: str | None = None) -> BundleR
             raise TypeError("records and statements must be lists")
         selection = dict(doc["selection"])
         stated = dict(doc["totals"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        p.append(f"{path}: unreadable or malformed bundle ({e})")
+    except (ValueError, KeyError, TypeError) as e:
+        p.append(f"{name}: unreadable or malformed bundle ({e})")
         return report
     report.key_fingerprint = fingerprint(key_raw)
     report.selection = selection
@@ -236,12 +330,15 @@ def verify_bundle(path: Path, trusted_fingerprint: str | None = None) -> BundleR
     for head in heads:
         if head.origin != doc.get("origin") or not head.verify(public):
             p.append(f"tree head at size {head.size}: signature does not verify")
-    proofs = {(c.get("old_size"), c.get("new_size")): c.get("proof", [])
-              for c in doc.get("consistency_proofs", [])}
+    try:
+        proofs = {(c.get("old_size"), c.get("new_size")): c.get("proof", [])
+                  for c in doc.get("consistency_proofs", [])}
+    except (AttributeError, TypeError) as e:
+        p.append(f"{name}: malformed consistency proofs ({e})")
+        proofs = {}
     for a, b in pairwise(heads):
         proof = proofs.get((a.size, b.size))
-        if proof is None or not verify_consistency(a.size, b.size, a.root, b.root,
-                                                   [_unb64(x) for x in proof]):
+        if proof is None or not _consistent(a, b, proof):
             p.append(f"tree heads {a.size} -> {b.size}: not proven consistent (the ledger "
                      "was rewritten between them)")
     latest = heads[-1]
@@ -260,23 +357,65 @@ def verify_bundle(path: Path, trusted_fingerprint: str | None = None) -> BundleR
     if {k: stated.get(k) for k in report.totals} != report.totals:
         p.append("stated totals do not equal the sum of the bundle's records")
     # Only what is proven to be in the signed ledger, under the one latest head, counts.
-    runs = _by_run([r for r in (*decoded, *report.statements) if r.seq in proven])
-    states = [_run_completeness(run, records, closes, str(doc.get("node") or ""))
+    runs = by_run([r for r in (*decoded, *report.statements) if r.seq in proven])
+    states = [run_completeness(run, records, closes, str(doc.get("node") or ""))
               for run, (records, closes) in sorted(runs.items())]
-    report.completeness = [line for _state, line in states]
-    p.extend(line for state, line in states if state == _INCOMPLETE)
-    found = {state for state, _line in states}
-    report.complete = (False if _INCOMPLETE in found else
-                       True if found == {_COMPLETE} else None)
+    report.completeness = [s.line for s in states]
+    report.run_states = [s.state for s in states]
+    p.extend(s.line for s in states if s.state == INCOMPLETE)
+    report.complete = combined_completeness(report.run_states)
     return report
 
 
-_COMPLETE, _OPEN, _UNPROVEN, _INCOMPLETE = "complete", "open", "unproven", "incomplete"
+def _consistent(a: TreeHead, b: TreeHead, proof: object) -> bool:
+    try:
+        hashes = [_unb64(x) for x in proof]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return False
+    return verify_consistency(a.size, b.size, a.root, b.root, hashes)
 
 
-def _by_run(entries: Sequence[LedgerRecord]) -> dict[str, tuple[list[LedgerRecord],
-                                                               list[tuple[LedgerRecord,
-                                                                          RunClose]]]]:
+COMPLETE, OPEN, UNPROVEN, INCOMPLETE = "complete", "open", "unproven", "incomplete"
+RUN_STATES = (COMPLETE, OPEN, UNPROVEN, INCOMPLETE)
+
+
+def combined_completeness(states: Sequence[str]) -> bool | None:
+    """False if any state is incomplete; True if there is at least one and all are
+    complete; None otherwise (open, not proven, or nothing at all)."""
+    found = set(states)
+    return False if INCOMPLETE in found else True if found == {COMPLETE} else None
+
+
+@dataclass(frozen=True, slots=True)
+class RunCompleteness:
+    """What one node's records of one run show (see :attr:`BundleReport.completeness`).
+
+    Attributes:
+        state: one of :data:`RUN_STATES`.
+        line: the sentence that says it.
+        records: the run's compute records held.
+        run_seqs: the lowest and highest run_seq among them (None: none numbered).
+        missing: the run_seqs missing below the highest one held or counted.
+        close_seq: the record of the latest sound ``run-close`` (None: never closed).
+        close_records: how many records that close counts.
+        closed: whether that close counts every record held (none came after it).
+    """
+
+    run: str
+    node: str
+    state: str
+    line: str
+    records: int
+    run_seqs: tuple[int, int] | None
+    missing: tuple[int, ...]
+    close_seq: int | None
+    close_records: int | None
+    closed: bool
+
+
+def by_run(entries: Sequence[LedgerRecord]) -> dict[str, tuple[list[LedgerRecord],
+                                                              list[tuple[LedgerRecord,
+                                                                         RunClose]]]]:
     """Per run: its compute records and its sound ``run-close`` statements, by seq."""
     runs: dict[str, tuple[list[LedgerRecord], list[tuple[LedgerRecord, RunClose]]]] = {}
     for r in sorted(entries, key=lambda r: r.seq):
@@ -291,19 +430,29 @@ def _by_run(entries: Sequence[LedgerRecord]) -> dict[str, tuple[list[LedgerRecor
     return runs
 
 
-def _run_completeness(run: str, records: list[LedgerRecord],
-                      closes: list[tuple[LedgerRecord, RunClose]],
-                      bundle_node: str) -> tuple[str, str]:
-    """One run's state and line (see :attr:`BundleReport.completeness`)."""
+def run_completeness(run: str, records: list[LedgerRecord],
+                     closes: list[tuple[LedgerRecord, RunClose]], default_node: str, *,
+                     holder: str = "the bundle") -> RunCompleteness:
+    """One run's state on one node, from its compute records and sound closes (by seq)
+    as ``holder`` holds them (``the bundle``, ``the store``)."""
     last = closes[-1] if closes else None
-    node = (last[0].node if last else records[-1].node) or bundle_node
+    node = (last[0].node if last else records[-1].node) or default_node
     who = f"run {run} on node {node}"
     numbered = [(n, r) for r in records if (n := run_seq_of(r)) is not None]
     unnumbered = [r for r in records if run_seq_of(r) is None]
+    span = ((min(n for n, _r in numbered), max(n for n, _r in numbered)) if numbered
+            else None)
+
+    def result(state: str, line: str, missing: Sequence[int] = (),
+               closed: bool = False) -> RunCompleteness:
+        return RunCompleteness(run, node, state, line, len(records), span, tuple(missing),
+                               last[0].seq if last else None,
+                               last[1].records if last else None, closed)
+
     if last is None and not numbered:
-        return _UNPROVEN, (f"NOT PROVEN complete: {who}: its {len(records)} record(s) "
-                           "carry no run_seq (written before records were numbered) and no "
-                           "run-close counts them")
+        return result(UNPROVEN, (f"NOT PROVEN complete: {who}: its {len(records)} record(s) "
+                                 "carry no run_seq (written before records were numbered) and "
+                                 "no run-close counts them"))
     closed = last is not None and (not records or last[0].seq > records[-1].seq)
     wrong: list[str] = []
     first = last[1].first_run_seq if last else len(unnumbered)
@@ -311,7 +460,7 @@ def _run_completeness(run: str, records: list[LedgerRecord],
         wrong.append(f"record {unnumbered[-1].seq} carries no run_seq but follows record "
                      f"{numbered[0][1].seq}, which does")
     if len(unnumbered) != first:
-        wrong.append(f"{first} record(s) written before records were numbered, the bundle "
+        wrong.append(f"{first} record(s) written before records were numbered, {holder} "
                      f"holds {len(unnumbered)}")
     have: dict[int, LedgerRecord] = {}
     twice = sorted({n for n, r in numbered if have.setdefault(n, r) is not r})
@@ -332,21 +481,21 @@ def _run_completeness(run: str, records: list[LedgerRecord],
         end = have[said.records - 1] if said.records > first else unnumbered[-1]
         if end.seq != said.last_seq:
             wrong.append(f"the close at record {last[0].seq} names record {said.last_seq} "
-                         f"as the last, the bundle's is record {end.seq}")
+                         f"as the last, {holder}'s is record {end.seq}")
     if wrong:
-        return _INCOMPLETE, f"INCOMPLETE: {who}: {'; '.join(wrong)}"
+        return result(INCOMPLETE, f"INCOMPLETE: {who}: {'; '.join(wrong)}", missing, closed)
     if closed and last is not None:
         n = last[1].records
         numbering = (f"run_seq {first}..{n - 1}" if first == 0 else
                      f"{first} written before records were numbered, then run_seq "
                      f"{first}..{n - 1}" if first < n else
                      "all written before records were numbered")
-        return _COMPLETE, (f"complete: all {n} records of {who} ({numbering}, closed at "
-                           f"record {last[0].seq})")
+        return result(COMPLETE, (f"complete: all {n} records of {who} ({numbering}, closed "
+                                 f"at record {last[0].seq})"), closed=True)
     since = f" (reopened after its close at record {last[0].seq})" if last is not None else ""
-    span = f" (run_seq {first}..{top})" if top >= first else ""
-    return _OPEN, (f"open: {who}: {len(records)} record(s) so far{span}, the run has not "
-                   f"been closed on this node{since}")
+    shown = f" (run_seq {first}..{top})" if top >= first else ""
+    return result(OPEN, (f"open: {who}: {len(records)} record(s) so far{shown}, the run has "
+                         f"not been closed on this node{since}"))
 
 
 def _ranges(numbers: Sequence[int], most: int = 8) -> str:

@@ -26,18 +26,27 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from agent.accounting.band import Band
-from agent.accounting.records import STATEMENT_KINDS, LedgerRecord, is_compute
+from agent.accounting.records import (
+    COMPUTE_KINDS,
+    RUN_CLOSE,
+    STATEMENT_KINDS,
+    LedgerRecord,
+    is_compute,
+)
 from agent.ledger.errors import LedgerError
 from agent.ledger.query import RunSummary, Unsealed
 from agent.ledger.rows import BadRowError, Skipped, parse_body
 from agent.ledger.signing import TreeHead
+
+if TYPE_CHECKING:
+    from agent.ledger.bundle import RunCompleteness
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +137,16 @@ class NodeRunTotal:
 
     node: ClusterNode
     summary: RunSummary
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRunCompleteness:
+    """One node key's records of a run as the store holds them: how many, their run_seq
+    range and gaps, the latest ``run-close`` and whether it counts them (``of.state``:
+    complete, open, not proven, incomplete; ``of.line`` says it)."""
+
+    node: ClusterNode
+    of: RunCompleteness
 
 
 class ClusterView:
@@ -462,6 +481,79 @@ class ClusterView:
         """The time of the latest head accepted from any node (0: none)."""
         return max((n.head.timestamp_ns for n in self.nodes if n.head is not None), default=0)
 
+    # ------------------------------------------------------------------ bundles, completeness
+
+    def selection_nodes(self, *, run: str | None = None, model: str | None = None
+                        ) -> list[ClusterNode]:
+        """The node keys holding any record or statement of one run or one model (both:
+        of the run, naming the model), in the order of :attr:`nodes`."""
+        query, params = _selection_sql("SELECT DISTINCT node_key FROM fl_records", run, model)
+        held = {str(key) for (key,) in self.rows(query, params)}
+        return [n for n in self.nodes if n.node_key in held]
+
+    def heads_of(self, node: ClusterNode) -> list[TreeHead]:
+        """Every signed tree head the store accepted from ``node``, by size."""
+        return [TreeHead(node.origin, int(size), bytes(root), int(ts), bytes(sig))
+                for size, root, ts, sig in self.rows(
+                    "SELECT size, root, timestamp_ns, signature FROM fl_heads"
+                    " WHERE node_key = %s ORDER BY size", [node.node_key])]
+
+    def leaf_hashes(self, node: ClusterNode, size: int) -> list[bytes]:
+        """The leaf hashes of ``node``'s records 0..size-1, in order (32 bytes each).
+
+        Raises:
+            ClusterReadError: the store lacks one of them.
+        """
+        leaves: list[bytes] = []
+        for seq, leaf in self.stream(sql.SQL(
+                "SELECT seq, leaf_hash FROM fl_records WHERE node_key = %s AND seq < %s"
+                " ORDER BY seq"), [node.node_key, size]):
+            if seq != len(leaves):
+                break
+            leaves.append(bytes(leaf))
+        if len(leaves) != size:
+            raise ClusterReadError(
+                f"{self.where}: node {node.label()}: record {len(leaves)} of the {size} its "
+                "latest signed head covers is missing (run `flopledger verify --ledger "
+                f"{self.where}`)")
+        return leaves
+
+    def bodies(self, node: ClusterNode, *, run: str | None = None, model: str | None = None,
+               below: int | None = None) -> list[tuple[int, bytes]]:
+        """``(seq, body)`` of ``node``'s records and statements of one run or one model,
+        below seq ``below`` if given, by seq: the bytes the node signed."""
+        query, params = _selection_sql("SELECT seq, body FROM fl_records", run, model)
+        query = sql.SQL("{} AND node_key = %s AND seq < %s ORDER BY seq").format(query)
+        limit = below if below is not None else 2**63 - 1
+        return [(int(seq), bytes(body)) for seq, body in self.stream(
+            query, [*params, node.node_key, limit])]
+
+    def run_completeness(self, run: str) -> list[NodeRunCompleteness]:
+        """Per node key holding compute records or a ``run-close`` of ``run``: whether
+        the store holds every record of it the node's latest close counts (see
+        :func:`agent.ledger.bundle.run_completeness`), in the order of :attr:`nodes`.
+        Read node by node: memory holds one node's records of the run at a time."""
+        from agent.ledger.bundle import by_run, run_completeness
+
+        kinds = sorted({*COMPUTE_KINDS, "discontinuity", RUN_CLOSE})
+        query = sql.SQL("SELECT node_key, seq, run, model, body FROM fl_records"
+                        " WHERE run = %s AND kind = ANY(%s) ORDER BY node_key, seq")
+        nodes = self.node_by_key
+        skipped, text = Skipped(), Skipped()
+        found: dict[str, NodeRunCompleteness] = {}
+        for key, rows in itertools.groupby(self.stream(query, [run, kinds]),
+                                           key=lambda row: str(row[0])):
+            node = nodes.get(key)
+            if node is None:  # the foreign key forbids it
+                continue
+            entries = by_run(list(self._decode(rows, skipped, text))).get(run)
+            if entries is not None:
+                records, closes = entries
+                found[key] = NodeRunCompleteness(node, run_completeness(
+                    run, records, closes, node.node, holder="the store"))
+        self._say(skipped, "the run's records", text)
+        return [found[n.node_key] for n in self.nodes if n.node_key in found]
+
 
 class _Selected:
     """The compute records of a view's selection, read anew at each iteration."""
@@ -491,6 +583,23 @@ def node_of(row: Sequence[Any]) -> ClusterNode:
     return ClusterNode(str(node_key), str(node), str(origin), bytes(public_key), int(records),
                        head, None if flagged is None else str(flagged), int(first_seen),
                        int(last_seen))
+
+
+def _selection_sql(select: str, run: str | None, model: str | None
+                   ) -> tuple[sql.Composed, list[object]]:
+    """``select`` with the WHERE of one run and/or one model, and its parameters."""
+    conditions = []
+    params: list[object] = []
+    if run is not None:
+        conditions.append(sql.SQL("run = %s"))
+        params.append(run)
+    if model is not None:
+        conditions.append(sql.SQL("model = %s"))
+        params.append(model)
+    if not conditions:
+        raise ValueError("give a run or a model")
+    return sql.SQL("{} WHERE {}").format(sql.SQL(select),
+                                         sql.SQL(" AND ").join(conditions)), params
 
 
 def merge_meta(docs: Sequence[dict[str, object]]) -> dict[str, object]:

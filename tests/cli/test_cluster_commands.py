@@ -248,10 +248,129 @@ def test_other_commands_say_they_read_a_ledger_file(flopledger: Flopledger) -> N
     status, _, err = flopledger("recover", "--ledger", "postgresql://u@127.0.0.1:1/db")
     assert status == 1
     assert ("recover reads a node's ledger file; runs, show, models, verify, status, "
-            "report and gate read the cluster store") in err
+            "report, gate and export read the cluster store") in err
 
 
 def test_an_empty_store(pg_url: str, flopledger: Flopledger) -> None:
     status, _, err = flopledger("runs", "--ledger", pg_url)
     assert status == 1
     assert "holds no cluster ledger" in err
+
+
+def test_export_a_run_from_the_store_and_verify_it(
+        cluster: ClusterNodes, tmp_path: Path, flopledger: Flopledger,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "pt.json"
+    status, said, err = flopledger("export", "--run", "pt", "--ledger", cluster.url,
+                                   "-o", str(out))
+    assert status == 0, err
+    want = summed(cluster)["pt"]
+    assert said.splitlines() == [
+        f"wrote {out}: cluster bundle of 2 node(s), 8 records, 1 statements, FLOP "
+        f"{band(want)}; each node's under its latest signed head in the store",
+        f"check it anywhere with: flopledger verify {out}"]
+    status, shown, err = flopledger("verify", str(out))
+    assert status == 0, shown + err
+    keys = {n: key_of(cluster, n)[:16] for n in ("node-1", "node-2")}
+    assert shown.splitlines() == [
+        f"cluster audit bundle {out}: run pt; 2 node(s), 8 records, 1 statements",
+        f"  FLOP {band(want)}, energy {figures.energy(want.energy_mj)} (the sum of the nodes' "
+        "records)",
+        f"node node-1 (key {keys['node-1']}): 5 records, 1 statements, signed by key "
+        f"{keys['node-1']}: OK",
+        "  open: run pt on node node-1: 5 record(s) so far (run_seq 0..4), the run has not "
+        "been closed on this node",
+        f"node node-2 (key {keys['node-2']}): 3 records, 0 statements, signed by key "
+        f"{keys['node-2']}: OK",
+        "  open: run pt on node node-2: 3 record(s) so far (run_seq 0..2), the run has not "
+        "been closed on this node",
+        f"NOT complete: 0 of 2 node(s) proven complete; not node-1 (key {keys['node-1']}) "
+        f"(open), node-2 (key {keys['node-2']}) (open)",
+        "OK: every check passed"]
+    # An edited record fails its node, and the command.
+    text = out.read_text()
+    out.write_text(text.replace('\\"samples\\":5', '\\"samples\\":6', 1))
+    status, shown, _ = flopledger("verify", str(out))
+    assert status == 1
+    fails = [line for line in shown.splitlines() if line.startswith("  FAIL ")]
+    assert fails
+    assert any("not in the signed ledger at that position" in f for f in fails)
+    assert shown.splitlines()[-1] == f"FAILED: {len(fails)} problem(s)"
+    # Without -o: in the current directory, named after the run.
+    monkeypatch.chdir(tmp_path)
+    status, _, err = flopledger("export", "--model", "base", "--ledger", cluster.url)
+    assert status == 0, err
+    assert (tmp_path / "flopledger-cluster-model-base.json").is_file()
+
+
+def test_export_refuses_flagged_nodes_unless_allowed(
+        cluster: ClusterNodes, store: psycopg.Connection, tmp_path: Path,
+        flopledger: Flopledger) -> None:
+    store.execute("UPDATE fl_nodes SET flagged = 'backwards: rolled back' WHERE node_key = %s",
+                  (key_of(cluster, "node-2"),))
+    key = key_of(cluster, "node-2")[:16]
+    out = tmp_path / "pt.json"
+    status, said, err = flopledger("export", "--run", "pt", "--ledger", cluster.url,
+                                   "-o", str(out))
+    assert status == 1
+    assert said == ""
+    assert err == (f"flopledger: {out}: not written: the witness flagged 1 node(s) of "
+                   f"{cluster.url}: node-2 (key {key}): backwards: rolled back; give "
+                   "--allow-flagged to export anyway (the bundle then says so)\n")
+    assert not out.exists()
+    status, said, err = flopledger("export", "--run", "pt", "--ledger", cluster.url,
+                                   "-o", str(out), "--allow-flagged")
+    assert status == 0, err
+    assert (f"WARNING: node node-2 (key {key}): flagged by the witness: backwards: rolled "
+            "back; the bundle says so") in said.splitlines()
+    status, shown, _ = flopledger("verify", str(out))
+    assert status == 0
+    assert (f"  WARNING node node-2 (key {key}): backwards: rolled back: flagged by the "
+            "witness when exported; included on request") in shown.splitlines()
+
+
+def test_show_says_whether_each_node_holds_all_of_the_run(
+        cluster: ClusterNodes, flopledger: Flopledger) -> None:
+    keys = {n: key_of(cluster, n)[:16] for n in ("node-1", "node-2")}
+    status, out, err = flopledger("show", "pt", "--ledger", cluster.url)
+    assert status == 0, err
+    lines = out.splitlines()
+    at = lines.index("completeness per node:")
+    assert lines[at - 1] == "complete  NOT proven: 0 of 2 node(s) complete; 2 open (not closed)"
+    assert lines[at + 1:at + 3] == [
+        f"  key {keys['node-1']}  open: run pt on node node-1: 5 record(s) so far (run_seq "
+        "0..4), the run has not been closed on this node",
+        f"  key {keys['node-2']}  open: run pt on node node-2: 3 record(s) so far (run_seq "
+        "0..2), the run has not been closed on this node"]
+    # node-1 closes the run and ships the close: its part is proven complete.
+    from agent.ledger.store import Ledger
+    from tests.ledger.cluster_nodes import replicate
+    from tests.ledger_helpers import SECOND, T0
+
+    path = cluster.ledgers["node-1"]
+    ledger = Ledger(path, "node-1", load_or_create_key(path.parent / "node.key"))
+    assert ledger.close_run("pt", T0 + 60 * SECOND) is not None
+    ledger.close()
+    replicate(path, cluster.url)
+    status, out, err = flopledger("show", "pt", "--ledger", cluster.url)
+    assert status == 0, err
+    assert "complete  NOT proven: 1 of 2 node(s) complete; 1 open (not closed)" in out
+    assert (f"  key {keys['node-1']}  complete: all 5 records of run pt on node node-1 "
+            "(run_seq 0..4, closed at record 9)") in out.splitlines()
+
+
+def test_export_and_verify_usage_errors(cluster: ClusterNodes, tmp_path: Path,
+                                        flopledger: Flopledger) -> None:
+    status, _, err = flopledger("export", "--run", "pt", "--allow-flagged", "--ledger",
+                                str(cluster.ledgers["node-1"]), "-o", str(tmp_path / "x"))
+    assert status == 2
+    assert "--allow-flagged is for the cluster store" in err
+    assert not (tmp_path / "x").exists()
+    out = tmp_path / "pt.json"
+    assert flopledger("export", "--run", "pt", "--ledger", cluster.url, "-o", str(out))[0] == 0
+    status, _, err = flopledger("verify", str(out), "--key-fingerprint", "0" * 16)
+    assert status == 2
+    assert "each node of a cluster bundle is checked against its own key" in err
+    status, _, err = flopledger("export", "--run", "nothing", "--ledger", cluster.url)
+    assert status == 1
+    assert err == f"flopledger: {cluster.url}: no record of run 'nothing'\n"

@@ -24,10 +24,43 @@ CASES: list[Case] = [
          "no-such-password: cannot read the password file",
          files={"agent.toml": PASSWORD_FILE_CONFIG}),
     Case("recover-reads-files", ("recover", "--ledger", UNREACHABLE), 1,
-         "recover reads a node's ledger file; runs, show, models, verify, status, report and "
-         "gate read the cluster store"),
+         "recover reads a node's ledger file; runs, show, models, verify, status, report, "
+         "gate and export read the cluster store"),
 ]
 CASES += [Case(f"unreachable-{argv[0]}", (*argv, "--ledger", UNREACHABLE), 1,
                "flopledger: PostgreSQL at 127.0.0.1:1/ledger: cannot connect: Connection "
                "refused")
           for argv in (("runs",), ("show", "pt"), ("models",), ("verify",))]
+
+# Cluster audit bundles (``export --ledger postgresql://...``) and what ``verify`` makes of
+# a file that claims to be one.
+CLUSTER_BUNDLE = '{{"format": "flopledger-cluster-bundle-1", {rest}}}'
+CASES += [
+    Case("export-unreachable", ("export", "--run", "pt", "--ledger", UNREACHABLE), 1,
+         "flopledger: PostgreSQL at 127.0.0.1:1/ledger: cannot connect: Connection refused"),
+    Case("export-allow-flagged-on-a-file", ("export", "--run", "pt", "--allow-flagged",
+                                            "--ledger", "{dir}/ledger.sqlite"), 2,
+         "--allow-flagged is for the cluster store"),
+    Case("cluster-bundle-nodes-not-a-list", ("verify", "{dir}/bundle.json"), 1,
+         "unreadable or malformed cluster bundle (nodes, node_keys and flagged must be lists)",
+         files={"bundle.json": CLUSTER_BUNDLE.format(
+             rest='"selection": {"run": "pt"}, "node_keys": [], "totals": {}, "nodes": 5')}),
+    Case("cluster-bundle-missing-totals", ("verify", "{dir}/bundle.json"), 1,
+         "unreadable or malformed cluster bundle ('totals')",
+         files={"bundle.json": CLUSTER_BUNDLE.format(
+             rest='"selection": {"run": "pt"}, "node_keys": [], "nodes": []')}),
+    Case("cluster-bundle-node-not-a-bundle", ("verify", "{dir}/bundle.json"), 1,
+         "FAIL node #0 (key abc): node bundle 0: not a flopledger-audit-bundle-1 file",
+         files={"bundle.json": CLUSTER_BUNDLE.format(
+             rest='"selection": {"run": "pt"}, "node_keys": ["abc"], "nodes": [5], '
+                  '"totals": {}')}),
+    Case("cluster-bundle-deeply-nested", ("verify", "{dir}/bundle.json"), 1,
+         "unreadable or malformed bundle",
+         files={"bundle.json": '{"format": "flopledger-cluster-bundle-1", "nodes": '
+                               + "[" * 200_000}),
+    Case("cluster-bundle-pinned-key", ("verify", "{dir}/bundle.json", "--key-fingerprint",
+                                       "0123456789abcdef"), 2,
+         "each node of a cluster bundle is checked against its own key",
+         files={"bundle.json": CLUSTER_BUNDLE.format(
+             rest='"selection": {"run": "pt"}, "node_keys": [], "nodes": [], "totals": {}')}),
+]
