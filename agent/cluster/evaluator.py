@@ -21,13 +21,12 @@ from typing import Any
 
 import psycopg
 
-from agent.accounting.band import Band
 from agent.cluster.reading import cluster_head, compute_records, read_milestones
-from agent.compliance.evaluate import evaluate, notifications, payload, severity
+from agent.compliance.evaluate import evaluate
 from agent.compliance.lineage import ModelInfo
 from agent.compliance.milestones import MilestoneStore
-from agent.compliance.state import ThresholdRow, ThresholdState
-from agent.compliance.thresholds import ESTIMATES, Registry, ThresholdSettings
+from agent.compliance.state import ThresholdState
+from agent.compliance.thresholds import Registry, ThresholdSettings
 from agent.compliance.watcher import Enqueue, ThresholdWatcher
 from agent.ledger.pg_query import ClusterView
 from agent.ledger.query import RunSummary
@@ -99,26 +98,4 @@ class ClusterWatcher(ThresholdWatcher):
                         min_observation_fraction=t.min_observation_fraction,
                         records=compute_records(view), milestones=read_milestones(view),
                         summaries=summaries, tree_head=cluster_head(view))
-        self._track(snap)
-        self.snapshot = snap
-        if self.enqueue is not None:
-            for ev in notifications(snap):
-                doc = payload(ev, snap)
-                if self.enqueue(ev.key, ev.kind, ev.level, severity(ev.kind, ev.level),
-                                ev.evaluation, doc):
-                    self._enqueued += 1
-                    log.warning("notification: %s", ev.key)
-        self._evaluations += 1
-        rows = tuple(
-            ThresholdRow(e.assessment.subject.kind, e.assessment.subject.name,
-                         e.assessment.regime.key, e.assessment.estimate,
-                         e.assessment.used_fraction,
-                         e.projection.eta_s.get(e.assessment.estimate), e.assessment.met,
-                         e.active and not e.assessment.met,
-                         e.deadline_ns / 1e9 if e.deadline_ns is not None else None,
-                         Band(*(e.assessment.fraction[k] for k in ESTIMATES))
-                         if e.assessment.threshold_flop else None)
-            for e in snap.evaluations
-        )
-        self.state = ThresholdState(now / 1e9, self._evaluations, rows, self._enqueued)
-        return self.state
+        return self.take(snap, now)

@@ -20,12 +20,11 @@ from prometheus_client.registry import Collector
 
 from agent.cluster.reading import ClusterTotals
 from agent.compliance.state import ThresholdState
-from agent.compliance.thresholds import ESTIMATES
 from agent.notify.status import NotifyStatus
 from exporters.collector import Exposition, Part
 from exporters.notifications import NotificationCollector
 from exporters.runs import RUN_LABELS
-from exporters.thresholds import THRESHOLD_LABELS
+from exporters.thresholds import threshold_families
 
 __all__ = ["ClusterCollector", "ClusterState"]
 
@@ -117,52 +116,11 @@ class ClusterThresholdCollector(Collector):
         self._state = state
 
     def collect(self) -> Iterator[Metric]:
-        state = self._state
-        if state is None:
+        if self._state is None:
             return
-        fraction = GaugeMetricFamily(
-            "flopledger_cluster_threshold_fraction_ratio",
-            "Fraction of a regime's threshold reached by a run or model over the whole "
-            "cluster (the estimate named in the label).", labels=THRESHOLD_LABELS)
-        eta = GaugeMetricFamily(
-            "flopledger_cluster_threshold_eta_seconds",
-            "Seconds until the threshold is reached at the cluster's current rate (absent: "
-            "not moving toward it).", labels=THRESHOLD_LABELS)
-        will = GaugeMetricFamily(
-            "flopledger_cluster_threshold_will_be_met",
-            "1 if it is known that the threshold will be met: a declared plan projected "
-            "at the central rate crosses it, after the minimum observation window.",
-            labels=THRESHOLD_LABELS)
-        band = GaugeMetricFamily(
-            "flopledger_cluster_threshold_fraction_band_ratio",
-            "Fraction of a regime's FLOP threshold reached by the low, central and high "
-            "FLOP estimates (the label estimate), over the whole cluster.",
-            labels=THRESHOLD_LABELS)
-        deadline = GaugeMetricFamily(
-            "flopledger_cluster_threshold_deadline_timestamp_seconds",
-            "The legal deadline (seconds since the epoch), counted from the stored time "
-            "the threshold was met or first known to be met (absent: none is fixed).",
-            labels=THRESHOLD_LABELS)
-        for row in state.rows:
-            values = [row.subject_type, row.subject, row.regime, row.estimate]
-            fraction.add_metric(values, row.fraction)
-            will.add_metric(values, 1.0 if row.will_be_met else 0.0)
-            if row.eta_seconds is not None:
-                eta.add_metric(values, row.eta_seconds)
-            if row.fraction_band is not None:
-                for estimate, value in zip(ESTIMATES, row.fraction_band, strict=True):
-                    band.add_metric([*values[:3], estimate], value)
-            if row.deadline_wall_seconds is not None:
-                deadline.add_metric(values, row.deadline_wall_seconds)
-        yield fraction
-        yield eta
-        yield will
-        yield band
-        yield deadline
-        last = GaugeMetricFamily("flopledger_cluster_threshold_last_evaluation_timestamp_seconds",
-                                 "When the leader last evaluated the thresholds.")
-        last.add_metric([], state.evaluated_wall_seconds)
-        yield last
+        yield from threshold_families(self._state, "flopledger_cluster_threshold",
+                                      "over the whole cluster", "at the cluster's current rate",
+                                      "When the leader last evaluated the thresholds.")
 
 
 class ClusterCollector(Exposition):

@@ -87,6 +87,11 @@ class ThresholdWatcher:
                             min_observation_fraction=t.min_observation_fraction)
         except LedgerNotFoundError:
             return None
+        return self.take(snap, now)
+
+    def take(self, snap: Snapshot, now: int) -> ThresholdState:
+        """An evaluation made: milestones stored, notifications enqueued, state
+        published (the cluster service feeds its own evaluations through here too)."""
         self._track(snap)
         self.snapshot = snap
         if self.enqueue is not None:
