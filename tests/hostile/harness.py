@@ -107,7 +107,7 @@ def tree_state(directory: Path) -> dict[str, str]:
 def ledger_totals_mismatch(path: Path) -> str | None:
     """None if the ledger's stored totals equal the sum of its records (or it cannot be
     read as a ledger at all, which the case's own message covers), else what differs."""
-    from agent.accounting.records import LedgerRecord, Totals
+    from agent.accounting.records import STATEMENT_KINDS, LedgerRecord, Totals
 
     if not path.is_file():
         return None
@@ -119,6 +119,8 @@ def ledger_totals_mismatch(path: Path) -> str | None:
         summed: dict[tuple[str, str], Totals] = {}
         for (body,) in db.execute("SELECT body FROM records ORDER BY seq"):
             r = LedgerRecord.decode(bytes(body))
+            if r.kind in STATEMENT_KINDS:  # signed statements carry no amount, no total
+                continue
             for key in (("gpu", r.gpu_uuid), ("run", r.run)):
                 summed.setdefault(key, Totals()).add(r)
         stored = {(str(s), str(k)): (int(lo), int(c), int(hi)) for s, k, lo, c, hi in db.execute(
