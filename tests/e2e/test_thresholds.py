@@ -101,8 +101,11 @@ resend_s = 2
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
         with agent(config) as (proc, url):
-            wait_until(lambda: any(k.endswith("|level:1") for k in delivered_keys()), 90,
-                       "the threshold crossing at the webhook")
+            # The model and the run cross at the same evaluation; both deliveries are
+            # awaited, since the outbox is compared with what the webhook received.
+            wait_until(lambda: {"model:budget-model|test-budget|level:1",
+                                "run:budget-run|test-budget|level:1"} <= delivered_keys(), 90,
+                       "the threshold crossing at the webhook, for the model and the run")
             wait_until(lambda: len(am_alerts(am_url)) >= 3, 30, "alerts in Alertmanager")
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
