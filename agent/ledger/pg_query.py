@@ -330,14 +330,7 @@ class ClusterView:
         """
         if run is None and model is None:
             raise ValueError("records of the cluster are read for one run or one model")
-        conditions = []
-        params: list[object] = []
-        if run is not None:
-            conditions.append(sql.SQL("run = %s"))
-            params.append(run)
-        if model is not None:
-            conditions.append(sql.SQL("model = %s"))
-            params.append(model)
+        conditions, params = _selection(run, model)
         wanted = None if kinds is None else frozenset(kinds)
         if wanted is not None:
             conditions.append(sql.SQL("kind = ANY(%s)"))
@@ -585,10 +578,9 @@ def node_of(row: Sequence[Any]) -> ClusterNode:
                        int(last_seen))
 
 
-def _selection_sql(select: str, run: str | None, model: str | None
-                   ) -> tuple[sql.Composed, list[object]]:
-    """``select`` with the WHERE of one run and/or one model, and its parameters."""
-    conditions = []
+def _selection(run: str | None, model: str | None) -> tuple[list[sql.Composable], list[object]]:
+    """The conditions selecting one run and/or one model, and their parameters."""
+    conditions: list[sql.Composable] = []
     params: list[object] = []
     if run is not None:
         conditions.append(sql.SQL("run = %s"))
@@ -596,6 +588,13 @@ def _selection_sql(select: str, run: str | None, model: str | None
     if model is not None:
         conditions.append(sql.SQL("model = %s"))
         params.append(model)
+    return conditions, params
+
+
+def _selection_sql(select: str, run: str | None, model: str | None
+                   ) -> tuple[sql.Composed, list[object]]:
+    """``select`` with the WHERE of one run and/or one model, and its parameters."""
+    conditions, params = _selection(run, model)
     if not conditions:
         raise ValueError("give a run or a model")
     return sql.SQL("{} WHERE {}").format(sql.SQL(select),
