@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.compliance.lineage import default_thresholds_path
 from benchmarks.pgserver import PgServer
 from tests.agentproc import agent, free_port, scrape, total, wait_for
+from tests.e2e.test_thresholds import budget_registry
 from tests.receivers import SECRET, Receiver
 
 pytestmark = pytest.mark.e2e
@@ -161,20 +161,7 @@ def test_one_run_on_four_nodes_through_an_outage_and_kills(
         tmp_path: Path, pg_server: PgServer, pg_url: str) -> None:
     import psycopg
 
-    thresholds = tmp_path / "thresholds.toml"
-    thresholds.write_text(default_thresholds_path().read_text() + f"""
-[regimes.test-budget]
-title = "Internal review budget"
-threshold_flop = {BUDGET}
-comparison = "gt"
-scope = "cumulative"
-subjects = ["model", "run"]
-applies_to = "provider"
-obligation = "Internal compute review"
-deadline_days = 14
-status = "internal"
-sources = ["internal policy"]
-""")
+    thresholds = budget_registry(tmp_path, BUDGET)
     (tmp_path / "webhook.secret").write_bytes(SECRET)
     webhook = Receiver().start()
     cluster_cfg = service_config(tmp_path, pg_url, thresholds, webhook)

@@ -32,12 +32,14 @@ pytestmark = [
 BUDGET = 6e16
 
 
-def test_levels_and_will_be_met_are_delivered_once_each_across_a_crash(tmp_path: Path) -> None:
-    thresholds = tmp_path / "thresholds.toml"
+def budget_registry(directory: Path, budget_flop: float) -> Path:
+    """The bundled threshold registry plus an internal review budget, ``test-budget``,
+    low enough for simulated GPUs to cross within a test."""
+    thresholds = directory / "thresholds.toml"
     thresholds.write_text(default_thresholds_path().read_text() + f"""
 [regimes.test-budget]
 title = "Internal review budget"
-threshold_flop = {BUDGET}
+threshold_flop = {budget_flop}
 comparison = "gt"
 scope = "cumulative"
 subjects = ["model", "run"]
@@ -47,6 +49,11 @@ deadline_days = 14
 status = "internal"
 sources = ["internal policy"]
 """)
+    return thresholds
+
+
+def test_levels_and_will_be_met_are_delivered_once_each_across_a_crash(tmp_path: Path) -> None:
+    thresholds = budget_registry(tmp_path, BUDGET)
     (tmp_path / "webhook.secret").write_bytes(SECRET)
     webhook = Receiver()
     am_sink = Receiver()
