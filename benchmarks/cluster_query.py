@@ -41,6 +41,9 @@ class QueryResult:
     run_total_ms: tuple[float, float]  # median, p99
     scopes_ms: tuple[float, float]
     bytes_per_record: float
+    pass_window_ms: tuple[float, float]  # the leader's evaluation, the window's records
+    pass_every_record_ms: float  # the same evaluation reading every record
+    window_records: int
 
     def rows(self) -> list[tuple[str, str]]:
         gb_day = self.bytes_per_record * RECORDS_PER_GPU_DAY
@@ -54,6 +57,14 @@ class QueryResult:
                                        "scope, lineage; from the kept totals)"),
             ("storage", f"{self.bytes_per_record:.0f} bytes per record with indexes: "
                         f"{gb_day / 1024:.0f} KiB per GPU-day"),
+            ("service pass", f"median {self.pass_window_ms[0]:.0f} ms, p99 "
+                             f"{self.pass_window_ms[1]:.0f} ms (the leader's threshold "
+                             f"evaluation: stored totals, the {self.window_records:,} "
+                             "records of the last hour's rate window, milestones)"),
+            ("same, every record read",
+             f"{self.pass_every_record_ms:,.0f} ms ("
+             f"{self.pass_every_record_ms / self.pass_window_ms[0]:.0f}x the windowed pass;"
+             " grows with the history)"),
         ]
 
 
@@ -145,12 +156,49 @@ def bench_cluster_query(records: int = 1_000_000, nodes: int = 64, runs: int = 2
 
             run_ms = _timed(run_total, repeat)
             scope_ms = _timed(model_scopes, max(5, repeat // 5))
+            window_ms, every_ms, window_records = _service_pass(url, records // nodes)
             size = conn.execute("SELECT pg_total_relation_size('fl_records')").fetchone()
             assert size is not None
             bytes_per_record = int(size[0]) / records
     finally:
         server.destroy()
-    return QueryResult(records, nodes, runs, fill_s, run_ms, scope_ms, bytes_per_record)
+    return QueryResult(records, nodes, runs, fill_s, run_ms, scope_ms, bytes_per_record,
+                       window_ms, every_ms, window_records)
+
+
+def _service_pass(url: str, per_node: int) -> tuple[tuple[float, float], float, int]:
+    """The cluster service leader's evaluation at the end of the history (every node's
+    last record ends then), as it runs it (the window's records), and the same with
+    every record read, as a pass did before the window."""
+    from agent.cluster.evaluator import ClusterWatcher, StoreMilestones
+    from agent.cluster.reading import cluster_head, compute_records, read_milestones
+    from agent.compliance.evaluate import evaluate
+    from agent.compliance.thresholds import ThresholdSettings, load_registry
+    from agent.ledger.pg_query import ClusterView
+
+    now_ns = T0_NS + per_node * 60 * 10**9
+    settings = ThresholdSettings()
+    registry = load_registry()
+    with connect(url, autocommit=True) as write:
+        watcher = ClusterWatcher(settings, {}, registry, StoreMilestones(lambda: write),
+                                 wall_ns=lambda: now_ns)
+
+        def windowed() -> None:
+            with ClusterView.open(url) as view:
+                watcher.evaluate_view(view, view.run_summaries())
+
+        def every_record() -> None:
+            with ClusterView.open(url) as view:
+                evaluate({}, registry, None, now_ns, records=compute_records(view),
+                         milestones=read_milestones(view), summaries=view.run_summaries(),
+                         tree_head=cluster_head(view))
+
+        window_ms = _timed(windowed, 5)
+        every_ms = _timed(every_record, 1)[0]
+        with ClusterView.open(url) as view:
+            cut = now_ns - round(settings.window_s * 1e9)
+            window_records = sum(1 for _ in compute_records(view, ends_after_ns=cut))
+    return window_ms, every_ms, window_records
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from agent.cluster.reading import cluster_head, compute_records, read_milestones
+from agent.cluster.reading import cluster_head, compute_records, read_milestones, run_records
 from agent.compliance.evaluate import evaluate
 from agent.compliance.lineage import ModelInfo
 from agent.compliance.milestones import MilestoneStore
@@ -91,11 +91,15 @@ class ClusterWatcher(ThresholdWatcher):
         """
         t = self.settings
         now = self.wall_ns()
+        # The rates need the window's records only; the rest comes from the stored
+        # totals, and a crossing is dated on its runs' records when first found.
+        window = compute_records(view, ends_after_ns=now - round(t.window_s * 1e9))
         snap = evaluate(self.models, self.registry, None, now,
                         estimate=t.estimate, levels=t.levels, window_s=t.window_s,
                         horizon_s=t.horizon_days * 86400,
                         min_observation_s=t.min_observation_s,
                         min_observation_fraction=t.min_observation_fraction,
-                        records=compute_records(view), milestones=read_milestones(view),
-                        summaries=summaries, tree_head=cluster_head(view))
+                        records=window, milestones=read_milestones(view),
+                        summaries=summaries, tree_head=cluster_head(view),
+                        run_records=lambda runs: run_records(view, runs))
         return self.take(snap, now)

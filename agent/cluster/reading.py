@@ -6,10 +6,12 @@ totals, the records and the milestones of a pass agree with each other).
   ``/metrics`` (every replica, every pass), from the stored run totals (a few rows per
   run, whatever the number of records).
 - :func:`compute_records`: the compute records the evaluation needs besides those
-  totals (the leader, every pass): all of them, streamed through a server-side cursor,
-  only the columns the evaluation uses (no body is read). The records of every run are
-  read, not only of the runs an evaluation could change: fine to millions of records;
-  reading only what changed since the last pass is later work.
+  totals (the leader, every pass): those that end within the rate window (an index on
+  ``end_ns``), streamed through a server-side cursor, only the columns the evaluation
+  uses (no body is read). A pass reads what the window holds, however long the
+  history: the runs' totals, first starts and last ends come from the stored totals.
+- :func:`run_records`: every compute record of some runs, read only when a crossing
+  must be dated that no milestone holds yet (once per subject, regime and level).
 - :func:`read_milestones` and :func:`cluster_head`: what the evaluation's notifications
   count deadlines from and cite.
 """
@@ -17,7 +19,7 @@ totals, the records and the milestones of a pass agree with each other).
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,7 @@ from agent.ledger.pg_query import ClusterView
 from agent.ledger.query import RunSummary
 
 __all__ = ["ClusterTotals", "ModelTotal", "NodeState", "RunTotal", "cluster_head",
-           "compute_records", "read_milestones", "read_totals"]
+           "compute_records", "read_milestones", "read_totals", "run_records"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,33 +95,52 @@ def read_totals(view: ClusterView, summaries: Mapping[str, RunSummary],
 # The evaluation needs of a record its run, model, category, GPU, times and FLOP band
 # (its rates and crossings; the runs' sums and GPU time come from the stored totals).
 # FLOP are NUMERIC (beyond 64 bits) and travel as text.
-_RECORDS = sql.SQL(
-    "SELECT kind, run, model, category, gpu_uuid, start_ns, end_ns,"
-    " flop_low::text, flop_central::text, flop_high::text"
-    " FROM fl_records WHERE kind = ANY(%s) OR (kind = 'discontinuity' AND run <> '')"
-    " ORDER BY node_key, seq")
+_COLUMNS = ("SELECT kind, run, model, category, gpu_uuid, start_ns, end_ns,"
+            " flop_low::text, flop_central::text, flop_high::text FROM fl_records"
+            " WHERE (kind = ANY(%s) OR (kind = 'discontinuity' AND run <> ''))")
+_RECORDS = sql.SQL(_COLUMNS + " ORDER BY node_key, seq")
+_RECORDS_ENDING_AFTER = sql.SQL(_COLUMNS + " AND end_ns > %s ORDER BY node_key, seq")
+_RECORDS_OF_RUNS = sql.SQL(_COLUMNS + " AND run = ANY(%s) ORDER BY node_key, seq")
 
 # Shared by every record read here, never written to: a dict per record would cost
 # more than the rest of the record.
 _NO_ASSUMPTIONS: dict[str, Any] = {}
 
 
-def compute_records(view: ClusterView) -> Iterator[LedgerRecord]:
+def compute_records(view: ClusterView, *, ends_after_ns: int | None = None
+                    ) -> Iterator[LedgerRecord]:
     """Every compute record of every node (:func:`agent.accounting.records.is_compute`),
-    node key by node key in append order, with the fields the evaluation reads of a
-    record (the rest empty: no node name, energy, samples, GPU time, estimator or
-    assumptions; the runs' sums are :meth:`ClusterView.run_summaries`).
+    or only those that end after ``ends_after_ns``, node key by node key in append
+    order, with the fields the evaluation reads of a record (the rest empty: no node
+    name, energy, samples, GPU time, estimator or assumptions; the runs' sums are
+    :meth:`ClusterView.run_summaries`).
 
     Raises:
         ClusterReadError: a read failed.
     """
+    if ends_after_ns is None:
+        return _records(view, _RECORDS, [list(COMPUTE_KINDS)])
+    return _records(view, _RECORDS_ENDING_AFTER, [list(COMPUTE_KINDS), ends_after_ns])
+
+
+def run_records(view: ClusterView, runs: Sequence[str]) -> Iterator[LedgerRecord]:
+    """Every compute record of ``runs``, as :func:`compute_records` gives them.
+
+    Raises:
+        ClusterReadError: a read failed.
+    """
+    return _records(view, _RECORDS_OF_RUNS, [list(COMPUTE_KINDS), list(runs)])
+
+
+def _records(view: ClusterView, query: sql.SQL | sql.Composed, params: list[Any]
+             ) -> Iterator[LedgerRecord]:
     names: dict[str, str] = {}  # one string object per distinct run, model, GPU...
 
     def shared(text: str) -> str:
         return names.setdefault(text, text)
 
     for (kind, run, model, category, gpu, start, end, low, central,
-         high) in view.stream(_RECORDS, [list(COMPUTE_KINDS)]):
+         high) in view.stream(query, params):
         yield LedgerRecord(
             seq=0, kind=shared(kind), node="", run=shared(run), model=shared(model),
             category=shared(category), gpu_uuid=shared(gpu), gpu_index=-1,

@@ -36,6 +36,7 @@ from agent.compliance.forecast import (
     DEFAULT_WINDOW_S,
     Projection,
     RunForecast,
+    RunSpan,
     planned_projection,
     project,
     run_forecast,
@@ -139,6 +140,10 @@ class Snapshot:
     milestones: dict[str, int] = field(default_factory=dict)
 
 
+# Every record of the given runs (see ``evaluate``'s ``run_records``).
+RunRecords = Callable[[Sequence[str]], Iterable[LedgerRecord]]
+
+
 def _gpu_seconds(records: Iterable[LedgerRecord]) -> float:
     return sum(r.covered_ns + r.gap_ns for r in records) / 1e9
 
@@ -152,7 +157,8 @@ def evaluate(models: Mapping[str, ModelInfo], registry: Registry, ledger_path: P
              min_observation_s: float = 3600.0, min_observation_fraction: float = 0.01,
              milestones: Mapping[str, int] | None = None,
              summaries: Mapping[str, RunSummary] | None = None,
-             tree_head: Mapping[str, Any] | None = None) -> Snapshot:
+             tree_head: Mapping[str, Any] | None = None,
+             run_records: RunRecords | None = None) -> Snapshot:
     """Assess and project every enabled regime for every model and run.
 
     ``models`` is the config's ``[models.*]`` lineage (runs add the base models they
@@ -163,9 +169,16 @@ def evaluate(models: Mapping[str, ModelInfo], registry: Registry, ledger_path: P
     ledger; the file's latest head if not given.
 
     ``summaries`` are each run's sums over ``records`` with its declared metadata, if the
-    caller keeps them (the cluster store does): the runs' FLOP, categories and GPU time
-    (covered + gap) are then taken from them, and the records serve only the rates and
-    the crossings. Without them they are summed here and the metadata read from the file.
+    caller keeps them (the cluster store does): the runs' FLOP, categories, GPU time
+    (covered + gap), first start and last end are then taken from them, and the records
+    serve only the rates and the crossings. Without them they are summed here and the
+    metadata read from the file.
+
+    ``run_records``, with ``summaries``: reads every record of the given runs, in the
+    order ``records`` would hold them. ``records`` then need only hold those that end
+    after ``now_ns - window_s`` (the rates); a crossing not yet stored as a milestone
+    is dated on what ``run_records`` returns, so a caller keeps its reads per
+    evaluation proportional to the window, not to the ledger.
 
     Without a ledger file (``ledger_path`` None: the cluster store, read by its caller)
     ``records``, ``milestones`` and ``summaries`` must all be given.
@@ -177,6 +190,8 @@ def evaluate(models: Mapping[str, ModelInfo], registry: Registry, ledger_path: P
     if ledger_path is None and (records is None or milestones is None or summaries is None):
         raise ValueError("evaluate without a ledger file needs records, milestones and "
                          "summaries")
+    if run_records is not None and summaries is None:
+        raise ValueError("run_records needs summaries")
     if records is None:
         assert ledger_path is not None
         records = list(iter_records(ledger_path)) + open_records(ledger_path)
@@ -193,9 +208,12 @@ def evaluate(models: Mapping[str, ModelInfo], registry: Registry, ledger_path: P
         def run_seconds(run: str) -> float:
             return _gpu_seconds(by_run[run])
     else:
-        # The runs in the order their records first name them, as summing would give.
+        # The runs in the order their records first name them, as summing would give;
+        # with only a window's records, in the caller's order (the same at every
+        # evaluation, wherever the window falls).
         given = summaries
-        summaries = {**{run: given[run] for run in by_run if run in given}, **given}
+        summaries = (dict(given) if run_records is not None else
+                     {**{run: given[run] for run in by_run if run in given}, **given})
 
         def run_seconds(run: str) -> float:
             s = given.get(run)
@@ -204,17 +222,36 @@ def evaluate(models: Mapping[str, ModelInfo], registry: Registry, ledger_path: P
     view = model_view(models, scopes, summaries)
     lineage = view.lineage
     category_of = {s.run: s.category for s in summaries.values()}
-    forecasts = {
-        run: run_forecast(run, rows, plan_of(summaries[run].meta if run in summaries else {}),
-                          now_ns, window_s)
-        for run, rows in by_run.items()
-    }
+    if run_records is not None:
+        # The window's records give the rates; the sums give the rest, for every run
+        # (one without a record in the window still has a plan and a total).
+        forecasts = {
+            s.run: run_forecast(s.run, by_run.get(s.run, ()), plan_of(s.meta), now_ns,
+                                window_s, known=RunSpan(s.first_ns, s.last_ns, s.flop))
+            for s in summaries.values()}
+
+        def rows_of(runs: Sequence[str]) -> Mapping[str, list[LedgerRecord]]:
+            assert run_records is not None
+            rows: dict[str, list[LedgerRecord]] = defaultdict(list)
+            for r in run_records(runs):
+                rows[r.run].append(r)
+            return rows
+    else:
+        forecasts = {
+            run: run_forecast(run, rows,
+                              plan_of(summaries[run].meta if run in summaries else {}),
+                              now_ns, window_s)
+            for run, rows in by_run.items()
+        }
+
+        def rows_of(runs: Sequence[str]) -> Mapping[str, list[LedgerRecord]]:
+            return by_run
     snap = Snapshot(now_ns)
     if milestones is None:
         assert ledger_path is not None
         milestones = read_milestones(ledger_path)
     snap.milestones = dict(milestones)
-    context = _Context(registry, category_of, by_run, histories(snap.milestones), now_ns,
+    context = _Context(registry, category_of, rows_of, histories(snap.milestones), now_ns,
                        estimate, levels, horizon_s, min_observation_s,
                        min_observation_fraction)
     if tree_head is not None:
@@ -230,7 +267,7 @@ def evaluate(models: Mapping[str, ModelInfo], registry: Registry, ledger_path: P
 
     def seconds_in(names: Iterable[str], scope: str) -> float:
         wanted = set(names)
-        return sum(run_seconds(run) for run in by_run
+        return sum(run_seconds(run) for run in summaries
                    if run in summaries and summaries[run].model in wanted
                    and scopes[scope].counts(run, summaries[run].category))
 
@@ -292,7 +329,7 @@ def is_systemic(info: ModelInfo, totals: Mapping[str, Flop], registry: Registry)
 class _Context:
     registry: Registry
     category_of: Mapping[str, str]
-    by_run: Mapping[str, list[LedgerRecord]]
+    rows_of: Callable[[Sequence[str]], Mapping[str, list[LedgerRecord]]]
     histories: Mapping[str, History]
     now_ns: int
     estimate: str
@@ -364,7 +401,8 @@ def _evaluate_subject(snap: Snapshot, subject: Subject, regimes: Sequence[Regime
         history = c.histories.get(prefix, History())
         met_at = history.met_at_ns
         if a.met and met_at is None and a.threshold_flop is not None:
-            met_at = _crossing_ns(c.by_run, [f.run for f in in_scope], current,
+            crossing_runs = [f.run for f in in_scope]
+            met_at = _crossing_ns(c.rows_of(crossing_runs), crossing_runs, current,
                                   a.threshold_flop, regime, c.estimate)
         active = history.active
         snap.evaluations.append(Evaluation(

@@ -55,6 +55,16 @@ class RunForecast:
         return max(0.0, (self.end_ns - now_ns) / 1e9)
 
 
+@dataclass(frozen=True, slots=True)
+class RunSpan:
+    """What a caller that keeps a run's sums knows of all its records: the first
+    start, the last end and the total."""
+
+    first_ns: int
+    last_ns: int
+    flop: Flop
+
+
 def _number(plan: Mapping[str, object], key: str) -> float | None:
     value = plan.get(key)
     if isinstance(value, bool):
@@ -71,13 +81,23 @@ def _number(plan: Mapping[str, object], key: str) -> float | None:
 
 
 def run_forecast(run: str, records: Iterable[LedgerRecord], plan: Mapping[str, object],
-                 now_ns: int, window_s: float = DEFAULT_WINDOW_S) -> RunForecast:
-    """The rate of the run over the last ``window_s`` and its planned end."""
+                 now_ns: int, window_s: float = DEFAULT_WINDOW_S, *,
+                 known: RunSpan | None = None) -> RunForecast:
+    """The rate of the run over the last ``window_s`` and its planned end.
+
+    ``records`` are the run's records; with ``known`` (the run's first start, last end
+    and total, kept by the caller) only those that end after ``now_ns - window_s`` are
+    needed: older ones change nothing here but those three figures.
+    """
     rows = list(records)
-    if not rows:
+    if known is not None:
+        first, last, current = known.first_ns, known.last_ns, known.flop
+    elif not rows:
         return RunForecast(run, Flop.exact(0), Band.exact(0.0), 0, 0, 0, None, "none", None)
-    first = min(r.start_ns for r in rows)
-    last = max(r.end_ns for r in rows)
+    else:
+        first = min(r.start_ns for r in rows)
+        last = max(r.end_ns for r in rows)
+        current = sum((r.flop for r in rows), Flop.exact(0))
     window_start = max(first, now_ns - round(window_s * 1e9))
     span_s = max(1.0, (min(now_ns, last) - window_start) / 1e9) if last > window_start else 0.0
     in_window = Band.exact(0.0)
@@ -117,7 +137,6 @@ def run_forecast(run: str, records: Iterable[LedgerRecord], plan: Mapping[str, o
         total = 6.0 * params * tokens
         planned_total = Flop.exact(int(total))
         how += ", 6PD"
-    current = sum((r.flop for r in rows), Flop.exact(0))
     return RunForecast(run, current, rate, len(gpus), first, last, end_ns, how, planned_total)
 
 

@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS fl_records (
 );
 CREATE INDEX IF NOT EXISTS fl_records_run ON fl_records (run);
 CREATE INDEX IF NOT EXISTS fl_records_model ON fl_records (model);
+-- The cluster service's evaluation reads the records of the last rate window.
+CREATE INDEX IF NOT EXISTS fl_records_end ON fl_records (end_ns);
 
 -- Every signed tree head each node published (the chain a verifier checks).
 CREATE TABLE IF NOT EXISTS fl_heads (

@@ -5,6 +5,7 @@ ledger holding every node's records."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import psycopg
 import pytest
 
 from agent.cluster.evaluator import ClusterWatcher, StoreMilestones
-from agent.cluster.reading import compute_records, read_milestones, read_totals
+from agent.cluster.reading import compute_records, read_milestones, read_totals, run_records
 from agent.compliance.evaluate import Evaluation, evaluate
 from agent.compliance.milestones import read_milestones as read_file_milestones
 from agent.compliance.thresholds import Registry, load_registry
@@ -22,6 +23,7 @@ from agent.ledger.pgconn import connect, ensure_schema
 from agent.ledger.query import iter_records
 from tests.cluster import nodes
 from tests.cluster.nodes import MODELS, NOW_NS, SETTINGS
+from tests.e2e.test_thresholds import budget_registry
 
 Enqueued = list[tuple[str, str, float, str, dict[str, object]]]
 
@@ -47,6 +49,15 @@ def collector(into: Enqueued) -> Any:
     return enqueue
 
 
+def by_subject(evaluations: list[Evaluation]) -> dict[str, Evaluation]:
+    return {e.key_prefix: e for e in evaluations}
+
+
+def sent(enqueued: Enqueued) -> list[tuple[object, ...]]:
+    """What was enqueued, without the ledger cited, in key order."""
+    return sorted(((*e[:4], without_ledger(e[4])) for e in enqueued), key=repr)
+
+
 def without_ledger(payload: dict[str, object]) -> dict[str, object]:
     """A payload without what it cites as the ledger (a node's head, or every node's)."""
     return {k: v for k, v in payload.items() if k != "ledger"}
@@ -66,14 +77,13 @@ def test_cluster_evaluation_is_the_agents_on_the_union(
         state = watcher.evaluate_view(view, view.run_summaries())
 
     assert expected is not None
-    assert state.rows == expected.rows
+    # The same rows (the cluster orders its runs by name, a node by first record).
+    assert sorted(state.rows, key=repr) == sorted(expected.rows, key=repr)
     assert agent.snapshot is not None
     assert watcher.snapshot is not None
-    assert watcher.snapshot.evaluations == agent.snapshot.evaluations
+    assert by_subject(watcher.snapshot.evaluations) == by_subject(agent.snapshot.evaluations)
     # What is notified, and what starts a deadline, is the same.
-    assert [e[:4] for e in cluster_sent] == [e[:4] for e in agent_sent]
-    assert [without_ledger(e[4]) for e in cluster_sent] == [without_ledger(e[4])
-                                                            for e in agent_sent]
+    assert sent(cluster_sent) == sent(agent_sent)
     with ClusterView.open(pg_url) as view:
         assert read_milestones(view) == read_file_milestones(cluster.union)
     keys = {e[0] for e in cluster_sent}
@@ -130,3 +140,51 @@ def test_totals_for_metrics_are_the_cluster_wide_sums(cluster: nodes.Nodes,
     cumulative = {m.model: m.flop for m in totals.models if m.scope == "cumulative"}
     # chat inherits base's compute where the scope inherits.
     assert cumulative["chat"].central == by_run["ft"][1] + by_run["pt"][1]
+
+
+# The records end 5 s and 10 s after T0, NOW_NS is 20 s after it: a window of 12 s cuts
+# between the two checkpoints, one of 6 s holds no record (the runs look stopped).
+@pytest.mark.parametrize("window_s", [6.0, 12.0])
+def test_a_pass_reads_only_the_window_and_finds_what_reading_everything_finds(
+        cluster: nodes.Nodes, pg_url: str, conn: psycopg.Connection[Any],
+        window_s: float, tmp_path: Path) -> None:
+    """The rates need the records of the last window only; the totals, first starts and
+    last ends come from the stored totals, and a crossing no milestone holds yet is
+    dated on its runs' whole history. Windows that cut through the records give the
+    agent's evaluation of the whole file, crossings before the window included."""
+    settings = replace(SETTINGS, window_s=window_s)
+    # A budget that base and pt pass with the first checkpoint's records (5 s).
+    registry = load_registry(budget_registry(tmp_path, 2e22))
+    agent_sent: Enqueued = []
+    agent = ThresholdWatcher(settings, MODELS, registry, cluster.union,
+                             enqueue=collector(agent_sent), wall_ns=lambda: NOW_NS)
+    agent.run_once()
+    cluster_sent: Enqueued = []
+    watcher = ClusterWatcher(settings, MODELS, registry, StoreMilestones(lambda: conn),
+                             enqueue=collector(cluster_sent), wall_ns=lambda: NOW_NS)
+    cut = NOW_NS - round(window_s * 1e9)
+    with ClusterView.open(pg_url) as view:
+        everything = list(compute_records(view))
+        window = list(compute_records(view, ends_after_ns=cut))
+        watcher.evaluate_view(view, view.run_summaries())
+    assert window == [r for r in everything if r.end_ns > cut]
+    assert len(window) < len(everything)
+    assert (len(window) > 0) == (window_s == 12.0)
+    assert agent.snapshot is not None
+    assert watcher.snapshot is not None
+    assert by_subject(watcher.snapshot.evaluations) == by_subject(agent.snapshot.evaluations)
+    assert sent(cluster_sent) == sent(agent_sent)
+    with ClusterView.open(pg_url) as view:
+        stored = read_milestones(view)
+    assert stored == read_file_milestones(cluster.union)
+    # Crossings older than the window were dated from the runs' whole history.
+    assert any(at < cut for at in stored.values()), (stored, cut)
+
+
+def test_run_records_are_the_runs_compute_records_in_store_order(
+        cluster: nodes.Nodes, pg_url: str) -> None:
+    with ClusterView.open(pg_url) as view:
+        everything = list(compute_records(view))
+        assert list(run_records(view, ["ft"])) == [r for r in everything if r.run == "ft"]
+        assert list(run_records(view, ["pt", "ft"])) == everything
+        assert list(run_records(view, ["nothing"])) == []
