@@ -389,7 +389,8 @@ def _relative(base: Path, value: str) -> Path:
     return Path(value) if Path(value).is_absolute() else base / value
 
 
-def _web(problems: Problems, raw: dict[str, Any], base: Path) -> WebSettings:
+def parse_web_settings(problems: Problems, raw: dict[str, Any], base: Path) -> WebSettings:
+    """``[web]``, shared with the cluster service's config."""
     r = TableReader.section(problems, raw, "web", {"config_file"})
     value = r.path("config_file", "the path of a web-config YAML file")
     if value is None:
@@ -477,7 +478,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         sim=_sim(problems, raw),
         thresholds=parse_threshold_settings(raw, problems),
         notify=parse_notify_config(raw, problems, base),
-        web=_web(problems, raw, base),
+        web=parse_web_settings(problems, raw, base),
         textfile=_textfile(problems, raw, base),
         client=_client(problems, raw),
         cluster=_cluster(problems, raw, base),

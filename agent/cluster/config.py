@@ -11,8 +11,10 @@ Example (``configs/cluster.example.toml`` has every key)::
     [thresholds]      # as in the agent's config (evaluate_every_s aside)
     [models.NAME]     # as in the agent's config
     [[notify.webhook]]  # as in the agent's config
+    [web]             # as in the agent's config: TLS, client certificates, basic auth
+    config_file = "/etc/flopledger/web.yml"
 
-``[thresholds]``, ``[models.*]`` and ``[notify]`` are read by the agent's own parsers, so
+``[thresholds]``, ``[models.*]``, ``[notify]`` and ``[web]`` are read by the agent's own parsers, so
 a setting means the same on a node and on the cluster. How often the cluster evaluates
 is ``cluster.evaluate_s``; the agent's ``thresholds.evaluate_every_s`` is refused here
 rather than silently ignored.
@@ -26,7 +28,7 @@ from typing import Any
 
 from agent.compliance.lineage import ModelInfo, parse_models
 from agent.compliance.thresholds import ThresholdSettings, parse_threshold_settings
-from agent.config import MAX_DECLARED_FLOP, parse_listen
+from agent.config import MAX_DECLARED_FLOP, WebSettings, parse_listen, parse_web_settings
 from agent.configfile import (
     Problems,
     TableReader,
@@ -48,7 +50,7 @@ DEFAULT_EVALUATE_S = 30.0
 # than twice a second is no use; less often than hourly, a deadline day could slip.
 MIN_EVALUATE_S = 0.5
 MAX_EVALUATE_S = 3600.0
-TABLES = ("cluster", "thresholds", "models", "notify")
+TABLES = ("cluster", "thresholds", "models", "notify", "web")
 CLUSTER_KEYS = ("url", "password_file", "password_env", "listen", "evaluate_s",
                 "thresholds_file")
 
@@ -74,6 +76,7 @@ class ClusterConfig:
     thresholds: ThresholdSettings = field(default_factory=ThresholdSettings)
     models: dict[str, ModelInfo] = field(default_factory=dict)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    web: WebSettings = field(default_factory=WebSettings)
 
 
 def _relative(base: Path, value: str) -> Path:
@@ -160,9 +163,10 @@ def parse_cluster_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     models = parse_models(raw, problems)
     _declared_ceilings(problems, raw)
     notify = parse_notify_config(raw, problems, base)
+    web = parse_web_settings(problems, raw, base)
     problems.raise_if_any()
     return ClusterConfig(path=path, thresholds=settings, models=models, notify=notify,
-                         **cluster)
+                         web=web, **cluster)
 
 
 def load_cluster_config(path: Path) -> ClusterConfig:

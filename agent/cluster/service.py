@@ -48,6 +48,7 @@ from agent.notify.config import build_channels
 from agent.notify.message import Channel, Notification
 from agent.notify.status import NotifyStatus
 from agent.preflight import listen_problem
+from exporters.web.config import WebConfig, load_web_config
 from exporters.web.server import start_metrics_server
 
 __all__ = ["ClusterService", "check_start", "run_cluster"]
@@ -231,11 +232,12 @@ class ClusterService:
         self.state = replace(self.state, leader=False)
 
 
-def check_start(config: ClusterConfig, listen: tuple[str, int],
-                listen_key: str) -> tuple[Registry, dict[str, Channel]]:
+def check_start(config: ClusterConfig, listen: tuple[str, int], listen_key: str
+                ) -> tuple[Registry, dict[str, Channel], WebConfig | None]:
     """Everything that can be checked before the service starts, in one pass: the
-    thresholds file, the channels' secrets, the store's password source, the listen
-    address. The store itself is not needed to start (it is retried).
+    thresholds file, the channels' secrets, the web config, the store's password
+    source, the listen address. The store itself is not needed to start (it is
+    retried).
 
     Raises:
         ConfigError: one per file with problems, naming each key.
@@ -251,6 +253,8 @@ def check_start(config: ClusterConfig, listen: tuple[str, int],
                               [("notify", f"channels that can be set up ({e})")]) from e
 
     built = errors.attempt(channels)
+    web_file = config.web.config_file
+    web = errors.attempt(lambda: load_web_config(web_file)) if web_file is not None else None
     problems = Problems(config.path)
     if config.password_env is not None and not os.environ.get(config.password_env):
         problems.add("cluster.password_env", f"an environment variable that is set and not "
@@ -262,7 +266,7 @@ def check_start(config: ClusterConfig, listen: tuple[str, int],
     # raise_if_any above: both loaded.
     assert registry is not None
     assert built is not None
-    return registry, built
+    return registry, built, web
 
 
 def run_cluster(config: ClusterConfig, listen: tuple[str, int] | None = None,
@@ -273,12 +277,12 @@ def run_cluster(config: ClusterConfig, listen: tuple[str, int] | None = None,
         ConfigError: every problem found before anything starts.
     """
     address = listen or (config.listen_host, config.listen_port)
-    registry, channels = check_start(config, address,
-                                     "--listen" if listen is not None else "cluster.listen")
+    registry, channels, web = check_start(
+        config, address, "--listen" if listen is not None else "cluster.listen")
     service = ClusterService(config, registry, channels)
     metrics = CollectorRegistry(auto_describe=False)
     metrics.register(ClusterCollector(lambda: service.state))
-    server = start_metrics_server(metrics, *address)
+    server = start_metrics_server(metrics, *address, web)
     log.info("cluster service for %s: serving %s; evaluating every %g s when leading",
              service.where, server.url, config.evaluate_s)
     stop = threading.Event()
