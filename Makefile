@@ -49,8 +49,13 @@ lint: venv
 unit: venv
 	$(BIN)/python -m pytest -q $(ARGS)
 
+# The suite waits on servers and subprocesses far more than it computes: four workers
+# (pytest-xdist) keep two cores busy. One file's tests stay on one worker, in order
+# (--dist loadfile): module-scoped servers and fixtures are started once per file.
+TEST_WORKERS ?= 4
+
 test: venv system-deps lint
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 bench: venv
 	$(BIN)/python -m benchmarks.run $(ARGS)

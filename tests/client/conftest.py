@@ -9,6 +9,7 @@ run the distribution as it is installed, and the build leaves nothing in the tre
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import shutil
 import subprocess
@@ -54,13 +55,17 @@ def _stamp() -> str:
 def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The client venv's python, with the current client installed."""
     python = CLIENT_VENV / "bin" / "python"
-    stale = not python.exists() or not _MARKER.exists() or _MARKER.read_text() != _stamp()
-    if stale:
-        _MARKER.unlink(missing_ok=True)
-        _run([sys.executable, "-m", "venv", "--clear", str(CLIENT_VENV)], 120)
-        _run([str(python), "-m", "pip", "install", "--quiet", *CLIENT_REQUIREMENTS],
-             INSTALL_TIMEOUT_S)
-        _MARKER.write_text(_stamp())
+    CLIENT_VENV.parent.mkdir(parents=True, exist_ok=True)
+    # Test workers (pytest-xdist) build the venv one at a time; the others wait and use it.
+    with (CLIENT_VENV.parent / "client-venv.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stale = not python.exists() or not _MARKER.exists() or _MARKER.read_text() != _stamp()
+        if stale:
+            _MARKER.unlink(missing_ok=True)
+            _run([sys.executable, "-m", "venv", "--clear", str(CLIENT_VENV)], 120)
+            _run([str(python), "-m", "pip", "install", "--quiet", *CLIENT_REQUIREMENTS],
+                 INSTALL_TIMEOUT_S)
+            _MARKER.write_text(_stamp())
     copy = tmp_path_factory.mktemp("client-source") / "client"
     shutil.copytree(CLIENT_SOURCE, copy,
                     ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
