@@ -4,10 +4,15 @@ cluster-wide totals of the PostgreSQL store; one replica leads)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.config import MAX_EXIT_AFTER_S, parse_listen
 from agent.configfile import ConfigError, ErrorCollector, Problems, in_range, range_text
+
+if TYPE_CHECKING:
+    from agent.cluster.config import ClusterConfig
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -30,7 +35,33 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         errors.errors.append(ConfigError(cli.path, cli.items))
     errors.raise_if_any()
     assert config is not None  # raise_if_any: it loaded
+    if args.create_schema:
+        return _create_schema(config)
     return run_cluster(config, listen, args.exit_after)
+
+
+def _create_schema(config: ClusterConfig) -> int:
+    """``--create-schema``: the store's tables and indexes, created where missing by the
+    role of the config's URL (the database's owner); 0, or 1 with one line."""
+    import psycopg
+
+    from agent.ledger.pg_schema import RELATIONS, SCHEMA_VERSION
+    from agent.ledger.pgconn import PgError, connect, ensure_schema, pg_error, redact
+
+    try:
+        with connect(config.url, password_file=config.password_file,
+                     password_env=config.password_env, autocommit=True) as conn:
+            created = ensure_schema(conn)
+    except PgError as e:
+        print(f"flopledger cluster: {e}", file=sys.stderr)
+        return 1
+    except psycopg.Error as e:
+        print(f"flopledger cluster: {pg_error(e, config.url, 'creating the schema')}",
+              file=sys.stderr)
+        return 1
+    print(f"{redact(config.url)}: schema version {SCHEMA_VERSION} in place "
+          f"({len(RELATIONS)} tables and indexes, {created} created now)")
+    return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,4 +76,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="address for /metrics (default: cluster.listen, 0.0.0.0:9948)")
     p.add_argument("--exit-after", type=float, metavar="S",
                    help="stop after this many seconds")
+    p.add_argument("--create-schema", action="store_true",
+                   help="create the store's missing tables and indexes (as the database's "
+                        "owner; see configs/postgresql/roles.sql) and exit")
     p.set_defaults(func=cmd_cluster)

@@ -8,11 +8,15 @@ ledger. Records are keyed by (node, sequence number), so shipping a record twice
 nothing, and a record that differs from the one already held at its place is a fork the
 witness flags. FLOP and energy are NUMERIC: a cluster's total exceeds 64 bits.
 
-Every statement here is idempotent (``IF NOT EXISTS``): each writer and reader runs
-:data:`SCHEMA` once per connection it opens for writing.
+Every statement here is idempotent (``IF NOT EXISTS``). A writer that finds one of
+:data:`RELATIONS` missing runs :data:`SCHEMA` (which needs the right to create tables);
+one that finds them all runs no DDL, so the least-privileged roles of
+``configs/postgresql/roles.sql`` can write.
 """
 
 from __future__ import annotations
+
+import re
 
 SCHEMA_VERSION = 1
 
@@ -155,6 +159,9 @@ CREATE TABLE IF NOT EXISTS fl_deliveries (
 );
 CREATE INDEX IF NOT EXISTS fl_deliveries_due ON fl_deliveries (channel, state, next_attempt_ns);
 """
+
+# Every table and index SCHEMA creates, in its order.
+RELATIONS = tuple(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA))
 
 # The tables, for tests and for `verify` to say which one is missing.
 TABLES = ("fl_meta", "fl_nodes", "fl_records", "fl_heads", "fl_runs", "fl_run_totals",

@@ -19,7 +19,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from agent.ledger.errors import LedgerError
-from agent.ledger.pg_schema import SCHEMA, SCHEMA_VERSION
+from agent.ledger.pg_schema import RELATIONS, SCHEMA, SCHEMA_VERSION
 
 __all__ = ["PgError", "connect", "describe", "ensure_schema", "pg_error", "redact"]
 
@@ -147,19 +147,44 @@ def _first_line(e: BaseException) -> str:
     return _LIBPQ_PREFIX.sub("", text)
 
 
-def ensure_schema(conn: psycopg.Connection) -> None:
-    """Create the store's tables if they are missing, and check the schema version; in
-    one transaction, committed (the connection must not be inside another one).
+def ensure_schema(conn: psycopg.Connection) -> int:
+    """Create the store's tables and indexes that are missing, and check the schema
+    version; in one transaction, committed (the connection must not be inside another
+    one). Where nothing is missing no DDL runs, so a role without the right to create
+    tables (``configs/postgresql/roles.sql``) passes. Returns how many relations were
+    missing.
 
     Raises:
-        PgError: if the store holds another schema version.
+        PgError: if the store holds another schema version, or lacks a relation that
+            this role may not create.
         psycopg.Error: if the statements fail.
     """
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-        conn.execute(SCHEMA)
-        row = conn.execute("SELECT value FROM fl_meta WHERE key = 'schema_version'").fetchone()
+    missing: list[str] = []
+    user = ""
+    try:
+        with conn.transaction():
+            missing, user = _missing_relations(conn)
+            if missing:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                conn.execute(SCHEMA)
+            row = conn.execute(
+                "SELECT value FROM fl_meta WHERE key = 'schema_version'").fetchone()
+    except psycopg.errors.InsufficientPrivilege as e:
+        raise PgError(f"the store lacks {', '.join(missing)} and role {user} may not create "
+                      "it: create the schema once as the database's owner (`flopledger "
+                      "cluster --config FILE --create-schema`)") from e
     version = None if row is None else str(row[0])
     if version != str(SCHEMA_VERSION):
         raise PgError(f"the PostgreSQL store holds schema version {version}, this program "
                       f"writes version {SCHEMA_VERSION}")
+    return len(missing)
+
+
+def _missing_relations(conn: psycopg.Connection) -> tuple[list[str], str]:
+    """The relations of the schema that the store lacks, and the role connected."""
+    row = conn.execute(
+        "SELECT current_user, array(SELECT name FROM unnest(%s::text[]) WITH ORDINALITY"
+        " AS r(name, i) WHERE to_regclass(name) IS NULL ORDER BY i)",
+        [list(RELATIONS)]).fetchone()
+    assert row is not None  # a SELECT without FROM has one row
+    return [str(name) for name in row[1]], str(row[0])
