@@ -45,7 +45,7 @@ def _create_schema(config: ClusterConfig) -> int:
     role of the config's URL (the database's owner); 0, or 1 with one line."""
     import psycopg
 
-    from agent.ledger.pg_schema import RELATIONS, SCHEMA_VERSION
+    from agent.ledger.pg_schema import RELATIONS, SCHEMA_VERSION, TRIGGERS
     from agent.ledger.pgconn import PgError, connect, ensure_schema, pg_error, redact
 
     try:
@@ -60,7 +60,8 @@ def _create_schema(config: ClusterConfig) -> int:
               file=sys.stderr)
         return 1
     print(f"{redact(config.url)}: schema version {SCHEMA_VERSION} in place "
-          f"({len(RELATIONS)} tables and indexes, {created} created now)")
+          f"({len(RELATIONS) + len(TRIGGERS)} tables, indexes and triggers, {created} "
+          "created now)")
     return 0
 
 

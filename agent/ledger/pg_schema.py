@@ -44,6 +44,20 @@ CREATE TABLE IF NOT EXISTS fl_nodes (
     last_seen_ns BIGINT NOT NULL
 );
 
+-- A witness flag, once set, stays (the nodes' role may update their rows, to count
+-- records and keep the latest head, but never clear a flag).
+CREATE OR REPLACE FUNCTION fl_flag_stays() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.flagged IS NOT NULL AND NEW.flagged IS DISTINCT FROM OLD.flagged THEN
+        RAISE EXCEPTION 'node key % is flagged by the witness (%); the flag stays',
+            OLD.node_key, OLD.flagged USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER fl_nodes_flag_stays BEFORE UPDATE ON fl_nodes
+    FOR EACH ROW EXECUTE FUNCTION fl_flag_stays();
+
 -- The records, byte for byte as the node signed them, with the columns queries need.
 CREATE TABLE IF NOT EXISTS fl_records (
     node_key TEXT NOT NULL REFERENCES fl_nodes (node_key),
@@ -162,6 +176,8 @@ CREATE INDEX IF NOT EXISTS fl_deliveries_due ON fl_deliveries (channel, state, n
 
 # Every table and index SCHEMA creates, in its order.
 RELATIONS = tuple(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA))
+# Its triggers (a store made before one was added lacks it).
+TRIGGERS = tuple(re.findall(r"CREATE OR REPLACE TRIGGER (\w+)", SCHEMA))
 
 # The tables, for tests and for `verify` to say which one is missing.
 TABLES = ("fl_meta", "fl_nodes", "fl_records", "fl_heads", "fl_runs", "fl_run_totals",

@@ -19,7 +19,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from agent.ledger.errors import LedgerError
-from agent.ledger.pg_schema import RELATIONS, SCHEMA, SCHEMA_VERSION
+from agent.ledger.pg_schema import RELATIONS, SCHEMA, SCHEMA_VERSION, TRIGGERS
 
 __all__ = ["PgError", "connect", "describe", "ensure_schema", "pg_error", "redact"]
 
@@ -184,7 +184,9 @@ def _missing_relations(conn: psycopg.Connection) -> tuple[list[str], str]:
     """The relations of the schema that the store lacks, and the role connected."""
     row = conn.execute(
         "SELECT current_user, array(SELECT name FROM unnest(%s::text[]) WITH ORDINALITY"
-        " AS r(name, i) WHERE to_regclass(name) IS NULL ORDER BY i)",
-        [list(RELATIONS)]).fetchone()
+        " AS r(name, i) WHERE to_regclass(name) IS NULL ORDER BY i)"
+        " || array(SELECT name FROM unnest(%s::text[]) WITH ORDINALITY AS t(name, i)"
+        " WHERE NOT EXISTS (SELECT FROM pg_trigger WHERE tgname = name) ORDER BY i)",
+        [list(RELATIONS), list(TRIGGERS)]).fetchone()
     assert row is not None  # a SELECT without FROM has one row
     return [str(name) for name in row[1]], str(row[0])

@@ -44,7 +44,7 @@ def store(tmp_path: Path, pg_url: str, pg_server: PgServer,
     status, out, err = flopledger("cluster", "--config", str(tmp_path / "owner.toml"),
                                   "--create-schema")
     assert (status, err) == (0, "")
-    assert "schema version 1 in place (14 tables and indexes, 14 created now)" in out
+    assert "schema version 1 in place (15 tables, indexes and triggers, 15 created now)" in out
     with psycopg.connect(pg_url, autocommit=True) as owner:
         owner.execute(ROLES_SQL.read_text())
         owner.execute(ROLES_SQL.read_text())
@@ -111,6 +111,12 @@ def test_each_role_does_its_work_and_nothing_else(store: str, tmp_path: Path,
     for statement in ("INSERT INTO fl_milestones VALUES ('k', 1)",
                       "UPDATE fl_nodes SET flagged = NULL", "DELETE FROM fl_deliveries"):
         refused(auditor_url, statement)
+    # A node may update its row (the replicator counts records, keeps the latest head
+    # and sets a flag), but a flag, once set, stays: not even the owner clears it.
+    with psycopg.connect(node_url, autocommit=True) as c:
+        c.execute("UPDATE fl_nodes SET flagged = 'went backwards' WHERE node = 'node-2'")
+    refused(node_url, "UPDATE fl_nodes SET flagged = NULL WHERE node = 'node-2'")
+    refused(store, "UPDATE fl_nodes SET flagged = 'fine' WHERE node = 'node-2'")
 
 
 def test_a_missing_relation_is_one_line_until_the_owner_creates_it(
@@ -134,7 +140,7 @@ def test_a_missing_relation_is_one_line_until_the_owner_creates_it(
     status, out, err = flopledger("cluster", "--config", str(tmp_path / "owner.toml"),
                                   "--create-schema")
     assert (status, err) == (0, "")
-    assert "(14 tables and indexes, 1 created now)" in out
+    assert "(15 tables, indexes and triggers, 1 created now)" in out
     with connect(node_url, autocommit=True) as c:
         assert ensure_schema(c) == 0
 
