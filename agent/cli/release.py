@@ -408,9 +408,22 @@ def _ledger_evidence(path: Path, model: str, fingerprint: str | None) -> Evidenc
 
 
 def _bundle_evidence(path: Path, model: str, fingerprint: str | None) -> Evidence:
+    """A node's audit bundle of ``model``, or a cluster bundle (one per node).
+
+    Raises:
+        EvidenceError: it fails verification.
+        UsageError: it is of another selection, or a key is pinned for a cluster bundle.
+    """
     from agent.accounting.records import LedgerRecord
     from agent.ledger.bundle import verify_bundle
+    from agent.ledger.cluster_bundle import is_cluster_bundle
 
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        doc = None  # verify_bundle says what is wrong with it
+    if is_cluster_bundle(doc):
+        return _cluster_bundle_evidence(path, doc, model, fingerprint)
     report = verify_bundle(path, fingerprint)
     if report.problems:
         more = f" (and {len(report.problems) - 1} more: `flopledger verify {path}`)" \
@@ -433,6 +446,61 @@ def _bundle_evidence(path: Path, model: str, fingerprint: str | None) -> Evidenc
             f"records and {len(report.statements)} statements of model {printable(model)}, "
             f"key {report.key_fingerprint}")
     return Evidence(evidence, line, records, [], {}, list(report.statements))
+
+
+def _cluster_bundle_evidence(path: Path, doc: Any, model: str, fingerprint: str | None
+                             ) -> Evidence:
+    """A cluster bundle of ``model`` (``flopledger export --model M --ledger
+    postgresql://...``): every node's part verified against that node's own key and
+    proven complete or open (a withheld record fails it), no node flagged by the
+    witness; the figures are the sum over the nodes, each evaluation's attestation the
+    latest across them (as the store gives it).
+
+    Raises:
+        EvidenceError: it fails verification.
+        UsageError: it is of another selection, or ``fingerprint`` is given.
+    """
+    from agent.accounting.records import LedgerRecord
+    from agent.compliance.gate import latest_across_nodes
+    from agent.ledger.cluster_bundle import verify_cluster_bundle
+
+    if fingerprint:
+        raise UsageError("--key-fingerprint pins one key; a cluster bundle holds each "
+                         "node's own, each checked against it (`flopledger verify "
+                         f"{printable(str(path), 400)}` names them)")
+    report = verify_cluster_bundle(path, doc)
+    problems = [*report.problems, *(p for n in report.nodes for p in n.report.problems),
+                *(f"flagged by the witness: {f}" for f in report.flagged)]
+    if problems:
+        more = (f" (and {len(problems) - 1} more: `flopledger verify {path}`)"
+                if len(problems) > 1 else "")
+        raise EvidenceError(f"the cluster bundle {path} fails verification: "
+                            f"{printable(problems[0], 800)}{more}")
+    if report.selection.get("model") != model:
+        what = ", ".join(f"{k} {v}" for k, v in report.selection.items())
+        raise UsageError(f"the bundle {path} is of {printable(what)}, not of model "
+                         f"{printable(model)}: export it with `flopledger export --model "
+                         f"{printable(model)} --ledger postgresql://...`")
+    # Verified above; the verification let go of the nodes' records, read them again.
+    fresh = json.loads(path.read_text())
+    records = [LedgerRecord.decode(str(e["body"]).encode())
+               for node_doc in fresh["nodes"] for e in node_doc["records"]]
+    statements = [s for n in report.nodes for s in n.report.statements]
+    states = sorted({state for n in report.nodes for state in n.report.run_states})
+    evidence = {"kind": "cluster-bundle", "path": str(path), "records": len(records),
+                "statements": len(statements), "run_states": states,
+                "attestation_order": "latest by (the time the node recorded it, node, "
+                                     "record number)",
+                "nodes": [{"node": n.node, "node_key": n.node_key,
+                           "key_fingerprint": n.report.key_fingerprint,
+                           "records": n.report.records, "run_states": n.report.run_states}
+                          for n in report.nodes]}
+    line = (f"evidence  cluster bundle {printable(str(path), 400)}: verified; "
+            f"{len(records)} records and {len(statements)} statements of model "
+            f"{printable(model)} from {len(report.nodes)} node(s), each against its own key"
+            f" (runs: {', '.join(states) or 'none'})")
+    return Evidence(evidence, line, records, [], {}, statements,
+                    attested=latest_across_nodes(statements, model))
 
 
 def _cluster_evidence(args: argparse.Namespace, config: Config, url: str, model: str,

@@ -520,6 +520,74 @@ def test_gate_usage_on_the_store(cluster: Cluster, flopledger: Flopledger) -> No
     assert "give --ledger or --bundle, not both" in err
 
 
+def export_cluster(flopledger: Flopledger, c: Cluster, out: Path, *selection: str) -> Path:
+    status, _, err = flopledger("export", *selection, "--ledger", c.url, "-o", str(out))
+    assert status == 0, err
+    return out
+
+
+def gate_bundle_json(flopledger: Flopledger, c: Cluster, bundle: Path, *args: str
+                     ) -> tuple[int, dict[str, Any]]:
+    status, out, err = flopledger("gate", *args, "--policy", str(c.policy), "--config",
+                                  str(c.config), "--format", "json", "--bundle", str(bundle))
+    assert out, err
+    return status, json.loads(out)
+
+
+def test_gate_on_a_cluster_bundle_decides_as_on_the_store(
+        cluster: Cluster, tmp_path: Path, flopledger: Flopledger) -> None:
+    # red-team: node-2's pass is overtaken by node-1's later fail, as on the store.
+    attest(cluster.ledgers["node-2"], "node-2", "red-team", "pass", 35)
+    attest(cluster.ledgers["node-1"], "node-1", "red-team", "fail", 40)
+    cluster.replicate()
+    bundle = export_cluster(flopledger, cluster, tmp_path / "base.json", "--model", "base")
+    for mode in ("staged", "open-weights", "internal"):
+        status, on_store = gate_json(flopledger, cluster, cluster.url, "base", "--mode", mode)
+        bundle_status, from_bundle = gate_bundle_json(flopledger, cluster, bundle, "base",
+                                                      "--mode", mode)
+        assert status == bundle_status == from_bundle["exit_code"]
+        assert decision_of(from_bundle) == decision_of(on_store)
+        assert from_bundle["evidence"]["kind"] == "cluster-bundle"
+        assert sorted(n["node"] for n in from_bundle["evidence"]["nodes"]) == ["node-1",
+                                                                              "node-2"]
+        assert from_bundle["recorded"]["status"] == "not-recorded"
+    status, doc = gate_bundle_json(flopledger, cluster, bundle, "base", "--mode", "staged")
+    assert (status, doc["tier"]["name"], doc["missing"]) == (4, "cluster-scale", ["red-team"])
+    status, out, err = flopledger("gate", "base", "--mode", "staged", "--policy",
+                                  str(cluster.policy), "--bundle", str(bundle))
+    assert status == 4, err
+    assert out.splitlines()[0] == (
+        f"evidence  cluster bundle {bundle}: verified; 5 records and 4 statements of model "
+        "base from 2 node(s), each against its own key (runs: open)")
+
+
+def test_gate_refuses_a_cluster_bundle_that_fails_or_does_not_fit(
+        cluster: Cluster, tmp_path: Path, flopledger: Flopledger) -> None:
+    bundle = export_cluster(flopledger, cluster, tmp_path / "base.json", "--model", "base")
+    doc = json.loads(bundle.read_text())
+    body = doc["nodes"][1]["records"][0]["body"]
+    doc["nodes"][1]["records"][0]["body"] = body.replace('"samples":5', '"samples":6')
+    assert doc["nodes"][1]["records"][0]["body"] != body
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(json.dumps(doc))
+    status, out, err = flopledger("gate", "base", "--mode", "staged", "--bundle",
+                                  str(tampered))
+    assert (status, out) == (1, "")
+    (line,) = err.splitlines()
+    assert line.startswith(f"flopledger: the cluster bundle {tampered} fails verification: "
+                           "node ")
+    run = export_cluster(flopledger, cluster, tmp_path / "pt.json", "--run", "pt")
+    status, out, err = flopledger("gate", "base", "--mode", "staged", "--bundle", str(run))
+    assert (status, out) == (2, "")
+    assert "is of run pt, not of model base: export it with `flopledger export --model " \
+           "base --ledger postgresql://...`" in err
+    status, out, err = flopledger("gate", "base", "--mode", "staged", "--bundle",
+                                  str(bundle), "--key-fingerprint", "0123456789abcdef")
+    assert (status, out) == (2, "")
+    assert "a cluster bundle holds each node's own" in err
+    assert "Traceback" not in err
+
+
 # ---------------------------------------------------------------------------------------
 # a store that cannot be read
 

@@ -64,3 +64,27 @@ CASES += [
          files={"bundle.json": CLUSTER_BUNDLE.format(
              rest='"selection": {"run": "pt"}, "node_keys": [], "nodes": [], "totals": {}')}),
 ]
+
+# ``gate --bundle`` on a cluster bundle: checked as ``verify`` checks it, before anything
+# is decided.
+CASES += [
+    Case("gate-cluster-bundle-malformed", ("gate", "base", "--mode", "staged", "--bundle",
+                                           "{dir}/bundle.json"), 1,
+         "bundle.json: unreadable or malformed cluster bundle ('totals')",
+         files={"bundle.json": CLUSTER_BUNDLE.format(
+             rest='"selection": {"model": "base"}, "node_keys": [], "nodes": []')}),
+    Case("gate-cluster-bundle-node-not-a-bundle", ("gate", "base", "--mode", "staged",
+                                                   "--bundle", "{dir}/bundle.json"), 1,
+         "fails verification: stated totals do not equal the sum of the nodes' records "
+         "(and 1 more: `flopledger verify",
+         files={"bundle.json": CLUSTER_BUNDLE.format(
+             rest='"selection": {"model": "base"}, "node_keys": ["abc"], "nodes": [5], '
+                  '"totals": {}')}),
+    Case("gate-cluster-bundle-pinned-key", ("gate", "base", "--mode", "staged", "--bundle",
+                                            "{dir}/bundle.json", "--key-fingerprint",
+                                            "0123456789abcdef"), 2,
+         "a cluster bundle holds each node's own",
+         files={"bundle.json": CLUSTER_BUNDLE.format(
+             rest='"selection": {"model": "base"}, "node_keys": [], "nodes": [], '
+                  '"totals": {}')}),
+]
