@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,17 +75,19 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "horizon_s": t.horizon_days * 86400, "min_observation_s": t.min_observation_s,
                 "min_observation_fraction": t.min_observation_fraction}
     if cluster_url(args) is not None:
-        from agent.cluster.reading import compute_records
+        from agent.cluster.reading import run_records
 
         with open_cluster(args, config) as store:
             for line in store.warnings():
                 print(printable(line, 4000))
             # One transaction: the thresholds, the declared compute and the heads cited
-            # are of the same records.
-            cluster_records = list(compute_records(store))
-            snap = evaluate_store(store, config.models, registry, now, cluster_records,
-                                  settings)
-            _print_status(args, snap, now, store.run_meta, cluster_records,
+            # are of the same records. Only the runs whose trainers reported tokens are
+            # read whole (their measured compute up to the count).
+            snap = evaluate_store(store, config.models, registry, now, settings)
+            counted = sorted(run for run, meta in store.run_meta.items()
+                             if meta.get("progress.tokens"))
+            declared_records = list(run_records(store, counted)) if counted else []
+            _print_status(args, snap, now, store.run_meta, declared_records,
                           store_text(store), lambda: cluster_dead_letters(store))
             return 1 if store.flagged() else 0
     path = ledger_path(args, config)
@@ -151,23 +153,31 @@ def _print_lines(lines: list[str]) -> None:
 
 
 def evaluate_store(view: ClusterView, models: Mapping[str, ModelInfo], registry: Registry,
-                   now_ns: int, records: Iterable[LedgerRecord] | None = None,
-                   settings: Mapping[str, Any] | None = None) -> Snapshot:
-    """The threshold evaluation the cluster service runs on ``view`` (every node's
-    compute records, the stored run totals, the store's milestones, every node's head),
-    with the agent's evaluation settings; ``records``: the service's
-    :func:`agent.cluster.reading.compute_records` of ``view`` if already read.
+                   now_ns: int, settings: Mapping[str, Any] | None = None) -> Snapshot:
+    """The threshold evaluation the cluster service runs on ``view`` (the stored run
+    totals, the records of the rate window, a crossing's runs' records when no milestone
+    dates it yet, the store's milestones, every node's head), with the agent's
+    evaluation settings.
 
     Raises:
         ClusterReadError: the store could not be read.
     """
-    from agent.cluster.reading import cluster_head, compute_records, read_milestones
+    from agent.cluster.reading import (
+        cluster_head,
+        compute_records,
+        read_milestones,
+        run_records,
+    )
     from agent.compliance.evaluate import evaluate
+    from agent.compliance.forecast import DEFAULT_WINDOW_S
 
-    return evaluate(models, registry, None, now_ns,
-                    records=compute_records(view) if records is None else records,
+    given = dict(settings or {})
+    window_s = float(given.get("window_s", DEFAULT_WINDOW_S))
+    window = compute_records(view, ends_after_ns=now_ns - round(window_s * 1e9))
+    return evaluate(models, registry, None, now_ns, records=window,
                     milestones=read_milestones(view), summaries=view.run_summaries(),
-                    tree_head=cluster_head(view), **dict(settings or {}))
+                    tree_head=cluster_head(view),
+                    run_records=lambda runs: run_records(view, runs), **given)
 
 
 def store_text(view: ClusterView, state: str = "") -> str:

@@ -34,7 +34,7 @@ from agent.sources.specs import load_spec_table
 from benchmarks.pgserver import PgServer
 from tests.cli.conftest import Flopledger
 from tests.cluster import nodes
-from tests.cluster.nodes import MODELS, RUNS
+from tests.cluster.nodes import E21, MODELS, RUNS
 from tests.ledger.cluster_nodes import replicate
 from tests.ledger_helpers import SECOND, T0, record
 from tests.paths import REPO
@@ -199,6 +199,39 @@ def test_status_on_the_store_is_the_unions(cluster: Cluster, flopledger: Flopled
     for path in cluster.ledgers.values():
         _, alone, _ = flopledger("status", "--ledger", str(path))
         assert "57.8%" not in alone
+
+
+def declared_lines(out: str) -> list[str]:
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("declared compute"))
+    return [lines[start], *(line for line in lines[start + 1:] if line.startswith("  run "))]
+
+
+def test_status_on_the_store_checks_declared_compute_over_every_node(
+        cluster: Cluster, flopledger: Flopledger) -> None:
+    """A trainer's reported tokens against the run's measured compute up to the count,
+    summed over every node: only the runs that reported are read whole."""
+    reported = replace(RUNS["pt"], meta={**RUNS["pt"].meta, "plan.params": 2e9,
+                                         "progress.tokens": 4.5e12,
+                                         "progress.updated_ns": T0 + 8 * SECOND})
+    for path, node in ((cluster.ledgers["node-2"], "node-2"), (cluster.union, "union")):
+        store = Ledger(path, node, load_or_create_key(path.parent / "node.key"))
+        try:
+            store.append([replace(record(12, 10, 11, run="pt", model="base",
+                                         central=E21), node=node,
+                                  category="pre-training")], NOW_NS,
+                         run_meta={"pt": reported})
+        finally:
+            store.close()
+    cluster.replicate()
+    status, out, err = flopledger("status", "--ledger", cluster.url)
+    assert status == 0, err
+    local_status, local, _ = flopledger("status", "--ledger", str(cluster.union))
+    assert local_status == 0
+    lines = declared_lines(out)
+    assert lines == declared_lines(local)
+    assert len(lines) == 2
+    assert lines[1].startswith("  run pt: 4,500,000,000,000 tokens processed at ")
 
 
 def test_status_says_a_flagged_node_first(cluster: Cluster, store: psycopg.Connection[Any],
