@@ -103,26 +103,32 @@ epoch_unix_s = {epoch_ns / 1e9}
     rng = random.Random(20261128)
     # (kill time, True if this incarnation had committed a checkpoint before the kill)
     kills: list[tuple[int, bool]] = []
-    for _ in range(CRASHES):
-        started_ns = time.time_ns()
-        proc = start_agent(config, log)
-        if rng.random() < 0.2:
-            # Killed anywhere in start-up: key, ledger, kernels, first samples.
-            time.sleep(rng.uniform(0.0, 2.0))
-            checkpointed = False
-        else:
-            # Wait until this incarnation has made a checkpoint durable...
-            deadline = time.monotonic() + 30
-            while durable_end_ns(state) <= started_ns and (
-                time.monotonic() < deadline and proc.poll() is None
-            ):
-                time.sleep(0.02)
-            # Then at a random moment of the checkpoint cycle.
-            time.sleep(rng.uniform(0.0, 2.5 * CHECKPOINT_S))
-            checkpointed = True
-        proc.send_signal(signal.SIGKILL)
-        kills.append((time.time_ns(), checkpointed))
-        proc.wait(30)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        for _ in range(CRASHES):
+            started_ns = time.time_ns()
+            proc = start_agent(config, log)
+            if rng.random() < 0.2:
+                # Killed anywhere in start-up: key, ledger, kernels, first samples.
+                time.sleep(rng.uniform(0.0, 2.0))
+                checkpointed = False
+            else:
+                # Wait until this incarnation has made a checkpoint durable...
+                deadline = time.monotonic() + 30
+                while durable_end_ns(state) <= started_ns and (
+                    time.monotonic() < deadline and proc.poll() is None
+                ):
+                    time.sleep(0.02)
+                # Then at a random moment of the checkpoint cycle.
+                time.sleep(rng.uniform(0.0, 2.5 * CHECKPOINT_S))
+                checkpointed = True
+            proc.send_signal(signal.SIGKILL)
+            kills.append((time.time_ns(), checkpointed))
+            proc.wait(30)
+    finally:  # a guard's timeout stops the loop: no agent is left running
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
     proc = start_agent(config, log)
     time.sleep(3.0)
     proc.send_signal(signal.SIGTERM)
