@@ -94,9 +94,10 @@ class NvmlDevice:
     MIG devices'); ``key`` tells devices apart in the once-logs and the unsupported set.
     """
 
-    __slots__ = ("children", "energy_share", "gi_id", "gpm", "handle", "identified", "index",
-                 "key", "layout_check_ns", "losses", "mig_mode", "parent", "pos",
-                 "proc_util_last_us", "retry_ns", "up", "uuid")
+    __slots__ = ("children", "energy_read_ns", "energy_share", "gi_id", "gpm", "handle",
+                 "identified", "index", "key", "layout_check_ns", "losses", "mig_mode",
+                 "parent", "pos", "proc_util", "proc_util_last_us", "proc_util_read_ns",
+                 "retry_ns", "up", "uuid")
 
     def __init__(self, pos: int, index: int, handle: Any,
                  parent: NvmlDevice | None = None) -> None:
@@ -114,6 +115,12 @@ class NvmlDevice:
         # CPU timestamp (µs) of the newest per-process sample seen; NVML returns only
         # samples newer than the timestamp it is given.
         self.proc_util_last_us = 0
+        # When the energy counter and the per-process utilization were last read (see
+        # ENERGY_EVERY_NS and PROCESS_UTIL_EVERY_NS in agent.sources.nvml), and the
+        # latter's result, used until the next read.
+        self.energy_read_ns: int | None = None
+        self.proc_util_read_ns: int | None = None
+        self.proc_util: dict[int, float] = {}
         self.children: list[NvmlDevice] = []
         self.mig_mode: int | None = None  # at start; None where the GPU has no MIG
         self.layout_check_ns = 0  # when to read its MIG mode and layout again

@@ -554,3 +554,44 @@ def test_failing_gpm_sample_is_counted_and_the_gpu_stays_up(
     finally:
         source.close()
     assert fake_nvml.live_gpm_samples() == 0
+
+
+def test_at_10_hz_the_energy_counter_and_process_utilization_are_read_once_a_second(
+        node: NvmlSource, clock: VirtualClock) -> None:
+    """The two costly calls (milliseconds each on an H200) are read about once a second
+    at 10 Hz; between readings the energy is NaN, which the accountant bridges exactly
+    with the next reading's difference, and a process keeps its last utilization."""
+    batches = []
+    for _ in range(25):
+        clock.advance_ns(SECOND_NS // 10)
+        batches.append(node.read())
+    energy = np.array([b.energy_mj[0] for b in batches])
+    read = np.flatnonzero(~np.isnan(energy))
+    # The first read, then one at least 0.95 s after the previous one: ticks 0, 10, 20.
+    assert read.tolist() == [0, 10, 20]
+    # The fake's counter steps once per call: three calls in 2.5 s.
+    np.testing.assert_array_equal(np.diff(energy[read]), [700.0, 700.0])
+    for b in batches:
+        assert {p.pid: p.sm_util_pct for p in b.processes[0]}[1234] == 80.0
+    # At 1 s intervals every tick reads both, as before.
+    for b in tick(node, clock, 3):
+        assert not np.isnan(b.energy_mj[0])
+
+
+def test_energy_read_once_a_second_integrates_to_the_counters_difference(
+        node: NvmlSource, clock: VirtualClock) -> None:
+    from agent.accounting.integrate import integrate_energy
+
+    stamps, readings = [], []
+    for _ in range(31):
+        clock.advance_ns(SECOND_NS // 10)
+        b = node.read()
+        stamps.append(int(b.timestamp_ns[0]))
+        readings.append(float(b.energy_mj[0]))
+    result = integrate_energy(np.array([0, len(stamps)], np.int64),
+                              np.array(stamps, np.int64), np.array(readings),
+                              np.full(len(stamps), 650_000.0), np.full(1, -1, np.int64),
+                              np.full(1, np.nan))
+    known = [e for e in readings if not np.isnan(e)]
+    assert len(known) == 4
+    assert int(result.energy_mj[0]) == known[-1] - known[0]
