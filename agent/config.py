@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.accounting.attribution import AttributionSettings, parse_attribution_config
-from agent.accounting.estimate import EstimatorSettings
+from agent.accounting.coefficients import EstimatorSettings
 from agent.accounting.runs import CATEGORIES
 from agent.compliance.lineage import ModelInfo, parse_models
 from agent.compliance.thresholds import ThresholdSettings, parse_threshold_settings
@@ -402,14 +402,15 @@ def parse_web_settings(problems: Problems, raw: dict[str, Any], base: Path) -> W
 
 
 def _textfile(problems: Problems, raw: dict[str, Any], base: Path) -> TextfileSettings:
-    from exporters.textfile import textfile_path_problem
-
     r = TableReader.section(problems, raw, "textfile", {"path", "every_s"})
     d = TextfileSettings()
     value = r.path("path", "a file path ending in .prom")
     every = r.number("every_s", d.every_s, 0, DAY_S, what="a number of seconds", above=True)
     if value is None:
         return TextfileSettings(every_s=float(every))
+    # The writer's module loads the Prometheus client: only for a config that has one.
+    from exporters.textfile import textfile_path_problem
+
     path = _relative(base, value)
     problem = textfile_path_problem(path)
     if problem:

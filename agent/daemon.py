@@ -14,7 +14,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -29,6 +28,7 @@ from agent.accounting.snapshot import Snapshot
 from agent.compliance.evaluate import Evaluation
 from agent.compliance.watcher import Enqueue, ThresholdWatcher
 from agent.config import Config
+from agent.devices import open_source, specs_for
 from agent.intake import SpoolIntake
 from agent.ledger import lock as state_lock
 from agent.ledger.integrity import check_ledger
@@ -40,11 +40,7 @@ from agent.notify.message import Notification
 from agent.notify.outbox import Outbox
 from agent.preflight import check_start
 from agent.sampler import Sampler, after_s
-from agent.sources.base import DeviceInfo, GpuSource, SourceError
-from agent.sources.clock import Clock, RealClock, VirtualClock
-from agent.sources.procinfo import ProcInspector
-from agent.sources.simulated import SimulatedSource
-from agent.sources.specs import ResolvedSpec, SpecBasis, SpecTable
+from agent.sources.base import GpuSource
 from agent.sources.spool import SpoolReader
 from exporters.collector import FlopledgerCollector
 from exporters.textfile import TextfileWriter
@@ -57,70 +53,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def make_clock(config: Config, source_kind: str) -> Clock:
-    if source_kind == "simulated" and config.sim.virtual_time:
-        return VirtualClock(time_scale=config.sim.time_scale)
-    return RealClock()
-
-
-def open_source(config: Config, specs: SpecTable) -> tuple[GpuSource, Clock]:
-    """The configured source; with ``auto``, NVML if it works, else the simulator.
-
-    Raises:
-        SourceError: if the requested source cannot start.
-    """
-    kind = config.agent.source
-    if kind in ("auto", "nvml"):
-        from agent.sources.nvml import NvmlSource, nvml_unavailable_reason
-
-        reason = nvml_unavailable_reason()
-        if reason is None:
-            real = RealClock()
-            return NvmlSource(specs, clock=real), real
-        if kind == "nvml":
-            raise SourceError(f"NVML source requested but unavailable: {reason}")
-        log.warning(
-            "NO NVIDIA GPU USABLE (%s): running on SIMULATED GPUs (%d x %s, scenario %s). "
-            "Totals below are from the simulator, not from hardware.",
-            reason, config.sim.gpus, config.sim.gpu_model, config.sim.scenario,
-        )
-    clock = make_clock(config, "simulated")
-    epoch = config.sim.epoch_unix_s
-    source = SimulatedSource(
-        specs, config.sim.gpu_model, config.sim.gpus, config.sim.workload,
-        seed=config.sim.seed, clock=clock, jobs=config.sim.jobs,
-        epoch_wall_ns=round(epoch * 1e9) if epoch is not None else None,
-    )
-    return source, clock
-
-
-def specs_for(devices: Sequence[DeviceInfo], specs: SpecTable) -> list[ResolvedSpec]:
-    """The peak model of each device, from what the driver says of it (name, PCI device
-    ID, compute capability, SM count, maximum clock). A device the table has no row for
-    is still accounted, on a derived or ceiling spec with a wider band, and said once
-    per GPU in the log."""
-    out: list[ResolvedSpec] = []
-    for d in devices:
-        resolved = specs.resolve(d.name, pci_device_id=d.pci_device_id,
-                                 compute_capability=d.compute_capability, sm_count=d.sm_count,
-                                 max_sm_clock_mhz=d.max_sm_clock_mhz)
-        if resolved.basis != SpecBasis.TABLE and d.spec_key and d.spec_key in specs:
-            # The source knew its row where the facts did not lead to one (the
-            # simulator names its GPUs after the row, not as a driver would).
-            resolved = ResolvedSpec(specs[d.spec_key], SpecBasis.TABLE)
-        if resolved.basis != SpecBasis.TABLE:
-            log.warning("GPU %d (%s) is not in the spec table %s: accounted on a %s spec "
-                        "(%s; low x%.3g, high x%.3g of its FLOP per clock), band widened: %s",
-                        d.index, d.name, specs.path, resolved.basis, resolved.spec.key,
-                        resolved.low_factor, resolved.high_factor, resolved.reason)
-        out.append(resolved)
-    return out
-
-
 def make_attributor(config: Config, source: GpuSource) -> Attributor:
     """Process -> run attribution; the simulated source answers for its fake pids."""
     inspector = getattr(source, "process_inspector", None)
-    return Attributor(config.attribution, inspector() if inspector else ProcInspector())
+    if inspector is not None:
+        return Attributor(config.attribution, inspector())
+    # psutil reads the real processes: not loaded for simulated GPUs.
+    from agent.sources.procinfo import ProcInspector
+
+    return Attributor(config.attribution, ProcInspector())
 
 
 def write_summary(path: Path, snap: Snapshot) -> None:

@@ -27,7 +27,7 @@ from agent.configfile import ConfigError, ErrorCollector, Problems, in_range, ra
 from agent.sources.specs import MAX_CLOCK_MHZ, MAX_SM_COUNT, ResolvedSpec, SpecBasis
 
 if TYPE_CHECKING:
-    from agent.accounting.estimate import EstimatorSettings
+    from agent.accounting.coefficients import EstimatorSettings
     from agent.sources.base import ActivityKind
 
 
@@ -137,21 +137,17 @@ def _peaks(resolved: Sequence[ResolvedSpec], kinds: Sequence[ActivityKind],
            max_clocks: Sequence[float | None], settings: EstimatorSettings) -> list[Band[float]]:
     """Per GPU, the tensor peak (FLOP/s at the maximum clock, undeclared precision) the
     estimator would use: central, and the low and high bounds of its per-clock figures."""
-    import numpy as np
+    from agent.accounting.coefficients import GpuAssumptions, gpu_coefficients
 
-    from agent.accounting.estimate import GpuAssumptions, build_coefficients
-
-    assumptions = [GpuAssumptions(r.spec, kind, None, 1.0, clock)
-                   for r, kind, clock in zip(resolved, kinds, max_clocks, strict=True)]
-    c = build_coefficients(assumptions, settings)
-    hz = c.max_clock_mhz * 1e6
-    # The peak's own uncertainty only (a derived or ceiling spec); the counter and
-    # recomputation allowances of the estimate are not part of a peak.
-    low_factor = np.array([r.low_factor for r in resolved])
-    high_factor = np.array([r.high_factor for r in resolved])
-    return [Band(float(lo), float(mid), float(hi)) for lo, mid, hi in
-            zip(c.tensor_fpc_low * hz * low_factor, c.tensor_fpc_central * hz,
-                c.tensor_fpc_high * hz * high_factor, strict=True)]
+    peaks = []
+    for r, kind, clock in zip(resolved, kinds, max_clocks, strict=True):
+        c = gpu_coefficients(GpuAssumptions(r.spec, kind, None, 1.0, clock), settings)
+        hz = c.max_clock_mhz * 1e6
+        # The peak's own uncertainty only (a derived or ceiling spec); the counter and
+        # recomputation allowances of the estimate are not part of a peak.
+        peaks.append(Band(c.tensor_fpc_low * hz * r.low_factor, c.tensor_fpc_central * hz,
+                          c.tensor_fpc_high * hz * r.high_factor))
+    return peaks
 
 
 def _tflops(peak: Band[float]) -> str:
@@ -184,7 +180,7 @@ def cmd_resolve(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_gpus(args: argparse.Namespace) -> int:
-    from agent.daemon import open_source, specs_for
+    from agent.devices import open_source, specs_for
     from agent.sources.specs import load_spec_table
 
     config = _load(args)

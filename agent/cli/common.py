@@ -9,6 +9,8 @@ said before anything connects.
 from __future__ import annotations
 
 import argparse
+import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,32 @@ if TYPE_CHECKING:
     from agent.ledger.pg_query import ClusterView
 
 CLUSTER_COMMANDS = "runs, show, models, verify, status, report, gate and export"
+
+
+class LazyChoices:
+    """An option's ``choices``, read from the module that defines them only when argparse
+    checks a value or prints them: the parser of every command is built at each start,
+    and the module may load machinery the other commands never use (NumPy, numba).
+
+    Give the option a ``metavar`` (argparse lists the choices of one without it as it
+    builds the parser) and ``%(choices)s`` in its help.
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        self._module = module
+        self._name = name
+        self._choices: tuple[str, ...] | None = None
+
+    def _load(self) -> tuple[str, ...]:
+        if self._choices is None:
+            self._choices = tuple(getattr(importlib.import_module(self._module), self._name))
+        return self._choices
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._load()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
 
 
 def config_of(args: argparse.Namespace) -> Config:

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from agent import __version__
 from agent.cli import agent, cluster, ledger, notifications, release, replay, report, thresholds
 from agent.configfile import ConfigError, ConfigFilesError
+from agent.ledger.errors import LedgerError
 from agent.ledger.query import LedgerNotFoundError
-from agent.ledger.store import LedgerError
 from agent.sources.base import SourceError
 
 log = logging.getLogger("flopledger")

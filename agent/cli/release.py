@@ -39,31 +39,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.accounting.names import name_problem, printable, run_id_problem
-from agent.cli.common import add_ledger_args, cluster_url, config_of, ledger_path, open_cluster
-from agent.compliance.attestations import (
-    Attested,
-    attestation_payload,
-    evidence_problem,
-    latest_attestations,
-    message_id_of,
-    parse_result,
+from agent.cli.common import (
+    LazyChoices,
+    add_ledger_args,
+    cluster_url,
+    config_of,
+    ledger_path,
+    open_cluster,
 )
-from agent.compliance.gate import (
-    MODES,
-    FamilyCounts,
-    ModelFigures,
-    decide,
-    figures_of,
-    latest_across_nodes,
-    load_policy,
-    model_figures,
-)
-from agent.config import Config
 from agent.configfile import bundled_config
 
 if TYPE_CHECKING:
     from agent.accounting.records import LedgerRecord
+    from agent.compliance.attestations import Attested
+    from agent.compliance.gate import FamilyCounts, ModelFigures
     from agent.compliance.thresholds import Registry
+    from agent.config import Config
     from agent.ledger.pg_query import ClusterView
 
 SPOOL_FORMAT = "flopledger-spool-1"
@@ -244,6 +235,7 @@ def _wait_for_record(path: Path, kind: str, model: str, message_id: str, spooled
                      wait_s: float) -> tuple[int | None, bool]:
     """(the record number of the statement carrying ``message_id`` once the agent has
     recorded it, or None after ``wait_s``; whether the agent rejected the message)."""
+    from agent.compliance.attestations import message_id_of
     from agent.ledger.query import LedgerReadError, statements
 
     deadline = time.monotonic() + wait_s
@@ -315,6 +307,12 @@ def recorded_line(what: str, r: Recorded, path: Path | str, wait_s: float) -> st
 def cmd_attest(args: argparse.Namespace) -> int:
     """0 recorded or queued; 1 the ledger fails verification or the agent rejected the
     message; 2 a bad argument or configuration."""
+    from agent.compliance.attestations import (
+        attestation_payload,
+        evidence_problem,
+        parse_result,
+    )
+
     try:
         model = _name("model", args.model)
         evaluation = _name("--evaluation", args.evaluation)
@@ -519,6 +517,7 @@ def _cluster_evidence(args: argparse.Namespace, config: Config, url: str, model:
         PgError, ClusterReadError: it cannot be reached or read.
     """
     from agent.cli.thresholds import store_text
+    from agent.compliance.gate import FamilyCounts, figures_of, latest_across_nodes
     from agent.ledger.pg_verify import verify_cluster_url
 
     settings = config.cluster
@@ -595,6 +594,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
     """0 allowed; 3 mode not allowed; 4 evaluations missing or failed, or compute of
     unknown amount; 1 the evidence fails verification or the decision could not be
     recorded; 2 a bad argument, configuration or policy."""
+    from agent.compliance.attestations import latest_attestations
+    from agent.compliance.gate import decide, load_policy, model_figures
     from agent.compliance.thresholds import load_registry
 
     try:
@@ -690,7 +691,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     gate = sub.add_parser(
         "gate", help="decide whether a model may be released in a mode, per a release policy")
     gate.add_argument("model")
-    gate.add_argument("--mode", required=True, choices=MODES)
+    gate.add_argument("--mode", required=True, metavar="MODE",
+                      choices=LazyChoices("agent.compliance.gate", "MODES"),
+                      help="the release mode: %(choices)s")
     gate.add_argument("--policy", help="release policy TOML (default: the shipped "
                                        "agent/data/release.toml)")
     gate.add_argument("--bundle", help="an audit bundle of the model (flopledger export "

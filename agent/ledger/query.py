@@ -30,10 +30,10 @@ from pathlib import Path
 from agent import figures
 from agent.accounting.band import Band, FlopColumns
 from agent.accounting.records import NO_FLOP, STATEMENT_KINDS, LedgerRecord, is_compute
+from agent.ledger.errors import LedgerError
 from agent.ledger.rows import BadRowError, Skipped, parse_body
 from agent.ledger.schema import connect_read_only
 from agent.ledger.signing import TreeHead
-from agent.ledger.store import LedgerError
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,26 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+# cryptography is loaded by what signs or verifies: the commands that only read a
+# ledger's figures and its head (runs, status) do without it.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 HEAD_FORMAT = "flopledger tree head v1"
+
+# RFC 8410, section 7: an Ed25519 private key in PKCS#8 (version 1, no attributes) is
+# this DER prefix and the 32-byte seed, and cryptography writes it so, on one PEM line.
+# The node key is read and written in that form directly: cryptography's serialization
+# module loads bcrypt and the OpenSSH formats, which an agent has no use for. Any other
+# form of a key file goes through that module.
+_PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")
+_PEM_BEGIN = b"-----BEGIN PRIVATE KEY-----"
+_PEM_END = b"-----END PRIVATE KEY-----"
 
 
 def fingerprint(public_key_raw: bytes) -> str:
@@ -28,10 +42,12 @@ def fingerprint(public_key_raw: bytes) -> str:
 
 
 def public_raw(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return key.public_bytes_raw()
 
 
 def load_public(raw: bytes) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
@@ -42,14 +58,21 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
         OSError: if the key cannot be read or written.
         ValueError: if the file is not an Ed25519 private key.
     """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        pem = path.read_bytes()
+        seed = _pkcs8_seed(pem)
+        if seed is not None:
+            return Ed25519PrivateKey.from_private_bytes(seed)
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path}: not an Ed25519 private key")
         return key
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = pkcs8_pem(key.private_bytes_raw())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -61,6 +84,27 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     pub = path.with_suffix(".pub")
     pub.write_text(base64.b64encode(public_raw(key.public_key())).decode() + "\n")
     return key
+
+
+def pkcs8_pem(seed: bytes) -> bytes:
+    """An Ed25519 private key's 32-byte seed as an unencrypted PKCS#8 PEM file, byte for
+    byte as cryptography writes it."""
+    body = base64.b64encode(_PKCS8_ED25519 + seed)
+    return b"\n".join((_PEM_BEGIN, body, _PEM_END, b""))
+
+
+def _pkcs8_seed(pem: bytes) -> bytes | None:
+    """The seed of a key file in the form :func:`pkcs8_pem` writes, else None."""
+    lines = pem.strip().splitlines()
+    if len(lines) != 3 or lines[0] != _PEM_BEGIN or lines[2] != _PEM_END:
+        return None
+    try:
+        der = base64.b64decode(lines[1], validate=True)
+    except ValueError:
+        return None
+    if len(der) != len(_PKCS8_ED25519) + 32 or not der.startswith(_PKCS8_ED25519):
+        return None
+    return der[len(_PKCS8_ED25519):]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +129,8 @@ class TreeHead:
                         key.sign(self.body()))
 
     def verify(self, public_key: Ed25519PublicKey) -> bool:
+        from cryptography.exceptions import InvalidSignature
+
         try:
             public_key.verify(self.signature, self.body())
         except InvalidSignature:

@@ -38,14 +38,13 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from agent.configfile import Problems, TableReader, check_keys, in_range, range_text
-from agent.notify.alertmanager import AlertmanagerChannel
-from agent.notify.command import CommandChannel
-from agent.notify.message import Channel
-from agent.notify.webhook import WebhookChannel
+
+if TYPE_CHECKING:
+    from agent.notify.message import Channel
 
 __all__ = ["AlertmanagerSettings", "CommandSettings", "NotifySettings", "SecretSource",
            "WebhookSettings", "build_channels", "parse_notify_config", "read_secrets"]
@@ -370,13 +369,23 @@ def build_channels(settings: NotifySettings, path: Path | None = None) -> dict[s
     """
     secrets = read_secrets(settings, path)
     out: dict[str, Channel] = {}
-    for w in settings.webhooks:
-        out[w.name] = WebhookChannel(w.name, w.url, secrets[w.name], timeout_s=w.timeout_s,
-                                     ca_file=w.ca_file)
-    for a in settings.alertmanagers:
-        out[a.name] = AlertmanagerChannel(a.name, a.url, resend_s=a.resend_s,
-                                          timeout_s=a.timeout_s, ca_file=a.ca_file,
-                                          generator_url=a.generator_url)
-    for c in settings.commands:
-        out[c.name] = CommandChannel(c.name, c.argv, timeout_s=c.timeout_s)
+    # Each kind's HTTP client or process machinery is loaded only when one is configured.
+    if settings.webhooks:
+        from agent.notify.webhook import WebhookChannel
+
+        for w in settings.webhooks:
+            out[w.name] = WebhookChannel(w.name, w.url, secrets[w.name],
+                                         timeout_s=w.timeout_s, ca_file=w.ca_file)
+    if settings.alertmanagers:
+        from agent.notify.alertmanager import AlertmanagerChannel
+
+        for a in settings.alertmanagers:
+            out[a.name] = AlertmanagerChannel(a.name, a.url, resend_s=a.resend_s,
+                                              timeout_s=a.timeout_s, ca_file=a.ca_file,
+                                              generator_url=a.generator_url)
+    if settings.commands:
+        from agent.notify.command import CommandChannel
+
+        for c in settings.commands:
+            out[c.name] = CommandChannel(c.name, c.argv, timeout_s=c.timeout_s)
     return out

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.accounting.band import Band
-from agent.accounting.declared import declared_flop
 from agent.accounting.records import LedgerRecord
-from agent.compliance.planner import cross_check
 
 __all__ = ["PROCESSED_FLAG", "ProcessedCheck", "ProcessedTotal", "declares_no_params",
            "measured_until", "processed_check"]
@@ -111,6 +109,8 @@ class ProcessedCheck:
 def _compare(declared: float, measured: Band[float]) -> tuple[float | None, bool, bool]:
     if measured.central <= 0:
         return None, False, _within(declared, measured)
+    from agent.compliance.planner import cross_check
+
     difference, beyond = cross_check(declared, measured.central)
     return difference, beyond, _within(declared, measured)
 
@@ -122,7 +122,13 @@ def _plan(meta: Mapping[str, Any]) -> dict[str, Any]:
 def declares_no_params(meta: Mapping[str, Any]) -> bool:
     """The run declared itself through the client but gave no parameter count, so its
     declared compute cannot be computed."""
-    return meta.get("via") == "client" and declared_flop(_plan(meta), 0) is None
+    if meta.get("via") != "client":
+        return False
+    # The declared-compute rules (and the client spool's modules with them) are loaded
+    # only for a run that declared itself: ``status`` on other runs does without.
+    from agent.accounting.declared import declared_flop
+
+    return declared_flop(_plan(meta), 0) is None
 
 
 def processed_check(run: str, meta: Mapping[str, Any],
@@ -134,8 +140,12 @@ def processed_check(run: str, meta: Mapping[str, Any],
     (:func:`agent.accounting.declared.declared_flop`)."""
     tokens = _count(meta, "progress.tokens")
     # No token counted yet (a trainer that reports steps only) is not zero compute.
-    implied = declared_flop(_plan(meta), tokens) if tokens else None
-    if tokens is None or implied is None:
+    if not tokens:
+        return None
+    from agent.accounting.declared import declared_flop
+
+    implied = declared_flop(_plan(meta), tokens)
+    if implied is None:
         return None
     declared, formula = implied
     at_ns = _count(meta, "progress.updated_ns") or 0

@@ -17,14 +17,17 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
+# Names for the type checker only: the commands that read configs and ledgers import
+# this module's errors and device facts without paying for NumPy.
+FloatArray: TypeAlias = "npt.NDArray[np.float64]"
+IntArray: TypeAlias = "npt.NDArray[np.int64]"
+BoolArray: TypeAlias = "npt.NDArray[np.bool_]"
 
 
 class SourceError(Exception):
@@ -162,16 +165,23 @@ class SampleBatch:
     @classmethod
     def empty(cls, n_gpus: int, timestamp_ns: int, wall_time_ns: int) -> SampleBatch:
         """A batch with every GPU up and every field unknown, ready to be filled in."""
-        # One allocation for all float fields (each a row view of it): this runs at
-        # every tick.
-        block = np.full((len(FLOAT_FIELDS), n_gpus), np.nan, dtype=np.float64)
-        fields: dict[str, Any] = {name: block[k] for k, name in enumerate(FLOAT_FIELDS)}
+        import numpy as np
+
+        # One allocation for all float fields (each a row view of it), filled in place:
+        # this runs at every tick.
+        block = np.empty((len(FLOAT_FIELDS), n_gpus), dtype=np.float64)
+        block.fill(np.nan)
+        fields: dict[str, Any] = dict(zip(FLOAT_FIELDS, block, strict=True))
+        times = np.empty(n_gpus, dtype=np.int64)
+        times.fill(timestamp_ns)
+        throttle = np.empty(n_gpus, dtype=np.int64)
+        throttle.fill(-1)
         return cls(
-            timestamp_ns=np.full(n_gpus, timestamp_ns, dtype=np.int64),
+            timestamp_ns=times,
             wall_time_ns=wall_time_ns,
             up=np.ones(n_gpus, dtype=np.bool_),
-            throttle_reasons=np.full(n_gpus, -1, dtype=np.int64),
-            processes=tuple(() for _ in range(n_gpus)),
+            throttle_reasons=throttle,
+            processes=((),) * n_gpus,
             **fields,
         )
 

@@ -18,13 +18,14 @@ cgroup, user, command line), so attribution runs the same code path as on a real
 
 from __future__ import annotations
 
+import functools
+import itertools
+import operator
 import random
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-
-import numpy as np
 
 from agent.sources.base import (
     ActivityKind,
@@ -73,10 +74,10 @@ class SimulatedGpu:
             workload, spec.max_sm_clock_mhz, seed * 1000 + index
         )
         self._noise = random.Random(seed * 7919 + index)
-        self._segment = next(self._segments)
-        self._segment_left_ns = self._segment.duration_ns
+        self._next_segment()
         self._cursor_ns = 0
         self._recent: deque[tuple[int, int, float]] = deque()  # (start, end, kernel_busy)
+        self._recent_busy_ns: deque[float] = deque()  # (end - start) x kernel_busy of each
         self.true_flop = 0.0
         self.energy_mj = 0.0
         self._tensor_integral = 0.0  # activity x ns since the last read
@@ -84,49 +85,63 @@ class SimulatedGpu:
         self._busy_integral = 0.0
         self._last_read_ns: int | None = None
 
+    def _next_segment(self) -> None:
+        """Start the next segment, working out once what stays constant through it:
+        :meth:`advance` runs for every GPU at every tick."""
+        seg = self._segment = next(self._segments)
+        self._segment_left_ns = seg.duration_ns
+        self._flop_per_s = (
+            seg.tensor_activity * self._tensor_flop_per_clock
+            + seg.fp32_activity * self._fp32_flop_per_clock
+        ) * (seg.sm_clock_mhz * 1e6)
+        load = 0.25 * seg.kernel_busy + 0.75 * seg.tensor_activity
+        self._power_w = IDLE_POWER_W + (MAX_POWER_W - IDLE_POWER_W) * load * (
+            seg.sm_clock_mhz / self.spec.max_sm_clock_mhz
+        )
+        self._power_mw = 1e3 * (IDLE_POWER_W + (MAX_POWER_W - IDLE_POWER_W) * load)
+
     def advance(self, to_ns: int) -> None:
         """Run the workload up to ``to_ns`` nanoseconds after the simulation start."""
-        while self._cursor_ns < to_ns:
-            step_ns = min(self._segment_left_ns, to_ns - self._cursor_ns)
+        cursor = self._cursor_ns
+        while cursor < to_ns:
+            step_ns = min(self._segment_left_ns, to_ns - cursor)
             seg = self._segment
-            clock_hz = seg.sm_clock_mhz * 1e6
             dt_s = step_ns * 1e-9
-            self.true_flop += (
-                seg.tensor_activity * self._tensor_flop_per_clock
-                + seg.fp32_activity * self._fp32_flop_per_clock
-            ) * clock_hz * dt_s
-            load = 0.25 * seg.kernel_busy + 0.75 * seg.tensor_activity
-            power_w = IDLE_POWER_W + (MAX_POWER_W - IDLE_POWER_W) * load * (
-                seg.sm_clock_mhz / self.spec.max_sm_clock_mhz
-            )
-            self.energy_mj += power_w * dt_s * 1e3
+            self.true_flop += self._flop_per_s * dt_s
+            self.energy_mj += self._power_w * dt_s * 1e3
             self._tensor_integral += seg.tensor_activity * step_ns
             self._fp32_integral += seg.fp32_activity * step_ns
             self._busy_integral += seg.kernel_busy * step_ns
-            self._recent.append((self._cursor_ns, self._cursor_ns + step_ns, seg.kernel_busy))
-            self._cursor_ns += step_ns
+            self._recent.append((cursor, cursor + step_ns, seg.kernel_busy))
+            self._recent_busy_ns.append(step_ns * seg.kernel_busy)
+            cursor += step_ns
             self._segment_left_ns -= step_ns
             if self._segment_left_ns == 0:
-                self._segment = next(self._segments)
-                self._segment_left_ns = self._segment.duration_ns
-        while self._recent and self._recent[0][1] <= self._cursor_ns - UTIL_WINDOW_NS:
-            self._recent.popleft()
+                self._next_segment()
+        self._cursor_ns = cursor
+        window_start = cursor - UTIL_WINDOW_NS
+        recent = self._recent
+        while recent and recent[0][1] <= window_start:
+            recent.popleft()
+            self._recent_busy_ns.popleft()
 
     def utilization_pct(self) -> float:
         """Percent of the trailing window in which a kernel ran."""
-        start = self._cursor_ns - UTIL_WINDOW_NS
-        busy = 0.0
-        for seg_start, seg_end, kernel_busy in self._recent:
-            overlap = min(seg_end, self._cursor_ns) - max(seg_start, start)
-            if overlap > 0:
-                busy += overlap * kernel_busy
         span = min(UTIL_WINDOW_NS, self._cursor_ns)
-        return round(100.0 * busy / span) if span > 0 else 0.0
+        if span <= 0 or not self._recent:
+            return 0.0
+        # The stretches are contiguous and end by the cursor, and advance() drops those
+        # that end before the window: only the oldest can begin before it. The others
+        # count whole, added in order (as one loop over them would), without a Python
+        # loop: this runs for every GPU at every tick.
+        first_start, first_end, first_busy = self._recent[0]
+        busy = (first_end - max(first_start, self._cursor_ns - UTIL_WINDOW_NS)) * first_busy
+        busy = functools.reduce(operator.add, itertools.islice(self._recent_busy_ns, 1, None),
+                                busy)
+        return round(100.0 * busy / span)
 
     def current_power_mw(self) -> float:
-        seg = self._segment
-        load = 0.25 * seg.kernel_busy + 0.75 * seg.tensor_activity
-        return 1e3 * (IDLE_POWER_W + (MAX_POWER_W - IDLE_POWER_W) * load)
+        return self._power_mw
 
     def take_interval(self) -> tuple[float, float, float] | None:
         """Interval averages (tensor, fp32, busy) in percent since the previous read.
@@ -276,6 +291,10 @@ class SimulatedSource:
             )
             for i in range(n_gpus)
         )
+        # Per GPU, the processes last reported and what they were built from (the
+        # utilization and the active pids): unchanged from tick to tick, mostly.
+        self._processes: list[tuple[tuple[float, tuple[int, ...]], tuple[GpuProcess, ...]]] = [
+            ((-1.0, ()), ()) for _ in range(n_gpus)]
         self._origin_ns: int | None = None
         self._epoch_wall_ns = epoch_wall_ns
         self._next_stall_s = workload.sampler_stall_every_s or float("inf")
@@ -304,6 +323,9 @@ class SimulatedSource:
             time.sleep(stall_ns / 1e9)
 
     def read(self) -> SampleBatch:
+        # Here, not at the top: ``flopledger gpus`` lists the simulated GPUs without it.
+        import numpy as np
+
         now_ns = self._clock.monotonic_ns()
         if self._origin_ns is None:
             since_epoch = 0
@@ -350,15 +372,21 @@ class SimulatedSource:
                 batch.fp64_pct[i] = 0.0
                 batch.sm_util_pct[i] = busy_pct
                 batch.sm_occupancy_pct[i] = busy_pct * 0.5
-            util = float(batch.gpu_util_pct[i])
-            processes.append(tuple(
-                GpuProcess(pid=pid, sm_util_pct=job.sm_share * util)
-                for pid, job in self._gpu_jobs[i]
-                if job.active_at(elapsed_s)
-            ))
+            processes.append(self._processes_of(i, float(batch.gpu_util_pct[i]), elapsed_s))
         batch.processes = tuple(processes)
         batch.sim_true_flop_total = truth
         return batch
+
+    def _processes_of(self, i: int, util: float, elapsed_s: float) -> tuple[GpuProcess, ...]:
+        """GPU ``i``'s processes: one per active job, its share of ``util``."""
+        active = [(pid, job) for pid, job in self._gpu_jobs[i] if job.active_at(elapsed_s)]
+        key = (util, tuple(pid for pid, _ in active))
+        made_of, processes = self._processes[i]
+        if made_of != key:
+            processes = tuple(GpuProcess(pid=pid, sm_util_pct=job.sm_share * util)
+                              for pid, job in active)
+            self._processes[i] = (key, processes)
+        return processes
 
     def close(self) -> None:
         """Nothing to release."""

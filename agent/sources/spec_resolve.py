@@ -101,6 +101,25 @@ def _words(text: str) -> re.Pattern[str]:
                       r"(?!\s+(?:Ti|SUPER|D)(?![A-Za-z0-9]))", re.I)
 
 
+@functools.lru_cache(maxsize=4096)
+def _lower_words(text: str) -> tuple[str, ...] | None:
+    """The words of an ASCII pattern in lower case; None for any other pattern."""
+    if not text.isascii():
+        return None
+    return tuple(w.lower() for w in _SEPARATORS.split(text.strip()) if w)
+
+
+def _may_match(pattern: str, lower_name: str | None) -> bool:
+    """False only if ``pattern`` cannot match: one of its words is not in the name.
+    For an ASCII name and pattern, where ignoring case is lower-casing, this is a
+    substring test; it spares compiling the table's patterns, which costs more than
+    the rest of a start-up's matching."""
+    if lower_name is None:
+        return True
+    words = _lower_words(pattern)
+    return words is None or all(w in lower_name for w in words)
+
+
 def pci_device_id(value: object) -> int | None:
     """The 16-bit device ID of an NVIDIA PCI ID: ``0x2330`` and ``0x233010DE`` give
     0x2330; another vendor's ID, a negative or a non-integer gives None."""
@@ -128,10 +147,12 @@ def match_name(specs: Iterable[GpuSpec], device_name: str) -> GpuSpec | None:
             if any(board.casefold() == code.casefold() for code in spec.vgpu):
                 return spec
     best: tuple[int, GpuSpec] | None = None
+    lower_name = device_name.lower() if device_name.isascii() else None
     for spec in rows:
         for pattern in spec.match:
             length = len(pattern.strip())
-            if (best is None or length > best[0]) and _words(pattern).search(device_name):
+            if ((best is None or length > best[0]) and _may_match(pattern, lower_name)
+                    and _words(pattern).search(device_name)):
                 best = (length, spec)
     return None if best is None else best[1]
 

@@ -35,7 +35,6 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-import bcrypt
 from prometheus_client import make_wsgi_app
 from prometheus_client.registry import Collector
 
@@ -80,6 +79,10 @@ class BasicAuth:
     def __init__(self, users: Mapping[str, bytes]) -> None:
         if not users:
             raise ValueError("basic auth needs at least one user")
+        # Loaded only by an agent that has basic auth configured.
+        import bcrypt
+
+        self._checkpw = bcrypt.checkpw
         self._users = dict(users)
         # Unknown users are checked against a real hash too, so the response time does
         # not tell which user names exist.
@@ -127,7 +130,7 @@ class BasicAuth:
                 self.hash_checks_in_flight += 1
                 self.max_hash_checks_in_flight = max(self.max_hash_checks_in_flight,
                                                      self.hash_checks_in_flight)
-            ok = bcrypt.checkpw(candidate, hashed if hashed is not None else self._decoy)
+            ok = self._checkpw(candidate, hashed if hashed is not None else self._decoy)
         finally:
             with self._lock:
                 self.hash_checks_in_flight -= 1

@@ -116,7 +116,7 @@ def test_a_source_that_cannot_start_exits_3(monkeypatch: pytest.MonkeyPatch,
     def unavailable(*_args: object) -> None:
         raise SourceError("NVML source requested but unavailable: no driver")
 
-    monkeypatch.setattr("agent.daemon.open_source", unavailable)
+    monkeypatch.setattr("agent.devices.open_source", unavailable)
     status, _, err = flopledger("gpus", "--source", "nvml")
     assert status == 3
     assert err == "flopledger: NVML source requested but unavailable: no driver\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.daemon import specs_for
+from agent.devices import specs_for
 from agent.replay.engine import ReplayEngine, ReplayOptions
 from agent.replay.readers.base import GpuKey
 from agent.sources.base import ActivityKind
