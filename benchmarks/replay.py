@@ -1,10 +1,12 @@
 """Replay throughput and memory: a large nvidia-smi log through the whole replay (parse,
-estimate, integrate, into a throwaway ledger) side by side with a plain ``csv.reader``
-pass over the same file, in one run; and the replay's memory on a 1 M and a 10 M row
-log, each in its own process, to show it does not grow with the file: the growth of the
-peak RSS over the process's RSS after warm-up (which includes the allocator's and
-SQLite's caches), and, in a second run under ``tracemalloc``, the peak of what Python
-and NumPy allocated.
+estimate, integrate, into a throwaway ledger) on one core (``--jobs 1``, the process
+pinned to one CPU) and on all of them (``--jobs`` = the usable cores), side by side in
+one run with the plain pandas script of :mod:`benchmarks.pandas_peer` (one core: pandas
+uses one) and a plain ``csv.reader`` pass over the same file; MB/s of the log for each.
+Then the replay's memory on a 1 M and a 10 M row log, each in its own process, to show
+it does not grow with the file, on one core and on all: the growth of the peak RSS over
+the process's RSS after warm-up (which includes the allocator's and SQLite's caches),
+and, in a second run under ``tracemalloc``, the peak of what Python and NumPy allocated.
 
 Run on its own: ``python -m benchmarks.replay [--rows N]``.
 """
@@ -23,6 +25,8 @@ import time
 import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.replay.parallel import usable_cores
 
 GPUS = 8
 HEADER = ("timestamp, index, uuid, name, pci.bus_id, utilization.gpu [%], "
@@ -74,67 +78,108 @@ def csv_pass(path: Path) -> tuple[int, float]:
     return n, time.perf_counter() - start
 
 
-def _child(log: Path, ledger: Path, traced: bool) -> None:
-    """In a fresh process: warm up, then replay ``log``; print seconds, RSS (KiB) and,
-    if ``traced``, the peak of memory allocated through Python and NumPy (KiB)."""
+def _pin_to_one_core() -> None:
+    """Run this process on one CPU (the first it may use), threads included."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def _child(log: Path, ledger: Path, traced: bool, jobs: int) -> None:
+    """In a fresh process: warm up, then replay ``log`` with ``jobs`` workers (pinned to
+    one core for one); print seconds, RSS (KiB) and, if ``traced``, the peak of memory
+    allocated through Python and NumPy (KiB)."""
     from agent.replay.engine import ReplayEngine, ReplayOptions
 
+    if jobs == 1:
+        _pin_to_one_core()
+    # Two blocks of warm-up: the buffers a block needs are the process's before the
+    # measured replay, whose growth is then what the file's length adds.
     warm = log.with_name(f"warm-{os.getpid()}.csv")
-    write_log(warm, 64)
-    ReplayEngine(ledger.with_name(f"warm-{os.getpid()}.sqlite"), ReplayOptions()).run([warm])
+    write_log(warm, 100_000)
+    ReplayEngine(ledger.with_name(f"warm-{os.getpid()}.sqlite"),
+                 ReplayOptions(jobs=jobs)).run([warm])
     base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if traced:
         tracemalloc.start()
     start = time.perf_counter()
-    summary = ReplayEngine(ledger, ReplayOptions()).run([log])
+    summary = ReplayEngine(ledger, ReplayOptions(jobs=jobs)).run([log])
     seconds = time.perf_counter() - start
     traced_kib = tracemalloc.get_traced_memory()[1] / 1024 if traced else 0.0
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": seconds, "rows": summary.rows, "samples": summary.samples,
                       "bad": summary.bad_count, "base_kib": base_kib, "peak_kib": peak_kib,
-                      "traced_kib": traced_kib}))
+                      "traced_kib": traced_kib,
+                      "central": str(summary.total.flop.central)}))
 
 
-def _replay_in_child(log: Path, ledger: Path, traced: bool = False) -> dict[str, float]:
+def _pandas_child(log: Path) -> None:
+    """In a fresh process pinned to one core: the pandas peer over ``log``; seconds."""
+    from benchmarks.pandas_peer import integrate_log
+
+    _pin_to_one_core()
+    start = time.perf_counter()
+    flop = integrate_log(log)
+    print(json.dumps({"seconds": time.perf_counter() - start, "gpus": len(flop)}))
+
+
+def _in_child(*args: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    flag = ["--traced"] if traced else []
-    out = subprocess.run([sys.executable, "-m", "benchmarks.replay", "--child", str(log),
-                          str(ledger), *flag], check=True, capture_output=True, text=True,
-                         env=env)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.replay", *args], check=True,
+                         capture_output=True, text=True, env=env)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def _replay_in_child(log: Path, ledger: Path, jobs: int, traced: bool = False
+                     ) -> dict[str, float]:
+    return _in_child("--child", str(log), str(ledger), "--jobs", str(jobs),
+                     *(["--traced"] if traced else []))
 
 
 @dataclass(frozen=True)
 class ReplayResult:
     n_rows: int
     file_bytes: int
-    replay_s: float
+    cores: int
+    one_core_s: float
+    all_cores_s: float
+    pandas_s: float
     csv_s: float
+    same_totals: bool
     small_rows: int
     small_growth_kib: float
     big_growth_kib: float
     big_peak_kib: float
+    big_growth_all_kib: float
+    big_peak_all_kib: float
     small_traced_kib: float
     big_traced_kib: float
 
-    @property
-    def ratio(self) -> float:
-        return self.csv_s / self.replay_s
+    def _speed(self, seconds: float) -> str:
+        return (f"{seconds:.2f} s  {self.file_bytes / seconds / 1e6:,.0f} MB/s  "
+                f"{self.n_rows / seconds / 1e6:.2f} M rows/s")
 
     def rows(self) -> list[tuple[str, str]]:
         return [
             ("nvidia-smi log (8 GPUs, with units)",
              f"{self.n_rows:,} rows, {self.file_bytes / 1e6:,.0f} MB"),
-            ("replay (parse+estimate+integrate+ledger)",
-             f"{self.replay_s:.2f} s  {self.n_rows / self.replay_s / 1e6:.2f} M rows/s"),
-            ("csv.reader pass",
-             f"{self.csv_s:.2f} s  {self.n_rows / self.csv_s / 1e6:.2f} M rows/s"),
-            ("replay vs csv.reader", f"{self.ratio:.1f}x (target >= 3x)"),
+            ("replay, one core (--jobs 1)", self._speed(self.one_core_s)),
+            (f"replay, all cores (--jobs {self.cores})",
+             f"{self._speed(self.all_cores_s)}  (totals "
+             f"{'bit-identical' if self.same_totals else 'DIFFERENT'} to --jobs 1)"),
+            ("pandas peer (read_csv + integrate, one core)", self._speed(self.pandas_s)),
+            ("csv.reader pass (splits rows only)", self._speed(self.csv_s)),
+            ("replay vs pandas, one core",
+             f"{self.pandas_s / self.one_core_s:.1f}x (target >= 3x)"),
+            (f"replay vs pandas, {self.cores} cores",
+             f"{self.pandas_s / self.all_cores_s:.1f}x"),
+            ("replay vs csv.reader, one core", f"{self.csv_s / self.one_core_s:.1f}x"),
             (f"replay RSS growth, {self.small_rows:,} rows",
              f"{self.small_growth_kib / 1024:.1f} MiB"),
             (f"replay RSS growth, {self.n_rows:,} rows",
              f"{self.big_growth_kib / 1024:.1f} MiB (peak {self.big_peak_kib / 1024:.0f} MiB)"),
+            (f"replay RSS growth, {self.n_rows:,} rows, --jobs {self.cores}",
+             f"{self.big_growth_all_kib / 1024:.1f} MiB "
+             f"(peak {self.big_peak_all_kib / 1024:.0f} MiB)"),
             (f"peak traced allocations, {self.small_rows:,} rows",
              f"{self.small_traced_kib / 1024:.1f} MiB"),
             (f"peak traced allocations, {self.n_rows:,} rows",
@@ -143,23 +188,28 @@ class ReplayResult:
 
 
 def bench_replay(rows: int = 10_000_000, small_rows: int = 1_000_000) -> ReplayResult:
-    """Generate the logs in a temporary directory, time both passes, measure memory."""
+    """Generate the logs in a temporary directory, time every pass, measure memory."""
+    cores = usable_cores()
     with tempfile.TemporaryDirectory(prefix="flopledger-bench-") as tmp:
         d = Path(tmp)
         big, small = d / "big.csv", d / "small.csv"
         size = write_log(big, rows)
         write_log(small, small_rows, seed=1)
-        small_run = _replay_in_child(small, d / "small.sqlite")
-        big_run = _replay_in_child(big, d / "big.sqlite")
-        small_traced = _replay_in_child(small, d / "small-t.sqlite", traced=True)
-        big_traced = _replay_in_child(big, d / "big-t.sqlite", traced=True)
+        small_run = _replay_in_child(small, d / "small.sqlite", 1)
+        one = _replay_in_child(big, d / "big-1.sqlite", 1)
+        every = _replay_in_child(big, d / f"big-{cores}.sqlite", cores)
+        pandas = _in_child("--pandas", str(big))
+        small_traced = _replay_in_child(small, d / "small-t.sqlite", 1, traced=True)
+        big_traced = _replay_in_child(big, d / "big-t.sqlite", 1, traced=True)
         _, csv_s = csv_pass(big)
         return ReplayResult(
-            n_rows=rows, file_bytes=size, replay_s=big_run["seconds"], csv_s=csv_s,
-            small_rows=small_rows,
+            n_rows=rows, file_bytes=size, cores=cores, one_core_s=one["seconds"],
+            all_cores_s=every["seconds"], pandas_s=pandas["seconds"], csv_s=csv_s,
+            same_totals=one["central"] == every["central"], small_rows=small_rows,
             small_growth_kib=small_run["peak_kib"] - small_run["base_kib"],
-            big_growth_kib=big_run["peak_kib"] - big_run["base_kib"],
-            big_peak_kib=big_run["peak_kib"], small_traced_kib=small_traced["traced_kib"],
+            big_growth_kib=one["peak_kib"] - one["base_kib"], big_peak_kib=one["peak_kib"],
+            big_growth_all_kib=every["peak_kib"] - every["base_kib"],
+            big_peak_all_kib=every["peak_kib"], small_traced_kib=small_traced["traced_kib"],
             big_traced_kib=big_traced["traced_kib"])
 
 
@@ -168,10 +218,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--small-rows", type=int, default=1_000_000)
     parser.add_argument("--child", nargs=2, metavar=("LOG", "LEDGER"), help=argparse.SUPPRESS)
+    parser.add_argument("--pandas", metavar="LOG", help=argparse.SUPPRESS)
+    parser.add_argument("--jobs", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(Path(args.child[0]), Path(args.child[1]), args.traced)
+        _child(Path(args.child[0]), Path(args.child[1]), args.traced, args.jobs)
+        return
+    if args.pandas:
+        _pandas_child(Path(args.pandas))
         return
     result = bench_replay(args.rows, args.small_rows)
     width = max(len(k) for k, _ in result.rows())

@@ -8,9 +8,11 @@ import platform
 from benchmarks.auth_storm import bench_auth_storm
 from benchmarks.cluster_ingest import bench_cluster_ingest
 from benchmarks.cluster_query import bench_cluster_query
+from benchmarks.commands import bench_commands
 from benchmarks.kernel import bench_kernel
 from benchmarks.ledger import bench_ledger
 from benchmarks.overhead import bench_overhead
+from benchmarks.prom_replay import bench_prom_replay
 from benchmarks.replay import bench_replay
 from benchmarks.scrape import bench_scrape
 
@@ -36,7 +38,10 @@ def main() -> None:
     section("ledger", bench_ledger(hours=0.2 if args.quick else 2.0).rows())
     section("replay of an nvidia-smi log",
             bench_replay(rows=1_000_000 if args.quick else 10_000_000).rows())
+    section("replay from Prometheus (dcgm-exporter series of 64 H100s)",
+            bench_prom_replay(days=1 if args.quick else 7).rows())
     section("agent overhead", bench_overhead(seconds=5 if args.quick else 20).rows())
+    section("command latency", bench_commands(runs=3 if args.quick else 10).rows())
     # A signed head every 8 records: what an agent with 8 GPUs and 60 s records seals at
     # each record window.
     section("cluster ledger ingest (PostgreSQL)",

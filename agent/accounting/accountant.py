@@ -489,6 +489,12 @@ class Accountant:
                 r, assumptions={**r.assumptions, **note}))
         return out
 
+    def window_starts(self) -> list[tuple[int | None, bool]]:
+        """Per GPU, when its record window started (None before its first sample) and
+        whether it holds anything: :meth:`take_records` closes such a window once it is
+        ``record_ns`` old (a replay takes records only where one would close)."""
+        return self._windows.starts()
+
     def requeue(self, records: Iterable[LedgerRecord]) -> None:
         """Records the ledger could not store: they go out again with the next take."""
         self._windows.requeue(records)

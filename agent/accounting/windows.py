@@ -161,6 +161,13 @@ class RecordWindows:
             ))
         self._start_ns[i] = end_ns
 
+    def starts(self) -> list[tuple[int | None, bool]]:
+        """Per GPU, when its window started (None before its first sample) and whether
+        it holds anything: :meth:`take` closes a window that holds something once it is
+        ``record_ns`` old, and nothing else."""
+        return [(start, bool(p)) for start, p in zip(self._start_ns, self._pending,
+                                                     strict=True)]
+
     def records_of(self, i: int, a: GpuAssumptions) -> list[LedgerRecord]:
         """GPU ``i``'s pending figures as records of its current window, under the
         assumptions ``a`` its rates were estimated with."""

@@ -286,6 +286,8 @@ class _Scan:
             self._runs(db)
         if "spool_consumed" in tables:
             self._consumed(db)
+        if "replay_checkpoints" in tables:
+            self._replay_checkpoints(db)
         self._mirror()
 
     def _meta(self, db: sqlite3.Connection) -> None:
@@ -507,6 +509,15 @@ class _Scan:
             if not isinstance(key, str) or type(time_ns) is not int:
                 self.problem(f"spool_consumed {key!r}: malformed (id {storage_class(key)}, "
                              f"time {storage_class(time_ns)})")
+
+    def _replay_checkpoints(self, db: sqlite3.Connection) -> None:
+        for source, last_ns, time_ns in db.execute(
+                "SELECT source, last_ns, time_ns FROM replay_checkpoints"):
+            if not isinstance(source, str) or type(last_ns) is not int or \
+                    type(time_ns) is not int:
+                self.problem(f"replay_checkpoints {source!r}: malformed (source "
+                             f"{storage_class(source)}, last {storage_class(last_ns)}, time "
+                             f"{storage_class(time_ns)})")
 
     def _mirror(self) -> None:
         c, mirror = self.c, self.c.mirror

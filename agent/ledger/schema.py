@@ -3,7 +3,9 @@
 SQLite stores any value in any column, so a declared ``BLOB`` can hold TEXT after a
 careless edit; :data:`COLUMNS` is what the integrity check holds each row to.
 ``spool_consumed`` holds the ids of the messages whose statements were appended (in the
-same transaction), so that a message read twice is recorded once.
+same transaction), so that a message read twice is recorded once. ``replay_checkpoints``
+holds, per source a replay reads from a server, the last time it accounted in full
+(written in the transaction of the records it covers; see :mod:`agent.ledger.checkpoints`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ CREATE TABLE IF NOT EXISTS spool_consumed (
     id TEXT PRIMARY KEY,
     time_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS replay_checkpoints (
+    source TEXT PRIMARY KEY,
+    last_ns INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL
+);
 """
 
 # table -> column -> the SQLite storage class (``typeof``) every row must have.
@@ -84,11 +91,12 @@ COLUMNS: dict[str, dict[str, str]] = {
     "gpu_state": {"gpu_uuid": "text", "gpu_index": "integer", "last_end_ns": "integer",
                   "last_runs": "text"},
     "spool_consumed": {"id": "text", "time_ns": "integer"},
+    "replay_checkpoints": {"source": "text", "last_ns": "integer", "time_ns": "integer"},
 }
 
 # Tables a ledger written by an older version lacks (the writer creates them on open);
 # their absence is no fault.
-OPTIONAL_TABLES = frozenset({"spool_consumed"})
+OPTIONAL_TABLES = frozenset({"spool_consumed", "replay_checkpoints"})
 
 META_KEYS = ("format", "node", "key_fingerprint", "public_key", "origin", "frontier")
 LEDGER_FORMAT = "flopledger-ledger-1"

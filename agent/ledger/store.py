@@ -238,6 +238,7 @@ class Ledger:
         run_meta: dict[str, RunRow] | None = None,
         still_open: Sequence[LedgerRecord] | None = None,
         *, consumed_ids: Sequence[str] = (), close_runs: Iterable[str] = (),
+        replay_checkpoint: tuple[str, int] | None = None,
     ) -> TreeHead | None:
         """Append records (their ``seq``, and a compute record's ``run_seq``, are assigned
         here), sign a new tree head, and (unless ``still_open`` is None) replace the open
@@ -248,6 +249,9 @@ class Ledger:
         the messages the statements came from) are recorded in the same transaction.
         ``close_runs``: after the drafts, a ``run-close`` for each of these runs that has
         compute records not yet counted by a close (see :meth:`close_run`).
+        ``replay_checkpoint``: (source, last ns) a replay from a server accounted in full
+        with these records, recorded in the same transaction (replacing the source's
+        previous one; see :mod:`agent.ledger.checkpoints`).
 
         All or nothing: on any error (a full disk, an I/O error, an id already recorded)
         the transaction rolls back, the ledger is unchanged and the caller keeps the
@@ -265,7 +269,7 @@ class Ledger:
             sqlite3.Error: if the transaction could not be committed.
         """
         return self._append(drafts, timestamp_ns, run_meta, still_open, consumed_ids,
-                            close_runs)[0]
+                            close_runs, replay_checkpoint)[0]
 
     def close_run(self, run: str, timestamp_ns: int) -> LedgerRecord | None:
         """Append a ``run-close`` of ``run`` (one transaction, a signed head): "this node
@@ -292,6 +296,7 @@ class Ledger:
         self, drafts: Sequence[LedgerRecord], timestamp_ns: int,
         run_meta: dict[str, RunRow] | None, still_open: Sequence[LedgerRecord] | None,
         consumed_ids: Sequence[str], close_runs: Iterable[str],
+        replay_checkpoint: tuple[str, int] | None = None,
     ) -> tuple[TreeHead | None, list[LedgerRecord]]:
         for draft in drafts:
             problem = statement_problem(draft) if draft.kind in STATEMENT_KINDS else None
@@ -380,6 +385,10 @@ class Ledger:
                  gpu_rows.items()])
             db.executemany("INSERT INTO spool_consumed (id, time_ns) VALUES (?, ?)",
                            [(str(i), timestamp_ns) for i in consumed_ids])
+            if replay_checkpoint is not None:
+                db.execute("INSERT OR REPLACE INTO replay_checkpoints (source, last_ns, time_ns)"
+                           " VALUES (?, ?, ?)", (replay_checkpoint[0], int(replay_checkpoint[1]),
+                                                 timestamp_ns))
             for row in (run_meta or {}).values():
                 db.execute(
                     "INSERT OR REPLACE INTO runs (run, model, category, meta) VALUES (?, ?, ?, ?)",

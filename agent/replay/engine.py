@@ -6,6 +6,11 @@ totals are bit-identical to the live accounting of the same samples however the 
 is chunked) and the records it closes are appended to the ledger, sealed in windows of
 ``record_s`` of *recorded* time like the live agent's.
 
+On several cores (``jobs``) the blocks of nvidia-smi logs are parsed by workers ahead
+of the accounting (:mod:`agent.replay.parallel`); everything after the parse runs here,
+in file order, on exactly the chunks one worker gives, so totals and records are the
+same, bit for bit, for any number of workers.
+
 GPUs are registered as they appear. An accountant is built for the GPUs of the first
 chunk, and another for the GPUs of each later chunk that brings new ones (a GPU that
 appears mid-file), so a sample never waits for the file's end.
@@ -27,7 +32,10 @@ All or nothing: records are appended at the end, and only if the replay succeede
 every file read, some sample valid, bad rows no more than ``max_bad_share`` of the
 rows. A failed replay writes nothing (a later, fixed replay would otherwise skip the
 samples the failed one left out, as already in the ledger). Only a replay too long to
-hold its records (more than :data:`_HELD_RECORDS`) appends some before its end.
+hold its records (more than :data:`_HELD_RECORDS`) appends some before its end. A replay
+fed slice by slice from a server (:meth:`ReplayEngine.open_stream`, used by
+:mod:`agent.replay.remote`) is written at each :meth:`ReplayEngine.seal` instead, with a
+checkpoint in the same transaction, and continued after it.
 
 The ledger's signing key is ``<ledger>.key`` (created with the ledger, on the first
 append), not the node key of a live agent: a replayed ledger is attested by whoever
@@ -57,15 +65,18 @@ from agent.ledger.store import GpuState, RunRow
 from agent.replay.formats import FORMATS, detect_format, open_reader
 from agent.replay.mapping import RunMapping
 from agent.replay.output import LazyLedger
+from agent.replay.parallel import ParallelBlocks, usable_cores
 from agent.replay.plausible import Plausibility, clock_max_mhz
 from agent.replay.readers.base import (
     BadRow,
     ColumnChunk,
     GpuKey,
+    Reader,
     ReplayError,
     select,
 )
 from agent.replay.readers.lines import DEFAULT_BLOCK_BYTES, file_size
+from agent.replay.readers.nvidia_smi import LogPlan, NvidiaSmiReader, plan_log
 from agent.replay.summary import GpuLine, Progress, ReplaySummary
 from agent.sources.base import DeviceInfo, FloatArray, IntArray
 from agent.sources.specs import ResolvedSpec, SpecBasis, SpecTable, load_spec_table
@@ -98,11 +109,16 @@ class ReplayOptions:
         utc_offset_s: UTC offset of nvidia-smi's local-time stamps (s).
         record_s: length of a sealed record window, in recorded time (s).
         settings: the estimator's settings.
-        block_bytes: read size of the text readers.
+        block_bytes: read size of the text readers; nvidia-smi logs are cut into blocks
+            of this size, parsed on their own.
         max_bad_share: the replay fails (writing nothing) if more than this share of
             the rows it judged (bad rows and samples) are bad.
         now_ns: wall-clock time samples may not be later than (plus a margin); None
             for the time the replay starts.
+        jobs: cores to use: nvidia-smi logs are parsed by this many workers ahead of
+            the accounting (:mod:`agent.replay.parallel`), other formats read ahead by
+            one thread; 1 reads and accounts in the calling thread alone. None: the
+            cores this process may use. Totals and records do not depend on it.
     """
 
     node: str = "replay"
@@ -117,6 +133,18 @@ class ReplayOptions:
     block_bytes: int = DEFAULT_BLOCK_BYTES
     max_bad_share: float = 0.01
     now_ns: int | None = None
+    jobs: int | None = None
+
+
+@dataclass(slots=True)
+class _Stream:
+    """A replay fed chunk by chunk by its caller (a server's responses), not read from
+    files: its name, and what a file's loop keeps per file."""
+
+    source: str
+    started: float
+    labels: dict[int, int] = field(default_factory=dict)
+    local_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -171,6 +199,7 @@ class ReplayEngine:
         self._resume: dict[int, GpuState] = {}
         self._checkpoint_ns = max(1, round(options.record_s * 1e9 / 4))
         self._mark = -1
+        self._gap_added = False  # a gap charged since the last take
         self._specs_of: list[ResolvedSpec] = []
         self._by_uuid: dict[str, DeviceInfo] = {}
         self._ids: dict[str, int] = {}
@@ -188,6 +217,8 @@ class ReplayEngine:
         self._settings: EstimatorSettings | None = None
         self._unsaved: list[LedgerRecord] = []
         self._states = self.ledger.states
+        self._decided = 0  # rows the plausibility check handed over, good or bad
+        self._stream: _Stream | None = None
 
     def _attr(self, a: GpuAttribution) -> int:
         self._table.append(a)
@@ -200,16 +231,21 @@ class ReplayEngine:
         warm_up()
         total = sum(file_size(p) for p in files)
         done_before = 0
+        jobs = self.options.jobs or usable_cores()
+        blocks = ParallelBlocks(len(files), lambda i: self._plan(files[i]), jobs) \
+            if jobs > 1 else None
         try:
-            for path in files:
+            for i, path in enumerate(files):
                 self.summary.files.append(str(path))
                 labels: dict[int, int] = {}
                 try:
-                    o = self.options
-                    reader = open_reader(path, o.format, o.utc_offset_s, o.interval_hint_s,
-                                         o.block_bytes)
+                    reader = self._reader(path, blocks.plan(i) if blocks else self._plan(path),
+                                          blocks)
+                    chunks = reader.chunks()
+                    if jobs > 1 and not isinstance(reader, NvidiaSmiReader):
+                        chunks = prefetch(chunks)
                     local_ids: list[int] = []
-                    for chunk in prefetch(reader.chunks()):
+                    for chunk in chunks:
                         self._chunk(str(path), chunk, labels, local_ids)
                         if self.progress is not None:
                             self.progress.update(self.summary.rows, len(self._devices),
@@ -224,12 +260,34 @@ class ReplayEngine:
             self.ledger.discard()
             raise
         finally:
+            if blocks is not None:
+                blocks.close()
             self.ledger.close()
             if self.progress is not None:
                 self.progress.update(self.summary.rows, len(self._devices), total, force=True)
                 self.progress.done()
         self.summary.elapsed_s = time.perf_counter() - started
         return self.summary
+
+    def _plan(self, path: Path) -> LogPlan | None:
+        """The blocks of ``path`` if it is an nvidia-smi log (None if it is not).
+
+        Raises:
+            ReplayError: if the file cannot be read or has no nvidia-smi header.
+        """
+        o = self.options
+        fmt = detect_format(path) if o.format == "auto" else o.format
+        if fmt != "nvidia-smi":
+            return None
+        return plan_log(path, o.utc_offset_s, o.interval_hint_s, o.block_bytes)
+
+    def _reader(self, path: Path, plan: LogPlan | None,
+                blocks: ParallelBlocks | None) -> Reader:
+        o = self.options
+        if plan is not None:
+            return NvidiaSmiReader(path, o.utc_offset_s, o.interval_hint_s, o.block_bytes,
+                                   plan=plan, blocks=blocks)
+        return open_reader(path, o.format, o.utc_offset_s, o.interval_hint_s, o.block_bytes)
 
     # -- per chunk ---------------------------------------------------------------------
 
@@ -252,14 +310,16 @@ class ReplayEngine:
     def _judged(self, path: str, pieces: list[tuple[ColumnChunk, IntArray]],
                 bad: list[BadRow], labels: dict[int, int]) -> None:
         self.summary.add_bad(path, bad)
+        self._decided += len(bad) + sum(chunk.rows for chunk, _ in pieces)
         for chunk, gid in pieces:
             self._account(chunk, gid, labels)
 
     def _account(self, chunk: ColumnChunk, gid: IntArray, labels: dict[int, int]) -> None:
         """Account plausible samples, in file order."""
         s = self.summary
-        keep = chunk.wall_ns > self._resume_ns[gid]
-        if not keep.all():
+        # Only GPUs with records in the ledger have samples to skip.
+        keep = chunk.wall_ns > self._resume_ns[gid] if self._states else None
+        if keep is not None and not keep.all():
             s.skipped_in_ledger += int((~keep).sum())
             chunk = select(chunk, keep)
             gid = gid[keep]
@@ -274,13 +334,19 @@ class ReplayEngine:
         # Checkpoints at fixed multiples of record_s / 4 of recorded time, in file order,
         # as the live agent's every checkpoint_s: a window closes at the first one at
         # least record_s after it opened. Fixed marks keep the records independent of
-        # how the file was chunked.
+        # how the file was chunked. Records are taken only at the marks where a window
+        # would close (a take at the others closes nothing), so that the rows between
+        # them are accounted in one piece.
         mark = np.maximum(np.maximum.accumulate(chunk.wall_ns // self._checkpoint_ns),
                           self._mark)
-        if self._mark >= 0 and mark[0] > self._mark:
+        if self._mark >= 0 and mark[0] > self._mark and self._closes(
+                int(mark[0]) * self._checkpoint_ns, chunk, gid, 0, 0):
             self._take(int(mark[0]) * self._checkpoint_ns)
         start = 0
         for end in [*(np.flatnonzero(np.diff(mark)) + 1).tolist(), chunk.rows]:
+            if end < chunk.rows and not self._closes(int(mark[end]) * self._checkpoint_ns,
+                                                     chunk, gid, start, end):
+                continue
             self._feed_rows(chunk, gid, run_index, start, end)
             if end < chunk.rows:
                 self._take(int(mark[end]) * self._checkpoint_ns)
@@ -300,6 +366,24 @@ class ReplayEngine:
         for gi in np.unique(part).tolist():
             self._feed(self._groups[gi], chunk, gid, run_index, a + np.flatnonzero(part == gi))
 
+    def _closes(self, now_ns: int, chunk: ColumnChunk, gid: IntArray, a: int, b: int) -> bool:
+        """Whether a take at ``now_ns`` would close a record window once rows ``a:b`` of
+        the chunk are accounted (a gap charged since the last take is handed over at the
+        next mark, as it would be by a take at every mark)."""
+        if self._gap_added:
+            return True
+        oldest = now_ns - round(self.options.record_s * 1e9)
+        fed = np.bincount(gid[a:b], minlength=len(self._devices)) > 0 if b > a else None
+        for group in self._groups:
+            for g, (since, holds) in zip(group.gids, group.accountant.window_starts(),
+                                         strict=True):
+                will_hold = holds or (fed is not None and bool(fed[g]))
+                # A window not open yet opens at the GPU's first sample, which may be
+                # older than any: it closes at the next mark.
+                if will_hold and (since is None or since <= oldest):
+                    return True
+        return fed is not None and bool((fed & (self._group_of < 0)).any())
+
     def _resume_gaps(self, seen: list[int], chunk: ColumnChunk, gid: IntArray) -> None:
         """The time between a GPU's last record in the ledger and its first sample now
         was seen by nobody: a gap, charged to the runs it last had (high bound only)."""
@@ -311,6 +395,7 @@ class ReplayEngine:
             group = self._groups[int(self._group_of[g])]
             group.accountant.add_gap(int(self._local_of[g]), state.last_end_ns, first,
                                      state.last_runs)
+            self._gap_added = True
 
     def _register(self, key: GpuKey) -> int:
         known = self._ids.get(key.key)
@@ -425,6 +510,7 @@ class ReplayEngine:
     # -- records -----------------------------------------------------------------------
 
     def _take(self, now_wall_ns: int | None) -> None:
+        self._gap_added = False
         record_ns = round(self.options.record_s * 1e9)
         for group in self._groups:
             closed, still_open = group.accountant.take_records(now_wall_ns, record_ns)
@@ -434,7 +520,7 @@ class ReplayEngine:
         if len(self._unsaved) >= _HELD_RECORDS:
             self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, checkpoint: tuple[str, int] | None = None) -> None:
         records, self._unsaved = self._unsaved, []
         runs: dict[str, RunRow] = {}
         for r in records:
@@ -449,7 +535,7 @@ class ReplayEngine:
                         info["precision"] = meta.precision
                     info.update({f"plan.{k}": v for k, v in meta.plan.items()})
                 runs[r.run] = RunRow(r.run, r.model, r.category, info)
-        self.ledger.append(records, time.time_ns(), runs)
+        self.ledger.append(records, time.time_ns(), runs, checkpoint)
 
     def _count(self, records: list[LedgerRecord]) -> None:
         s = self.summary
@@ -481,6 +567,120 @@ class ReplayEngine:
                               f"before the end (a replay longer than {_HELD_RECORDS:,} "
                               "records is not held back)")
         s.written = self.ledger.appended
+
+
+    # -- fed slice by slice (a replay from a server: agent.replay.remote) ---------------
+
+    def open_stream(self, source: str) -> None:
+        """Start a replay fed by the caller instead of read from files: chunks of samples
+        in time order (:meth:`feed`), written slice by slice (:meth:`seal`), ended by
+        :meth:`close_stream` (or :meth:`abort`). ``source`` names it in the summary and
+        in bad rows."""
+        warm_up()
+        self.summary.files.append(source)
+        self._stream = _Stream(source, time.perf_counter())
+
+    def feed(self, chunk: ColumnChunk) -> None:
+        """Judge and account a chunk of the stream; nothing is written before
+        :meth:`seal`."""
+        st = self._stream
+        assert st is not None, "open_stream first"
+        self._chunk(st.source, chunk, st.labels, st.local_ids)
+
+    def prime(self, chunk: ColumnChunk) -> None:
+        """Samples already in the ledger, fed again only to restore what the accounting
+        carries from a GPU's sample to its next (the previous sample's time, clock,
+        utilization and energy reading, the plausibility check's state): a replay
+        continued after its checkpoint then counts the interval up to its first new
+        sample as an uninterrupted replay does, not as a gap. Only samples not later
+        than their GPU's last record in the ledger are taken; they count nowhere, and
+        :meth:`primed` drops the records they make."""
+        st = self._stream
+        assert st is not None, "open_stream first"
+        for key in chunk.gpus[len(st.local_ids):]:
+            st.local_ids.append(self._register(key))
+        if chunk.rows == 0:
+            return
+        gid = np.asarray(st.local_ids, dtype=np.int64)[chunk.gpu]
+        keep = chunk.wall_ns <= self._resume_ns[gid]
+        if not keep.any():
+            return
+        chunk, gid = select(chunk, keep), gid[keep]
+        if self._settings is None:
+            self._settings = self._infer_settings(chunk, gid)
+            self.summary.max_gap_s = self._settings.max_gap_s
+            self._check.jump_ns = round(self._settings.max_gap_s * 1e9)
+        # Its bad rows were reported when the samples were accounted.
+        pieces, bad = self._check.take(chunk, gid)
+        self._decided += len(bad) + sum(piece.rows for piece, _ in pieces)
+        for piece, piece_gid in pieces:
+            run_index = self._attributions(piece, piece_gid, st.labels)
+            seen = np.flatnonzero(np.bincount(piece_gid, minlength=len(self._devices)))
+            new = [g for g in seen.tolist() if self._group_of[g] < 0]
+            if new:
+                self._new_group(new, piece, piece_gid)
+            for g in seen.tolist():
+                self._resume.pop(g, None)  # continued, not resumed after a gap
+            self._feed_rows(piece, piece_gid, run_index, 0, piece.rows)
+
+    def primed(self) -> None:
+        """End :meth:`prime`: drop the records the primed samples made (the ledger
+        holds them); each GPU's next record starts at its last primed sample."""
+        record_ns = round(self.options.record_s * 1e9)
+        for group in self._groups:
+            group.accountant.take_records(None, record_ns)
+
+    def seal(self, source_key: str, last_ns: int) -> bool:
+        """Write what the stream accounted so far: every record window closed, the
+        records appended with the checkpoint (``source_key``, ``last_ns``) in one
+        transaction (a ledger not created yet is not created for a checkpoint alone).
+        While a sample waits for the plausibility check (its GPU's next sample, in the
+        next slice), nothing is written and False returned: a checkpoint must not pass
+        a sample not yet accounted.
+
+        Raises:
+            ReplayError: if more than ``max_bad_share`` of the rows so far were bad
+                (nothing of this slice written).
+            sqlite3.Error, OSError: if the ledger cannot be written.
+        """
+        st = self._stream
+        assert st is not None, "open_stream first"
+        if self._check.rows_judged > self._decided:
+            return False
+        s = self.summary
+        if s.bad_count > self.options.max_bad_share * s.judged:
+            raise ReplayError(st.source, s.failure_reason(self.options.max_bad_share)
+                              or "too many bad rows")
+        self._take(None)
+        if self._unsaved or self.ledger.path.exists():
+            self._flush((source_key, last_ns))
+        return True
+
+    def close_stream(self, source_key: str, last_ns: int) -> ReplaySummary:
+        """End the stream: decide every sample still waiting, seal the rest with the
+        checkpoint ``last_ns``, close the ledger; the summary of this run.
+
+        Raises: as :meth:`seal`; the ledger is closed either way.
+        """
+        st = self._stream
+        assert st is not None, "open_stream first"
+        try:
+            self._judged(st.source, *self._check.finish(), st.labels)
+            self.seal(source_key, last_ns)
+            s = self.summary
+            s.rejected = sum(g.accountant.rejected for g in self._groups)
+            s.written = self.ledger.appended
+        finally:
+            self.abort()
+        return self.summary
+
+    def abort(self) -> None:
+        """Stop the stream: what was accounted after the last seal is dropped (the
+        ledger keeps what was sealed, with its checkpoint)."""
+        self._unsaved = []
+        self.ledger.close()
+        if self._stream is not None:
+            self.summary.elapsed_s = time.perf_counter() - self._stream.started
 
 
 def prefetch(chunks: Iterator[ColumnChunk], depth: int = 2) -> Iterator[ColumnChunk]:

@@ -78,12 +78,16 @@ class LazyLedger:
             raise
 
     def append(self, records: list[LedgerRecord], now_ns: int,
-               runs: dict[str, RunRow]) -> None:
-        """Append records (creating the ledger and its key if need be)."""
+               runs: dict[str, RunRow], checkpoint: tuple[str, int] | None = None) -> None:
+        """Append records (creating the ledger and its key if need be), and a replay
+        checkpoint (source, last ns) in the same transaction."""
         if self._ledger is None:
             self._open()
         assert self._ledger is not None
-        self._ledger.append(records, now_ns, runs)
+        if checkpoint is None:
+            self._ledger.append(records, now_ns, runs)
+        else:
+            self._ledger.append(records, now_ns, runs, replay_checkpoint=checkpoint)
         self.appended += len(records)
 
     def close(self) -> None:

@@ -39,10 +39,12 @@ import math
 import re
 from collections.abc import Mapping
 
+import numpy as np
+
 from agent.accounting.runmeta import claims_nothing
 from agent.accounting.runs import GpuAttribution, GpuShare, RunMeta
 from agent.replay.readers.base import GpuKey
-from agent.sources.base import ActivityKind
+from agent.sources.base import ActivityKind, FloatArray
 from agent.sources.specs import SpecBasis
 
 # series -> (field, factor to vendor units)
@@ -84,6 +86,19 @@ def vendor_value(metric: str, raw: float) -> float | None:
     if metric.startswith("DCGM_") and raw >= limit:
         return math.nan
     return raw * METRICS[metric][1]
+
+
+def vendor_values(metric: str, raw: FloatArray) -> FloatArray | None:
+    """:func:`vendor_value` of every value of a series at once (the same products, bit
+    for bit); None if any of them is infinite."""
+    if bool(np.isinf(raw).any()):
+        return None
+    values = raw * METRICS[metric][1]
+    if metric.startswith("DCGM_"):
+        limit = _INT64_BLANK if metric == "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION" else \
+            _INT32_BLANK
+        values[raw >= limit] = np.nan
+    return values
 
 
 def gpu_key(labels: Mapping[str, str], host_default: str = "") -> GpuKey | None:

@@ -1,16 +1,21 @@
 """The numba kernel that scans raw ``nvidia-smi --format=csv`` bytes into columns.
 
-One pass over a block of whole lines: split lines and ``", "``-separated fields, parse
-numbers with an optional unit suffix, the timestamp to epoch nanoseconds and the hex
-clock-event mask, map the identity field to a GPU id (an open-addressing table of the
-identities' bytes, kept across blocks; ids in order of first appearance), and flag bad
+One pass over whole lines: find the ``,`` and newline separators eight bytes at a time,
+parse numbers with an optional unit suffix, the timestamp to epoch nanoseconds and the
+hex clock-event mask, map the identity field to a GPU id (an open-addressing table of
+the identities' bytes, one per block; ids in order of first appearance), and flag bad
 lines with their line numbers. It is pure and boring on purpose:
 ``tests/replay/test_nvidia_smi.py`` checks it against a plain-Python parser of the same
-grammar (the module docstring of :mod:`agent.replay.readers.nvidia_smi`).
+grammar (the module docstring of :mod:`agent.replay.readers.nvidia_smi`), and
+``tests/replay/test_smi_kernel.py`` its pieces.
 
-Numbers take the fast path when they are exact in float64 (at most 2**53 as an integer
-mantissa and a power-of-ten scale of at most 22, so one IEEE division or product gives
-the correctly rounded value ``float()`` gives); anything else is flagged SLOW and
+The usual shapes take quick paths that read eight bytes at a time
+(:mod:`agent.replay.readers.words`): a number of at most 7 + 7 digits with one space
+before its unit, a 16-digit mask, a timestamp whose minute is the previous one's.
+Anything else takes the general path, which gives the same value where both apply.
+Numbers take the general fast path when they are exact in float64 (at most 2**53 as an
+integer mantissa and a power-of-ten scale of at most 22, so one IEEE division or product
+gives the correctly rounded value ``float()`` gives); anything else is flagged SLOW and
 re-parsed by Python, so the result never depends on the path.
 """
 
@@ -22,6 +27,16 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from agent.replay.readers.words import (
+    POW10,
+    POW10_INT,
+    first_marked,
+    load8,
+    low_bytes,
+    quick_hex,
+    quick_number,
+    separator_marks,
+)
 from agent.sources.base import IntArray
 
 K_IGNORE = 0
@@ -41,6 +56,7 @@ BAD_UNIT = 4
 BAD_KEY = 5
 BAD_HEX = 6
 TOO_MANY_GPUS = 7
+BAD_LONG = 8  # a line longer than the most a block holds
 SLOW = 99  # a number outside the exact fast path: Python parses that field
 
 # state array slots, shared with the caller (cursors survive re-entry)
@@ -54,7 +70,6 @@ TABLE_BITS = 14
 TABLE_SIZE = 1 << TABLE_BITS
 MAX_GPUS = TABLE_SIZE // 2
 KEY_MAX = 96
-_POW10 = np.array([10.0**k for k in range(23)])
 _HEX_DIGIT = np.full(256, 255, dtype=np.uint8)
 _HEX_DIGIT[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
 _HEX_DIGIT[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
@@ -64,16 +79,19 @@ _NL = 10
 _CR = 13
 _SP = 32
 _TAB = 9
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing
+_U1 = np.uint64(1)
 
 
-def new_table() -> tuple[IntArray, npt.NDArray[np.uint8], IntArray]:
-    """An empty GPU table: (slots holding GPU ids, -1 free; identity bytes per GPU id;
-    their lengths)."""
+def new_table() -> tuple[IntArray, npt.NDArray[np.uint64], IntArray]:
+    """An empty GPU table: (slots holding GPU ids, -1 free; identity bytes per GPU id,
+    as little-endian words padded with zeros; their lengths)."""
     return (np.full(TABLE_SIZE, -1, dtype=np.int64),
-            np.zeros((MAX_GPUS, KEY_MAX), dtype=np.uint8), np.zeros(MAX_GPUS, dtype=np.int64))
+            np.zeros((MAX_GPUS, KEY_MAX // 8), dtype=np.uint64),
+            np.zeros(MAX_GPUS, dtype=np.int64))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _trim(buf: Any, s: int, e: int) -> tuple[int, int]:
     while s < e and (buf[s] == _SP or buf[s] == _TAB):
         s += 1
@@ -82,7 +100,7 @@ def _trim(buf: Any, s: int, e: int) -> tuple[int, int]:
     return s, e
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _is_unknown(buf: Any, s: int, e: int) -> bool:
     # "[N/A]", "[Not Supported]", "[Unknown Error]", "[GPU is lost]" ... and bare "N/A".
     if e - s >= 2 and buf[s] == 91 and buf[e - 1] == 93:
@@ -160,15 +178,15 @@ def _number(buf: Any, s: int, e: int, units: Any, u0: int, ulen: int) -> tuple[i
     if slow or mant > _EXACT or scale > 22 or scale < -22:
         return SLOW, 0.0
     if scale >= 0:
-        value = mant / _POW10[scale]
+        value = mant / POW10[scale]
     else:
-        if mant * _POW10[-scale] > _EXACT:
+        if mant * POW10[-scale] > _EXACT:
             return SLOW, 0.0
-        value = mant * _POW10[-scale]
+        value = mant * POW10[-scale]
     return 0, -value if negative else value
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _digits(buf: Any, s: int, n: int) -> int:
     v = 0
     for k in range(n):
@@ -191,25 +209,22 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _timestamp(buf: Any, s: int, e: int) -> int:
-    """``YYYY/MM/DD HH:MM:SS[.f]`` (or with ``-``) to ns since the epoch; -1 if bad."""
-    n = e - s
-    if n < 19:
-        return -1
+def _minute_ns(buf: Any, s: int) -> int:
+    """``YYYY/MM/DD HH:MM`` (or with ``-``) at ``s`` (16 bytes, which the caller has) to
+    ns since the epoch; -1 if bad."""
     sep = buf[s + 4]
     if (sep != 47 and sep != 45) or buf[s + 7] != sep or buf[s + 10] != _SP:
         return -1
-    if buf[s + 13] != 58 or buf[s + 16] != 58:
+    if buf[s + 13] != 58:
         return -1
     year = _digits(buf, s, 4)
     month = _digits(buf, s + 5, 2)
     day = _digits(buf, s + 8, 2)
     hour = _digits(buf, s + 11, 2)
     minute = _digits(buf, s + 14, 2)
-    second = _digits(buf, s + 17, 2)
     if year < 1970 or year > 2200 or month < 1 or month > 12 or day < 1:
         return -1
-    if hour < 0 or hour > 23 or minute < 0 or minute > 59 or second < 0 or second > 59:
+    if hour < 0 or hour > 23 or minute < 0 or minute > 59:
         return -1
     leap = (year % 4 == 0 and year % 100 != 0) or year % 400 == 0
     mdays = 31
@@ -219,6 +234,20 @@ def _timestamp(buf: Any, s: int, e: int) -> int:
         mdays = 30
     if day > mdays:
         return -1
+    days = _days_from_civil(year, month, day)
+    return (days * 86400 + hour * 3600 + minute * 60) * 1_000_000_000
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _second_ns(buf: Any, s: int, e: int) -> int:
+    """``:SS[.f]`` at ``s + 16`` of a timestamp field ``buf[s:e]`` (at least 19 bytes) to
+    ns into the minute; -1 if bad."""
+    if buf[s + 16] != 58:
+        return -1
+    second = _digits(buf, s + 17, 2)
+    if second < 0 or second > 59:
+        return -1
+    n = e - s
     frac_ns = 0
     if n > 19:
         if buf[s + 19] != 46 or n == 20 or n > 29:
@@ -226,9 +255,20 @@ def _timestamp(buf: Any, s: int, e: int) -> int:
         f = _digits(buf, s + 20, n - 20)
         if f < 0:
             return -1
-        frac_ns = f * 10 ** (29 - n)
-    days = _days_from_civil(year, month, day)
-    return ((days * 86400 + hour * 3600 + minute * 60 + second) * 1_000_000_000) + frac_ns
+        frac_ns = f * POW10_INT[29 - n]
+    return second * 1_000_000_000 + frac_ns
+
+
+@njit(cache=True, nogil=True)
+def _timestamp(buf: Any, s: int, e: int) -> int:
+    """``YYYY/MM/DD HH:MM:SS[.f]`` (or with ``-``) to ns since the epoch; -1 if bad."""
+    if e - s < 19:
+        return -1
+    minute = _minute_ns(buf, s)
+    if minute < 0:
+        return -1
+    rest = _second_ns(buf, s, e)
+    return -1 if rest < 0 else minute + rest
 
 
 @njit(cache=True, nogil=True)
@@ -274,55 +314,64 @@ def _valid_key(buf: Any, s: int, e: int, mode: int) -> bool:
     return True
 
 
-@njit(cache=True, nogil=True)
-def _lookup(buf: Any, s: int, e: int, table: IntArray, key_text: Any,
+@njit(cache=True, nogil=True, inline="always")
+def _lookup(words: Any, s: int, e: int, table: IntArray, key_words: Any,
             key_len: IntArray) -> tuple[int, int]:
     """(GPU id, slot) of an identity field; id -1 if unknown, with the free slot it
-    would take. Known identities are recognised by comparing bytes, so only a new one
-    needs validating."""
+    would take. Known identities are recognised by comparing bytes (eight at a time),
+    so only a new one needs validating."""
     n = e - s
-    word = np.uint64(n)
-    for p in range(max(s, e - 8), e):
-        word = (word << np.uint64(8)) | np.uint64(buf[p])
-    slot = int(np.int64((word * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - TABLE_BITS)))
+    tail = load8(words, e - 8) if n >= 8 else load8(words, s) & low_bytes(n)
+    h = (tail ^ np.uint64(n)) * _GOLDEN
+    slot = int(np.int64(h >> np.uint64(64 - TABLE_BITS)))
+    whole = n >> 3
+    rest = low_bytes(n & 7)
     while True:
         gid = int(table[slot])
         if gid < 0:
             return -1, slot
         if key_len[gid] == n:
             same = True
-            for q in range(n):
-                if key_text[gid, q] != buf[s + q]:
+            for q in range(whole):
+                if load8(words, s + 8 * q) != key_words[gid, q]:
                     same = False
                     break
+            if same and rest and (load8(words, s + 8 * whole) & rest) != key_words[gid, whole]:
+                same = False
             if same:
                 return gid, slot
         slot = (slot + 1) & (TABLE_SIZE - 1)
 
 
 @njit(cache=True, nogil=True)
-def _insert(buf: Any, s: int, e: int, slot: int, table: IntArray, key_text: Any,
+def _insert(words: Any, s: int, e: int, slot: int, table: IntArray, key_words: Any,
             key_len: IntArray, state: IntArray) -> int:
     gid = int(state[S_GPUS])
     table[slot] = gid
-    key_len[gid] = e - s
-    for q in range(e - s):
-        key_text[gid, q] = buf[s + q]
+    n = e - s
+    key_len[gid] = n
+    for q in range((n + 7) >> 3):
+        key_words[gid, q] = load8(words, s + 8 * q) & low_bytes(n - 8 * q)
     state[S_GPUS] += 1
     return gid
 
 
 @njit(cache=True, nogil=True)
 def scan(
-    buf: Any, pos: int, end: int, line_no: int, kinds: IntArray, slots: IntArray,
-    units: Any, unit_start: IntArray, unit_len: IntArray, key_mode: int, utc_offset_ns: int,
-    table: IntArray, key_text: Any, key_len: IntArray, state: IntArray,
+    buf: Any, words: Any, pos: int, end: int, line_no: int, max_line: int, kinds: IntArray,
+    slots: IntArray, units: Any, unit_start: IntArray, unit_len: IntArray, unit_words: Any,
+    key_mode: int, utc_offset_ns: int,
+    table: IntArray, key_words: Any, key_len: IntArray, state: IntArray,
     out_ts: IntArray, out_gpu: IntArray, out_vals: Any, out_thr: IntArray, out_line: IntArray,
     bad_line: IntArray, bad_code: IntArray, bad_aux: IntArray, bad_off: IntArray,
     new_gpu: IntArray, new_off: IntArray,
     slow_row: IntArray, slow_col: IntArray, slow_off: IntArray, slow_line: IntArray,
 ) -> tuple[int, int, int]:
-    """Scan whole lines of ``buf[pos:end]`` (the byte before ``end`` is a newline).
+    """Scan whole lines of ``buf[pos:end]`` (the byte before ``end`` is a newline);
+    ``words`` is the same buffer as uint64 words, with room past ``end``, in which the
+    field separators are found eight bytes at a time; ``unit_words``: per column its
+    unit after one space as a little-endian word (for :func:`quick_number`). A line of
+    more than ``max_line`` bytes (its newline included) is bad (BAD_LONG), unparsed.
 
     Good rows go to ``out_*`` (``out_line``: their line numbers) at cursor
     ``state[S_ROWS]``; bad lines to ``bad_*`` at
@@ -339,14 +388,27 @@ def scan(
         bad line / 2 out of room).
     """
     ncols = kinds.shape[0]
+    rows = state[S_ROWS]
+    n_bad = state[S_BAD]
+    n_new = state[S_NEW]
+    n_slow = state[S_SLOW]
+    # The separators' cursor: a word and the marks of its commas and newlines not yet
+    # passed.
+    at_word = pos >> 3
+    marks = separator_marks(words[at_word]) & (~np.uint64(0) << np.uint64(8 * (pos & 7)))
+    # The minute (``YYYY/MM/DD HH:MM``) of the last good timestamp, whose 16 bytes
+    # recur on every line of a minute: matched, only the seconds are parsed.
+    minute_a = np.uint64(0)
+    minute_b = np.uint64(0)
+    minute_value = -1
+    stop = 0
     while pos < end:
-        if (state[S_ROWS] >= out_ts.shape[0] or state[S_BAD] >= bad_line.shape[0]
-                or state[S_NEW] >= new_gpu.shape[0]
-                or state[S_SLOW] + ncols >= slow_row.shape[0]):
-            return pos, line_no, 2
+        if (rows >= out_ts.shape[0] or n_bad >= bad_line.shape[0]
+                or n_new >= new_gpu.shape[0] or n_slow + ncols >= slow_row.shape[0]):
+            stop = 2
+            break
         line_start = pos
         p = pos
-        row = state[S_ROWS]
         ts = -1
         gpu = 0 if key_mode == 0 else -1
         new_slot = -1
@@ -356,11 +418,14 @@ def scan(
         code = 0
         aux = 0
         c = 0
-        slow_mark = state[S_SLOW]
+        slow_mark = n_slow
         while True:
             fs = p
-            while buf[p] != 44 and buf[p] != _NL:
-                p += 1
+            while marks == 0:
+                at_word += 1
+                marks = separator_marks(words[at_word])
+            p = at_word * 8 + first_marked(marks)
+            marks &= marks - _U1
             if c < ncols and code == 0 and kinds[c] != K_IGNORE:
                 fe = p
                 if buf[p] == _NL and fe > fs and buf[fe - 1] == _CR:
@@ -368,27 +433,46 @@ def scan(
                 s, e = _trim(buf, fs, fe)
                 kind = kinds[c]
                 if kind == K_FLOAT:
-                    status, value = _number(buf, s, e, units, unit_start[c], unit_len[c])
+                    quick, value = quick_number(
+                        buf, words, s, e, unit_words[c],
+                        unit_len[c] + 1 if unit_len[c] else 0)
+                    status = 0
+                    if not quick:
+                        status, value = _number(buf, s, e, units, unit_start[c], unit_len[c])
                     if status == SLOW:
-                        k = state[S_SLOW]
-                        slow_row[k] = row
-                        slow_col[k] = c
-                        slow_off[k] = line_start
-                        slow_line[k] = line_no
-                        state[S_SLOW] += 1
-                        out_vals[slots[c], row] = np.nan
+                        slow_row[n_slow] = rows
+                        slow_col[n_slow] = c
+                        slow_off[n_slow] = line_start
+                        slow_line[n_slow] = line_no
+                        n_slow += 1
+                        out_vals[slots[c], rows] = np.nan
                     elif status > 1:
                         code = status
                         aux = c
                     else:
-                        out_vals[slots[c], row] = value
+                        out_vals[slots[c], rows] = value
                 elif kind == K_TIME:
-                    ts = _timestamp(buf, s, e)
+                    ts = -1
+                    if e - s >= 19:
+                        head_a = load8(words, s)
+                        head_b = load8(words, s + 8)
+                        same = minute_value >= 0 and head_a == minute_a and head_b == minute_b
+                        if not same:
+                            minute = _minute_ns(buf, s)
+                            if minute >= 0:
+                                minute_value = minute
+                                minute_a = head_a
+                                minute_b = head_b
+                                same = True
+                        if same:
+                            rest = _second_ns(buf, s, e)
+                            if rest >= 0:
+                                ts = minute_value + rest
                     if ts < 0:
                         code = BAD_TIME
                         aux = c
                 elif kind == K_KEY:
-                    gpu, slot = _lookup(buf, s, e, table, key_text, key_len)
+                    gpu, slot = _lookup(words, s, e, table, key_words, key_len)
                     if gpu < 0:
                         if not _valid_key(buf, s, e, key_mode):
                             code = BAD_KEY
@@ -398,7 +482,9 @@ def scan(
                         else:
                             new_s, new_e, new_slot = s, e, slot
                 elif kind == K_HEX:
-                    thr = _hex(buf, s, e)
+                    thr = quick_hex(buf, words, s, e)
+                    if thr == -3:
+                        thr = _hex(buf, s, e)
                     if thr == -2:
                         code = BAD_HEX
                         aux = c
@@ -407,7 +493,12 @@ def scan(
                 break
             p += 1
         pos = p + 1
-        if c == 1:
+        long_line = pos - line_start > max_line
+        if long_line:
+            code = BAD_LONG
+            aux = 0
+            new_slot = -1
+        elif c == 1:
             s, e = _trim(buf, line_start, p)
             if e == s or (e == s + 1 and buf[s] == _CR):
                 line_no += 1
@@ -418,35 +509,40 @@ def scan(
         # A GPU is known from its first good line (no identity column: one GPU).
         is_new = False
         if code == 0 and new_slot >= 0:
-            if state[S_SLOW] > slow_mark:
+            if n_slow > slow_mark:
                 # A new GPU whose line may still turn out bad: the caller registers it
                 # (or not) once its numbers are parsed; its row's GPU is -1 until then.
                 gpu = -1
             else:
-                gpu = _insert(buf, new_s, new_e, new_slot, table, key_text, key_len, state)
+                gpu = _insert(words, new_s, new_e, new_slot, table, key_words, key_len, state)
                 is_new = True
         elif code == 0 and key_mode == 0 and state[S_GPUS] == 0:
             state[S_GPUS] = 1
             is_new = True
         if is_new:
-            new_gpu[state[S_NEW]] = gpu
-            new_off[state[S_NEW]] = line_start
-            state[S_NEW] += 1
+            new_gpu[n_new] = gpu
+            new_off[n_new] = line_start
+            n_new += 1
         if code != 0:
-            state[S_SLOW] = slow_mark  # a bad row has no field left to parse
-            if 97 <= buf[line_start] <= 122:
-                return line_start, line_no, 1
-            k = state[S_BAD]
-            bad_line[k] = line_no
-            bad_code[k] = code
-            bad_aux[k] = aux
-            bad_off[k] = line_start
-            state[S_BAD] += 1
+            n_slow = slow_mark  # a bad row has no field left to parse
+            if 97 <= buf[line_start] <= 122 and not long_line:
+                pos = line_start
+                stop = 1
+                break
+            bad_line[n_bad] = line_no
+            bad_code[n_bad] = code
+            bad_aux[n_bad] = aux
+            bad_off[n_bad] = line_start
+            n_bad += 1
         else:
-            out_ts[row] = ts - utc_offset_ns if ts >= 0 else -1
-            out_gpu[row] = gpu
-            out_thr[row] = thr
-            out_line[row] = line_no
-            state[S_ROWS] += 1
+            out_ts[rows] = ts - utc_offset_ns if ts >= 0 else -1
+            out_gpu[rows] = gpu
+            out_thr[rows] = thr
+            out_line[rows] = line_no
+            rows += 1
         line_no += 1
-    return pos, line_no, 0
+    state[S_ROWS] = rows
+    state[S_BAD] = n_bad
+    state[S_NEW] = n_new
+    state[S_SLOW] = n_slow
+    return pos, line_no, stop
