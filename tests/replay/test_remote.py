@@ -47,6 +47,9 @@ from tests.replay import promdata as pd
 
 pytestmark = [
     pytest.mark.e2e,
+    # The first test builds the month's TSDB blocks (promtool, a few minutes on two cores
+    # beside other test workers) when no earlier run cached them: a fresh clone.
+    pytest.mark.timeout(1500),
     pytest.mark.skipif(pd.PROMETHEUS is None or pd.PROMTOOL is None,
                        reason="needs Debian's prometheus (`make system-deps`)"),
 ]
