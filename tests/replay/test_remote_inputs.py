@@ -200,3 +200,18 @@ def test_compact_answers_longer_than_the_read_buffer(tmp_path: Path) -> None:
     values = np.concatenate([c.fields["gpu_util_pct"] for c in chunks if c.rows])
     assert values.shape[0] == 40_000
     assert chunks[-1].bytes_done == path.stat().st_size
+
+
+def test_values_that_fail_at_the_end_are_judged_in_linear_time() -> None:
+    """A value pattern that can match one number several ways backtracks exponentially
+    when the last of many values is bad (found by the replay fuzz test: a hang)."""
+    from agent.replay.readers.prom_range import _all_points
+    from agent.replay.readers.promseries import FLOAT
+
+    points = [[1_700_000_000 + i, "1111111111"] for i in range(200)]
+    points.append([1_700_000_200, "1111111111x"])
+    assert _all_points(points, "DCGM_FI_DEV_GPU_UTIL") is None
+    for text in ("1", "1.", ".5", "1.5e3", "-Inf", "NaN", "+1e-5"):
+        assert FLOAT.fullmatch(text), text
+    for text in ("1e", "..", "1.2.3", "abc", ""):
+        assert not FLOAT.fullmatch(text), text

@@ -62,7 +62,9 @@ from agent.sources.base import ActivityKind, FloatArray, IntArray
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 # Every value of a series at once: one match over the values joined by newlines.
-_FLOATS = re.compile(rf"(?:{FLOAT.pattern})(?:\n(?:{FLOAT.pattern}))*")
+# Atomic groups: a value once matched is never matched again another way, so a bad
+# value at the end fails in linear time.
+_FLOATS = re.compile(rf"(?>{FLOAT.pattern})(?:\n(?>{FLOAT.pattern}))*")
 _NO_LINE = np.iinfo(np.int64).max
 # A compact answer is one line, read whole; one longer than this is dropped (a bad row).
 MAX_RESPONSE_BYTES = 1 << 30

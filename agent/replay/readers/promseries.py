@@ -72,7 +72,9 @@ _INT32_BLANK = float(0x7FFFFFF0)
 _INT64_BLANK = float(0x7FFFFFFFFFFFFFF0)
 _ESTIMATOR_KIND = {"gpm_tensor": ActivityKind.GPM, "dcgm_tensor": ActivityKind.DCGM}
 # A Prometheus text float (exposition format); Python's float() also takes "1_0".
-FLOAT = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[Ii]nf|NaN|nan)")
+# Each number matches one way only (digits, then an optional fraction): a pattern that
+# can split "111" as "11" + "1" backtracks exponentially over many failing values.
+FLOAT = re.compile(r"[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[Ii]nf|NaN|nan)")
 
 
 def vendor_value(metric: str, raw: float) -> float | None:
