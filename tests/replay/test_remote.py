@@ -64,7 +64,7 @@ Totals = dict[str, tuple[int, ...]]
 def month_blocks(request: pytest.FixtureRequest,
                  tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The month's TSDB blocks, built once and kept in pytest's cache."""
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider
     root = cache.mkdir("flopledger-promdata") if cache is not None else \
         tmp_path_factory.mktemp("promdata")
     return pd.cached_blocks(MONTH, root)
