@@ -423,16 +423,8 @@ def _bundle_evidence(path: Path, model: str, fingerprint: str | None) -> Evidenc
     if is_cluster_bundle(doc):
         return _cluster_bundle_evidence(path, doc, model, fingerprint)
     report = verify_bundle(path, fingerprint)
-    if report.problems:
-        more = f" (and {len(report.problems) - 1} more: `flopledger verify {path}`)" \
-            if len(report.problems) > 1 else ""
-        raise EvidenceError(f"the bundle {path} fails verification: {report.problems[0]}"
-                            f"{more}")
-    if report.selection.get("model") != model:
-        what = ", ".join(f"{k} {v}" for k, v in report.selection.items())
-        raise UsageError(f"the bundle {path} is of {printable(what)}, not of model "
-                         f"{printable(model)}: export it with `flopledger export --model "
-                         f"{printable(model)}`")
+    _verified(f"the bundle {path}", path, report.problems)
+    _of_model(path, report.selection, model, "")
     # Verified above: every body is a canonical record in the signed ledger.
     doc = json.loads(path.read_text())
     records = [LedgerRecord.decode(str(e["body"]).encode()) for e in doc["records"]]
@@ -444,6 +436,23 @@ def _bundle_evidence(path: Path, model: str, fingerprint: str | None) -> Evidenc
             f"records and {len(report.statements)} statements of model {printable(model)}, "
             f"key {report.key_fingerprint}")
     return Evidence(evidence, line, records, [], {}, list(report.statements))
+
+
+def _verified(what: str, path: Path, problems: list[str]) -> None:
+    """Raises: EvidenceError naming the first problem, if any."""
+    if problems:
+        more = (f" (and {len(problems) - 1} more: `flopledger verify {path}`)"
+                if len(problems) > 1 else "")
+        raise EvidenceError(f"{what} fails verification: {printable(problems[0], 800)}{more}")
+
+
+def _of_model(path: Path, selection: Mapping[str, Any], model: str, source: str) -> None:
+    """Raises: UsageError if the bundle is not of ``model``."""
+    if selection.get("model") != model:
+        what = ", ".join(f"{k} {v}" for k, v in selection.items())
+        raise UsageError(f"the bundle {path} is of {printable(what)}, not of model "
+                         f"{printable(model)}: export it with `flopledger export --model "
+                         f"{printable(model)}{source}`")
 
 
 def _cluster_bundle_evidence(path: Path, doc: Any, model: str, fingerprint: str | None
@@ -467,18 +476,10 @@ def _cluster_bundle_evidence(path: Path, doc: Any, model: str, fingerprint: str 
                          "node's own, each checked against it (`flopledger verify "
                          f"{printable(str(path), 400)}` names them)")
     report = verify_cluster_bundle(path, doc)
-    problems = [*report.problems, *(p for n in report.nodes for p in n.report.problems),
-                *(f"flagged by the witness: {f}" for f in report.flagged)]
-    if problems:
-        more = (f" (and {len(problems) - 1} more: `flopledger verify {path}`)"
-                if len(problems) > 1 else "")
-        raise EvidenceError(f"the cluster bundle {path} fails verification: "
-                            f"{printable(problems[0], 800)}{more}")
-    if report.selection.get("model") != model:
-        what = ", ".join(f"{k} {v}" for k, v in report.selection.items())
-        raise UsageError(f"the bundle {path} is of {printable(what)}, not of model "
-                         f"{printable(model)}: export it with `flopledger export --model "
-                         f"{printable(model)} --ledger postgresql://...`")
+    _verified(f"the cluster bundle {path}", path,
+              [*report.problems, *(p for n in report.nodes for p in n.report.problems),
+               *(f"flagged by the witness: {f}" for f in report.flagged)])
+    _of_model(path, report.selection, model, " --ledger postgresql://...")
     # Verified above; the verification let go of the nodes' records, read them again.
     fresh = json.loads(path.read_text())
     records = [LedgerRecord.decode(str(e["body"]).encode())

@@ -62,6 +62,16 @@ def _utc_offset(text: str) -> float:
     return float(seconds if m.group(1) == "+" else -seconds)
 
 
+def _failure(e: Exception, ledger: str) -> str:
+    """One line for what stopped a replay: its own errors as they say, a ledger SQLite
+    cannot use, a file that cannot be written."""
+    if isinstance(e, sqlite3.DatabaseError):
+        return f"{ledger}: not a usable ledger ({e})"
+    if isinstance(e, OSError):
+        return f"{e.filename or ledger}: cannot write: {e.strerror or e}"
+    return str(e)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """Run a replay; 0 if it was written, 1 (and nothing written) if a file could not
     be replayed at all, nothing in them was valid, or more than ``--max-bad-share`` of
@@ -90,15 +100,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         engine = ReplayEngine(Path(args.ledger), options, progress)
         summary = engine.run(files)
-    except ReplayError as e:
-        print(f"flopledger replay: {e}", file=sys.stderr)
-        return 1
-    except sqlite3.DatabaseError as e:
-        print(f"flopledger replay: {args.ledger}: not a usable ledger ({e})", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"flopledger replay: {e.filename or args.ledger}: cannot write: "
-              f"{e.strerror or e}", file=sys.stderr)
+    except (ReplayError, sqlite3.DatabaseError, OSError) as e:
+        print(f"flopledger replay: {_failure(e, args.ledger)}", file=sys.stderr)
         return 1
     print(summary.format())
     if summary.failure is not None:
@@ -230,15 +233,8 @@ def _replay_server(args: argparse.Namespace, options: ReplayOptions) -> int:
         replay = ServerReplay(remote, Path(args.ledger), options,
                               progress=None if args.quiet else sys.stderr, note=note)
         result = replay.run()
-    except (RemoteError, ReplayError, LedgerError) as e:
-        print(f"flopledger replay: {e}", file=sys.stderr)
-        return 1
-    except sqlite3.DatabaseError as e:
-        print(f"flopledger replay: {args.ledger}: not a usable ledger ({e})", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"flopledger replay: {e.filename or args.ledger}: cannot write: "
-              f"{e.strerror or e}", file=sys.stderr)
+    except (RemoteError, ReplayError, LedgerError, sqlite3.DatabaseError, OSError) as e:
+        print(f"flopledger replay: {_failure(e, args.ledger)}", file=sys.stderr)
         return 1
     what = (f"{replay.client.url} {{{remote.selector}}} "
             f"{figures.when(min(result.first_ms, result.last_ms) * 1_000_000)} .. "
