@@ -413,14 +413,8 @@ class ClusterView:
                     ) -> list[NodeRunTotal]:
         """The rows of ``fl_run_totals`` (optionally of one run or one model), each as
         the run's summary on one node key; ordered by run, then node name and key."""
-        conditions = [sql.SQL("TRUE")]
-        params: list[object] = []
-        if run is not None:
-            conditions.append(sql.SQL("run = %s"))
-            params.append(run)
-        if model is not None:
-            conditions.append(sql.SQL("model = %s"))
-            params.append(model)
+        selected, params = _selection(run, model)
+        conditions: list[sql.Composable] = [sql.SQL("TRUE"), *selected]
         query = sql.SQL(
             "SELECT run, node_key, model, category, flop_low, flop_central, flop_high,"
             " energy_mj, samples, covered_ns, gap_ns, records, first_ns, last_ns"
