@@ -88,3 +88,12 @@ CASES += [
              rest='"selection": {"model": "base"}, "node_keys": [], "nodes": [], '
                   '"totals": {}')}),
 ]
+
+# ``cluster --create-schema`` on a store that cannot be reached: one line, exit 1.
+CASES += [
+    Case("create-schema-unreachable", ("cluster", "--config", "{dir}/cluster.toml",
+                                       "--create-schema"), 1,
+         "flopledger cluster: PostgreSQL at 127.0.0.1:1/ledger: cannot connect: Connection "
+         "refused",
+         files={"cluster.toml": f'[cluster]\nurl = "{UNREACHABLE}"\n'}),
+]
