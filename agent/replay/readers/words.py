@@ -7,7 +7,9 @@ zero byte of ``word ^ (b x 0x01..)``, found exactly (no false positives from bor
 the high bit of ``~(((x & 0x7f..) + 0x7f..) | x | 0x7f..)``; a byte is a decimal digit
 when ``byte ^ 0x30`` is at most 9, which ``(((x & 0x7f..) + 0x76..) | x) & 0x80..``
 tests per byte without carries; the lowest marked byte's position is the number of
-bytes below it, summed by a multiplication. ``tests/replay/test_smi_kernel.py`` checks
+bytes below it, summed by a multiplication. Hot loads index with ``np.uint64``: numba
+then emits no check for negative (from-the-end) indices, which a signed index gets on
+every access (offsets here are never negative). ``tests/replay/test_smi_kernel.py`` checks
 each against plain Python.
 """
 
@@ -59,9 +61,9 @@ _POINT = np.uint64(46)
 @njit(cache=True, nogil=True, inline="always")
 def load8(words: Any, p: int) -> Any:
     """The 8 bytes at byte offset ``p`` as a little-endian uint64."""
-    i = p >> 3
+    i = np.uint64(p >> 3)
     shift = np.uint64((p & 7) << 3)
-    return (words[i] >> shift) | ((words[i + 1] << (np.uint64(63) - shift)) << _U1)
+    return (words[i] >> shift) | ((words[i + _U1] << (np.uint64(63) - shift)) << _U1)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -124,7 +126,7 @@ def quick_number(buf: Any, words: Any, s: int, e: int, unit_word: Any, unit_byte
     q = s + k + 1
     f, digits = leading_digits(load8(words, q), max(min(e - q, 8), 1))
     frac = f if point else 0
-    mant = mant * POW10_INT[frac] + (digits if point else 0)
+    mant = mant * POW10_INT[np.uint64(frac)] + (digits if point else 0)
     p = q + f if point else s + k
     if k == 0 or k == 8 or (point and (f == 0 or f == 8)):
         return False, 0.0
@@ -133,14 +135,15 @@ def quick_number(buf: Any, words: Any, s: int, e: int, unit_word: Any, unit_byte
         return False, 0.0
     # At most 14 digits: exact, and one division by an exact power of ten is the
     # correctly rounded value, as in _number.
-    return True, mant / POW10[frac]
+    return True, mant / POW10[np.uint64(frac)]
 
 
 @njit(cache=True, nogil=True, inline="always")
 def quick_hex(buf: Any, words: Any, s: int, e: int) -> int:
     """A mask of 16 decimal digits (``0x0000000000000004``, the usual form), read eight
     bytes at a time; -3 for anything else, which :func:`_hex` then decides."""
-    if e - s != 18 or buf[s] != 48 or (buf[s + 1] != 120 and buf[s + 1] != 88):
+    if e - s != 18 or buf[np.uint64(s)] != 48 or (
+            buf[np.uint64(s + 1)] != 120 and buf[np.uint64(s + 1)] != 88):
         return -3
     a = load8(words, s + 2) ^ _ZEROS
     b = load8(words, s + 10) ^ _ZEROS
