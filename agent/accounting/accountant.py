@@ -147,6 +147,8 @@ class Accountant:
         self.rejected = 0
         # The last tick: its readings, and per GPU its rate and estimator.
         self.last_batch: SampleBatch | None = None
+        self._pending: list[SampleBatch] = []  # ticks add_batch has not estimated yet
+        self._merged = 0  # ticks buffered in a chunk with the tick before them
         self._up = np.ones(n, dtype=np.bool_)
         self._rate_flops = np.zeros(n)
         self._estimator = np.full(n, int(Estimator.NONE), dtype=np.int64)
@@ -225,6 +227,18 @@ class Accountant:
         source hands over a new batch every tick).
         """
         up = batch.up
+        if (not self._silences.active and up.all() and (attributions is None or all(
+                a is b for a, b in zip(attributions, self._attributions, strict=True)))):
+            # The usual tick: every GPU up, the very attributions of the last one. It
+            # waits for the next integration (or anything that reads the rates) and is
+            # estimated with the ticks before it as one chunk, which gives the totals
+            # tick by tick would, bit for bit (the chunking contract of add_samples):
+            # the per-tick work of an estimate is most of the agent's, at 10 Hz.
+            self._pending.append(batch)
+            self._up = up
+            self._note_tick(batch)
+            return
+        self._flush_pending()
         if attributions is not None:
             if not up.all():
                 # A lost GPU lists no processes, which says nothing about who runs on
@@ -255,10 +269,39 @@ class Accountant:
             self._estimator[gpu] = rates.estimator
         if batch.sim_true_flop_total is not None:
             self._buffer.sim_truth = batch.sim_true_flop_total
+        self._note_tick(batch)
+
+    def _note_tick(self, batch: SampleBatch) -> None:
         for position, field_name in batch.errors:
             self.errors[(position, field_name)] += 1
         self.ticks += 1
         self.last_batch = batch
+
+    def _flush_pending(self) -> None:
+        """Estimate and buffer the ticks :meth:`add_batch` kept back, as one chunk."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._merged += len(pending) - 1  # buffered counts ticks, as before
+        n = self.n_gpus
+        if len(pending) == 1:
+            gpu, groups = self._positions, self._every_gpu
+            fields = {name: getattr(pending[0], name) for name in FLOAT_FIELDS}
+            ts = pending[0].timestamp_ns
+        else:
+            gpu = np.tile(self._positions, len(pending))
+            groups = GpuGroups.of(gpu, n)
+            fields = {name: np.concatenate([getattr(b, name) for b in pending])
+                      for name in FLOAT_FIELDS}
+            ts = np.concatenate([b.timestamp_ns for b in pending])
+        wall = np.repeat(np.array([b.wall_time_ns for b in pending], dtype=np.int64), n)
+        rates = self._ingest(gpu, groups, ts, wall, fields)
+        # The last tick's rows are the chunk's last n, in GPU order.
+        self._rate_flops, self._estimator = rates.flops.central[-n:], rates.estimator[-n:]
+        truth = pending[-1].sim_true_flop_total
+        if truth is not None:
+            self._buffer.sim_truth = truth
 
     def _charge_silences(self, batch: SampleBatch) -> None:
         """Charge the GPUs silent in ``batch`` (see :mod:`silence`) to the runs they last
@@ -414,11 +457,13 @@ class Accountant:
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        """Ticks (or chunks) waiting for the next :meth:`integrate`."""
+        return len(self._buffer) + self._merged + len(self._pending)
 
     def integrate(self) -> None:
         """Fold the buffered samples into the GPUs' record windows, each GPU's integer
         totals charged to its runs by the weights collected since the last fold."""
+        self._flush_pending()
         b = self._buffer
         if not b:
             return
@@ -459,12 +504,14 @@ class Accountant:
         if b.sim_truth is not None:
             self._truth_integrated = b.sim_truth
         b.clear()
+        self._merged = 0
         self.rejected += int(flop.rejected.sum())
         self.integrations += 1
 
     def add_gap(self, position: int, start_ns: int, end_ns: int, runs: Sequence[str]) -> None:
         """Charge time nobody sampled (the agent was down) to the runs the GPU last
         worked for: nothing to low and central, the highest possible rate to high."""
+        self._flush_pending()
         self._windows.add_gap(position, start_ns, end_ns, runs,
                               float(self.coeffs.gap_rate_flops[position]))
 
@@ -474,6 +521,7 @@ class Accountant:
         ledger; on failure they come back with :meth:`requeue`) and the still-open
         records of windows younger than ``record_ns`` (stored durably but unsealed,
         replaced at every checkpoint). Without ``now_wall_ns`` every window closes."""
+        self._flush_pending()
         closed, still_open = self._windows.take(now_wall_ns, record_ns, self._assumptions)
         self._truth_taken = self._truth_integrated
         if self._spec_notes:
@@ -493,6 +541,7 @@ class Accountant:
         """Per GPU, when its record window started (None before its first sample) and
         whether it holds anything: :meth:`take_records` closes such a window once it is
         ``record_ns`` old (a replay takes records only where one would close)."""
+        self._flush_pending()
         return self._windows.starts()
 
     def requeue(self, records: Iterable[LedgerRecord]) -> None:
@@ -514,6 +563,7 @@ class Accountant:
         Runs are exported if they are on a GPU now, committed anything since this agent
         started, or ended after ``runs_since_ns``.
         """
+        self._flush_pending()
         batch = self.last_batch
         gpus = tuple(
             gpu_snapshot(i, d, self.specs[i], self._committed.of_gpu(d.uuid), bool(self._up[i]),

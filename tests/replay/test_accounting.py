@@ -72,10 +72,12 @@ def accountant(devices: Sequence[DeviceInfo] = DEVICES) -> Accountant:
                       "simulated")
 
 
-def live(every: int = 5) -> Accountant:
+def live(every: int = 5, snapshot_each: bool = False) -> Accountant:
     acc = accountant()
     for k, (batch, attributions) in enumerate(TICKS):
         acc.add_batch(batch, attributions)
+        if snapshot_each:
+            acc.snapshot()  # estimates every tick kept back, at once
         if acc.buffered >= every:
             acc.integrate()
         if k % 23 == 0:
@@ -166,6 +168,27 @@ def test_any_chunking_equals_the_tick_path(cuts: list[int]) -> None:
     acc = chunked(cuts)
     assert gpu_totals(acc) == gpu_totals(LIVE)
     assert run_totals(acc, SHARED) == run_totals(LIVE, SHARED)
+
+
+def test_ticks_kept_back_equal_ticks_estimated_one_by_one() -> None:
+    """add_batch keeps the usual tick back and estimates it with the next ones as one
+    chunk at the next integration; a snapshot after every tick makes it estimate each
+    alone. Integrations fall on the same ticks either way, so every total is the same,
+    the shared GPU's split included, and so is every snapshot along the way."""
+    one_by_one = live(snapshot_each=True)
+    assert one_by_one.integrations == LIVE.integrations
+    assert gpu_totals(one_by_one) == gpu_totals(LIVE)
+    assert run_totals(one_by_one) == run_totals(LIVE)
+    kept, alone = accountant(), accountant()
+    for k, (batch, attributions) in enumerate(TICKS[:400]):
+        kept.add_batch(batch, attributions)
+        alone.add_batch(batch, attributions)
+        alone.snapshot()
+        if k % 5 == 4:
+            kept.integrate()
+            alone.integrate()
+        if k % 11 == 0:
+            assert kept.snapshot() == alone.snapshot()
 
 
 def test_integration_cadence_does_not_matter_to_gpu_totals() -> None:
