@@ -29,6 +29,7 @@ from agent.compliance.evaluate import Evaluation
 from agent.compliance.watcher import Enqueue, ThresholdWatcher
 from agent.config import Config
 from agent.devices import open_source, specs_for
+from agent.footprint import release_library_pages
 from agent.intake import SpoolIntake
 from agent.ledger import lock as state_lock
 from agent.ledger.integrity import check_ledger
@@ -272,8 +273,13 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
     watcher.start()
     if shipper is not None:
         shipper.start()
+    released = False
     while thread.is_alive():
         thread.join(0.2)
+        if not released and sampler.ticks > 0:
+            # The kernels are loaded and have run: LLVM's pages served only that.
+            released = True
+            release_library_pages()
     if shipper is not None:
         shipper.stop()  # after the final checkpoint: one last attempt to ship it
     watcher.stop()
