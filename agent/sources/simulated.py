@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 
 from agent.sources.base import (
+    FLOAT_FIELDS,
     ActivityKind,
     DeviceInfo,
     GpuProcess,
@@ -48,6 +49,10 @@ SIM_PID_BASE = 4_000_000
 # Job j's process on GPU g is SIM_PID_BASE + j x stride + g: readable in a test failure
 # (4_001_003 is job 1 on GPU 3) and far above any real pid_max default.
 SIM_JOB_PID_STRIDE = 1000
+# Unknown readings: GPM's ten fields (tensor any/hmma/imma/dmma/dfma, fp16/32/64, SM
+# util and occupancy), and a whole row of FLOAT_FIELDS.
+_UNKNOWN_GPM = (float("nan"),) * 10
+_UNKNOWN_ROW = (float("nan"),) * 14
 
 
 def sim_gpu_uuid(seed: int, index: int) -> str:
@@ -104,7 +109,8 @@ class SimulatedGpu:
         """Run the workload up to ``to_ns`` nanoseconds after the simulation start."""
         cursor = self._cursor_ns
         while cursor < to_ns:
-            step_ns = min(self._segment_left_ns, to_ns - cursor)
+            left_ns, rest_ns = self._segment_left_ns, to_ns - cursor
+            step_ns = left_ns if left_ns < rest_ns else rest_ns
             seg = self._segment
             dt_s = step_ns * 1e-9
             self.true_flop += self._flop_per_s * dt_s
@@ -127,7 +133,8 @@ class SimulatedGpu:
 
     def utilization_pct(self) -> float:
         """Percent of the trailing window in which a kernel ran."""
-        span = min(UTIL_WINDOW_NS, self._cursor_ns)
+        cursor = self._cursor_ns
+        span = cursor if cursor < UTIL_WINDOW_NS else UTIL_WINDOW_NS
         if span <= 0 or not self._recent:
             return 0.0
         # The stretches are contiguous and end by the cursor, and advance() drops those
@@ -135,7 +142,9 @@ class SimulatedGpu:
         # count whole, added in order (as one loop over them would), without a Python
         # loop: this runs for every GPU at every tick.
         first_start, first_end, first_busy = self._recent[0]
-        busy = (first_end - max(first_start, self._cursor_ns - UTIL_WINDOW_NS)) * first_busy
+        window_start = cursor - UTIL_WINDOW_NS
+        busy = (first_end - (first_start if first_start > window_start else window_start)
+                ) * first_busy
         busy = functools.reduce(operator.add, itertools.islice(self._recent_busy_ns, 1, None),
                                 busy)
         return round(100.0 * busy / span)
@@ -156,11 +165,11 @@ class SimulatedGpu:
         if previous is None or span <= 0:
             return None
         noise = self._workload.activity_noise_pct
-        out = []
-        for integral in integrals:
-            pct = 100.0 * integral / span + noise * (2.0 * self._noise.random() - 1.0)
-            out.append(min(100.0, max(0.0, pct)))
-        return out[0], out[1], out[2]
+        rand = self._noise.random
+        tensor, fp32, busy = integrals
+        return (min(100.0, max(0.0, 100.0 * tensor / span + noise * (2.0 * rand() - 1.0))),
+                min(100.0, max(0.0, 100.0 * fp32 / span + noise * (2.0 * rand() - 1.0))),
+                min(100.0, max(0.0, 100.0 * busy / span + noise * (2.0 * rand() - 1.0))))
 
     def forget_interval(self) -> None:
         """Drop the interval since the last read: the GPU was not read (it was lost), and
@@ -337,54 +346,66 @@ class SimulatedSource:
         self._maybe_stall(now_ns - self._origin_ns)
         now_ns = self._clock.monotonic_ns()
         elapsed_ns = now_ns - self._origin_ns
-        batch = SampleBatch.empty(len(self._gpus), now_ns, self._clock.wall_ns())
-        truth = np.empty(len(self._gpus), dtype=np.float64)
+        n = len(self._gpus)
+        wall_ns = self._clock.wall_ns()
         gpm = self._spec.gpm
+        int8 = self.workload.precision == "int8"
+        lost_gpu = self.workload.lost_gpu
+        throttled_below = self._spec.max_sm_clock_mhz - 100
+        # Rows of Python floats (FLOAT_FIELDS order), made arrays once: this runs at
+        # every tick, and item-by-item NumPy stores were a good part of it.
+        rows: list[tuple[float, ...]] = []
+        truth: list[float] = []
+        up: list[bool] = []
+        throttle: list[int] = []
         processes: list[tuple[GpuProcess, ...]] = []
         elapsed_s = elapsed_ns / 1e9
         for i, gpu in enumerate(self._gpus):
             gpu.advance(elapsed_ns)
-            truth[i] = gpu.true_flop
-            if self.workload.lost_at(i, elapsed_s):
+            truth.append(gpu.true_flop)
+            if i == lost_gpu and self.workload.lost_at(i, elapsed_s):
                 # What NVML gives for a lost GPU: up=False, every field unknown, no
                 # processes.
-                batch.up[i] = False
                 gpu.forget_interval()
+                up.append(False)
+                rows.append(_UNKNOWN_ROW)
+                throttle.append(-1)
                 processes.append(())
                 continue
-            batch.sm_clock_mhz[i] = gpu.sm_clock_mhz
-            batch.gpu_util_pct[i] = gpu.utilization_pct()
-            batch.energy_mj[i] = float(int(gpu.energy_mj))
-            batch.power_mw[i] = gpu.current_power_mw()
-            # SW power cap (0x4) while throttled, as NVML's clock-event reasons say.
-            throttled = gpu.sm_clock_mhz < self._spec.max_sm_clock_mhz - 100
-            batch.throttle_reasons[i] = 0x4 if throttled else 0
+            clock_mhz = gpu.sm_clock_mhz
+            util = float(gpu.utilization_pct())
             interval = gpu.take_interval()
             if gpm and interval is not None:
-                tensor_pct, fp32_pct, busy_pct = interval
-                batch.tensor_any_pct[i] = tensor_pct
-                batch.tensor_hmma_pct[i] = tensor_pct if self.workload.precision != "int8" else 0.0
-                batch.tensor_imma_pct[i] = tensor_pct if self.workload.precision == "int8" else 0.0
-                batch.tensor_dmma_pct[i] = 0.0
-                batch.tensor_dfma_pct[i] = 0.0
-                batch.fp16_pct[i] = 0.0
-                batch.fp32_pct[i] = fp32_pct
-                batch.fp64_pct[i] = 0.0
-                batch.sm_util_pct[i] = busy_pct
-                batch.sm_occupancy_pct[i] = busy_pct * 0.5
-            processes.append(self._processes_of(i, float(batch.gpu_util_pct[i]), elapsed_s))
-        batch.processes = tuple(processes)
-        batch.sim_true_flop_total = truth
-        return batch
+                tensor, fp32, busy = interval
+                rows.append((clock_mhz, util, tensor, 0.0 if int8 else tensor,
+                             tensor if int8 else 0.0, 0.0, 0.0, 0.0, fp32, 0.0, busy,
+                             busy * 0.5, float(int(gpu.energy_mj)), gpu.current_power_mw()))
+            else:
+                rows.append((clock_mhz, util, *_UNKNOWN_GPM, float(int(gpu.energy_mj)),
+                             gpu.current_power_mw()))
+            up.append(True)
+            # SW power cap (0x4) while throttled, as NVML's clock-event reasons say.
+            throttle.append(0x4 if clock_mhz < throttled_below else 0)
+            processes.append(self._processes_of(i, util, elapsed_s))
+        block = np.array(rows, dtype=np.float64).T.copy()
+        return SampleBatch(
+            timestamp_ns=np.full(n, now_ns, dtype=np.int64),
+            wall_time_ns=wall_ns,
+            up=np.array(up, dtype=np.bool_),
+            throttle_reasons=np.array(throttle, dtype=np.int64),
+            processes=tuple(processes),
+            sim_true_flop_total=np.array(truth, dtype=np.float64),
+            **dict(zip(FLOAT_FIELDS, block, strict=True)),
+        )
 
     def _processes_of(self, i: int, util: float, elapsed_s: float) -> tuple[GpuProcess, ...]:
         """GPU ``i``'s processes: one per active job, its share of ``util``."""
         active = [(pid, job) for pid, job in self._gpu_jobs[i] if job.active_at(elapsed_s)]
-        key = (util, tuple(pid for pid, _ in active))
+        key = (util, tuple([pid for pid, _ in active]))
         made_of, processes = self._processes[i]
         if made_of != key:
-            processes = tuple(GpuProcess(pid=pid, sm_util_pct=job.sm_share * util)
-                              for pid, job in active)
+            processes = tuple([GpuProcess(pid=pid, sm_util_pct=job.sm_share * util)
+                               for pid, job in active])
             self._processes[i] = (key, processes)
         return processes
 
