@@ -53,7 +53,7 @@ from agent.accounting.runmeta import (
 )
 from agent.accounting.runs import UNATTRIBUTED, GpuAttribution, GpuShare, RunMeta
 from agent.configfile import Problems, check_keys
-from agent.sources.base import DeviceInfo, ProcessInspector, SampleBatch
+from agent.sources.base import DeviceInfo, GpuProcess, ProcessInspector, SampleBatch
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,7 @@ _NO_PROCESS = GpuAttribution((GpuShare(UNATTRIBUTED, 1.0),), "none")
 # A binding whose process has been on no GPU for this long is dropped: the process has
 # most likely ended, and its PID may come back as another process.
 BINDING_IDLE_NS = 600 * 10**9
+_FOREVER_NS = 2**63 - 1
 
 
 def _own_pid_namespace() -> int | None:
@@ -264,6 +265,11 @@ class Attributor:
         self._declared: dict[str, RunMeta] = {}
         self._own_ns = _own_pid_namespace()
         self._ns_cache: dict[int, tuple[int, int] | None] = {}
+        # The last answer, the processes it was for, and until when it holds (the
+        # first refresh of a pid it read): the same processes, no binding, nothing
+        # declared since, give the same answer without working it out again.
+        self._answer: tuple[tuple[tuple[GpuProcess, ...], ...],
+                            list[GpuAttribution], int] | None = None
 
     def bind(self, pid: int, pid_ns: int | None, run_id: str) -> None:
         """Charge the GPUs of process ``pid`` (of PID namespace ``pid_ns``) to ``run_id``
@@ -283,6 +289,7 @@ class Attributor:
             self._forget_resolved()
 
     def _forget_resolved(self) -> None:
+        self._answer = None
         for entry in self._cache.values():
             entry.runs.clear()
 
@@ -320,6 +327,11 @@ class Attributor:
         of its own.
         """
         now_ns = self._clock_ns()
+        answer = self._answer
+        if (answer is not None and now_ns < answer[2] and not self._bound
+                and len(answer[1]) == len(devices) and answer[0] == batch.processes):
+            return list(answer[1])
+        bound = bool(self._bound)
         seen: set[int] = set()
         out = []
         for pos, device in enumerate(devices):
@@ -358,7 +370,13 @@ class Attributor:
             for key in [k for k, b in self._bound.items()
                         if now_ns - b.seen_ns > BINDING_IDLE_NS]:
                 del self._bound[key]
-        return out
+        if bound or self._bound:
+            self._answer = None
+        else:
+            read_ns = [self._cache[pid].read_ns for pid in seen]
+            self._answer = (batch.processes, out,
+                            min(read_ns) + self._refresh_ns if read_ns else _FOREVER_NS)
+        return list(out)
 
     def _idle_gpu(self, index: int) -> GpuAttribution:
         attribution = self._idle.get(index)

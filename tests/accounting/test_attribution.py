@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from agent.accounting.attribution import (
+    BINDING_IDLE_NS,
     AttributionSettings,
     Attributor,
     StaticRule,
@@ -479,6 +480,39 @@ def test_each_pid_is_read_once_per_refresh_and_forgotten_when_gone(
     attributor.attribute(devices(2), both)  # a new process with the same pid
     assert inspector.calls["environ", 1] == 3
     assert inspector.calls["environ", 2] == 2
+
+
+def test_an_answer_is_reused_only_while_nothing_it_depends_on_changed(
+        settings: AttributionSettings) -> None:
+    """The same processes give the last answer again, until a pid it read is due for a
+    refresh, a run is declared, a process is bound, or the processes change."""
+    now = [0]
+    inspector = DictInspector({1: {"FLOPLEDGER_RUN_ID": "a"}, 2: {"FLOPLEDGER_RUN_ID": "z"}})
+    attributor = Attributor(settings, inspector, lambda: now[0])
+    both = batch([GpuProcess(1)], [GpuProcess(1)])
+
+    def runs(b: SampleBatch = both) -> list[str]:
+        return [only_run(a).run_id for a in attributor.attribute(devices(2), b)]
+
+    assert runs() == ["a", "a"]
+    inspector.env[1] = {"FLOPLEDGER_RUN_ID": "b"}
+    now[0] = 5 * S
+    assert runs() == ["a", "a"]  # pid 1 is not read again before refresh_s (10 s)
+    now[0] = 10 * S
+    assert runs() == ["b", "b"]
+    attributor.declare(RunMeta("b", model="declared-model", via="client"))
+    now[0] = 11 * S
+    assert [only_run(a).model for a in attributor.attribute(devices(2), both)] == [
+        "declared-model"] * 2
+    assert runs(batch([GpuProcess(1)], [GpuProcess(2)])) == ["b", "z"]
+    attributor.bind(1, None, "bound-run")
+    now[0] = 12 * S
+    assert runs() == ["bound-run", "bound-run"]
+    inspector.env[1] = {"FLOPLEDGER_RUN_ID": "c"}
+    now[0] = 12 * S + BINDING_IDLE_NS + 1  # pid 1 gone long enough: its binding lapses
+    attributor.attribute(devices(2), batch([GpuProcess(2)], []))
+    now[0] += 1
+    assert runs() == ["c", "c"]  # back, and read afresh
 
 
 def test_a_tick_of_cached_pids_reads_nothing(specs: SpecTable,
