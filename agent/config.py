@@ -114,7 +114,7 @@ class ClusterSettings:
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
     interval_s: float = 1.0
-    integrate_every: int = 5
+    integrate_every: int = 20
     source: str = "auto"
     listen_host: str = "0.0.0.0"
     listen_port: int = 9947
