@@ -45,7 +45,8 @@ class OverheadResult:
                 "(includes simulating the GPUs)" if self.source == "simulated" else
                 "(includes the NVML calls)")),
             ("RSS", f"{self.rss_mb:.0f} MiB, of which {self.llvm_mb:.0f} MiB are LLVM's "
-                    "library (numba's kernels load through it; shared, clean, file-backed)"),
+                    "library (numba's kernels load through it at start; the agent then "
+                    "gives its pages back)"),
             ("private memory", f"{self.private_mb:.0f} MiB (USS: freed when the agent "
                                "stops)"),
             ("first /metrics", f"{self.first_metrics_s:.2f} s after the process started "

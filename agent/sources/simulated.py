@@ -352,23 +352,23 @@ class SimulatedSource:
         int8 = self.workload.precision == "int8"
         lost_gpu = self.workload.lost_gpu
         throttled_below = self._spec.max_sm_clock_mhz - 100
-        # Rows of Python floats (FLOAT_FIELDS order), made arrays once: this runs at
-        # every tick, and item-by-item NumPy stores were a good part of it.
+        # Rows of Python floats (FLOAT_FIELDS order, then the ground truth), made arrays
+        # in one go: this runs at every tick, and each NumPy call (item stores above
+        # all) costs far more than the Python around it.
         rows: list[tuple[float, ...]] = []
-        truth: list[float] = []
         up: list[bool] = []
         throttle: list[int] = []
         processes: list[tuple[GpuProcess, ...]] = []
         elapsed_s = elapsed_ns / 1e9
         for i, gpu in enumerate(self._gpus):
             gpu.advance(elapsed_ns)
-            truth.append(gpu.true_flop)
+            truth = gpu.true_flop
             if i == lost_gpu and self.workload.lost_at(i, elapsed_s):
                 # What NVML gives for a lost GPU: up=False, every field unknown, no
                 # processes.
                 gpu.forget_interval()
                 up.append(False)
-                rows.append(_UNKNOWN_ROW)
+                rows.append((*_UNKNOWN_ROW, truth))
                 throttle.append(-1)
                 processes.append(())
                 continue
@@ -379,23 +379,26 @@ class SimulatedSource:
                 tensor, fp32, busy = interval
                 rows.append((clock_mhz, util, tensor, 0.0 if int8 else tensor,
                              tensor if int8 else 0.0, 0.0, 0.0, 0.0, fp32, 0.0, busy,
-                             busy * 0.5, float(int(gpu.energy_mj)), gpu.current_power_mw()))
+                             busy * 0.5, float(int(gpu.energy_mj)), gpu.current_power_mw(),
+                             truth))
             else:
                 rows.append((clock_mhz, util, *_UNKNOWN_GPM, float(int(gpu.energy_mj)),
-                             gpu.current_power_mw()))
+                             gpu.current_power_mw(), truth))
             up.append(True)
             # SW power cap (0x4) while throttled, as NVML's clock-event reasons say.
             throttle.append(0x4 if clock_mhz < throttled_below else 0)
             processes.append(self._processes_of(i, util, elapsed_s))
-        block = np.array(rows, dtype=np.float64).T.copy()
+        columns = np.array(list(zip(*rows, strict=True)), dtype=np.float64).reshape(
+            len(FLOAT_FIELDS) + 1, n)
+        ints = np.array((throttle, [now_ns] * n), dtype=np.int64)
         return SampleBatch(
-            timestamp_ns=np.full(n, now_ns, dtype=np.int64),
+            timestamp_ns=ints[1],
             wall_time_ns=wall_ns,
             up=np.array(up, dtype=np.bool_),
-            throttle_reasons=np.array(throttle, dtype=np.int64),
+            throttle_reasons=ints[0],
             processes=tuple(processes),
-            sim_true_flop_total=np.array(truth, dtype=np.float64),
-            **dict(zip(FLOAT_FIELDS, block, strict=True)),
+            sim_true_flop_total=columns[-1],
+            **dict(zip(FLOAT_FIELDS, columns[:-1], strict=True)),
         )
 
     def _processes_of(self, i: int, util: float, elapsed_s: float) -> tuple[GpuProcess, ...]:
