@@ -275,7 +275,8 @@ def run_agent(config: Config, listen: tuple[str, int] | None = None) -> int:
         shipper.start()
     released = False
     while thread.is_alive():
-        thread.join(0.2)
+        # Returns as soon as the sampler ends; a signal interrupts the wait (POSIX).
+        thread.join(1.0)
         if not released and sampler.ticks > 0:
             # The kernels are loaded and have run: LLVM's pages served only that.
             released = True

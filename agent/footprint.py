@@ -8,8 +8,10 @@ pages stay out while the agent ticks, integrates, checkpoints and answers scrape
 The pages are clean and file-backed, so the kernel could drop them any time; left
 alone, it does so only under memory pressure, and until then they count in the agent's
 footprint on every GPU node. ``MADV_PAGEOUT`` (Linux 5.4) asks for them to be reclaimed
-now. Should LLVM be needed again (a kernel compiled for types it has not seen), its
-pages are read back from the file like any other: nothing can break, only wait.
+now. The kernel reclaims only pages no other process maps: where another numba process
+(a trainer) shares them, those stay, shared. Should LLVM be needed again (a kernel
+compiled for types it has not seen), its pages are read back from the file like any
+other: nothing can break, only wait.
 """
 
 from __future__ import annotations

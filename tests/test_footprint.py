@@ -1,6 +1,6 @@
 """Giving back LLVM's pages once the kernels are loaded (agent/footprint.py): the
-mappings are found by name, a process that asks gets the pages reclaimed and its kernels
-keep working, and the running agent holds almost none of the library."""
+mappings are found by name, a process that asks gets the pages it holds alone reclaimed
+and its kernels keep working, and the running agent holds almost none of the library."""
 
 from __future__ import annotations
 
@@ -36,14 +36,17 @@ def test_mappings_are_found_by_file_name(tmp_path: Path) -> None:
 
 
 def llvm_resident_bytes(pid: int | str = "self") -> int:
-    """Resident bytes of the process's mappings of LLVM's library (from smaps)."""
+    """Resident bytes of the process's mappings of LLVM's library that no other process
+    maps (smaps' Private_Clean and Private_Dirty). Pages another process maps too (a
+    test worker, a trainer using numba) are not the agent's to give back: the kernel
+    reclaims only unshared pages."""
     total = 0
     inside = False
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
         fields = line.split()
         if fields and "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:
             inside = len(fields) >= 6 and Path(fields[5]).name.startswith(LLVM_LIBRARY)
-        elif inside and line.startswith("Rss:"):
+        elif inside and line.startswith(("Private_Clean:", "Private_Dirty:")):
             total += int(fields[1]) * 1024
     return total
 
@@ -71,10 +74,11 @@ def test_a_process_gives_llvms_pages_back_and_its_kernels_still_run() -> None:
     r = json.loads(out.stdout)
     if r["advised"] == 0:
         pytest.skip("this kernel has no MADV_PAGEOUT (Linux 5.4)")
-    assert r["before"] > 16 * 2**20  # loading kernels touched much of the library
-    assert r["after"] < r["before"] / 4
+    # Whatever of the library this process held alone is given back (how much that is
+    # depends on which other processes map it at the moment).
+    assert r["after"] < 4 * 2**20
     assert r["same"]
-    assert r["later"] < r["before"] / 4  # running a loaded kernel needs none of it
+    assert r["later"] < 4 * 2**20  # running a loaded kernel needs none of it
 
 
 def test_the_running_agent_holds_little_of_llvm(tmp_path: Path) -> None:
@@ -93,9 +97,9 @@ gpus = 8
         time.sleep(4)  # ticks, integrations and checkpoints after the release
         resident = llvm_resident_bytes(proc.pid)
         assert proc.poll() is None
-    if resident > 16 * 2**20 and not _pageout_supported():
+    if resident > 4 * 2**20 and not _pageout_supported():
         pytest.skip("this kernel has no MADV_PAGEOUT (Linux 5.4)")
-    assert resident < 16 * 2**20
+    assert resident < 4 * 2**20
 
 
 def _pageout_supported() -> bool:
