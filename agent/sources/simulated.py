@@ -166,10 +166,13 @@ class SimulatedGpu:
             return None
         noise = self._workload.activity_noise_pct
         rand = self._noise.random
-        tensor, fp32, busy = integrals
-        return (min(100.0, max(0.0, 100.0 * tensor / span + noise * (2.0 * rand() - 1.0))),
-                min(100.0, max(0.0, 100.0 * fp32 / span + noise * (2.0 * rand() - 1.0))),
-                min(100.0, max(0.0, 100.0 * busy / span + noise * (2.0 * rand() - 1.0))))
+        out = []
+        for integral in integrals:
+            pct = 100.0 * integral / span + noise * (2.0 * rand() - 1.0)
+            # min(100, max(0, pct)) exactly (NaN and -0.0 included), without the calls.
+            pct = pct if pct > 0.0 else 0.0
+            out.append(pct if pct < 100.0 else 100.0)
+        return out[0], out[1], out[2]
 
     def forget_interval(self) -> None:
         """Drop the interval since the last read: the GPU was not read (it was lost), and
