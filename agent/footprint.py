@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -27,19 +28,47 @@ MADV_PAGEOUT = 21  # <linux/mman.h>, since Linux 5.4
 LLVM_LIBRARY = "libllvmlite"
 
 
+# A mapping's line in /proc/PID/maps, and the head of its entry in /proc/PID/smaps:
+# range, permissions, offset, device, inode, then the file (if any).
+_MAPPING = re.compile(r"([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+ *(.*)")
+
+
+def _library_mapping(line: str, library: str) -> tuple[int, int] | None:
+    """(start, end) if ``line`` heads a mapping of a file whose name starts with
+    ``library``, else None."""
+    m = _MAPPING.match(line)
+    if m is None or not Path(m[3].strip()).name.startswith(library):
+        return None
+    return int(m[1], 16), int(m[2], 16)
+
+
 def mappings_of(library: str, maps: Path = Path("/proc/self/maps")) -> list[tuple[int, int]]:
     """(start, end) of every mapping of a file whose name starts with ``library``."""
-    out: list[tuple[int, int]] = []
     try:
         text = maps.read_text()
     except OSError:
-        return out
+        return []
+    return [r for line in text.splitlines() if (r := _library_mapping(line, library))]
+
+
+def resident_bytes(library: str = LLVM_LIBRARY, pid: int | str = "self",
+                   private: bool = False) -> int:
+    """Resident bytes of process ``pid``'s mappings of ``library`` (smaps' ``Rss``); with
+    ``private``, only pages no other process maps (``Private_Clean`` + ``Private_Dirty``),
+    the only ones the kernel can reclaim for this process. 0 if smaps cannot be read."""
+    fields = ("Private_Clean:", "Private_Dirty:") if private else ("Rss:",)
+    total = 0
+    inside = False
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return 0
     for line in text.splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and Path(fields[5].strip()).name.startswith(library):
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            out.append((start, end))
-    return out
+        if _MAPPING.match(line):
+            inside = _library_mapping(line, library) is not None
+        elif inside and line.startswith(fields):
+            total += int(line.split()[1]) * 1024
+    return total
 
 
 def release_library_pages(library: str = LLVM_LIBRARY) -> int:

@@ -9,7 +9,6 @@ the start measured is the everyday one, not the first ever.
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from agent.footprint import resident_bytes
 from benchmarks.commands import compiled_env
 from tests.agentproc import free_port, scrape, total
 
@@ -117,7 +117,7 @@ def bench_overhead(seconds: float = 20.0, interval_s: float = 0.1, gpus: int = 8
             ticks = _ticks(url) - ticks_before
             rss = p.memory_info().rss
             private = p.memory_full_info().uss
-            llvm = _mapped_rss(proc.pid, "libllvmlite")
+            llvm = resident_bytes(pid=proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
@@ -129,23 +129,3 @@ def bench_overhead(seconds: float = 20.0, interval_s: float = 0.1, gpus: int = 8
 
 def _ticks(url: str) -> float:
     return total(scrape(url), "flopledger_sampler_ticks_total")
-
-
-def _mapped_rss(pid: int, name: str) -> int:
-    """Resident bytes of the mappings of files whose path contains ``name``."""
-    total = 0
-    current = ""
-    try:
-        with open(f"/proc/{pid}/smaps") as smaps:
-            for line in smaps:
-                if _MAPPING.match(line):
-                    fields = line.split(maxsplit=5)
-                    current = fields[5].strip() if len(fields) > 5 else ""
-                elif line.startswith("Rss:") and name in current:
-                    total += int(line.split()[1]) * 1024
-    except OSError:
-        return 0
-    return total
-
-
-_MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.footprint import LLVM_LIBRARY, mappings_of
+from agent.footprint import LLVM_LIBRARY, mappings_of, resident_bytes
 from tests.agentproc import agent, wait_for
 
 MAPS = """\
@@ -35,36 +35,19 @@ def test_mappings_are_found_by_file_name(tmp_path: Path) -> None:
     assert mappings_of(LLVM_LIBRARY, tmp_path / "missing") == []
 
 
-def llvm_resident_bytes(pid: int | str = "self") -> int:
-    """Resident bytes of the process's mappings of LLVM's library that no other process
-    maps (smaps' Private_Clean and Private_Dirty). Pages another process maps too (a
-    test worker, a trainer using numba) are not the agent's to give back: the kernel
-    reclaims only unshared pages."""
-    total = 0
-    inside = False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        fields = line.split()
-        if fields and "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:
-            inside = len(fields) >= 6 and Path(fields[5]).name.startswith(LLVM_LIBRARY)
-        elif inside and line.startswith(("Private_Clean:", "Private_Dirty:")):
-            total += int(fields[1]) * 1024
-    return total
-
-
 CHILD = """
 import json, numpy as np
 from agent.accounting.integrate import group_by_gpu, warm_up
-from agent.footprint import release_library_pages
-from tests.test_footprint import llvm_resident_bytes
+from agent.footprint import release_library_pages, resident_bytes
 warm_up()
 gpu = np.array([2, 0, 1, 0, 2, 1], np.int64)
-before = llvm_resident_bytes()
+before = resident_bytes(private=True)
 first = [a.tolist() for a in group_by_gpu(gpu, 3)]
 advised = release_library_pages()
-after = llvm_resident_bytes()
+after = resident_bytes(private=True)
 again = [a.tolist() for a in group_by_gpu(gpu, 3)]
 print(json.dumps({"before": before, "advised": advised, "after": after,
-                  "same": first == again, "later": llvm_resident_bytes()}))
+                  "same": first == again, "later": resident_bytes(private=True)}))
 """
 
 
@@ -95,7 +78,7 @@ gpus = 8
     with agent(config) as (proc, url):
         wait_for(url, proc)
         time.sleep(4)  # ticks, integrations and checkpoints after the release
-        resident = llvm_resident_bytes(proc.pid)
+        resident = resident_bytes(pid=proc.pid, private=True)
         assert proc.poll() is None
     if resident > 4 * 2**20 and not _pageout_supported():
         pytest.skip("this kernel has no MADV_PAGEOUT (Linux 5.4)")
