@@ -49,10 +49,10 @@ SIM_PID_BASE = 4_000_000
 # Job j's process on GPU g is SIM_PID_BASE + j x stride + g: readable in a test failure
 # (4_001_003 is job 1 on GPU 3) and far above any real pid_max default.
 SIM_JOB_PID_STRIDE = 1000
-# Unknown readings: GPM's ten fields (tensor any/hmma/imma/dmma/dfma, fp16/32/64, SM
-# util and occupancy), and a whole row of FLOAT_FIELDS.
-_UNKNOWN_GPM = (float("nan"),) * 10
-_UNKNOWN_ROW = (float("nan"),) * 14
+# Unknown readings: GPM's fields (all of FLOAT_FIELDS but the clock, utilization,
+# energy and power), and a whole row of FLOAT_FIELDS.
+_UNKNOWN_GPM = (float("nan"),) * (len(FLOAT_FIELDS) - 4)
+_UNKNOWN_ROW = (float("nan"),) * len(FLOAT_FIELDS)
 
 
 def sim_gpu_uuid(seed: int, index: int) -> str:
@@ -378,15 +378,13 @@ class SimulatedSource:
             clock_mhz = gpu.sm_clock_mhz
             util = float(gpu.utilization_pct())
             interval = gpu.take_interval()
+            gpm_row = _UNKNOWN_GPM
             if gpm and interval is not None:
                 tensor, fp32, busy = interval
-                rows.append((clock_mhz, util, tensor, 0.0 if int8 else tensor,
-                             tensor if int8 else 0.0, 0.0, 0.0, 0.0, fp32, 0.0, busy,
-                             busy * 0.5, float(int(gpu.energy_mj)), gpu.current_power_mw(),
-                             truth))
-            else:
-                rows.append((clock_mhz, util, *_UNKNOWN_GPM, float(int(gpu.energy_mj)),
-                             gpu.current_power_mw(), truth))
+                gpm_row = (tensor, 0.0 if int8 else tensor, tensor if int8 else 0.0, 0.0, 0.0,
+                           0.0, fp32, 0.0, busy, busy * 0.5)
+            rows.append((clock_mhz, util, *gpm_row, float(int(gpu.energy_mj)),
+                         gpu.current_power_mw(), truth))
             up.append(True)
             # SW power cap (0x4) while throttled, as NVML's clock-event reasons say.
             throttle.append(0x4 if clock_mhz < throttled_below else 0)
