@@ -252,27 +252,24 @@ class Accountant:
             self._set_attributions(attributions)
         if self._silences.active or not up.all():
             self._charge_silences(batch)
+        self._up = up.copy()
         if up.all():
-            gpu, groups = self._positions, self._every_gpu
-            fields = {name: getattr(batch, name) for name in FLOAT_FIELDS}
-            ts = batch.timestamp_ns
+            # Every GPU up, after a silence or under new attributions: estimated now,
+            # alone, on the path of the kept-back ticks.
+            self._pending.append(batch)
+            self._flush_pending()
         else:
             gpu = np.flatnonzero(up)
-            groups = GpuGroups.one_per_gpu(gpu, self.n_gpus)
             fields = {name: getattr(batch, name)[gpu] for name in FLOAT_FIELDS}
-            ts = batch.timestamp_ns[gpu]
-        wall = np.full(gpu.shape[0], batch.wall_time_ns, dtype=np.int64)
-        rates = self._ingest(gpu, groups, ts, wall, fields)
-        self._up = up.copy()
-        if gpu is self._positions:
-            self._rate_flops, self._estimator = rates.flops.central, rates.estimator
-        else:
+            wall = np.full(gpu.shape[0], batch.wall_time_ns, dtype=np.int64)
+            rates = self._ingest(gpu, GpuGroups.one_per_gpu(gpu, self.n_gpus),
+                                 batch.timestamp_ns[gpu], wall, fields)
             self._rate_flops = np.zeros(self.n_gpus)
             self._rate_flops[gpu] = rates.flops.central
             self._estimator = np.full(self.n_gpus, int(Estimator.NONE), dtype=np.int64)
             self._estimator[gpu] = rates.estimator
-        if batch.sim_true_flop_total is not None:
-            self._buffer.sim_truth = batch.sim_true_flop_total
+            if batch.sim_true_flop_total is not None:
+                self._buffer.sim_truth = batch.sim_true_flop_total
         self._note_tick(batch)
 
     def _note_tick(self, batch: SampleBatch) -> None:
