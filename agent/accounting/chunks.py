@@ -51,6 +51,22 @@ class GpuGroups:
                    bool((firsts == lasts).all()))
 
     @classmethod
+    def of_ticks(cls, n_gpus: int, ticks: int) -> GpuGroups:
+        """``ticks`` ticks of every GPU end to end, each in GPU order (the rows
+        ``np.tile(np.arange(n_gpus), ticks)``): :meth:`of` them without sorting, its
+        arrays read-only, so that one can serve every chunk of that shape."""
+        rows = n_gpus * ticks
+        order = np.arange(rows, dtype=np.int64).reshape(ticks, n_gpus).T.ravel()
+        offsets = np.arange(0, rows + 1, ticks, dtype=np.int64)
+        counts = np.full(n_gpus, ticks, dtype=np.int64)
+        present = np.arange(n_gpus, dtype=np.int64)
+        groups = cls(order, offsets, counts, present, offsets[:-1], offsets[1:] - 1,
+                     ticks == 1)
+        for array in (order, offsets, counts, present, groups.firsts, groups.lasts):
+            array.flags.writeable = False
+        return groups
+
+    @classmethod
     def one_per_gpu(cls, gpu: IntArray, n_gpus: int) -> GpuGroups:
         """A tick: at most one row per GPU, in GPU order (``gpu`` increasing), so
         grouping is the identity."""

@@ -134,6 +134,9 @@ class SampleBatch:
             reason other than "not supported".
         sim_true_flop_total: cumulative FLOP the simulated GPUs really executed; None
             for real hardware.
+        float_block: the array whose rows the float fields are, in ``FLOAT_FIELDS``
+            order, when the source built them so (None: each its own array); see
+            :meth:`float_rows`.
     """
 
     timestamp_ns: IntArray
@@ -157,10 +160,24 @@ class SampleBatch:
     processes: tuple[tuple[GpuProcess, ...], ...]
     errors: tuple[tuple[int, str], ...] = ()
     sim_true_flop_total: FloatArray | None = None
+    float_block: FloatArray | None = None
 
     @property
     def n_gpus(self) -> int:
         return int(self.timestamp_ns.shape[0])
+
+    def float_rows(self) -> FloatArray | None:
+        """The float fields as one ``(len(FLOAT_FIELDS), n_gpus)`` array, if they are
+        the rows of :attr:`float_block` (a field replaced by another array since: None):
+        many ticks then join in one copy."""
+        block = self.float_block
+        if block is None:
+            return None
+        owner = block if block.base is None else block.base
+        for name in FLOAT_FIELDS:
+            if getattr(self, name).base is not owner:
+                return None
+        return block
 
     @classmethod
     def empty(cls, n_gpus: int, timestamp_ns: int, wall_time_ns: int) -> SampleBatch:
@@ -182,6 +199,7 @@ class SampleBatch:
             up=np.ones(n_gpus, dtype=np.bool_),
             throttle_reasons=throttle,
             processes=((),) * n_gpus,
+            float_block=block,
             **fields,
         )
 

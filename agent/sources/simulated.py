@@ -399,6 +399,7 @@ class SimulatedSource:
             throttle_reasons=ints[0],
             processes=tuple(processes),
             sim_true_flop_total=columns[-1],
+            float_block=columns[:-1],
             **dict(zip(FLOAT_FIELDS, columns[:-1], strict=True)),
         )
 

@@ -78,3 +78,12 @@ def test_the_loss_is_a_workload_setting_checked_like_the_others() -> None:
                         problems, "sim.workload")
     assert sorted(k for k, _ in problems.items) == ["sim.workload.lost_at_s",
                                                      "sim.workload.lost_gpu"]
+
+
+def test_the_float_fields_are_the_rows_of_one_block() -> None:
+    for batch in reads(LOST, 14):
+        block = batch.float_rows()
+        assert block is not None
+        for k, name in enumerate(FLOAT_FIELDS):
+            assert np.shares_memory(block[k], getattr(batch, name))
+            assert np.array_equal(block[k], getattr(batch, name), equal_nan=True)
