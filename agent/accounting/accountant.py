@@ -131,7 +131,7 @@ class Accountant:
         self._positions = np.arange(n, dtype=np.int64)
         self._all_up = np.ones(n, dtype=np.bool_).tobytes()
         self._every_gpu = GpuGroups.one_per_gpu(self._positions, n)
-        # Per count of kept-back ticks, their rows' GPUs and groups (read-only arrays).
+        # Per count of kept-back ticks, their rows' GPUs and groups (shared, never written).
         self._tick_chunks: dict[int, tuple[IntArray, GpuGroups]] = {}
         self._max_gap_ns = round(settings.max_gap_s * 1e9)
         self._measured_over_gaps = np.array(
@@ -323,7 +323,6 @@ class Accountant:
         chunk = self._tick_chunks.get(ticks)
         if chunk is None:
             gpu = np.tile(self._positions, ticks)
-            gpu.flags.writeable = False
             chunk = gpu, GpuGroups.of_ticks(self.n_gpus, ticks)
             if ticks <= _CACHED_TICK_CHUNKS:
                 self._tick_chunks[ticks] = chunk

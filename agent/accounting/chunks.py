@@ -53,18 +53,16 @@ class GpuGroups:
     @classmethod
     def of_ticks(cls, n_gpus: int, ticks: int) -> GpuGroups:
         """``ticks`` ticks of every GPU end to end, each in GPU order (the rows
-        ``np.tile(np.arange(n_gpus), ticks)``): :meth:`of` them without sorting, its
-        arrays read-only, so that one can serve every chunk of that shape."""
+        ``np.tile(np.arange(n_gpus), ticks)``): :meth:`of` them without sorting. One
+        serves every chunk of that shape: nothing writes into a chunk's groups. (Not
+        marked read-only: numba would compile each kernel again for such arrays.)"""
         rows = n_gpus * ticks
         order = np.arange(rows, dtype=np.int64).reshape(ticks, n_gpus).T.ravel()
         offsets = np.arange(0, rows + 1, ticks, dtype=np.int64)
         counts = np.full(n_gpus, ticks, dtype=np.int64)
         present = np.arange(n_gpus, dtype=np.int64)
-        groups = cls(order, offsets, counts, present, offsets[:-1], offsets[1:] - 1,
-                     ticks == 1)
-        for array in (order, offsets, counts, present, groups.firsts, groups.lasts):
-            array.flags.writeable = False
-        return groups
+        return cls(order, offsets, counts, present, offsets[:-1], offsets[1:] - 1,
+                   ticks == 1)
 
     @classmethod
     def one_per_gpu(cls, gpu: IntArray, n_gpus: int) -> GpuGroups:

@@ -18,6 +18,7 @@ cgroup, user, command line), so attribution runs the same code path as on a real
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import operator
@@ -63,6 +64,14 @@ def sim_gpu_uuid(seed: int, index: int) -> str:
 class SimulatedGpu:
     """One virtual GPU: walks its segment stream and integrates what happened."""
 
+    # Every tick reads and writes most of these for every GPU: slots keep them together
+    # (a tick after the 100 ms sleep finds little of it in cache).
+    __slots__ = ("_busy_integral", "_cursor_ns", "_flop_per_s", "_fp32_flop_per_clock",
+                 "_fp32_integral", "_last_read_ns", "_noise", "_power_mw", "_power_w",
+                 "_recent", "_recent_busy_ns", "_recent_not_busy", "_segment",
+                 "_segment_left_ns", "_segments", "_tensor_flop_per_clock",
+                 "_tensor_integral", "_workload", "energy_mj", "index", "spec", "true_flop")
+
     def __init__(self, index: int, spec: GpuSpec, workload: Workload, seed: int) -> None:
         self.index = index
         self.spec = spec
@@ -83,6 +92,7 @@ class SimulatedGpu:
         self._cursor_ns = 0
         self._recent: deque[tuple[int, int, float]] = deque()  # (start, end, kernel_busy)
         self._recent_busy_ns: deque[float] = deque()  # (end - start) x kernel_busy of each
+        self._recent_not_busy = 0  # of those stretches, how many have busy below 1
         self.true_flop = 0.0
         self.energy_mj = 0.0
         self._tensor_integral = 0.0  # activity x ns since the last read
@@ -118,8 +128,11 @@ class SimulatedGpu:
             self._tensor_integral += seg.tensor_activity * step_ns
             self._fp32_integral += seg.fp32_activity * step_ns
             self._busy_integral += seg.kernel_busy * step_ns
-            self._recent.append((cursor, cursor + step_ns, seg.kernel_busy))
-            self._recent_busy_ns.append(step_ns * seg.kernel_busy)
+            kernel_busy = seg.kernel_busy
+            self._recent.append((cursor, cursor + step_ns, kernel_busy))
+            self._recent_busy_ns.append(step_ns * kernel_busy)
+            if kernel_busy != 1.0:
+                self._recent_not_busy += 1
             cursor += step_ns
             self._segment_left_ns -= step_ns
             if self._segment_left_ns == 0:
@@ -128,7 +141,8 @@ class SimulatedGpu:
         window_start = cursor - UTIL_WINDOW_NS
         recent = self._recent
         while recent and recent[0][1] <= window_start:
-            recent.popleft()
+            if recent.popleft()[2] != 1.0:
+                self._recent_not_busy -= 1
             self._recent_busy_ns.popleft()
 
     def utilization_pct(self) -> float:
@@ -137,6 +151,12 @@ class SimulatedGpu:
         span = cursor if cursor < UTIL_WINDOW_NS else UTIL_WINDOW_NS
         if span <= 0 or not self._recent:
             return 0.0
+        if not self._recent_not_busy:
+            # Busy all through: the stretches tile the window (from the start of the
+            # run, or from before the window's start), every one counting its whole
+            # length x 1.0 in integer nanoseconds, which add exactly: the sum below
+            # is the span, to the last bit.
+            return 100
         # The stretches are contiguous and end by the cursor, and advance() drops those
         # that end before the window: only the oldest can begin before it. The others
         # count whole, added in order (as one loop over them would), without a Python
@@ -303,10 +323,13 @@ class SimulatedSource:
             )
             for i in range(n_gpus)
         )
-        # Per GPU, the processes last reported and what they were built from (the
-        # utilization and the active pids): unchanged from tick to tick, mostly.
-        self._processes: list[tuple[tuple[float, tuple[int, ...]], tuple[GpuProcess, ...]]] = [
-            ((-1.0, ()), ()) for _ in range(n_gpus)]
+        # When jobs start or end (simulated seconds), and per GPU the processes last
+        # reported with what they were built from (the utilization and the count of
+        # edges passed): unchanged from tick to tick, mostly.
+        self._job_edges_s = sorted({t for job in self.jobs
+                                    for t in (job.start_s, job.end_s) if t is not None})
+        self._processes: list[tuple[tuple[float, int], tuple[GpuProcess, ...]]] = [
+            ((-1.0, -1), ()) for _ in range(n_gpus)]
         self._origin_ns: int | None = None
         self._epoch_wall_ns = epoch_wall_ns
         self._next_stall_s = workload.sampler_stall_every_s or float("inf")
@@ -363,6 +386,7 @@ class SimulatedSource:
         throttle: list[int] = []
         processes: list[tuple[GpuProcess, ...]] = []
         elapsed_s = elapsed_ns / 1e9
+        phase = bisect.bisect_right(self._job_edges_s, elapsed_s)
         for i, gpu in enumerate(self._gpus):
             gpu.advance(elapsed_ns)
             truth = gpu.true_flop
@@ -388,7 +412,7 @@ class SimulatedSource:
             up.append(True)
             # SW power cap (0x4) while throttled, as NVML's clock-event reasons say.
             throttle.append(0x4 if clock_mhz < throttled_below else 0)
-            processes.append(self._processes_of(i, util, elapsed_s))
+            processes.append(self._processes_of(i, util, phase, elapsed_s))
         columns = np.array(list(zip(*rows, strict=True)), dtype=np.float64).reshape(
             len(FLOAT_FIELDS) + 1, n)
         ints = np.array((throttle, [now_ns] * n), dtype=np.int64)
@@ -403,15 +427,15 @@ class SimulatedSource:
             **dict(zip(FLOAT_FIELDS, columns[:-1], strict=True)),
         )
 
-    def _processes_of(self, i: int, util: float, elapsed_s: float) -> tuple[GpuProcess, ...]:
-        """GPU ``i``'s processes: one per active job, its share of ``util``."""
-        active = [(pid, job) for pid, job in self._gpu_jobs[i] if job.active_at(elapsed_s)]
-        key = (util, tuple([pid for pid, _ in active]))
+    def _processes_of(self, i: int, util: float, phase: int,
+                      elapsed_s: float) -> tuple[GpuProcess, ...]:
+        """GPU ``i``'s processes: one per active job, its share of ``util``. Jobs start
+        and end only at the edges, so between two (one ``phase``) the same ones run."""
         made_of, processes = self._processes[i]
-        if made_of != key:
+        if made_of != (util, phase):
             processes = tuple([GpuProcess(pid=pid, sm_util_pct=job.sm_share * util)
-                               for pid, job in active])
-            self._processes[i] = (key, processes)
+                               for pid, job in self._gpu_jobs[i] if job.active_at(elapsed_s)])
+            self._processes[i] = ((util, phase), processes)
         return processes
 
     def close(self) -> None:

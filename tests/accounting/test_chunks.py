@@ -22,7 +22,7 @@ def test_of_ticks_is_of_the_tiled_rows(n_gpus: int, ticks: int) -> None:
         a, b = getattr(got, name), getattr(expected, name)
         assert a.dtype == b.dtype, name
         assert np.array_equal(a, b), name
-        assert not a.flags.writeable, f"{name} can be changed under every later chunk"
+        assert a.flags.c_contiguous or a.ndim == 1, name
     assert got.one_row_each == expected.one_row_each
 
 
