@@ -10,6 +10,7 @@ the start measured is the everyday one, not the first ever.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import signal
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from agent.footprint import resident_bytes
 from benchmarks.commands import compiled_env
 from tests.agentproc import free_port, scrape, total
 
+_WINDOWS = 4
+
 
 @dataclass(frozen=True)
 class OverheadResult:
@@ -37,6 +40,7 @@ class OverheadResult:
     ticks: float
     first_metrics_s: float
     source: str = "simulated"
+    cpu_window_percents: tuple[float, ...] = ()  # the same, per quarter of the time
 
     def rows(self) -> list[tuple[str, str]]:
         return [
@@ -44,7 +48,11 @@ class OverheadResult:
                       f"{self.seconds:.0f} s measured after warm-up, {self.ticks:.0f} ticks"),
             ("CPU", f"{self.cpu_percent_of_core:.2f} % of one core " + (
                 "(includes simulating the GPUs)" if self.source == "simulated" else
-                "(includes the NVML calls)")),
+                "(includes the NVML calls)") + (
+                f"; {len(self.cpu_window_percents)} windows of "
+                f"{self.seconds / len(self.cpu_window_percents):.0f} s: "
+                f"{min(self.cpu_window_percents):.2f}-{max(self.cpu_window_percents):.2f} %"
+                if self.cpu_window_percents else "")),
             ("RSS", f"{self.rss_mb:.0f} MiB, of which {self.llvm_mb:.0f} MiB are LLVM's "
                     "library (numba's kernels load through it at start; the agent then "
                     "gives its pages back)"),
@@ -112,9 +120,13 @@ def bench_overhead(seconds: float = 20.0, interval_s: float = 0.1, gpus: int = 8
             before = _cpu_s(p)
             ticks_before = _ticks(url)
             start = time.monotonic()
-            time.sleep(seconds)
-            after = _cpu_s(p)
-            elapsed = time.monotonic() - start
+            # The whole and its quarters: how much the figure moves on this machine.
+            marks = [(start, before)]
+            for _ in range(_WINDOWS):
+                time.sleep(seconds / _WINDOWS)
+                marks.append((time.monotonic(), _cpu_s(p)))
+            after = marks[-1][1]
+            elapsed = marks[-1][0] - start
             ticks = _ticks(url) - ticks_before
             rss = p.memory_info().rss
             private = p.memory_full_info().uss
@@ -123,9 +135,11 @@ def bench_overhead(seconds: float = 20.0, interval_s: float = 0.1, gpus: int = 8
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
     cpu = after - before
+    windows = tuple(100.0 * (c1 - c0) / (t1 - t0)
+                    for (t0, c0), (t1, c1) in itertools.pairwise(marks))
     return OverheadResult(interval_s, gpus, elapsed, 100.0 * cpu / elapsed, rss / 2**20,
                           private / 2**20, llvm / 2**20, ticks,
-                          first_metrics_s, source)
+                          first_metrics_s, source, windows)
 
 
 def _cpu_s(p: psutil.Process) -> float:

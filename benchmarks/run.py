@@ -25,7 +25,7 @@ def main() -> None:
     # The agent first, while this process has not loaded numba: the agent gives back
     # the pages of LLVM's library once its kernels are loaded, which the kernel can do
     # only for pages no other process maps (on a node, the agent is alone with them).
-    section("agent overhead", bench_overhead(seconds=5 if args.quick else 20).rows())
+    section("agent overhead", bench_overhead(seconds=5 if args.quick else 40).rows())
     section("command latency", bench_commands(runs=3 if args.quick else 10).rows())
     from benchmarks.auth_storm import bench_auth_storm
     from benchmarks.cluster_ingest import bench_cluster_ingest
