@@ -146,13 +146,18 @@ def _cpu_s(p: psutil.Process) -> float:
     """CPU seconds of the process's threads: from the scheduler's nanosecond account
     (``/proc/PID/task/*/schedstat``) where there is one. ``cpu_times`` counts in clock
     ticks of 10 ms: 0.05% of a core over 20 s, a twentieth of the figure measured."""
-    tasks = Path(f"/proc/{p.pid}/task")
     try:
-        return sum(int((t / "schedstat").read_text().split()[0])
-                   for t in tasks.iterdir()) / 1e9
-    except (OSError, ValueError, IndexError):
+        tasks = list(Path(f"/proc/{p.pid}/task").iterdir())
+    except OSError:
         times = p.cpu_times()
         return float(times.user + times.system)
+    ns = 0
+    for task in tasks:
+        # A thread that ended since the listing is skipped, not a reason to switch to
+        # the other account between two readings.
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            ns += int((task / "schedstat").read_text().split()[0])
+    return ns / 1e9
 
 
 def _ticks(url: str) -> float:
