@@ -125,10 +125,10 @@ class SimulatedGpu:
             dt_s = step_ns * 1e-9
             self.true_flop += self._flop_per_s * dt_s
             self.energy_mj += self._power_w * dt_s * 1e3
+            kernel_busy = seg.kernel_busy
             self._tensor_integral += seg.tensor_activity * step_ns
             self._fp32_integral += seg.fp32_activity * step_ns
-            self._busy_integral += seg.kernel_busy * step_ns
-            kernel_busy = seg.kernel_busy
+            self._busy_integral += kernel_busy * step_ns
             self._recent.append((cursor, cursor + step_ns, kernel_busy))
             self._recent_busy_ns.append(step_ns * kernel_busy)
             if kernel_busy != 1.0:
@@ -416,6 +416,7 @@ class SimulatedSource:
         columns = np.array(list(zip(*rows, strict=True)), dtype=np.float64).reshape(
             len(FLOAT_FIELDS) + 1, n)
         ints = np.array((throttle, [now_ns] * n), dtype=np.int64)
+        block = columns[:-1]
         return SampleBatch(
             timestamp_ns=ints[1],
             wall_time_ns=wall_ns,
@@ -423,8 +424,8 @@ class SimulatedSource:
             throttle_reasons=ints[0],
             processes=tuple(processes),
             sim_true_flop_total=columns[-1],
-            float_block=columns[:-1],
-            **dict(zip(FLOAT_FIELDS, columns[:-1], strict=True)),
+            float_block=block,
+            **dict(zip(FLOAT_FIELDS, block, strict=True)),
         )
 
     def _processes_of(self, i: int, util: float, phase: int,
